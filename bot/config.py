@@ -1,0 +1,59 @@
+"""The bot's typed configuration: config.toml (or --config / $MUSICGEN_BOT_CONFIG) over embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference.request import MODEL_VERSIONS
+from inference.settings import EngineSettings, read_config_file
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BotOptions(_Section):
+    default_model_version: str = "small"
+    data_dir: str = "data"
+    command_guilds: list[int] = Field(default_factory=list)
+
+    def model_post_init(self, _context: object) -> None:
+        if self.default_model_version not in MODEL_VERSIONS:
+            raise ValueError(f"[bot] default_model_version must be one of {', '.join(MODEL_VERSIONS)}")
+
+
+class Limits(_Section):
+    max_pending_per_user: int = Field(default=2, ge=1)
+    max_pending_per_guild: int = Field(default=20, ge=1)
+    max_attachment_mb: float = Field(default=25, gt=0)
+    max_input_seconds: float = Field(default=600, gt=0)
+    progress_interval_s: float = Field(default=2.5, ge=0)
+
+
+class WorkerOptions(_Section):
+    processes: int = Field(default=1, ge=1)
+    job_retries: int = Field(default=1, ge=0)
+
+
+class BotConfig(_Section):
+    bot: BotOptions = BotOptions()
+    limits: Limits = Limits()
+    worker: WorkerOptions = WorkerOptions()
+    engine_settings: EngineSettings = EngineSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.bot.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "musicgen-bot.sqlite3"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> BotConfig:
+    raw = read_config_file(path)
+    engine_tables = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
+    return BotConfig(**raw, engine_settings=EngineSettings(**engine_tables))

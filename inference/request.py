@@ -1,0 +1,158 @@
+"""The one generation request shared by the bot, the worker and the CLI.
+
+It is validated once, at the edge (`GenerationRequest.validate()`), and then passed through
+unchanged. The semantics of every field are audiocraft's MusicGen (see DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+ModelVersion = Literal["melody", "small", "medium", "large", "encode-decode", "finetuned"]
+NormalizationStrategy = Literal["loudness", "clip", "peak", "rms"]
+OutputFormat = Literal["wav", "mp3"]
+
+MODEL_VERSIONS: tuple[str, ...] = get_args(ModelVersion)
+NORMALIZATION_STRATEGIES: tuple[str, ...] = get_args(NormalizationStrategy)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+
+MIN_DURATION_S = 1
+MAX_DURATION_S = 30  # MusicGen's maximum segment; for continuation it bounds prompt + new audio
+MAX_SEED = 2**32 - 1  # numpy's seed range, the narrowest of the three we seed
+MAX_TOP_K = 2048  # the codebook size: a larger k is the same as no top-k
+MAX_TEMPERATURE = 10.0
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 1000
+
+
+class RequestError(ValueError):
+    """A request a person can fix; the message says what to change and is shown to them as is."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model_version: ModelVersion = "finetuned"
+    prompt: str | None = None
+    # A local file path: the melody to mimic, or (continuation=True) the clip to continue.
+    input_audio: str | None = None
+    # Seconds of audio to generate; for continuation, the seconds added after the prompt clip.
+    duration: int = 8
+    continuation: bool = False
+    continuation_start: float = 0.0
+    # None (or -1 on input) means the end of the clip.
+    continuation_end: float | None = None
+    normalization_strategy: NormalizationStrategy = "loudness"
+    top_k: int = 250
+    # > 0 switches to nucleus sampling and top_k is then ignored (audiocraft's rule).
+    top_p: float = 0.0
+    # 0 means greedy decoding.
+    temperature: float = 1.0
+    classifier_free_guidance: float = 3.0
+    output_format: OutputFormat = "wav"
+    # None (or -1 on input): a random seed is chosen and reported back.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # -1 is the predictor's spelling of "none"; normalise it here so every layer sees one form.
+        if self.seed is not None and self.seed == -1:
+            object.__setattr__(self, "seed", None)
+        if self.continuation_end is not None and self.continuation_end == -1:
+            object.__setattr__(self, "continuation_end", None)
+        if self.prompt is not None:
+            stripped = self.prompt.strip()
+            object.__setattr__(self, "prompt", stripped or None)
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate(self) -> GenerationRequest:
+        """Check everything that can be checked without the model or the audio; returns self."""
+        if self.model_version not in MODEL_VERSIONS:
+            raise RequestError(
+                f"Unknown model version {self.model_version!r}: choose one of {', '.join(MODEL_VERSIONS)}."
+            )
+        if self.normalization_strategy not in NORMALIZATION_STRATEGIES:
+            raise RequestError(
+                f"Unknown normalization strategy {self.normalization_strategy!r}: "
+                f"choose one of {', '.join(NORMALIZATION_STRATEGIES)}."
+            )
+        if self.output_format not in OUTPUT_FORMATS:
+            raise RequestError(f"Unknown output format {self.output_format!r}: choose wav or mp3.")
+        if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"The prompt is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS}).")
+        if not MIN_DURATION_S <= self.duration <= MAX_DURATION_S:
+            raise RequestError(
+                f"Duration must be between {MIN_DURATION_S} and {MAX_DURATION_S} seconds (got {self.duration})."
+            )
+        if self.model_version == "encode-decode":
+            if self.input_audio is None:
+                raise RequestError("encode-decode needs input audio: attach the clip to run through EnCodec.")
+        elif self.prompt is None and self.input_audio is None:
+            raise RequestError("Give a prompt, input audio, or both.")
+        if self.continuation and self.input_audio is None:
+            raise RequestError("Continuation needs input audio: attach the clip to continue.")
+        if self.continuation_start < 0:
+            raise RequestError("continuation_start cannot be negative.")
+        if self.continuation_end is not None:
+            if self.continuation_end < 0:
+                raise RequestError("continuation_end must be a positive number of seconds, or -1 for the end of the clip.")
+            if self.continuation_start >= self.continuation_end:
+                raise RequestError(
+                    f"continuation_start ({self.continuation_start:g} s) must be before "
+                    f"continuation_end ({self.continuation_end:g} s)."
+                )
+        if self.top_k < 0 or self.top_k > MAX_TOP_K:
+            raise RequestError(f"top_k must be between 0 and {MAX_TOP_K} (got {self.top_k}).")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise RequestError(f"top_p must be between 0 and 1 (got {self.top_p:g}); 0 means use top_k.")
+        if self.top_k == 0 and self.top_p == 0 and self.temperature != 0:
+            raise RequestError("Set top_k above 0 or top_p above 0 (or temperature 0 for greedy decoding).")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise RequestError(f"temperature must be between 0 and {MAX_TEMPERATURE:g} (got {self.temperature:g}).")
+        if not 0.0 <= self.classifier_free_guidance <= MAX_GUIDANCE:
+            raise RequestError(
+                f"classifier_free_guidance must be between 0 and {MAX_GUIDANCE:g} (got {self.classifier_free_guidance:g})."
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise RequestError(f"seed must be between 0 and {MAX_SEED}, or -1 for a random seed (got {self.seed}).")
+        return self
+
+    def check_input_length(self, input_seconds: float) -> None:
+        """Checks that need the decoded length of the input audio (trimming, the 30 s budget)."""
+        if self.input_audio is None:
+            return
+        if self.continuation_start >= input_seconds:
+            raise RequestError(
+                f"continuation_start ({self.continuation_start:g} s) is past the end of the clip ({input_seconds:.1f} s)."
+            )
+        end = input_seconds if self.continuation_end is None else min(self.continuation_end, input_seconds)
+        used = end - self.continuation_start
+        if self.continuation and used + self.duration > MAX_DURATION_S:
+            raise RequestError(
+                f"The clip to continue is {used:.1f} s and you asked for {self.duration} s more: together they "
+                f"must fit in {MAX_DURATION_S} s. Trim the clip (continuation_start/continuation_end) or lower the duration."
+            )
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise RequestError(f"Unknown request field(s): {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+    def non_default_fields(self) -> dict[str, Any]:
+        """The fields a person changed from the defaults (for embeds and summaries)."""
+        defaults = GenerationRequest()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
