@@ -1,0 +1,288 @@
+"""Random-weight MusicGen checkpoints for tests and benchmarks (there is no model hub here).
+
+`make_test_model` builds the real architecture of a model version (the numbers of the published
+facebook/musicgen-* configs, T5-base and EnCodec 32 kHz) or, with `tiny=True`, a few-layer version of
+it that keeps everything the engine relies on: 32 kHz audio, 50 frames/s, 4 codebooks of 2048 codes,
+the delay pattern, a T5 text encoder with a tokenizer, and (melody) 12-bin chroma conditioning.
+
+Two on-disk formats:
+- "transformers": a `from_pretrained` folder (MusicgenForConditionalGeneration or
+  MusicgenMelodyForConditionalGeneration + tokenizer), with `text_encoder/` and `encodec/` beside the
+  weights so a config can point `[models] text_encoder` / `compression` at them.
+- "audiocraft": an audiocraft training export (`state_dict.bin` with `xp.cfg` + `best_state`, and
+  `compression_state_dict.bin`), plus the `text_encoder/` and `encodec/` folders it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+ModelArchitecture = Literal["small", "medium", "large", "melody"]
+CheckpointFormat = Literal["transformers", "audiocraft"]
+
+SAMPLE_RATE = 32_000
+FRAME_RATE = 50
+NUM_CODEBOOKS = 4
+CODEBOOK_SIZE = 2048
+# The delay pattern swallows num_codebooks - 1 steps; the published generation configs allow 30 s.
+MAX_GENERATION_LENGTH = 1503
+T5_VOCAB_SIZE = 32_128  # t5-base's embedding rows (its sentencepiece vocab plus 100 sentinels, padded)
+
+TEXT_ENCODER_DIR = "text_encoder"
+COMPRESSION_DIR = "encodec"
+# Marks folders written by make_test_model (and says how they were built).
+TEST_MODEL_MARKER = "test_model.json"
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The decoder numbers of a MusicGen model version."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    ffn_dim: int
+
+
+# facebook/musicgen-{small,medium,large,melody} (the 1.5B melody model shares medium's decoder).
+REAL_DECODERS: dict[str, DecoderShape] = {
+    "small": DecoderShape(num_layers=24, hidden_size=1024, num_heads=16, ffn_dim=4096),
+    "medium": DecoderShape(num_layers=48, hidden_size=1536, num_heads=24, ffn_dim=6144),
+    "large": DecoderShape(num_layers=48, hidden_size=2048, num_heads=32, ffn_dim=8192),
+    "melody": DecoderShape(num_layers=48, hidden_size=1536, num_heads=24, ffn_dim=6144),
+}
+TINY_DECODER = DecoderShape(num_layers=2, hidden_size=64, num_heads=4, ffn_dim=128)
+MELODY_NUM_CHROMA = 12
+MELODY_CHROMA_LENGTH = 235  # 30 s of chroma frames, as in facebook/musicgen-melody
+
+# A small corpus for the test tokenizer: byte-level BPE never needs an unknown token, so every prompt
+# maps to distinct ids (different prompts must condition the model differently).
+_TOKENIZER_CORPUS = [
+    "lofi hip hop beat with warm piano chords and vinyl crackle",
+    "epic orchestral soundtrack with strings brass and choir",
+    "upbeat electronic dance music with a heavy bass drop",
+    "calm acoustic guitar melody for a rainy afternoon",
+    "jazz trio with walking bass brushed drums and a saxophone solo",
+    "80s synthwave with retro drums and arpeggiated synthesizers",
+    "ambient drone pad slowly evolving texture",
+    "rock anthem with distorted electric guitars and a driving drum groove",
+    "happy ukulele tune with hand claps and whistling",
+    "dark techno at 130 bpm with a pounding kick",
+]
+
+
+def t5_config(*, tiny: bool) -> Any:
+    """T5-base's encoder numbers, or a 2-layer model with d_model 32."""
+    from transformers import T5Config
+
+    if not tiny:
+        return T5Config(
+            vocab_size=T5_VOCAB_SIZE, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+            relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    return T5Config(
+        vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+
+
+def encodec_config(*, tiny: bool, audio_channels: int = 1) -> Any:
+    """facebook/encodec_32khz's numbers; tiny keeps its rates and codebooks but few filters."""
+    from transformers import EncodecConfig
+
+    # hop = 8*5*4*4 = 640 samples -> 50 frames/s at 32 kHz; 2.2 kbps / (50 * 11 bits) = 4 codebooks.
+    common: dict[str, Any] = dict(
+        sampling_rate=SAMPLE_RATE, audio_channels=audio_channels, upsampling_ratios=[8, 5, 4, 4],
+        target_bandwidths=[2.2], codebook_size=CODEBOOK_SIZE, norm_type="weight_norm",
+        use_causal_conv=False, use_conv_shortcut=False, pad_mode="reflect", normalize=False,
+        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2,
+        compress=2, num_residual_layers=1, trim_right_ratio=1.0, chunk_length_s=None, overlap=None,
+    )
+    if tiny:
+        return EncodecConfig(hidden_size=16, codebook_dim=16, num_filters=4, num_lstm_layers=1, **common)
+    return EncodecConfig(hidden_size=128, codebook_dim=128, num_filters=64, num_lstm_layers=2, **common)
+
+
+def decoder_shape(model_version: str, *, tiny: bool) -> DecoderShape:
+    if model_version not in REAL_DECODERS:
+        raise ValueError(f"unknown model version {model_version!r}; expected one of {sorted(REAL_DECODERS)}")
+    return TINY_DECODER if tiny else REAL_DECODERS[model_version]
+
+
+def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: int = 1) -> Any:
+    """The composite MusicgenConfig / MusicgenMelodyConfig of a model version."""
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
+
+    shape = decoder_shape(model_version, tiny=tiny)
+    melody = model_version == "melody"
+    decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    decoder = decoder_class(
+        vocab_size=CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=shape.num_layers,
+        ffn_dim=shape.ffn_dim, num_attention_heads=shape.num_heads, hidden_size=shape.hidden_size,
+        activation_function="gelu", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+        num_codebooks=NUM_CODEBOOKS, audio_channels=audio_channels,
+        pad_token_id=CODEBOOK_SIZE, bos_token_id=CODEBOOK_SIZE, tie_word_embeddings=False,
+    )
+    parts: dict[str, Any] = dict(
+        text_encoder=t5_config(tiny=tiny).to_dict(),
+        audio_encoder=encodec_config(tiny=tiny, audio_channels=audio_channels).to_dict(),
+        decoder=decoder.to_dict(),
+    )
+    if melody:
+        config = MusicgenMelodyConfig(num_chroma=MELODY_NUM_CHROMA, chroma_length=MELODY_CHROMA_LENGTH, **parts)
+    else:
+        config = MusicgenConfig(**parts)
+    # Models composed by hand otherwise keep _attn_implementation=None and compute wrong logits
+    # (ENGINE-NOTES); sdpa is what from_pretrained would pick.
+    set_attn_implementation(config, "sdpa")
+    return config
+
+
+def set_attn_implementation(config: Any, implementation: str) -> None:
+    """Set the attention implementation on a composite config's decoder and text encoder."""
+    # EnCodec has no attention and refuses any setting, so it is left out by name.
+    config._attn_implementation = {"": implementation, "text_encoder": implementation, "decoder": implementation}
+
+
+def build_tokenizer(*, vocab_size: int) -> Any:
+    """A T5-like fast tokenizer built locally (pad 0, eos 1, unk 2, '</s>' appended to every text)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 400), special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tokenizer.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
+    eos_id = tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=512, padding_side="right",
+    )
+
+
+def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
+    """Give every quantizer codebook random codes (fresh ones are zeros: every code would sound alike)."""
+    with torch.no_grad():
+        for layer in encodec.quantizer.layers:
+            codebook = layer.codebook
+            embed = torch.randn(codebook.embed.shape, generator=generator)
+            codebook.embed.copy_(embed)
+            codebook.embed_avg.copy_(embed)
+            codebook.cluster_size.fill_(1.0)
+            codebook.inited.fill_(1.0)
+
+
+def generation_defaults(model: Any, *, guidance_scale: float = 3.0) -> None:
+    """The generation config of the published checkpoints: sampling, top-k 250, cfg 3, 30 s."""
+    gc = model.generation_config
+    gc.do_sample = True
+    gc.top_k = 250
+    gc.guidance_scale = guidance_scale
+    gc.max_length = MAX_GENERATION_LENGTH
+    gc.decoder_start_token_id = CODEBOOK_SIZE
+    gc.pad_token_id = CODEBOOK_SIZE
+    gc.bos_token_id = CODEBOOK_SIZE
+
+
+def build_random_musicgen(model_version: str, *, tiny: bool = False, seed: int = 0) -> Any:
+    """A MusicGen model (decoder + T5 + EnCodec) of the given version with random weights, in eval mode."""
+    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    config = musicgen_config(model_version, tiny=tiny)
+    torch.manual_seed(seed)
+    model_class = MusicgenMelodyForConditionalGeneration if model_version == "melody" else MusicgenForConditionalGeneration
+    model = model_class(config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    fill_random_codebooks(model.audio_encoder, generator)
+    generation_defaults(model)
+    return model.eval()
+
+
+def make_test_model(
+    model_version: ModelArchitecture,
+    out_dir: str | Path,
+    *,
+    tiny: bool = False,
+    fmt: CheckpointFormat = "transformers",
+    seed: int = 0,
+    embedded_compression: bool = False,
+) -> Path:
+    """Write a random-weight checkpoint of `model_version` to `out_dir` and return the folder.
+
+    fmt="transformers": a from_pretrained folder (+ `text_encoder/`, `encodec/` sub-folders).
+    fmt="audiocraft": `state_dict.bin` + `compression_state_dict.bin` (a pointer to the `encodec/`
+    folder beside it, or with `embedded_compression=True` audiocraft's exported SEANet EnCodec),
+    + `text_encoder/` and `encodec/`.
+    """
+    if fmt not in ("transformers", "audiocraft"):
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected 'transformers' or 'audiocraft'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_random_musicgen(model_version, tiny=tiny, seed=seed)
+    tokenizer = build_tokenizer(vocab_size=model.config.text_encoder.vocab_size)
+
+    save_text_encoder(model.text_encoder, tokenizer, out / TEXT_ENCODER_DIR)
+    model.audio_encoder.save_pretrained(out / COMPRESSION_DIR)
+    save_encodec_feature_extractor(out / COMPRESSION_DIR, audio_channels=model.config.audio_encoder.audio_channels)
+
+    if fmt == "transformers":
+        model.save_pretrained(out)
+        save_tokenizer_and_processor(out, tokenizer, melody=model_version == "melody",
+                                     audio_channels=model.config.audio_encoder.audio_channels)
+    else:
+        write_audiocraft_checkpoint(
+            model, out, model_version=model_version,
+            compression_pointer=str((out / COMPRESSION_DIR).resolve()),
+            embedded_compression=embedded_compression,
+        )
+    (out / TEST_MODEL_MARKER).write_text(json.dumps(
+        {"model_version": model_version, "tiny": tiny, "format": fmt, "seed": seed,
+         "embedded_compression": embedded_compression}, indent=2) + "\n")
+    return out
+
+
+def save_text_encoder(text_encoder: Any, tokenizer: Any, folder: Path) -> None:
+    """Save the T5 encoder and its tokenizer as a folder usable as `[models] text_encoder`."""
+    text_encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_encodec_feature_extractor(folder: Path, *, audio_channels: int) -> None:
+    from transformers import EncodecFeatureExtractor
+
+    EncodecFeatureExtractor(feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0).save_pretrained(folder)
+
+
+def save_tokenizer_and_processor(folder: Path, tokenizer: Any, *, melody: bool, audio_channels: int) -> None:
+    """Save the tokenizer, and for text-only models the MusicgenProcessor (AutoProcessor works)."""
+    tokenizer.save_pretrained(folder)
+    if melody:
+        # MusicgenMelodyFeatureExtractor cannot even be built without torchaudio (no build exists for
+        # current torch); the engine computes the chroma itself, so the folder holds the tokenizer only.
+        return
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+
+    feature_extractor = EncodecFeatureExtractor(feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0)
+    MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+def write_audiocraft_checkpoint(
+    model: Any, out: Path, *, model_version: str, compression_pointer: str, embedded_compression: bool
+) -> None:
+    """Write `model`'s decoder as an audiocraft training export (see inference.convert)."""
+    raise NotImplementedError("audiocraft format is not written yet")
