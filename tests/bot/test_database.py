@@ -1,0 +1,90 @@
+"""The SQLite schema: versioned migrations applied once, in order, atomically; jobs rows round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.database import Database, MigrationError, discover_migrations
+from bot.jobs import JobOrigin, JobStatus, JobStore
+from inference.request import GenerationRequest
+
+
+async def test_a_fresh_database_gets_every_migration_recorded_and_reopening_applies_nothing(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "bot.sqlite3")
+    shipped = [m.version for m in discover_migrations()]
+    assert shipped[0] == 1
+    assert await database.applied_versions() == shipped
+    await database.close()
+
+    reopened = await Database.open(tmp_path / "bot.sqlite3", upgrade=False)
+    assert await reopened.upgrade() == []
+    await reopened.close()
+
+
+async def test_migrations_run_in_version_order_and_a_broken_one_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "V1__first.sql").write_text("CREATE TABLE bot_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+    (folder / "V10__tenth.sql").write_text("INSERT INTO bot_state VALUES ('order', 'ten');")
+    (folder / "V2__second.sql").write_text("INSERT INTO bot_state VALUES ('order', 'two');")
+    database = await Database.open(tmp_path / "bot.sqlite3", migrations_dir=folder, upgrade=False)
+    # V10 after V2 (numeric order, not file-name order): V10's insert would collide if it ran first.
+    with pytest.raises(MigrationError, match="V10__tenth"):
+        await database.upgrade(folder)
+    assert await database.applied_versions() == [1, 2]
+    assert await database.get_state("order") == "two"
+
+    (folder / "V10__tenth.sql").write_text(
+        "CREATE TABLE half_done (x INTEGER); UPDATE bot_state SET value = 'ten' WHERE key = 'order';"
+    )
+    (folder / "V11__broken.sql").write_text("CREATE TABLE never_created (x INTEGER); THIS IS NOT SQL;")
+    with pytest.raises(MigrationError, match="V11__broken"):
+        await database.upgrade(folder)
+    assert await database.applied_versions() == [1, 2, 10]
+    async with database.connection.execute("SELECT name FROM sqlite_master WHERE name = 'never_created'") as cursor:
+        assert await cursor.fetchone() is None
+    await database.close()
+
+
+def test_migration_files_must_be_named_by_version(tmp_path: Path) -> None:
+    (tmp_path / "initial.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="V<number>__<name>.sql"):
+        discover_migrations(tmp_path)
+
+
+async def test_a_job_row_keeps_every_input_and_moves_through_its_statuses_once(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "bot.sqlite3")
+    store = JobStore(database)
+    request = GenerationRequest(
+        model_version="melody", prompt="lofi piano", input_audio="/data/uploads/x.mp3", duration=5,
+        continuation=True, continuation_start=1.5, continuation_end=4.0, normalization_strategy="peak",
+        top_k=50, top_p=0.9, temperature=0.7, classifier_free_guidance=5.0, output_format="mp3", seed=1234,
+    )
+    job = await store.create(JobOrigin(guild_id=1, channel_id=2, user_id=3, interaction_id=4), request, seed_was_random=False)
+    assert job.status is JobStatus.QUEUED and job.request == request and job.attempts == 0
+
+    async with database.connection.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)) as cursor:
+        row = await cursor.fetchone()
+    for field, value in request.to_dict().items():
+        assert row[field] == value, field
+
+    assert await store.mark_running(job.id)
+    assert not await store.mark_running(job.id)  # only a queued job can start
+    assert await store.requeue(job.id, error="worker crashed")
+    assert await store.mark_running(job.id)
+    assert await store.mark_done(job.id, output_path="/out.mp3", seed=1234, posted_format="mp3", result_message_id=9)
+    assert not await store.mark_cancelled(job.id)  # finished jobs stay finished
+    done = await store.get(job.id)
+    assert done is not None
+    assert (done.status, done.attempts, done.error, done.result_message_id) == (JobStatus.DONE, 2, None, 9)
+    assert await store.pending() == []
+    await database.close()
+
+
+async def test_a_request_without_a_concrete_seed_is_not_stored(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "bot.sqlite3")
+    with pytest.raises(ValueError):
+        await JobStore(database).create(JobOrigin(1, 2, 3), GenerationRequest(prompt="x"), seed_was_random=True)
+    await database.close()
