@@ -1,0 +1,45 @@
+"""Audio file chores the bot does itself, without torch: vet an upload, re-encode a result.
+
+Decoding is `inference.ffmpeg` (torch-free): an ffmpeg child process with a deadline, input
+whitelists and the imageio-ffmpeg binary when there is no system one. MP3 re-encoding goes through
+pydub pointed at that same binary. Both block: call them with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inference.ffmpeg import AudioDecodeError, configure_pydub, probe_duration
+
+__all__ = ["AUDIO_EXTENSIONS", "AudioDecodeError", "encode_mp3", "looks_like_audio", "measure_upload"]
+
+# Extensions Discord users commonly attach that ffmpeg decodes; anything else is refused up front.
+AUDIO_EXTENSIONS = frozenset(
+    {"mp3", "wav", "ogg", "oga", "opus", "flac", "m4a", "aac", "webm", "mp4", "mov", "aif", "aiff", "wma", "mka", "caf"}
+)
+
+
+def looks_like_audio(filename: str, content_type: str | None) -> bool:
+    """A cheap check before downloading: an audio/video content type or a known audio extension."""
+    if content_type and content_type.split(";")[0].strip().lower().startswith(("audio/", "video/")):
+        return True
+    return Path(filename).suffix.lower().lstrip(".") in AUDIO_EXTENSIONS
+
+
+def measure_upload(path: str | Path, *, max_seconds: float, timeout_s: float) -> float:
+    """Seconds of audio in an upload; AudioDecodeError (a friendly RequestError) if unreadable or too long."""
+    seconds = probe_duration(path, timeout_s=timeout_s, max_seconds=max_seconds)
+    if seconds > max_seconds:
+        raise AudioDecodeError(
+            f"That clip is longer than {max_seconds:g} s, the most this bot accepts. Trim it and try again."
+        )
+    return seconds
+
+
+def encode_mp3(wav_path: str | Path, mp3_path: str | Path, *, bitrate: str = "320k") -> Path:
+    """Re-encode a WAV result as MP3 (the fallback when the WAV is over the upload limit)."""
+    configure_pydub()
+    from pydub import AudioSegment
+
+    AudioSegment.from_wav(str(wav_path)).export(str(mp3_path), format="mp3", bitrate=bitrate)
+    return Path(mp3_path)

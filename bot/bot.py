@@ -1,0 +1,190 @@
+"""The bot: one `commands.AutoShardedBot` subclass holding the shared services the cogs use.
+
+`setup_hook` opens the database, starts the inference client, loads the cogs, syncs the slash
+commands when (and only when) they changed, and resumes the job queue left by the previous run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import BotConfig
+from bot.database import Database
+from bot.delivery import ResultPoster
+from bot.dispatcher import JobDispatcher
+from bot.jobs import JobStore
+from bot.replies import reply_privately
+from bot.scheduler import FairScheduler, QueueLimits
+from inference.client import InferenceClient
+from inference.request import RequestError
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.generate", "cogs.queue", "cogs.settings")
+
+
+def bot_intents() -> discord.Intents:
+    """Only the guilds intent: slash commands carry their member, options and attachments themselves,
+    so the privileged message-content and members intents are not needed."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    return intents
+
+
+class MusicGenCommandTree(app_commands.CommandTree["MusicGenBot"]):
+    """Turns every command error into a friendly ephemeral message."""
+
+    async def on_error(self, interaction: discord.Interaction[MusicGenBot], error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, RequestError):
+            text = str(original)
+        elif isinstance(error, app_commands.MissingPermissions):
+            text = "You need the Manage Server permission for that."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            text = "This command works in servers only."
+        elif isinstance(error, app_commands.TransformerError):
+            text = f"That value is not valid for this option: {error.value!r}."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "You cannot use this command here."
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            logger.error("command /%s failed", command, exc_info=original)
+            text = "Something went wrong on the bot's side. It has been logged; please try again."
+        try:
+            await reply_privately(interaction, text)
+        except discord.HTTPException:
+            logger.warning("could not send an error message for interaction %s", interaction.id)
+
+
+class MusicGenBot(commands.AutoShardedBot):
+    """The shared services hang off the bot: config, database, jobs, scheduler, inference, dispatcher."""
+
+    database: Database
+    jobs: JobStore
+    scheduler: FairScheduler
+    inference: InferenceClient
+    dispatcher: JobDispatcher
+
+    def __init__(
+        self,
+        config: BotConfig,
+        *,
+        inference: InferenceClient | None = None,
+        force_command_sync: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=bot_intents(),
+            help_command=None,
+            tree_cls=MusicGenCommandTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.config = config
+        # A client passed in (tests share one across bots) is started and closed by its owner.
+        self._given_inference = inference
+        self._force_command_sync = force_command_sync
+        # /generate checks the caps and inserts the row under this lock, so two quick commands from
+        # one member cannot both slip under the per-user cap.
+        self.admission_lock = asyncio.Lock()
+        self._closed = False
+
+    # -- paths --------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir.resolve()
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def accepting_jobs(self) -> bool:
+        return hasattr(self, "dispatcher") and not self.dispatcher.stopping and not self._closed
+
+    # -- start and stop ---------------------------------------------------------------------------
+    async def setup_hook(self) -> None:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self.database = await Database.open(self.config.database_path)
+        self.jobs = JobStore(self.database)
+        limits = self.config.limits
+        self.scheduler = FairScheduler(
+            QueueLimits(max_pending_per_user=limits.max_pending_per_user, max_pending_per_guild=limits.max_pending_per_guild)
+        )
+        for guild_id, max_pending in (await self.jobs.guild_limits()).items():
+            self.scheduler.set_guild_limit(guild_id, max_pending)
+        if self._given_inference is not None:
+            self.inference = self._given_inference
+        else:
+            self.inference = InferenceClient(self.config.engine_settings, processes=self.config.worker.processes)
+            await self.inference.start()
+        self.dispatcher = JobDispatcher(
+            store=self.jobs,
+            scheduler=self.scheduler,
+            inference=self.inference,
+            poster=ResultPoster(self),
+            output_dir=self.outputs_dir,
+            worker_slots=self.config.worker.processes,
+            job_retries=self.config.worker.job_retries,
+            progress_interval_s=limits.progress_interval_s,
+        )
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands_if_changed(force=self._force_command_sync)
+        await self.dispatcher.resume_from_database()
+        self.dispatcher.start()
+
+    async def close(self) -> None:
+        """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "dispatcher"):
+            await self.dispatcher.stop()
+        if self._given_inference is None and hasattr(self, "inference"):
+            await self.inference.close()
+        await super().close()
+        if hasattr(self, "database"):
+            await self.database.close()
+
+    # -- slash command registration ---------------------------------------------------------------
+    async def sync_commands_if_changed(self, *, force: bool = False) -> list[str]:
+        """Sync the command tree only where its payload changed since the last sync.
+
+        Discord allows 200 command creates per day per guild, so restarts must not re-sync blindly;
+        a hash of the payload is kept in the database per application and scope.
+        """
+        guilds = [discord.Object(guild_id) for guild_id in self.config.bot.command_guilds]
+        synced: list[str] = []
+        for guild in guilds or [None]:
+            if guild is not None:
+                self.tree.copy_global_to(guild=guild)
+            payload = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            scope = "global" if guild is None else f"guild:{guild.id}"
+            key = f"command_sync:{self.application_id}:{scope}"
+            if not force and await self.database.get_state(key) == digest:
+                continue
+            await self.tree.sync(guild=guild)
+            await self.database.set_state(key, digest)
+            synced.append(scope)
+            logger.info("synced %d slash command(s) to %s", len(payload), scope)
+        return synced
+
+    async def on_ready(self) -> None:
+        logger.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))

@@ -1,0 +1,155 @@
+"""Posting a finished job to Discord: the audio file with an embed that says how it was made.
+
+The interaction followup is used while the token lives (15 minutes); after that, or after a restart
+(tokens are never stored), the bot posts in the channel itself and mentions the requester. A file
+over the upload limit is re-encoded as MP3; if that is still too big, the message says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot.audio_files import encode_mp3
+from bot.jobs import Job
+from bot.status_message import is_dead_token_error
+from inference.protocol import GenerationResult
+
+logger = logging.getLogger(__name__)
+
+# Discord's default upload limit per file (boosted guilds allow more; interactions tell us theirs).
+DEFAULT_UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
+EMBED_COLOUR = discord.Colour.blurple()
+# Shown in the embed's own fields, so left out of "other settings".
+_FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "input_audio"}
+
+
+@dataclass(frozen=True)
+class PostedResult:
+    message_id: int
+    posted_format: str  # "wav", "mp3", or "none" when no file fitted
+    via_channel: bool
+
+
+def describe_size(size_bytes: int) -> str:
+    return f"{size_bytes / (1024 * 1024):.1f} MiB"
+
+
+def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
+    """Prompt, model, duration, seed, the other non-default settings and who asked."""
+    request = job.request
+    title = request.prompt or "Music from your clip"
+    embed = discord.Embed(title=title[:256], colour=EMBED_COLOUR)
+    if request.prompt and len(request.prompt) > 256:
+        embed.description = request.prompt[:4096]
+    embed.add_field(name="Model", value=request.model_version)
+    embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
+    embed.add_field(name="Seed", value=f"`{result.seed}`")
+    if job.input_audio_filename:
+        role = "continued" if request.continuation else "melody"
+        embed.add_field(name="Input audio", value=f"{job.input_audio_filename} ({role})")
+    others = {k: v for k, v in request.non_default_fields().items() if k not in _FIELDS_SHOWN_SEPARATELY}
+    if others:
+        embed.add_field(
+            name="Other settings",
+            value="\n".join(f"{name} = `{value}`" for name, value in others.items())[:1024],
+            inline=False,
+        )
+    embed.add_field(name="Requested by", value=f"<@{job.user_id}>", inline=False)
+    replay = f" · replay of #{job.replay_of}" if job.replay_of else ""
+    embed.set_footer(text=f"Job #{job.id}{replay} · /replay {job.id} makes it again")
+    return embed
+
+
+class ResultPoster:
+    """Posts results and failure notices, by followup while possible, else in the channel."""
+
+    def __init__(self, client: discord.Client) -> None:
+        self._client = client
+
+    def upload_limit(self, job: Job, interaction: discord.Interaction | None) -> int:
+        if interaction is not None:
+            return interaction.filesize_limit
+        guild = self._client.get_guild(job.guild_id)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT_BYTES
+
+    async def choose_file(self, job: Job, result: GenerationResult, limit: int) -> tuple[Path | None, str, str]:
+        """The file to attach, its format, and a note for the message (why it is MP3, or why there is none)."""
+        path = Path(result.output_path)
+        size = path.stat().st_size
+        if size <= limit:
+            return path, result.output_format, ""
+        if result.output_format == "wav":
+            mp3_path = path.with_suffix(".mp3")
+            await asyncio.to_thread(encode_mp3, path, mp3_path)
+            mp3_size = mp3_path.stat().st_size
+            if mp3_size <= limit:
+                return mp3_path, "mp3", (
+                    f"The WAV ({describe_size(size)}) is over this server's upload limit "
+                    f"({describe_size(limit)}), so here it is as MP3."
+                )
+            size = mp3_size
+        return None, "none", (
+            f"The result ({describe_size(size)}) is over this server's upload limit ({describe_size(limit)}), "
+            "so I could not attach it. Try a shorter duration or output_format mp3."
+        )
+
+    async def post_result(self, job: Job, result: GenerationResult, interaction: discord.Interaction | None) -> PostedResult:
+        path, posted_format, note = await self.choose_file(job, result, self.upload_limit(job, interaction))
+        embed = result_embed(job, result)
+
+        def message(content: str) -> dict[str, Any]:
+            # A discord.File is consumed by one upload: build a fresh one per attempt.
+            kwargs: dict[str, Any] = {
+                "content": "\n".join(part for part in (content, note) if part),
+                "embed": embed,
+                "allowed_mentions": discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            }
+            if path is not None:
+                kwargs["file"] = discord.File(path, filename=f"musicgen-{job.id}.{posted_format}")
+            return kwargs
+
+        sent = await self._send(
+            job,
+            interaction,
+            followup=lambda: message(f"<@{job.user_id}> your music is ready."),
+            channel=lambda: message(f"<@{job.user_id}> your music from job #{job.id} is ready."),
+        )
+        return PostedResult(sent.id, posted_format, via_channel=not isinstance(sent, discord.WebhookMessage))
+
+    async def post_failure(self, job: Job, text: str, interaction: discord.Interaction | None, *, ephemeral: bool) -> None:
+        """Tell the requester what went wrong (ephemerally while the token lives, else in the channel)."""
+        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
+        try:
+            await self._send(
+                job,
+                interaction,
+                followup=lambda: {"content": text, "ephemeral": ephemeral},
+                channel=lambda: {"content": f"<@{job.user_id}> job #{job.id}: {text}", "allowed_mentions": mentions},
+            )
+        except discord.HTTPException as error:
+            logger.warning("could not tell <@%s> that job %s failed: %s", job.user_id, job.id, error)
+
+    async def _send(
+        self,
+        job: Job,
+        interaction: discord.Interaction | None,
+        *,
+        followup: Callable[[], dict[str, Any]],
+        channel: Callable[[], dict[str, Any]],
+    ) -> discord.Message:
+        if interaction is not None and not interaction.is_expired():
+            try:
+                return await interaction.followup.send(wait=True, **followup())
+            except discord.HTTPException as error:
+                if not is_dead_token_error(error):
+                    raise
+                logger.info("job %s: interaction token no longer usable (%s); posting in the channel", job.id, error)
+        destination = self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        return await destination.send(**channel())

@@ -1,0 +1,276 @@
+"""Runs queued jobs on the inference workers and reports back on Discord.
+
+The dispatcher pulls the next job from the fair scheduler whenever a worker slot is free, marks it
+running, submits it to the `InferenceClient`, turns progress into status-message edits, and posts
+the result. The database row is updated at each step, so a restart knows what to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import discord
+
+from bot.delivery import ResultPoster
+from bot.jobs import Job, JobStatus, JobStore
+from bot.scheduler import FairScheduler, ScheduledJob
+from bot.status_message import ProgressClock, StatusMessage
+from inference.client import InferenceClient
+from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
+from inference.protocol import GenerationResult
+from inference.request import RequestError
+
+logger = logging.getLogger(__name__)
+
+
+def scheduled(job: Job) -> ScheduledJob:
+    return ScheduledJob(job.id, job.guild_id, job.user_id)
+
+
+class JobDispatcher:
+    """Feeds the workers from the scheduler and follows each job to its end."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        scheduler: FairScheduler,
+        inference: InferenceClient,
+        poster: ResultPoster,
+        output_dir: Path,
+        worker_slots: int,
+        job_retries: int,
+        progress_interval_s: float,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.inference = inference
+        self.poster = poster
+        self.output_dir = output_dir
+        self.worker_slots = worker_slots
+        self.job_retries = job_retries
+        self.progress_interval_s = progress_interval_s
+        # Interaction tokens are credentials that live 15 minutes: memory only, never the database.
+        self._interactions: dict[int, discord.Interaction] = {}
+        self._status: dict[int, StatusMessage] = {}
+        self._progress: dict[int, str] = {}
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._cancel_requested: set[int] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+
+    async def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Take no new jobs; cancel the running ones, which go back to the queue for the next start."""
+        self.stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for job_id in list(self._runners):
+            await self.inference.cancel(str(job_id))
+        if self._runners:
+            _, still_running = await asyncio.wait(list(self._runners.values()), timeout=timeout_s)
+            for task in still_running:
+                # Left 'running' in the database: the next start retries it.
+                task.cancel()
+        for status in self._status.values():
+            await status.close()
+
+    async def resume_from_database(self) -> int:
+        """Queue again what a previous run left pending; returns how many jobs were resumed."""
+        resumed = 0
+        for job in await self.store.pending():
+            if job.status is JobStatus.RUNNING:
+                # The bot stopped without putting it back (killed, crashed): that run counts as an attempt.
+                if job.attempts > self.job_retries:
+                    await self._fail(
+                        job,
+                        "The bot restarted while this was being made, more than once. It was not your fault: "
+                        "please run the command again.",
+                    )
+                    continue
+                await self.store.requeue(job.id, error="interrupted by a restart")
+            self.scheduler.enqueue(scheduled(job))
+            resumed += 1
+        if resumed:
+            logger.info("resumed %d job(s) from the database", resumed)
+        self._wake.set()
+        return resumed
+
+    # -- used by the cogs -------------------------------------------------------------------------
+    def add(self, job: Job, interaction: discord.Interaction | None) -> StatusMessage | None:
+        """Queue a job whose row exists; its status message shows the place in line from now on."""
+        if interaction is not None:
+            self._interactions[job.id] = interaction
+            self._status[job.id] = StatusMessage(
+                interaction,
+                interval_s=self.progress_interval_s,
+                on_first_edit=lambda message_id: self.store.set_status_message(job.id, message_id),
+            )
+        self.scheduler.enqueue(scheduled(job))
+        self._refresh_positions()
+        self._wake.set()
+        return self._status.get(job.id)
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued or running job; False if it is neither."""
+        if self.scheduler.cancel(job_id):
+            await self.store.mark_cancelled(job_id)
+            await self._finish_status(job_id, f"🚫 Job #{job_id} was cancelled.")
+            self._forget(job_id)
+            self._refresh_positions()
+            return True
+        if self.scheduler.is_running(job_id):
+            self._cancel_requested.add(job_id)
+            return await self.inference.cancel(str(job_id))
+        return False
+
+    def progress_of(self, job_id: int) -> str | None:
+        return self._progress.get(job_id)
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while not self.stopping:
+            while len(self._runners) < self.worker_slots and (next_job := self.scheduler.next_job()) is not None:
+                self._runners[next_job.job_id] = asyncio.create_task(self._run(next_job), name=f"job-{next_job.job_id}")
+                self._refresh_positions()
+            await self._wake.wait()
+            self._wake.clear()
+
+    async def _run(self, queued: ScheduledJob) -> None:
+        job_id = queued.job_id
+        try:
+            await self._run_job(job_id)
+        except Exception:
+            logger.exception("job %s: unexpected error in the dispatcher", job_id)
+            job = await self.store.get(job_id)
+            if job is not None and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                await self._fail(job, "Something went wrong on the bot's side. It has been logged; please try again.")
+        finally:
+            self._runners.pop(job_id, None)
+            self.scheduler.finish(job_id)
+            self._wake.set()
+
+    async def _run_job(self, job_id: int) -> None:
+        if not await self.store.mark_running(job_id):
+            return  # cancelled meanwhile
+        job = await self.store.get(job_id)
+        assert job is not None
+        status = self._status.get(job_id)
+        clock = ProgressClock()
+        if status is not None:
+            status.show(f"🎹 Job #{job_id}: loading the {job.request.model_version} model…")
+
+        def on_progress(steps_done: int, steps_total: int) -> None:
+            text = clock.describe(steps_done, steps_total)
+            self._progress[job_id] = text
+            if status is not None:
+                status.show(f"🎹 Job #{job_id}: {text}")
+
+        try:
+            result = await self.inference.submit(str(job_id), job.request, self.output_dir, on_progress=on_progress)
+        except GenerationCancelled:
+            await self._after_cancel(job)
+        except WorkerCrashed as crash:
+            await self._after_crash(job, crash)
+        except RequestError as error:
+            await self._fail(job, str(error), ephemeral=True)
+        except GenerationFailed as error:
+            logger.error("job %s failed in the engine: %s", job_id, error)
+            await self._fail(job, "The generator hit an internal error on this request. Please try again.")
+        else:
+            await self._deliver(job, result)
+        finally:
+            self._progress.pop(job_id, None)
+
+    async def _after_cancel(self, job: Job) -> None:
+        if self.stopping and job.id not in self._cancel_requested:
+            # Cancelled by our own shutdown, not by a person: it runs again after the restart.
+            await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
+            await self._finish_status(job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back.")
+            return
+        self._cancel_requested.discard(job.id)
+        await self.store.mark_cancelled(job.id)
+        await self._finish_status(job.id, f"🚫 Job #{job.id} was cancelled.")
+        self._forget(job.id)
+
+    async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
+        logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
+        if self.stopping:
+            await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
+            return
+        # job was read after mark_running, so attempts counts this run.
+        if job.attempts <= self.job_retries:
+            await self.store.requeue(job.id, error=f"worker crashed: {crash}")
+            self.scheduler.finish(job.id)
+            self.scheduler.enqueue(scheduled(job), front=True)
+            status = self._status.get(job.id)
+            if status is not None:
+                status.show(f"⚠️ Job #{job.id}: the generator crashed; trying once more…")
+            return
+        await self._fail(
+            job,
+            "The generator crashed while making this, twice. It was not your fault; "
+            "try again later, perhaps with a shorter duration.",
+        )
+
+    async def _deliver(self, job: Job, result: GenerationResult) -> None:
+        interaction = self._interactions.get(job.id)
+        try:
+            posted = await self.poster.post_result(job, result, interaction)
+        except discord.HTTPException as error:
+            logger.error("job %s: could not post the result: %s", job.id, error)
+            await self.store.mark_failed(job.id, f"could not post the result: {error}", output_path=result.output_path)
+            await self._finish_status(job.id, f"❌ Job #{job.id} finished but I could not post it here ({error.text or error.status}).")
+            self._forget(job.id)
+            return
+        await self.store.mark_done(
+            job.id,
+            output_path=result.output_path,
+            seed=result.seed,
+            posted_format=posted.posted_format,
+            result_message_id=posted.message_id,
+        )
+        await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
+        self._forget(job.id)
+
+    async def _fail(self, job: Job, message: str, *, ephemeral: bool = False) -> None:
+        """Record the failure and tell the requester; the queue goes on."""
+        await self.store.mark_failed(job.id, message)
+        interaction = self._interactions.get(job.id)
+        status = self._status.get(job.id)
+        if status is not None and status.usable and interaction is not None and not interaction.is_expired():
+            if ephemeral:
+                await status.finish(f"❌ Job #{job.id} could not run (details were sent to the requester).")
+                await self.poster.post_failure(job, message, interaction, ephemeral=True)
+            else:
+                await status.finish(f"❌ Job #{job.id} failed: {message}")
+        else:
+            await self.poster.post_failure(job, message, None, ephemeral=False)
+        self._forget(job.id)
+
+    # -- status messages ------------------------------------------------------------------------
+    def _refresh_positions(self) -> None:
+        for position, queued in enumerate(self.scheduler.queued_in_order(), start=1):
+            status = self._status.get(queued.job_id)
+            if status is not None:
+                ahead = "next in line" if position == 1 else f"position {position} in line"
+                status.show(f"🎼 Job #{queued.job_id} is queued: {ahead}. `/cancel {queued.job_id}` cancels it.")
+
+    async def _finish_status(self, job_id: int, text: str) -> None:
+        status = self._status.get(job_id)
+        if status is not None:
+            await status.finish(text)
+
+    def _forget(self, job_id: int) -> None:
+        self._interactions.pop(job_id, None)
+        self._status.pop(job_id, None)
+        self._cancel_requested.discard(job_id)

@@ -1,0 +1,137 @@
+"""The public message under a /generate: its place in line, then a live progress bar with an ETA.
+
+Edits go through one `StatusMessage` per job. The newest text always wins and intermediate texts
+are dropped, and edits are throttled (asyncio-throttle) to one per `interval_s`, so a 1500-step
+generation costs a handful of requests and never trips Discord's rate limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import discord
+from asyncio_throttle import Throttler
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_BAR_CELLS = 16
+
+
+def progress_bar(fraction: float, cells: int = PROGRESS_BAR_CELLS) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * cells)
+    return "▰" * filled + "▱" * (cells - filled)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class ProgressClock:
+    """Turns (steps_done, steps_total) into a percentage and an ETA from the observed step rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._first: tuple[float, int] | None = None
+
+    def describe(self, steps_done: int, steps_total: int) -> str:
+        now = self._clock()
+        fraction = steps_done / steps_total if steps_total else 0.0
+        text = f"`{progress_bar(fraction)}` {fraction:.0%}"
+        if self._first is None:
+            # The first report comes after model loading; rate is measured from here on.
+            self._first = (now, steps_done)
+            return text
+        started_at, started_steps = self._first
+        elapsed, steps = now - started_at, steps_done - started_steps
+        if steps > 0 and elapsed > 0:
+            text += f" · about {format_seconds((steps_total - steps_done) * elapsed / steps)} left"
+        return text
+
+
+def is_dead_token_error(error: discord.HTTPException) -> bool:
+    """The interaction token can no longer be used: expired (401/50027) or unknown (10015/10062/10008)."""
+    return error.status == 401 or error.code in (50027, 10015, 10062, 10008)
+
+
+class StatusMessage:
+    """Coalesced, throttled edits of an interaction's original response."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        *,
+        interval_s: float,
+        on_first_edit: Callable[[int], object] | None = None,
+    ) -> None:
+        self._interaction = interaction
+        self._throttler = Throttler(rate_limit=1, period=interval_s) if interval_s > 0 else None
+        self._on_first_edit = on_first_edit
+        self._latest: str | None = None
+        self._shown: str | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.message_id: int | None = None
+        # Once the token is dead (expired, or the message was deleted) we stop trying.
+        self.usable = True
+
+    @property
+    def interaction(self) -> discord.Interaction:
+        return self._interaction
+
+    def show(self, text: str) -> None:
+        """Ask for the message to read `text` soon (replacing any edit not yet sent)."""
+        if not self.usable:
+            return
+        self._latest = text
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._edit_loop(), name="status-message-edits")
+
+    async def finish(self, text: str) -> None:
+        """Stop the throttled edits and show a final text at once."""
+        await self.close()
+        if self.usable and text != self._shown:
+            await self._edit(text)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _edit_loop(self) -> None:
+        while self.usable:
+            await self._changed.wait()
+            if self._throttler is not None:
+                async with self._throttler:
+                    pass
+            self._changed.clear()
+            text = self._latest
+            if text is not None and text != self._shown:
+                await self._edit(text)
+
+    async def _edit(self, text: str) -> None:
+        if self._interaction.is_expired():
+            self.usable = False
+            return
+        try:
+            message = await self._interaction.edit_original_response(content=text)
+        except discord.HTTPException as error:
+            if is_dead_token_error(error):
+                self.usable = False
+            else:
+                logger.warning("could not edit the status message: %s", error)
+            return
+        self._shown = text
+        if self.message_id is None:
+            self.message_id = message.id
+            if self._on_first_edit is not None:
+                outcome = self._on_first_edit(message.id)
+                if asyncio.iscoroutine(outcome):
+                    await outcome

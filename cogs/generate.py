@@ -1,0 +1,248 @@
+"""/generate and /replay: turn a slash command into a queued generation job.
+
+Flow of /generate: build and validate the request from the options (cheap checks, answered
+ephemerally before anything is public), check the caps, defer publicly within Discord's 3 s, then
+download and decode the attachment. Problems found after deferring delete the public "thinking…"
+message and are answered ephemerally too, so a mistake never leaves a public trace or a job row.
+Only a request that passed every check becomes a row, and only a row is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice, Range
+from discord.ext import commands
+
+from bot.audio_files import looks_like_audio, measure_upload
+from bot.jobs import Job, JobOrigin
+from bot.replies import defer_publicly, reply_privately
+from inference.request import (
+    MAX_DURATION_S,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MIN_DURATION_S,
+    MODEL_VERSIONS,
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    RequestError,
+)
+
+if TYPE_CHECKING:
+    from bot.bot import MusicGenBot
+
+logger = logging.getLogger(__name__)
+
+# Versions whose language model takes no chroma: a melody for them is refused before queueing.
+MODELS_WITHOUT_MELODY = frozenset({"small", "medium", "large"})
+MIB = 1024 * 1024
+
+
+def choices(values: tuple[str, ...]) -> list[Choice[str]]:
+    return [Choice(name=value, value=value) for value in values]
+
+
+class GenerateCog(commands.Cog):
+    """Making music: /generate and /replay."""
+
+    def __init__(self, bot: MusicGenBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="generate", description="Make music with MusicGen from a prompt and/or an audio clip.")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What the music should sound like.",
+        model_version="Which model; encode-decode only runs your clip through EnCodec. Default: the server's default.",
+        input_audio="A melody to follow (melody model), or with continuation, a clip to continue.",
+        duration="Seconds to generate (with continuation: seconds added after the clip).",
+        continuation="Continue input_audio instead of following its melody.",
+        continuation_start="Use input_audio from this second on.",
+        continuation_end="Use input_audio up to this second (-1 = to the end).",
+        normalization_strategy="How the output loudness is normalized.",
+        top_k="Sample among the k most likely tokens.",
+        top_p="Nucleus sampling when above 0 (then top_k is ignored).",
+        temperature="Randomness; 0 = always the most likely token.",
+        classifier_free_guidance="How closely to follow the prompt.",
+        output_format="File format of the result.",
+        seed="Same seed + same settings = same music; -1 = random.",
+    )
+    @app_commands.choices(
+        model_version=choices(MODEL_VERSIONS),
+        normalization_strategy=choices(NORMALIZATION_STRATEGIES),
+        output_format=choices(OUTPUT_FORMATS),
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction[MusicGenBot],
+        prompt: Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+        model_version: str | None = None,
+        input_audio: discord.Attachment | None = None,
+        duration: Range[int, MIN_DURATION_S, MAX_DURATION_S] = 8,
+        continuation: bool = False,
+        continuation_start: Range[float, 0.0, None] = 0.0,
+        continuation_end: Range[float, -1.0, None] = -1.0,
+        normalization_strategy: str = "loudness",
+        top_k: Range[int, 0, MAX_TOP_K] = 250,
+        top_p: Range[float, 0.0, 1.0] = 0.0,
+        temperature: Range[float, 0.0, MAX_TEMPERATURE] = 1.0,
+        classifier_free_guidance: Range[float, 0.0, MAX_GUIDANCE] = 3.0,
+        output_format: str = "wav",
+        seed: Range[int, -1, MAX_SEED] = -1,
+    ) -> None:
+        if not self.bot.accepting_jobs:
+            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+        request = GenerationRequest(
+            model_version=model_version or self.bot.config.bot.default_model_version,  # type: ignore[arg-type]
+            prompt=prompt,
+            # A placeholder until the upload is stored: validation only needs to know there is one.
+            input_audio="pending-upload" if input_audio is not None else None,
+            duration=duration,
+            continuation=continuation,
+            continuation_start=continuation_start,
+            continuation_end=continuation_end,
+            normalization_strategy=normalization_strategy,  # type: ignore[arg-type]
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            classifier_free_guidance=classifier_free_guidance,
+            output_format=output_format,  # type: ignore[arg-type]
+            seed=seed,
+        ).validate()
+        self.check_model_available(request)
+        if input_audio is not None:
+            self.check_attachment_before_download(input_audio)
+        self.check_admission(interaction)
+
+        await defer_publicly(interaction)
+        upload: Path | None = None
+        try:
+            if input_audio is not None:
+                upload = await self.download_and_measure(input_audio, request)
+                request = request.replace(input_audio=str(upload))
+            await self.queue_job(interaction, request, input_audio_filename=input_audio.filename if input_audio else None)
+        except Exception:
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+            raise
+
+    @app_commands.command(name="replay", description="Run one of this server's jobs again: same settings and seed, same music.")
+    @app_commands.guild_only()
+    @app_commands.describe(job_id="The job number (see /history).")
+    async def replay(self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None]) -> None:
+        if not self.bot.accepting_jobs:
+            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+        original = await self.bot.jobs.get(job_id)
+        if original is None or original.guild_id != interaction.guild_id:
+            raise RequestError(f"There is no job #{job_id} in this server. `/history` lists yours.")
+        request = original.request
+        if request.input_audio is not None and not Path(request.input_audio).is_file():
+            raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
+        self.check_model_available(request)
+        self.check_admission(interaction)
+        await defer_publicly(interaction)
+        await self.queue_job(interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id)
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def check_model_available(self, request: GenerationRequest) -> None:
+        sources = self.bot.config.engine_settings.models
+        default = self.bot.config.bot.default_model_version
+        if request.model_version == "finetuned" and not sources.finetuned:
+            raise RequestError(
+                f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default})."
+            )
+        if request.input_audio is not None and not request.continuation and request.model_version in MODELS_WITHOUT_MELODY:
+            raise RequestError(
+                f"The {request.model_version} model cannot follow a melody. Use model_version melody to follow "
+                "your clip's melody, or set continuation to True to continue the clip instead."
+            )
+
+    def check_attachment_before_download(self, attachment: discord.Attachment) -> None:
+        max_mb = self.bot.config.limits.max_attachment_mb
+        if attachment.size > max_mb * MIB:
+            raise RequestError(
+                f"{attachment.filename} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
+            )
+        if not looks_like_audio(attachment.filename, attachment.content_type):
+            raise RequestError(
+                f"{attachment.filename} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
+            )
+
+    def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
+        assert interaction.guild_id is not None
+        refusal = self.bot.scheduler.admission_refusal(interaction.guild_id, interaction.user.id)
+        if refusal is not None:
+            raise RequestError(refusal)
+
+    # -- after deferring --------------------------------------------------------------------------
+    async def download_and_measure(self, attachment: discord.Attachment, request: GenerationRequest) -> Path:
+        """Store the upload in the data dir (kept for /replay) and check it decodes and fits."""
+        suffix = Path(attachment.filename).suffix.lower()
+        if not suffix[1:].isalnum():
+            suffix = ".audio"
+        path = self.bot.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+        try:
+            await attachment.save(path)
+            if path.stat().st_size > self.bot.config.limits.max_attachment_mb * MIB:
+                raise RequestError(f"{attachment.filename} is larger than it said it was; it was refused.")
+            seconds = await asyncio.to_thread(
+                measure_upload,
+                path,
+                max_seconds=self.bot.config.limits.max_input_seconds,
+                timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
+            )
+            request.check_input_length(seconds)
+        except discord.HTTPException as error:
+            path.unlink(missing_ok=True)
+            raise RequestError(f"I could not download {attachment.filename} from Discord ({error.status}). Try again.") from error
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def queue_job(
+        self,
+        interaction: discord.Interaction[MusicGenBot],
+        request: GenerationRequest,
+        *,
+        input_audio_filename: str | None,
+        replay_of: int | None = None,
+    ) -> Job:
+        """Insert the job row and queue it (re-checking the caps: the download gave others time to queue)."""
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        seed_was_random = request.seed is None
+        if seed_was_random:
+            # Chosen here, not in the worker, so the row records it before the job runs and a retry
+            # after a crash or restart makes the same music.
+            request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
+        async with self.bot.admission_lock:
+            self.check_admission(interaction)
+            job = await self.bot.jobs.create(
+                JobOrigin(
+                    guild_id=interaction.guild_id,
+                    channel_id=interaction.channel_id,
+                    user_id=interaction.user.id,
+                    application_id=interaction.application_id,
+                    interaction_id=interaction.id,
+                ),
+                request,
+                seed_was_random=seed_was_random,
+                input_audio_filename=input_audio_filename,
+                replay_of=replay_of,
+            )
+            self.bot.dispatcher.add(job, interaction)
+        return job
+
+
+async def setup(bot: MusicGenBot) -> None:
+    await bot.add_cog(GenerateCog(bot))

@@ -1,0 +1,127 @@
+"""/queue, /cancel and /history: seeing and managing jobs in this server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Range
+from discord.ext import commands
+
+from bot.jobs import Job, JobStatus
+from inference.request import RequestError
+
+if TYPE_CHECKING:
+    from bot.bot import MusicGenBot
+
+QUEUE_LINES_SHOWN = 15
+HISTORY_LINES_SHOWN = 10
+STATUS_ICONS = {
+    JobStatus.QUEUED: "🎼",
+    JobStatus.RUNNING: "🎹",
+    JobStatus.DONE: "✅",
+    JobStatus.FAILED: "❌",
+    JobStatus.CANCELLED: "🚫",
+}
+
+
+def short_prompt(job: Job, limit: int = 60) -> str:
+    prompt = job.request.prompt or (f"🎵 {job.input_audio_filename}" if job.input_audio_filename else "—")
+    prompt = prompt.replace("`", "'")
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+
+
+class QueueCog(commands.Cog):
+    """Seeing and managing jobs: /queue, /cancel, /history."""
+
+    def __init__(self, bot: MusicGenBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="Your place in line and this server's queue.")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction[MusicGenBot]) -> None:
+        assert interaction.guild_id is not None
+        jobs = await self.bot.jobs.pending_in_guild(interaction.guild_id)
+        if not jobs:
+            await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
+            return
+        scheduler, dispatcher = self.bot.scheduler, self.bot.dispatcher
+
+        def where(job: Job) -> str:
+            position = scheduler.position(job.id)
+            if position == 0:
+                return f"running {dispatcher.progress_of(job.id) or ''}".rstrip()
+            return "waiting" if position is None else f"#{position} in line"
+
+        ordered = sorted(jobs, key=lambda job: (scheduler.position(job.id) is None, scheduler.position(job.id) or 0, job.id))
+        mine = [job for job in ordered if job.user_id == interaction.user.id]
+        lines = []
+        if mine:
+            lines.append("**Your jobs:** " + ", ".join(f"#{job.id} ({where(job)})" for job in mine))
+        else:
+            lines.append("You have no jobs queued here.")
+        lines.append(f"**This server's queue** ({len(jobs)} pending, limit {scheduler.guild_limit(interaction.guild_id)}):")
+        for job in ordered[:QUEUE_LINES_SHOWN]:
+            request = job.request
+            lines.append(
+                f"{STATUS_ICONS[job.status]} #{job.id} · <@{job.user_id}> · {request.model_version}, "
+                f"{request.duration} s · `{short_prompt(job)}` · {where(job)}"
+            )
+        if len(ordered) > QUEUE_LINES_SHOWN:
+            lines.append(f"… and {len(ordered) - QUEUE_LINES_SHOWN} more.")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel your job (Manage Server: anyone's).")
+    @app_commands.guild_only()
+    @app_commands.describe(job_id="Which job; default: your most recent pending one.")
+    async def cancel(self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None] | None = None) -> None:
+        assert interaction.guild_id is not None
+        if job_id is None:
+            mine = [
+                job
+                for job in await self.bot.jobs.pending_in_guild(interaction.guild_id)
+                if job.user_id == interaction.user.id
+            ]
+            if not mine:
+                raise RequestError("You have no queued or running job in this server.")
+            job = mine[-1]
+        else:
+            found = await self.bot.jobs.get(job_id)
+            if found is None or found.guild_id != interaction.guild_id:
+                raise RequestError(f"There is no job #{job_id} in this server.")
+            job = found
+        permissions = interaction.permissions
+        if job.user_id != interaction.user.id and not permissions.manage_guild:
+            raise RequestError(f"Job #{job.id} is <@{job.user_id}>'s; only they or someone with Manage Server can cancel it.")
+        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise RequestError(f"Job #{job.id} is already {job.status.value}.")
+        if await self.bot.dispatcher.cancel(job.id):
+            text = f"Job #{job.id} is cancelled." if job.status is JobStatus.QUEUED else f"Cancelling job #{job.id}…"
+        else:
+            text = f"Job #{job.id} has just finished; there was nothing left to cancel."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="history", description="Your recent jobs in this server, with their seeds.")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction[MusicGenBot]) -> None:
+        assert interaction.guild_id is not None
+        jobs = await self.bot.jobs.history(interaction.guild_id, interaction.user.id, limit=HISTORY_LINES_SHOWN)
+        if not jobs:
+            await interaction.response.send_message("You have not made anything here yet: try `/generate`.", ephemeral=True)
+            return
+        lines = [f"**Your last {len(jobs)} job(s) here** (`/replay job_id` makes one again):"]
+        for job in jobs:
+            request = job.request
+            line = (
+                f"{STATUS_ICONS[job.status]} #{job.id} · {job.status.value} · <t:{int(job.created_at)}:R> · "
+                f"{request.model_version}, {request.duration} s · seed `{job.seed}` · `{short_prompt(job)}`"
+            )
+            if job.status is JobStatus.FAILED and job.error:
+                line += f"\n  ↳ {job.error[:150]}"
+            lines.append(line)
+        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+
+
+async def setup(bot: MusicGenBot) -> None:
+    await bot.add_cog(QueueCog(bot))

@@ -1,0 +1,42 @@
+"""/musicgen-settings: per-server settings for admins (Manage Server)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Range
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.bot import MusicGenBot
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class SettingsCog(commands.GroupCog, group_name="musicgen-settings", group_description="Server settings for the music bot."):
+    """Admin settings, stored in the guild_settings table."""
+
+    def __init__(self, bot: MusicGenBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="max_pending", description="Cap the jobs this server may have queued or running (empty = default).")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.describe(limit="Jobs queued or running at once; leave empty for the bot's default.")
+    async def max_pending(self, interaction: discord.Interaction[MusicGenBot], limit: Range[int, 1, 1000] | None = None) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.jobs.set_guild_limit(interaction.guild_id, limit)
+        self.bot.scheduler.set_guild_limit(interaction.guild_id, limit)
+        effective = self.bot.scheduler.guild_limit(interaction.guild_id)
+        text = (
+            f"This server may now have {limit} job(s) queued or running at once."
+            if limit is not None
+            else f"This server's cap is back to the bot's default ({effective})."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: MusicGenBot) -> None:
+    await bot.add_cog(SettingsCog(bot))
