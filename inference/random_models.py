@@ -187,6 +187,15 @@ def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
             codebook.inited.fill_(1.0)
 
 
+def randomize_layer_norms(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Move LayerNorms away from (1, 0) so that a checkpoint mapping which swaps two norms shows up."""
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, torch.nn.LayerNorm):
+                norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
+                norm.bias.copy_(0.2 * torch.randn(norm.bias.shape, generator=generator))
+
+
 def generation_defaults(model: Any, *, guidance_scale: float = 3.0) -> None:
     """The generation config of the published checkpoints: sampling, top-k 250, cfg 3, 30 s."""
     gc = model.generation_config
@@ -209,6 +218,7 @@ def build_random_musicgen(model_version: str, *, tiny: bool = False, seed: int =
     model = model_class(config)
     generator = torch.Generator().manual_seed(seed + 1)
     fill_random_codebooks(model.audio_encoder, generator)
+    randomize_layer_norms(model.decoder, generator)
     generation_defaults(model)
     return model.eval()
 
@@ -246,9 +256,7 @@ def make_test_model(
                                      audio_channels=model.config.audio_encoder.audio_channels)
     else:
         write_audiocraft_checkpoint(
-            model, out, model_version=model_version,
-            compression_pointer=str((out / COMPRESSION_DIR).resolve()),
-            embedded_compression=embedded_compression,
+            model, out, model_version=model_version, embedded_compression=embedded_compression,
         )
     (out / TEST_MODEL_MARKER).write_text(json.dumps(
         {"model_version": model_version, "tiny": tiny, "format": fmt, "seed": seed,
@@ -282,7 +290,113 @@ def save_tokenizer_and_processor(folder: Path, tokenizer: Any, *, melody: bool, 
 
 
 def write_audiocraft_checkpoint(
-    model: Any, out: Path, *, model_version: str, compression_pointer: str, embedded_compression: bool
+    model: Any, out: Path, *, model_version: str, embedded_compression: bool, guidance_scale: float = 3.0,
+    cfg_overrides: dict[str, Any] | None = None,
 ) -> None:
-    """Write `model`'s decoder as an audiocraft training export (see inference.convert)."""
-    raise NotImplementedError("audiocraft format is not written yet")
+    """Write `model`'s LM as audiocraft's `export_lm` does, and its EnCodec as a pointer or embedded.
+
+    The pointer names facebook/encodec_32khz (as real fine-tunes do), so a config must point
+    `[models] compression` at the `encodec/` folder beside it. `cfg_overrides` (dotted keys) edit the
+    written `xp.cfg`, e.g. to produce a checkpoint with features the converter must refuse.
+    """
+    from omegaconf import OmegaConf
+
+    from inference.convert import COMPRESSION_STATE_FILE, DEFAULT_COMPRESSION_ID, LM_STATE_FILE
+    from inference.convert import transformers_to_encodec_state, transformers_to_lm_state
+
+    cfg = OmegaConf.create(audiocraft_lm_cfg(model, model_version=model_version, guidance_scale=guidance_scale))
+    for dotted, value in (cfg_overrides or {}).items():
+        OmegaConf.update(cfg, dotted, value, force_add=True)
+    lm_state = transformers_to_lm_state(model)
+    if model_version == "melody":
+        # audiocraft saves its chroma extractor's filter bank buffer with the LM (n_chroma x n_fft/2+1).
+        lm_state["condition_provider.conditioners.self_wav.chroma.fbanks"] = torch.rand(MELODY_NUM_CHROMA, 2**13 + 1)
+    torch.save(
+        {"best_state": lm_state, "xp.cfg": OmegaConf.to_yaml(cfg),
+         "version": AUDIOCRAFT_VERSION, "exported": True},
+        out / LM_STATE_FILE,
+    )
+    if embedded_compression:
+        compression = {
+            "best_state": transformers_to_encodec_state(model.audio_encoder),
+            "xp.cfg": OmegaConf.to_yaml(OmegaConf.create(audiocraft_encodec_cfg(model.config.audio_encoder))),
+            "version": AUDIOCRAFT_VERSION, "exported": True,
+        }
+    else:
+        compression = {"pretrained": DEFAULT_COMPRESSION_ID, "exported": True, "version": AUDIOCRAFT_VERSION}
+    torch.save(compression, out / COMPRESSION_STATE_FILE)
+
+
+AUDIOCRAFT_VERSION = "1.3.0"
+
+
+def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float = 3.0) -> dict[str, Any]:
+    """The parts of audiocraft's merged MusicGen training config (musicgen_base_32khz /
+    musicgen_melody_32khz recipes) that describe the LM and its conditioning."""
+    decoder = model.config.decoder
+    melody = model_version == "melody"
+    conditioners: dict[str, Any] = {
+        "description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False, "word_dropout": 0.3,
+                                               "normalize_text": False}},
+    }
+    if melody:
+        conditioners["self_wav"] = {"model": "chroma_stem", "chroma_stem": {
+            "sample_rate": SAMPLE_RATE, "n_chroma": MELODY_NUM_CHROMA, "radix2_exp": 14, "argmax": True,
+            "match_len_on_eval": False, "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}}
+    return {
+        "solver": "musicgen",
+        "sample_rate": SAMPLE_RATE,
+        "channels": model.config.audio_encoder.audio_channels,
+        "compression_model_checkpoint": "//pretrained/" + "facebook/encodec_32khz",
+        "dataset": {"segment_duration": 30, "batch_size": 192},
+        "interleave_stereo_codebooks": {"use": False, "per_timestep": False},
+        "lm_model": "transformer_lm",
+        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(range(decoder.num_codebooks)),
+                                                              "flatten_first": 0, "empty_initial": 0}},
+        "transformer_lm": {
+            "dim": decoder.hidden_size, "num_heads": decoder.num_attention_heads,
+            "num_layers": decoder.num_hidden_layers, "hidden_scale": decoder.ffn_dim // decoder.hidden_size,
+            "n_q": decoder.num_codebooks, "card": decoder.vocab_size, "dropout": 0.0, "emb_lr": None,
+            "activation": "gelu", "norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False,
+            "past_context": None, "causal": True, "custom": False, "memory_efficient": True,
+            "attention_as_float32": False, "layer_scale": None, "positional_embedding": "sin", "xpos": False,
+            "checkpointing": "none", "weight_init": "gaussian", "depthwise_init": "current", "zero_bias_init": True,
+            "norm": "layer_norm", "cross_attention": False, "qk_layer_norm": False, "qk_layer_norm_cross": False,
+            "attention_dropout": None, "kv_repeat": 1, "two_step_cfg": False,
+        },
+        "classifier_free_guidance": {"training_dropout": 0.2 if melody else 0.3, "inference_coef": guidance_scale},
+        "attribute_dropout": {},
+        "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": [],
+                  "prepend": ["self_wav", "description"] if melody else [],
+                  "cross": [] if melody else ["description"], "input_interpolate": []},
+        "conditioners": conditioners,
+        "generate": {"lm": {"use_sampling": True, "top_k": 250, "top_p": 0.0}},
+    }
+
+
+def audiocraft_encodec_cfg(config: Any) -> dict[str, Any]:
+    """audiocraft's compression training config (encodec_musicgen_32khz recipe) for an EncodecConfig."""
+    return {
+        "solver": "compression",
+        "sample_rate": config.sampling_rate,
+        "channels": config.audio_channels,
+        "compression_model": "encodec",
+        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": config.sampling_rate,
+                    "channels": config.audio_channels, "causal": config.use_causal_conv, "renormalize": False},
+        "seanet": {
+            "dimension": config.hidden_size, "channels": config.audio_channels, "causal": config.use_causal_conv,
+            "n_filters": config.num_filters, "n_residual_layers": config.num_residual_layers,
+            "ratios": list(config.upsampling_ratios), "activation": "ELU", "activation_params": {"alpha": 1.0},
+            "norm": "weight_norm", "norm_params": {}, "kernel_size": config.kernel_size,
+            "residual_kernel_size": config.residual_kernel_size, "last_kernel_size": config.last_kernel_size,
+            "dilation_base": config.dilation_growth_rate, "pad_mode": config.pad_mode,
+            "true_skip": not config.use_conv_shortcut, "compress": config.compress, "lstm": config.num_lstm_layers,
+            "disable_norm_outer_blocks": 0,
+            "decoder": {"trim_right_ratio": config.trim_right_ratio, "final_activation": None,
+                        "final_activation_params": None},
+            "encoder": {},
+        },
+        "rvq": {"n_q": config.num_quantizers, "q_dropout": False, "bins": config.codebook_size, "decay": 0.99,
+                "kmeans_init": True, "kmeans_iters": 50, "threshold_ema_dead_code": 2,
+                "orthogonal_reg_weight": 0.0, "orthogonal_reg_active_codes_only": False},
+    }
