@@ -29,7 +29,9 @@ def _chroma_filters(sample_rate: int, n_fft: int, num_chroma: int) -> torch.Tens
     return torch.from_numpy(bank).float()
 
 
-def power_spectrogram(wav: torch.Tensor, *, n_fft: int = CHROMA_N_FFT, hop_length: int = CHROMA_HOP_LENGTH) -> torch.Tensor:
+def power_spectrogram(
+    wav: torch.Tensor, *, n_fft: int = CHROMA_N_FFT, hop_length: int = CHROMA_HOP_LENGTH
+) -> torch.Tensor:
     """|STFT|^2 of `wav` [..., T] -> [..., n_fft // 2 + 1, frames], as torchaudio's
     `Spectrogram(n_fft, win_length=n_fft, hop_length, power=2, center=True, normalized=True)`."""
     window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)

@@ -9,7 +9,8 @@ do, as the Cog predictor of the product calls them:
   argmax chroma that conditions melody models;
 - continuation: the trimmed clip is encoded with the model's EnCodec and the language model continues
   those codes; the output is the re-decoded clip followed by `duration` new seconds;
-- encode-decode: the clip goes through EnCodec and back, no language model;
+- encode-decode: the (trimmed) clip goes through EnCodec and back, no language model; `duration` does
+  not apply, the output is as long as the clip;
 - sampling: top_k, or top_p alone when > 0, temperature (0 = greedy), classifier-free guidance with
   audiocraft's formula `uncond + cfg * (cond - uncond)` for every cfg value.
 
@@ -35,9 +36,9 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from inference import audio
 from inference.chroma import extract_chroma
 from inference.errors import GenerationCancelled
-from inference.models import LoadedMusicGen, ModelCache
+from inference.models import LoadedCompression, LoadedMusicGen, ModelCache
 from inference.protocol import GenerationResult
-from inference.request import MAX_DURATION_S, MAX_SEED, GenerationRequest, RequestError
+from inference.request import MAX_SEED, GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
 __all__ = ["GeneratedAudio", "GenerationCancelled", "MusicGenEngine", "seed_everything"]
@@ -112,7 +113,9 @@ class _StepMonitor(StoppingCriteria):
         self.is_cancelled = is_cancelled
         self.last_step_at: float | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: Any
+    ) -> torch.BoolTensor:
         self.steps_done += 1
         if self.is_cancelled is not None and self.is_cancelled():
             raise GenerationCancelled(f"cancelled after {self.steps_done} of {self.steps_total} decoder steps")
@@ -212,11 +215,10 @@ class MusicGenEngine:
         request.validate()
         clock = _PhaseClock()
         seed = choose_seed(request.seed)
-        with torch.inference_mode():
-            if request.model_version == "encode-decode":
-                wav, sample_rate = self._encode_decode(request, model_source, clock)
-            else:
-                wav, sample_rate = self._generate_music(request, model_source, seed, clock, on_progress, is_cancelled)
+        if request.model_version == "encode-decode":
+            wav, sample_rate = self._encode_decode(request, model_source, clock)
+        else:
+            wav, sample_rate = self._generate_music(request, model_source, seed, clock, on_progress, is_cancelled)
         return GeneratedAudio(wav=wav, sample_rate=sample_rate, seed=seed, timings=clock.finish())
 
     def generate_to_file(
@@ -231,7 +233,9 @@ class MusicGenEngine:
     ) -> GenerationResult:
         """Generate, normalise (request.normalization_strategy) and write `<output_dir>/<job_id>.<format>`."""
         started = time.perf_counter()
-        generated = self.generate(request, model_source=model_source, on_progress=on_progress, is_cancelled=is_cancelled)
+        generated = self.generate(
+            request, model_source=model_source, on_progress=on_progress, is_cancelled=is_cancelled
+        )
         write_started = time.perf_counter()
         normalized = audio.normalize_audio(generated.wav, request.normalization_strategy, generated.sample_rate)
         output_dir = Path(output_dir)
@@ -263,13 +267,30 @@ class MusicGenEngine:
         on_progress: ProgressCallback | None,
         is_cancelled: CancelCheck | None,
     ) -> tuple[torch.Tensor, int]:
+        # Models are loaded outside inference mode: their weights must stay ordinary tensors for
+        # other users of the cache.
         loaded = self.cache.get(request.model_version, model_source)
-        clock.lap("load")
-        if request.input_audio is not None and not request.continuation and not loaded.supports_melody:
+        follows_melody = request.input_audio is not None and not request.continuation
+        if follows_melody and not loaded.supports_melody:
             raise RequestError(
                 f"The {request.model_version} model can't follow a melody; choose model_version melody (or a "
                 "melody-based fine-tune), or set continuation to continue the clip instead."
             )
+        separator = self._stem_separator(loaded.device) if follows_melody else None
+        clock.lap("load")
+        with torch.inference_mode():
+            return self._run_music_model(request, loaded, separator, seed, clock, on_progress, is_cancelled)
+
+    def _run_music_model(
+        self,
+        request: GenerationRequest,
+        loaded: LoadedMusicGen,
+        separator: torch.nn.Module | None,
+        seed: int,
+        clock: _PhaseClock,
+        on_progress: ProgressCallback | None,
+        is_cancelled: CancelCheck | None,
+    ) -> tuple[torch.Tensor, int]:
         # Seed before anything random (demucs' random shifts included).
         seed_everything(seed)
         model = loaded.model
@@ -284,7 +305,7 @@ class MusicGenEngine:
             inputs["decoder_input_ids"] = prompt_codes
         elif request.input_audio is not None:
             clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-            inputs["input_features"] = self._melody_chroma(loaded, clip).to(loaded.device, loaded.dtype)
+            inputs["input_features"] = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
 
         num_codebooks = int(model.decoder.config.num_codebooks)
         channel_codebooks = num_codebooks // 2 if loaded.audio_channels == 2 else num_codebooks
@@ -311,10 +332,18 @@ class MusicGenEngine:
         expected = (prompt_frames + new_frames) * hop_length
         return _fit_length(wav, expected), loaded.sample_rate
 
-    def _encode_decode(self, request: GenerationRequest, model_source: str | None, clock: _PhaseClock) -> tuple[torch.Tensor, int]:
+    def _encode_decode(
+        self, request: GenerationRequest, model_source: str | None, clock: _PhaseClock
+    ) -> tuple[torch.Tensor, int]:
         # `duration` does not apply: the output is as long as the (trimmed) input clip.
         compression = self.cache.get_compression(model_source)
         clock.lap("load")
+        with torch.inference_mode():
+            return self._run_compression_model(request, compression, clock)
+
+    def _run_compression_model(
+        self, request: GenerationRequest, compression: LoadedCompression, clock: _PhaseClock
+    ) -> tuple[torch.Tensor, int]:
         clip = self._load_input(request, compression.sample_rate, compression.audio_channels)
         codec = compression.model
         batch = clip[None].to(compression.device, compression.dtype)
@@ -339,20 +368,20 @@ class MusicGenEngine:
     def _load_input(self, request: GenerationRequest, sample_rate: int, channels: int) -> torch.Tensor:
         """The input clip decoded at `sample_rate`/`channels` and trimmed to [start*sr : end*sr]."""
         assert request.input_audio is not None
-        wav = audio.load_audio(
+        clip = audio.load_audio(
             request.input_audio,
             sample_rate=sample_rate,
             channels=channels,
+            start_s=request.continuation_start,
+            end_s=request.continuation_end,
             timeout_s=self.settings.engine.decode_timeout_s,
         )
-        full_seconds = wav.shape[-1] / sample_rate
-        request.check_input_length(full_seconds)
-        start = int(request.continuation_start * sample_rate)
-        end = wav.shape[-1] if request.continuation_end is None else int(request.continuation_end * sample_rate)
-        trimmed = wav[:, start:end]
-        if trimmed.shape[-1] == 0:
+        if clip.shape[-1] == 0:
             raise RequestError("The trimmed clip is empty: check continuation_start and continuation_end.")
-        return trimmed
+        # The clip ends at start + its trimmed length (the decoder stops reading at continuation_end),
+        # which is all the 30 s budget of a continuation needs.
+        request.check_input_length(request.continuation_start + clip.shape[-1] / sample_rate)
+        return clip
 
     def _encode_prompt(self, loaded: LoadedMusicGen, clip: torch.Tensor) -> torch.Tensor:
         """EnCodec codes of the continuation prompt as decoder_input_ids [codebooks, frames]
@@ -365,19 +394,27 @@ class MusicGenEngine:
             codes = torch.stack([left, right], dim=2).flatten(1, 2)  # [1, 2*K, frames], L/R alternating
         else:
             codes = codec.encode(batch).audio_codes[0]  # [1, K, frames]
-        prompt_seconds = clip.shape[-1] / loaded.sample_rate
-        if codes.shape[-1] / loaded.frame_rate > MAX_DURATION_S:  # check_input_length caught this already
-            raise RequestError(f"The clip to continue is {prompt_seconds:.1f} s: at most {MAX_DURATION_S} s.")
         return codes.reshape(-1, codes.shape[-1])
 
-    def _melody_chroma(self, loaded: LoadedMusicGen, clip: torch.Tensor) -> torch.Tensor:
-        """audiocraft's melody conditioning: optional demucs stems (vocals + other), then the argmax chroma."""
-        if self.settings.melody.stem_separation:
-            from inference.stems import load_demucs, melody_stems
+    def _stem_separator(self, device: torch.device) -> torch.nn.Module | None:
+        """The demucs model for melody stems (loaded once), or None when `[melody] stem_separation` is off."""
+        if not self.settings.melody.stem_separation:
+            return None
+        if self._demucs is None:
+            from inference.stems import load_demucs
 
-            if self._demucs is None:
-                self._demucs = load_demucs(self.settings.melody.demucs_model)
-            mono = melody_stems(clip, loaded.sample_rate, self._demucs, loaded.device)
+            self._demucs = load_demucs(self.settings.melody.demucs_model)
+        # Demucs runs in float32 whatever the MusicGen dtype (audiocraft autocasts it to float32).
+        return self._demucs.to(device=device, dtype=torch.float32)
+
+    def _melody_chroma(
+        self, loaded: LoadedMusicGen, clip: torch.Tensor, separator: torch.nn.Module | None
+    ) -> torch.Tensor:
+        """audiocraft's melody conditioning: demucs stems (vocals + other) when configured, then the argmax chroma."""
+        if separator is not None:
+            from inference.stems import melody_stems
+
+            mono = melody_stems(clip, loaded.sample_rate, separator, loaded.device)
         else:
             mono = clip.mean(dim=0, keepdim=True)
         return extract_chroma(mono, loaded.sample_rate)  # [1, frames, 12]

@@ -90,7 +90,10 @@ def load_demucs(spec: str) -> torch.nn.Module:
 
 
 def melody_stems(wav: torch.Tensor, sample_rate: int, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """The vocals + other stems of `wav` [C, T] at `sample_rate`, mixed down to mono [1, T'] at `sample_rate`."""
+    """The vocals + other stems of `wav` [C, T] at `sample_rate`, mixed down to mono [1, T'] at `sample_rate`.
+
+    `model` (float32, already on `device`) is a demucs model or anything with its interface
+    (`sources`, `samplerate`, `audio_channels`, `segment`, forward [B, C, T] -> [B, sources, C, T])."""
     from demucs.apply import apply_model
     from demucs.audio import convert_audio
 
@@ -102,8 +105,6 @@ def melody_stems(wav: torch.Tensor, sample_rate: int, model: torch.nn.Module, de
     demucs_rate = int(model.samplerate)  # type: ignore[arg-type]
     demucs_channels = int(model.audio_channels)  # type: ignore[arg-type]
     mix = convert_audio(wav.float().cpu(), sample_rate, demucs_rate, demucs_channels)
-    # Demucs runs in float32 whatever the MusicGen dtype (as audiocraft's autocast to float32 does).
-    model.to(device=device, dtype=torch.float32)
     stems = apply_model(model, mix[None], device=device)  # [1, sources, channels, T]; shifts use `random`
     melody = stems[0, stem_indices].sum(0)  # [channels, T]
     return convert_audio(melody, demucs_rate, sample_rate, 1)

@@ -102,7 +102,9 @@ def test_the_prompt_conditions_the_music(engine: MusicGenEngine) -> None:
 
 
 def test_generate_to_file_reports_what_it_wrote(engine: MusicGenEngine, tmp_path: Path) -> None:
-    result = engine.generate_to_file("job-42", text_request(duration=2, normalization_strategy="peak"), tmp_path / "out")
+    result = engine.generate_to_file(
+        "job-42", text_request(duration=2, normalization_strategy="peak"), tmp_path / "out"
+    )
     written, rate = soundfile.read(result.output_path, always_2d=True)
     assert rate == result.sample_rate == SAMPLE_RATE
     assert written.shape == (2 * SAMPLE_RATE, 1) and result.channels == 1
@@ -201,7 +203,7 @@ def test_continuation_returns_the_prompt_then_the_requested_new_seconds(engine: 
     reference = encodec_round_trip(engine, "small", torch.from_numpy(clip)[None])
     head = len(clip) - SAMPLE_RATE // 10  # the last frames feel the new codes through the decoder's convolutions
     assert torch.allclose(result.wav[:, :head], reference[:, :head], atol=1e-4)
-    assert not torch.allclose(result.wav[:, len(clip):], torch.zeros(1), atol=1e-3)
+    assert not torch.allclose(result.wav[:, len(clip) :], torch.zeros(1), atol=1e-3)
 
 
 def test_continuation_trims_the_clip_to_start_and_end(engine: MusicGenEngine, tmp_path: Path) -> None:
