@@ -97,7 +97,7 @@ class MusicGenBot(commands.AutoShardedBot):
         # /generate checks the caps and inserts the row under this lock, so two quick commands from
         # one member cannot both slip under the per-user cap.
         self.admission_lock = asyncio.Lock()
-        self._closed = False
+        self._shutdown: asyncio.Task[None] | None = None
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -114,7 +114,7 @@ class MusicGenBot(commands.AutoShardedBot):
 
     @property
     def accepting_jobs(self) -> bool:
-        return hasattr(self, "dispatcher") and not self.dispatcher.stopping and not self._closed
+        return hasattr(self, "dispatcher") and not self.dispatcher.stopping and self._shutdown is None
 
     # -- start and stop ---------------------------------------------------------------------------
     async def setup_hook(self) -> None:
@@ -151,9 +151,12 @@ class MusicGenBot(commands.AutoShardedBot):
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""
-        if self._closed:
-            return
-        self._closed = True
+        # A signal and the `async with` exit may both close: the second waits for the first.
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._shut_down(), name="musicgen-bot-shutdown")
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
         if hasattr(self, "dispatcher"):
             await self.dispatcher.stop()
         if self._given_inference is None and hasattr(self, "inference"):

@@ -62,6 +62,7 @@ class JobDispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.stopping = False
+        self.paused = False
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +84,14 @@ class JobDispatcher:
                 task.cancel()
         for status in self._status.values():
             await status.close()
+
+    def pause(self) -> None:
+        """Stop starting jobs (they keep queueing); running jobs finish. For maintenance."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake.set()
 
     async def resume_from_database(self) -> int:
         """Queue again what a previous run left pending; returns how many jobs were resumed."""
@@ -139,7 +148,11 @@ class JobDispatcher:
     # -- the loop -------------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
-            while len(self._runners) < self.worker_slots and (next_job := self.scheduler.next_job()) is not None:
+            while (
+                not self.paused
+                and len(self._runners) < self.worker_slots
+                and (next_job := self.scheduler.next_job()) is not None
+            ):
                 self._runners[next_job.job_id] = asyncio.create_task(self._run(next_job), name=f"job-{next_job.job_id}")
                 self._refresh_positions()
             await self._wake.wait()
@@ -224,6 +237,9 @@ class JobDispatcher:
 
     async def _deliver(self, job: Job, result: GenerationResult) -> None:
         interaction = self._interactions.get(job.id)
+        # The status message is finished first: until the deferred response has been edited once,
+        # a followup would replace it instead of arriving as a new message.
+        await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
         try:
             posted = await self.poster.post_result(job, result, interaction)
         except discord.HTTPException as error:
@@ -239,7 +255,6 @@ class JobDispatcher:
             posted_format=posted.posted_format,
             result_message_id=posted.message_id,
         )
-        await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
         self._forget(job.id)
 
     async def _fail(self, job: Job, message: str, *, ephemeral: bool = False) -> None:

@@ -20,13 +20,16 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     """Send `text` so that only the member sees it.
 
     Before any response this is an ephemeral response. After a public defer, the first followup
-    would replace the public "thinking…" message (and take its visibility), so that message is
-    deleted first and the text goes out as a new ephemeral followup.
+    would replace the public "thinking…" message (and take its visibility). So the placeholder is
+    completed with a neutral edit and deleted, and the text goes out as a new ephemeral followup.
+    (Editing first makes the followup a new message whether or not Discord still considers the
+    deleted placeholder pending.)
     """
     if not interaction.response.is_done():
         await interaction.response.send_message(text, ephemeral=True)
         return
     if interaction.extras.pop(PUBLIC_DEFER, False):
         with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content="Not queued.")
             await interaction.delete_original_response()
     await interaction.followup.send(text, ephemeral=True)
