@@ -52,6 +52,7 @@ class Gateway:
         self.sockets: set[web.WebSocketResponse] = set()
         self.identify_count = 0
         self.resume_count = 0
+        self.replayed_count = 0
         self.heartbeat_count = 0
         self.connect_paths: list[str] = []
         self.closed_codes: list[int | None] = []
@@ -241,6 +242,7 @@ class Gateway:
         last_seen = data.get("seq") or 0
         for sequence, frame in list(session.events):
             if sequence > last_seen:
+                self.replayed_count += 1
                 await self._send_raw(session, frame)
         await self.send_dispatch(session, "RESUMED", {"_trace": ['["fake-gateway",{"micros":0}]']})
         self.resume_count += 1
@@ -279,6 +281,7 @@ class Gateway:
             socket = session.socket
             assert socket is not None
             socket._fake_server_close = True  # type: ignore[attr-defined]
+            session.socket = None  # from now on events wait in the session buffer for RESUME
             if code in (WSCloseCode.OK, 1001) or code in (4004, 4010, 4011, 4012, 4013, 4014):
                 session.ended = True
             await socket.close(code=code, message=b"fake gateway drop")
