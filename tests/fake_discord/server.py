@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -563,6 +563,8 @@ class FakeDiscord:
             raise RuntimeError("the bot is not connected to the fake gateway (for this guild's shard)")
 
     def _check_can_use(self, command: RegisteredCommand, member: FakeMember, channel: FakeChannel) -> None:
+        if channel.guild is not member.guild:
+            raise FakeDiscordValidationError(f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}")
         if not member_can_see(command, member):
             raise FakeDiscordValidationError(f"{member.name} cannot see /{command.name}: it needs permissions {command.payload.get('default_member_permissions')}")
         contexts = command.payload.get("contexts")
@@ -743,6 +745,10 @@ class FakeDiscord:
     ) -> FakeMessage:
         """``member`` posts a message (MESSAGE_CREATE to the bot). ``reply_to`` makes it a reply that pings its
         author unless ``mention_author=False``. ``voice_message`` posts the single attachment as a voice message."""
+        if channel.guild is not member.guild:
+            raise FakeDiscordValidationError(f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}")
+        if not channel.permissions_for(member) & Permission.SEND_MESSAGES:
+            raise FakeDiscordValidationError(f"{member.name} may not send messages in #{channel.name}")
         flags = 0
         if voice_message:
             if len(attachments) != 1:
