@@ -14,7 +14,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from fake_discord import (
+from tests.fake_discord import (
     MIB,
     ErrorCode,
     FakeChannel,
