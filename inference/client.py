@@ -1,0 +1,435 @@
+"""The bot's handle on the inference worker processes: submit a job, await its result.
+
+`InferenceClient` starts `processes` worker processes ("spawn"), hands each one job at a time,
+delivers progress on the event loop, and turns worker messages into results or exceptions. If a
+worker dies (kill -9, out of memory), the job it ran fails with `WorkerCrashed` within moments and
+a replacement worker is started for the next jobs.
+
+Importing this module never imports torch or the engine: the bot process uses it and stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import itertools
+import logging
+import multiprocessing
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from inference import worker as worker_module
+from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
+from inference.protocol import (
+    Cancel,
+    GenerationError,
+    GenerationResult,
+    Progress,
+    Ready,
+    Shutdown,
+    Started,
+    Submit,
+)
+from inference.request import GenerationRequest, RequestError
+from inference.settings import EngineSettings
+
+__all__ = [
+    "GenerationCancelled",
+    "GenerationFailed",
+    "InferenceClient",
+    "ProgressCallback",
+    "WorkerCrashed",
+    "WorkerStartError",
+]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], Awaitable[None] | None]
+
+# Importing torch and building the engine takes seconds; loading happens later, per job.
+DEFAULT_START_TIMEOUT_S = 180.0
+# A worker asked to shut down gets this long to finish before it is terminated, then killed.
+DEFAULT_CLOSE_TIMEOUT_S = 10.0
+# Replacement workers that keep failing to start are retried with a growing pause, up to this.
+MAX_RESTART_BACKOFF_S = 60.0
+
+
+@dataclass(eq=False)
+class _Job:
+    job_id: str
+    submit: Submit
+    on_progress: ProgressCallback | None
+    # Events for this job, consumed by the submit() call that awaits it.
+    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    worker: _WorkerProcess | None = None
+
+
+@dataclass(eq=False)
+class _WorkerProcess:
+    name: str
+    process: BaseProcess
+    conn: Connection
+    ready: asyncio.Future[Ready]
+    job: _Job | None = None
+    exited: bool = False
+    reader: threading.Thread | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+
+@dataclass(frozen=True)
+class _WorkerExited:
+    """Posted by a reader thread when its worker's pipe closed or its process ended."""
+
+
+class InferenceClient:
+    """Runs generation jobs on worker processes and awaits their results from asyncio code."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        processes: int = 1,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        self._settings = settings
+        self._process_count = processes
+        self._start_timeout_s = start_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._context = multiprocessing.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[_WorkerProcess] = []
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._jobs: dict[str, _Job] = {}
+        self._names = itertools.count(1)
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closing = False
+
+    # -- properties for the scheduler -----------------------------------------------------------
+    @property
+    def idle_workers(self) -> int:
+        """Workers that are ready and have no job: how many jobs would start right now."""
+        idle = sum(1 for w in self._workers if w.is_ready and w.job is None and not w.exited)
+        return max(0, idle - len(self._waiting))
+
+    @property
+    def busy_workers(self) -> int:
+        """Workers running a job."""
+        return sum(1 for w in self._workers if w.job is not None and not w.exited)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for logs, admins and tests)."""
+        return [w.process.pid for w in self._workers if not w.exited and w.process.pid is not None]
+
+    # -- life cycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the worker processes and wait until each has built its engine."""
+        if self._started:
+            raise RuntimeError("InferenceClient.start() was already called")
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        workers = [self._spawn_worker() for _ in range(self._process_count)]
+        try:
+            await asyncio.gather(*(self._wait_ready(w) for w in workers))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aenter__(self) -> InferenceClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel the queued jobs, ask every worker to stop, and make sure no process is left."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._restarts):
+            task.cancel()
+        while self._waiting:
+            job = self._waiting.popleft()
+            job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(Shutdown())
+        await asyncio.gather(*(asyncio.to_thread(self._stop_process, w) for w in self._workers))
+        for worker in list(self._workers):
+            self._worker_gone(worker)
+        self._workers.clear()
+
+    def _stop_process(self, worker: _WorkerProcess) -> None:
+        # Runs in a thread: joining blocks. Graceful first, then SIGTERM, then SIGKILL.
+        process = worker.process
+        process.join(self._close_timeout_s)
+        if process.is_alive():
+            logger.warning("worker %s did not stop in %.0f s; terminating it", worker.name, self._close_timeout_s)
+            process.terminate()
+            process.join(5.0)
+        if process.is_alive():
+            process.kill()
+            process.join(5.0)
+        if worker.reader is not None:
+            worker.reader.join(5.0)
+
+    # -- jobs -----------------------------------------------------------------------------------
+    async def submit(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Run one job and return its result.
+
+        Raises RequestError (the person can fix the request), GenerationCancelled, WorkerCrashed
+        (the worker died; a new one is started for the next job) or GenerationFailed (an internal
+        error in the engine; the worker goes on).
+        `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
+        """
+        if not self._started or self._closing:
+            raise RuntimeError("the inference client is not running (call start() first)")
+        if job_id in self._jobs:
+            raise ValueError(f"job {job_id!r} is already submitted")
+        job = _Job(job_id, Submit(job_id, request, str(output_dir)), on_progress)
+        self._jobs[job_id] = job
+        self._waiting.append(job)
+        self._dispatch()
+        try:
+            return await self._follow(job)
+        except asyncio.CancelledError:
+            # The caller gave up on the job (its task was cancelled): stop the worker's work too.
+            if job.worker is not None and job.worker.job is job and not job.worker.exited:
+                with contextlib.suppress(OSError, ValueError):
+                    job.worker.conn.send(Cancel(job_id))
+            raise
+        finally:
+            self._jobs.pop(job_id, None)
+            if job in self._waiting:
+                self._waiting.remove(job)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a waiting or running job; False if the client does not know it (finished or never seen)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if job in self._waiting:
+            self._waiting.remove(job)
+            job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
+            return True
+        if job.worker is not None and not job.worker.exited:
+            with contextlib.suppress(OSError, ValueError):
+                job.worker.conn.send(Cancel(job_id))
+            return True
+        return False
+
+    async def _follow(self, job: _Job) -> GenerationResult:
+        held_back: Any = None
+        while True:
+            event = held_back if held_back is not None else await job.events.get()
+            held_back = None
+            if isinstance(event, Progress):
+                # A slow callback should see the newest progress, not a backlog of stale ones.
+                while not job.events.empty():
+                    newer = job.events.get_nowait()
+                    if not isinstance(newer, Progress):
+                        held_back = newer
+                        break
+                    event = newer
+                await self._report_progress(job, event)
+            elif isinstance(event, Started):
+                continue
+            elif isinstance(event, GenerationResult):
+                return event
+            elif isinstance(event, GenerationError):
+                if event.kind == "request":
+                    raise RequestError(event.message)
+                if event.kind == "cancelled":
+                    raise GenerationCancelled(event.message)
+                raise GenerationFailed(event.message)
+            elif isinstance(event, BaseException):
+                raise event
+            else:  # pragma: no cover - a protocol mismatch between client and worker
+                raise RuntimeError(f"unexpected worker event {event!r}")
+
+    async def _report_progress(self, job: _Job, progress: Progress) -> None:
+        if job.on_progress is None:
+            return
+        try:
+            outcome = job.on_progress(progress.steps_done, progress.steps_total)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # a broken progress display must not fail the generation
+            logger.exception("progress callback for job %s failed", job.job_id)
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to idle workers (oldest job first)."""
+        for worker in self._workers:
+            if not self._waiting:
+                return
+            if worker.job is not None or worker.exited or not worker.is_ready:
+                continue
+            job = self._waiting.popleft()
+            try:
+                worker.conn.send(job.submit)
+            except (OSError, ValueError):
+                # The worker died between its last message and now; its reader will report it.
+                self._waiting.appendleft(job)
+                continue
+            worker.job = job
+            job.worker = worker
+
+    # -- worker processes -----------------------------------------------------------------------
+    def _spawn_worker(self) -> _WorkerProcess:
+        assert self._loop is not None
+        name = f"inference-worker-{next(self._names)}"
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=worker_module.main, args=(child_conn, self._settings), name=name, daemon=True
+        )
+        process.start()
+        # Only the child holds its end now, so the pipe reports EOF as soon as the child dies.
+        child_conn.close()
+        worker = _WorkerProcess(name, process, parent_conn, self._loop.create_future())
+        # A replacement that times out may report its failure later, when nobody awaits it.
+        worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._workers.append(worker)
+        worker.reader = threading.Thread(target=self._read_events, args=(worker,), name=f"{name}-reader", daemon=True)
+        worker.reader.start()
+        logger.info("started %s (pid %s)", name, process.pid)
+        return worker
+
+    async def _wait_ready(self, worker: _WorkerProcess) -> Ready:
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(worker.ready), self._start_timeout_s)
+        except TimeoutError:
+            raise WorkerStartError(
+                f"{worker.name} was not ready after {self._start_timeout_s:.0f} s (is the device busy or "
+                "the machine out of memory?)"
+            ) from None
+        logger.info("%s ready on %s (%s)", worker.name, ready.device, ready.dtype)
+        return ready
+
+    def _read_events(self, worker: _WorkerProcess) -> None:
+        """Reader thread: forward the worker's messages to the loop; notice its death at once."""
+        conn, sentinel = worker.conn, worker.process.sentinel
+        while True:
+            try:
+                ready = wait([conn, sentinel])
+                if conn in ready:
+                    event = conn.recv()
+                elif conn.poll():
+                    continue  # died after writing: deliver what it wrote before reporting the death
+                else:
+                    break
+            except (EOFError, OSError):
+                break
+            self._post(worker, event)
+        self._post(worker, _WorkerExited())
+
+    def _post(self, worker: _WorkerProcess, event: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is listening
+            self._loop.call_soon_threadsafe(self._on_event, worker, event)
+
+    def _on_event(self, worker: _WorkerProcess, event: object) -> None:
+        if isinstance(event, Ready):
+            if not worker.ready.done():
+                worker.ready.set_result(event)
+            self._dispatch()
+        elif isinstance(event, worker_module.StartupFailed):
+            logger.error("%s failed to start:\n%s", worker.name, event.details)
+            if not worker.ready.done():
+                worker.ready.set_exception(WorkerStartError(f"{worker.name} failed to start: {event.message}"))
+        elif isinstance(event, _WorkerExited):
+            self._worker_gone(worker)
+        elif isinstance(event, Started | Progress | GenerationResult | GenerationError):
+            job = self._jobs.get(event.job_id)
+            if job is not None:
+                job.events.put_nowait(event)
+            if isinstance(event, GenerationResult | GenerationError) and worker.job is not None:
+                if worker.job.job_id == event.job_id:
+                    worker.job = None
+                    self._dispatch()
+        else:
+            logger.warning("%s sent an unknown event %r", worker.name, event)
+
+    def _worker_gone(self, worker: _WorkerProcess) -> None:
+        if worker.exited:
+            return
+        worker.exited = True
+        worker.process.join(0.1)  # reap it; the sentinel says it has ended
+        exitcode = worker.process.exitcode
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        if not worker.ready.done():
+            worker.ready.set_exception(
+                WorkerStartError(
+                    f"{worker.name} exited with code {exitcode} before it was ready "
+                    "(its traceback, if any, is in the log above)"
+                )
+            )
+        job, worker.job = worker.job, None
+        if self._closing:
+            if job is not None:
+                job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
+            return
+        logger.error("%s (pid %s) died with exit code %s", worker.name, worker.process.pid, exitcode)
+        if job is not None:
+            job.events.put_nowait(
+                WorkerCrashed(f"The inference worker died while running job {job.job_id} (exit code {exitcode}).")
+            )
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if worker.ready.done() and worker.is_ready:
+            # A worker that served jobs and then died is replaced; one that never became ready is
+            # the start-up's failure to report (start() raises it) or the restart loop's to retry.
+            self._schedule_restart()
+
+    def _schedule_restart(self, backoff_s: float = 0.0) -> None:
+        if self._closing:
+            return
+        task = asyncio.ensure_future(self._restart(backoff_s))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, backoff_s: float) -> None:
+        if backoff_s:
+            await asyncio.sleep(backoff_s)
+        if self._closing:
+            return
+        worker: _WorkerProcess | None = None
+        try:
+            worker = self._spawn_worker()
+            await self._wait_ready(worker)
+        except Exception as exc:  # noqa: BLE001 - a failed restart is retried, never left unhandled
+            logger.error("replacement worker failed to start: %s", exc)
+            if worker is not None:
+                if not worker.exited and worker.process.is_alive():
+                    worker.process.kill()
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            if not any(w.is_ready and not w.exited for w in self._workers):
+                # No worker can take the waiting jobs: fail them rather than leave them hanging.
+                while self._waiting:
+                    self._waiting.popleft().events.put_nowait(WorkerCrashed(f"No inference worker is running: {exc}"))
+            self._schedule_restart(min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
+        else:
+            self._dispatch()

@@ -1,0 +1,251 @@
+"""The worker process and its client, as the bot uses them: submit, progress, errors, cancel, crashes.
+
+One client (one spawned worker on the tiny models) is shared by most tests: starting a process that
+imports torch takes seconds. Tests that need their own processes say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import soundfile
+
+from inference import worker as worker_module
+from inference.client import GenerationCancelled, GenerationFailed, InferenceClient, WorkerCrashed
+from inference.protocol import Cancel, GenerationError, GenerationResult, Progress, Ready, Shutdown, Started, Submit
+from inference.request import GenerationRequest, RequestError
+from inference.settings import EngineSettings
+
+# The async tests share the module-scoped client, so they run on one module-wide event loop.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+# Hang guards only (tests never assert timings): a crash must be noticed long before this.
+JOB_TIMEOUT_S = 120.0
+# Long enough that a job is still running when the test reacts to its first progress event.
+LONG_DURATION_S = 30
+
+
+def short_request(**changes: object) -> GenerationRequest:
+    return GenerationRequest(model_version="small", prompt="calm acoustic guitar", duration=1).replace(**changes)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(engine_settings: EngineSettings) -> AsyncIterator[InferenceClient]:
+    inference_client = InferenceClient(engine_settings, processes=1)
+    await inference_client.start()
+    yield inference_client
+    await inference_client.close()
+
+
+@on_module_loop
+async def test_a_job_writes_an_audio_file_and_reports_its_seed_and_progress(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    progress: list[tuple[int, int]] = []
+
+    async def on_progress(steps_done: int, steps_total: int) -> None:
+        progress.append((steps_done, steps_total))
+
+    result = await asyncio.wait_for(
+        client.submit("job-ok", short_request(), tmp_path, on_progress=on_progress), JOB_TIMEOUT_S
+    )
+
+    assert isinstance(result, GenerationResult)
+    assert result.job_id == "job-ok"
+    assert Path(result.output_path).parent == tmp_path
+    info = soundfile.info(result.output_path)
+    assert info.samplerate == result.sample_rate == 32_000
+    assert info.frames == 32_000  # exactly the 1 s asked for
+    assert isinstance(result.seed, int) and result.seed >= 0
+    # Progress arrives in order and ends at the total number of decoder steps.
+    assert progress, "no progress was reported"
+    steps_done = [done for done, _ in progress]
+    assert steps_done == sorted(steps_done)
+    assert progress[-1][0] == progress[-1][1]
+    assert len({total for _, total in progress}) == 1
+    assert client.idle_workers == 1
+
+
+@on_module_loop
+async def test_a_bad_request_is_the_person_s_error_and_the_same_worker_serves_the_next_job(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    pids_before = client.worker_pids
+    # 40 s bypasses GenerationRequest.validate() (the bot validates at the edge); the engine refuses.
+    with pytest.raises(RequestError, match="30"):
+        await asyncio.wait_for(client.submit("job-too-long", short_request(duration=40), tmp_path), JOB_TIMEOUT_S)
+
+    result = await asyncio.wait_for(client.submit("job-after-bad", short_request(seed=5), tmp_path), JOB_TIMEOUT_S)
+    assert result.seed == 5
+    assert client.worker_pids == pids_before
+
+
+@on_module_loop
+async def test_an_internal_failure_fails_only_that_job(client: InferenceClient, tmp_path: Path) -> None:
+    pids_before = client.worker_pids
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("the output folder is a file, so writing the result fails")
+
+    with pytest.raises(GenerationFailed):
+        await asyncio.wait_for(client.submit("job-unwritable", short_request(), not_a_folder), JOB_TIMEOUT_S)
+
+    result = await asyncio.wait_for(client.submit("job-after-failure", short_request(), tmp_path), JOB_TIMEOUT_S)
+    assert Path(result.output_path).exists()
+    assert client.worker_pids == pids_before
+
+
+@on_module_loop
+async def test_cancelling_a_running_job_stops_it_and_the_worker_goes_on(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    pids_before = client.worker_pids
+    cancel_sent: list[bool] = []
+
+    async def cancel_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if not cancel_sent:
+            cancel_sent.append(await client.cancel("job-cancel-me"))
+
+    long_job = short_request(duration=LONG_DURATION_S)
+    with pytest.raises(GenerationCancelled):
+        await asyncio.wait_for(
+            client.submit("job-cancel-me", long_job, tmp_path, on_progress=cancel_on_first_progress), JOB_TIMEOUT_S
+        )
+    assert cancel_sent == [True]
+    assert not list(tmp_path.glob("job-cancel-me*"))
+    assert await client.cancel("job-cancel-me") is False  # finished jobs are unknown to the client
+
+    result = await asyncio.wait_for(client.submit("job-after-cancel", short_request(), tmp_path), JOB_TIMEOUT_S)
+    assert Path(result.output_path).exists()
+    assert client.worker_pids == pids_before
+
+
+@on_module_loop
+async def test_a_job_waiting_for_a_busy_worker_can_be_cancelled_and_never_runs(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    first_started = asyncio.Event()
+
+    async def on_first_progress(steps_done: int, steps_total: int) -> None:
+        first_started.set()
+
+    first = asyncio.create_task(
+        client.submit("job-first", short_request(duration=3), tmp_path, on_progress=on_first_progress)
+    )
+    second = asyncio.create_task(client.submit("job-second", short_request(), tmp_path))
+    await asyncio.wait_for(first_started.wait(), JOB_TIMEOUT_S)
+    assert client.idle_workers == 0
+
+    assert await client.cancel("job-second") is True
+    with pytest.raises(GenerationCancelled):
+        await second
+    result = await asyncio.wait_for(first, JOB_TIMEOUT_S)
+    assert Path(result.output_path).exists()
+    assert not list(tmp_path.glob("job-second*"))
+
+
+@on_module_loop
+async def test_a_worker_killed_mid_job_fails_that_job_and_a_new_worker_takes_the_next(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    (old_pid,) = client.worker_pids
+
+    async def kill_worker_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if old_pid in client.worker_pids:
+            os.kill(old_pid, signal.SIGKILL)  # what the OOM killer does
+
+    with pytest.raises(WorkerCrashed):
+        await asyncio.wait_for(
+            client.submit(
+                "job-killed",
+                short_request(duration=LONG_DURATION_S),
+                tmp_path,
+                on_progress=kill_worker_on_first_progress,
+            ),
+            JOB_TIMEOUT_S,
+        )
+
+    # The next job waits for the replacement worker, then runs on it.
+    result = await asyncio.wait_for(client.submit("job-on-new-worker", short_request(), tmp_path), JOB_TIMEOUT_S)
+    assert Path(result.output_path).exists()
+    (new_pid,) = client.worker_pids
+    assert new_pid != old_pid
+
+
+@on_module_loop
+async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    own_client = InferenceClient(engine_settings, processes=1)
+    await own_client.start()
+    (pid,) = own_client.worker_pids
+    started = asyncio.Event()
+
+    async def on_progress(steps_done: int, steps_total: int) -> None:
+        started.set()
+
+    job = asyncio.create_task(
+        own_client.submit("job-at-close", short_request(duration=LONG_DURATION_S), tmp_path, on_progress=on_progress)
+    )
+    await asyncio.wait_for(started.wait(), JOB_TIMEOUT_S)
+    await own_client.close()
+
+    with pytest.raises(GenerationCancelled):
+        await job
+    assert own_client.worker_pids == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+    with pytest.raises(RuntimeError, match="not running"):
+        await own_client.submit("job-after-close", short_request(), tmp_path)
+
+
+def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    """The raw protocol, without the client: two jobs queued at the worker, the second cancelled."""
+    context = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = context.Pipe()
+    process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
+    process.start()
+    child_conn.close()
+    try:
+        assert parent_conn.poll(JOB_TIMEOUT_S)
+        ready = parent_conn.recv()
+        assert isinstance(ready, Ready)
+        assert (ready.device, ready.dtype) == ("cpu", "float32")
+
+        parent_conn.send(Submit("first", short_request(duration=2), str(tmp_path)))
+        parent_conn.send(Submit("second", short_request(), str(tmp_path)))
+        parent_conn.send(Submit("third", short_request(seed=3), str(tmp_path)))
+        parent_conn.send(Cancel("second"))
+
+        events: list[object] = []
+        while not (events and isinstance(events[-1], GenerationResult) and events[-1].job_id == "third"):
+            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
+            events.append(parent_conn.recv())
+
+        finished = [(e.job_id, type(e).__name__) for e in events if isinstance(e, GenerationResult | GenerationError)]
+        assert sorted(finished) == [
+            ("first", "GenerationResult"),
+            ("second", "GenerationError"),
+            ("third", "GenerationResult"),
+        ]
+        assert [e.job_id for e in events if isinstance(e, Started)] == ["first", "third"]
+        (dropped,) = [e for e in events if isinstance(e, GenerationError)]
+        assert dropped.kind == "cancelled"
+        first_progress = [e for e in events if isinstance(e, Progress) and e.job_id == "first"]
+        assert first_progress[-1].steps_done == first_progress[-1].steps_total
+
+        parent_conn.send(Shutdown())
+        process.join(JOB_TIMEOUT_S)
+        assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
