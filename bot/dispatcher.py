@@ -179,14 +179,16 @@ class JobDispatcher:
         assert job is not None
         status = self._status.get(job_id)
         clock = ProgressClock()
+        # attempts > 1 with a live status message means the worker crashed on the first try.
+        label = f"Job #{job_id}" + (" (second try: the generator crashed on the first)" if job.attempts > 1 else "")
         if status is not None:
-            status.show(f"🎹 Job #{job_id}: loading the {job.request.model_version} model…")
+            status.show(f"🎹 {label}: loading the {job.request.model_version} model…")
 
         def on_progress(steps_done: int, steps_total: int) -> None:
             text = clock.describe(steps_done, steps_total)
             self._progress[job_id] = text
             if status is not None:
-                status.show(f"🎹 Job #{job_id}: {text}")
+                status.show(f"🎹 {label}: {text}")
 
         try:
             result = await self.inference.submit(str(job_id), job.request, self.output_dir, on_progress=on_progress)

@@ -75,6 +75,8 @@ class StatusMessage:
         self._shown: str | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._editing = False
+        self._closing = False
         self.message_id: int | None = None
         # Once the token is dead (expired, or the message was deleted) we stop trying.
         self.usable = True
@@ -99,22 +101,38 @@ class StatusMessage:
             await self._edit(text)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the edit loop, letting an edit already in flight complete."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._closing = True
+        self._changed.set()
+        if self._editing:
+            # Never cancel a request in flight: discord.py's webhook client sleeps out a rate limit
+            # while holding the token's lock, and a cancellation there leaves that lock held for good.
+            await task
+        else:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._closing = False
 
     async def _edit_loop(self) -> None:
-        while self.usable:
+        while self.usable and not self._closing:
             await self._changed.wait()
             if self._throttler is not None:
                 async with self._throttler:
                     pass
+            if self._closing:
+                return
             self._changed.clear()
             text = self._latest
             if text is not None and text != self._shown:
-                await self._edit(text)
+                self._editing = True
+                try:
+                    await self._edit(text)
+                finally:
+                    self._editing = False
 
     async def _edit(self, text: str) -> None:
         if self._interaction.is_expired():

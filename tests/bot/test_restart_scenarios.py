@@ -1,0 +1,157 @@
+"""Jobs survive restarts and crashes: the queue is in SQLite, and nobody's request is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.bot import MusicGenBot
+from bot.config import BotConfig
+from bot.database import Database
+from bot.jobs import JobOrigin, JobStore
+from inference.client import InferenceClient
+from inference.request import GenerationRequest
+from inference.settings import EngineSettings
+from tests.bot.scenario_harness import (
+    Server,
+    add_server,
+    job_row,
+    musicgen_bot,
+    posted_result,
+    queued_job_id,
+    run_command,
+    scenario_config,
+    stuck_jobs,
+    wait_for_status,
+)
+from tests.fake_discord import FakeDiscord, FakeMessage
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(fake_discord: FakeDiscord) -> Server:
+    return add_server(fake_discord, "Night shift", ("alice", "bob"))
+
+
+@pytest.fixture
+def config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
+    return scenario_config(tmp_path / "data", engine_settings)
+
+
+def mentions(message: FakeMessage, member_id: int) -> bool:
+    return f"<@{member_id}>" in message.content and any(user.id == member_id for user in message.mentions)
+
+
+async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_starts_again(
+    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+) -> None:
+    fake, alice = fake_discord, server["alice"]
+    async with musicgen_bot(fake, config, inference_client) as first_run:
+        first_run.dispatcher.pause()  # a busy evening: nothing gets to run before the restart
+        first = await queued_job_id(await run_command(fake, alice, server.channel, "generate", prompt="first", duration=1))
+        second = await queued_job_id(await run_command(fake, alice, server.channel, "generate", prompt="second", duration=1))
+    command_syncs = len(fake.requests_to("PUT", "/applications/{application_id}/commands"))
+
+    async with musicgen_bot(fake, config, inference_client) as second_run:
+        for job_id in (first, second):
+            result = await posted_result(fake, server.channel, job_id)
+            assert result.interaction is None and mentions(result, alice.id)  # the old token is gone
+            assert result.attachments[0].filename == f"musicgen-{job_id}.wav"
+            row = await wait_for_status(second_run, job_id, "done")
+            assert row["attempts"] == 1
+        assert await stuck_jobs(second_run) == []
+    # The commands did not change, so the restart did not spend any of the daily command creates.
+    assert len(fake.requests_to("PUT", "/applications/{application_id}/commands")) == command_syncs
+
+
+async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_its_retry(
+    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    async with musicgen_bot(fake, config, inference_client) as first_run:
+        job_id = await queued_job_id(await run_command(fake, bob, server.channel, "generate", prompt="long", duration=30))
+        await wait_for_status(first_run, job_id, "running")
+    async with musicgen_bot(fake, config, inference_client) as second_run:
+        await posted_result(fake, server.channel, job_id)
+        row = await wait_for_status(second_run, job_id, "done")
+        assert row["attempts"] == 1
+
+
+async def test_after_a_crash_a_running_job_is_retried_once_and_then_reported_failed(
+    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+) -> None:
+    fake, alice, bob = fake_discord, server["alice"], server["bob"]
+    # The previous bot process was killed mid-job: rows are left 'running', one already on its retry.
+    database = await Database.open(config.database_path)
+    store = JobStore(database)
+    origin = JobOrigin(guild_id=server.guild.id, channel_id=server.channel.id, user_id=alice.id)
+    once = await store.create(origin, GenerationRequest(model_version="small", prompt="once", duration=1, seed=1), seed_was_random=False)
+    await store.mark_running(once.id)
+    twice = await store.create(
+        JobOrigin(server.guild.id, server.channel.id, bob.id), GenerationRequest(model_version="small", prompt="twice", duration=1, seed=2), seed_was_random=False
+    )
+    await store.mark_running(twice.id)
+    await store.requeue(twice.id, error="worker crashed")
+    await store.mark_running(twice.id)
+    await database.close()
+
+    async with musicgen_bot(fake, config, inference_client) as bot:
+        result = await posted_result(fake, server.channel, once.id)
+        assert mentions(result, alice.id)
+        assert (await wait_for_status(bot, once.id, "done"))["attempts"] == 2
+        failed = await wait_for_status(bot, twice.id, "failed")
+        assert "restarted while this was being made" in failed["error"]
+        notice = await fake.wait_for_message(server.channel, lambda m: f"job #{twice.id}:" in m.content)
+        assert mentions(notice, bob.id)
+
+
+async def _kill_worker_while_generating(bot: MusicGenBot, client: InferenceClient, job_id: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while bot.dispatcher.progress_of(job_id) is None:  # steps are being generated now
+        assert loop.time() < deadline, "the job never started generating"
+        await asyncio.sleep(0.01)
+    for pid in client.worker_pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+async def _wait_for_attempt(bot: MusicGenBot, job_id: int, attempt: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (await job_row(bot, job_id))["attempts"] < attempt:
+        assert loop.time() < deadline, f"job {job_id} never started attempt {attempt}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_worker_crash_is_retried_once_then_the_member_is_told_and_the_queue_goes_on(
+    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+) -> None:
+    fake, alice = fake_discord, server["alice"]
+    async with musicgen_bot(fake, config, inference_client) as bot:
+        survivor_interaction = await run_command(fake, alice, server.channel, "generate", prompt="survivor", duration=30)
+        survivor = await queued_job_id(survivor_interaction)
+        await _kill_worker_while_generating(bot, inference_client, survivor)
+
+        await survivor_interaction.wait_for_final(lambda m: "second try: the generator crashed" in m.content)
+        await posted_result(fake, server.channel, survivor)
+        assert (await wait_for_status(bot, survivor, "done"))["attempts"] == 2
+
+        doomed_interaction = await run_command(fake, alice, server.channel, "generate", prompt="doomed", duration=30)
+        doomed = await queued_job_id(doomed_interaction)
+        await _kill_worker_while_generating(bot, inference_client, doomed)
+        await _wait_for_attempt(bot, doomed, 2)
+        await _kill_worker_while_generating(bot, inference_client, doomed)
+        failed = await wait_for_status(bot, doomed, "failed")
+        assert failed["attempts"] == 2 and "crashed while making this, twice" in failed["error"]
+        await doomed_interaction.wait_for_final(lambda m: "crashed while making this, twice" in m.content)
+
+        after = await run_command(fake, alice, server.channel, "generate", prompt="after", duration=1)
+        await wait_for_status(bot, await queued_job_id(after), "done")
+        assert await stuck_jobs(bot) == []
+        assert (await job_row(bot, survivor))["error"] is None
