@@ -78,16 +78,20 @@ async def run_until_stopped(config: BotConfig, token: str, *, force_command_sync
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
-    bot = MusicGenBot(config, force_command_sync=force_command_sync)
-    async with bot:
-        running = asyncio.create_task(bot.start(token), name="discord-client")
-        stopping = asyncio.create_task(stop_requested.wait(), name="stop-signal")
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.done():
-            logger.info("stop requested: finishing up (running jobs go back to the queue)")
-            await bot.close()
-        stopping.cancel()
-        await running  # re-raises start-up errors such as a bad token
+    try:
+        bot = MusicGenBot(config, force_command_sync=force_command_sync)
+        async with bot:
+            running = asyncio.create_task(bot.start(token), name="discord-client")
+            stopping = asyncio.create_task(stop_requested.wait(), name="stop-signal")
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                logger.info("stop requested: finishing up (running jobs go back to the queue)")
+                await bot.close()
+            stopping.cancel()
+            await running  # re-raises start-up errors such as a bad token
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 @main.group()
