@@ -1,0 +1,392 @@
+"""Benchmark: our engine against a plain transformers `generate()` on the real `small` architecture.
+
+    python bench/run.py            # 8 s of audio, batch 1, top_k 250, cfg 3 (long on a small CPU)
+    python bench/run.py --quick    # 2 s of audio: about two minutes once the model exists
+
+Both paths run in this process on the same weights (random, built once by
+`inference.random_models.make_test_model("small")` into --model-dir and reused), with the same
+prompt, seed and sampling parameters. Reported per path: decoder steps/s, real-time factor (wall
+seconds per second of audio, lower is better), the median decoder step (robust to other work on a
+shared machine) and resident memory. Times are the best of --repeats alternating runs. The speed
+ratios are plain / ours (wall time, and median step): >= 1.0 means our layers add no cost. The worker round trip (spawned
+process, pipe, file write) is measured against the same job run in-process, on a tiny model since
+its overhead does not depend on the model size.
+
+Each target ends with one machine-readable line: `TARGET <name> measured=<x> target=<y> ok|short`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `inference` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from inference.protocol import GenerationResult  # noqa: E402
+from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.request import GenerationRequest  # noqa: E402
+from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+
+PROMPT = "lofi hip hop beat with warm piano chords and vinyl crackle"
+TOP_K = 250
+GUIDANCE = 3.0
+SEED = 1234
+FRAME_RATE = 50
+# The delay pattern eats num_codebooks - 1 steps: 50*d + 3 new tokens give exactly d seconds.
+DELAY_STEPS = 3
+SPEED_RATIO_TARGET = 1.0
+WORKER_OVERHEAD_TARGET_S = 0.5
+
+
+# -- memory -------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: writing 5 to clear_refs); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory since the last reset (or since start, where it cannot be reset)."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1024
+
+
+def current_rss_mib() -> float:
+    kib = _status_kib("VmRSS")
+    return (kib or 0) / 1024
+
+
+# -- measurements -------------------------------------------------------------------------------
+@dataclass
+class Run:
+    wall_s: float
+    steps: int
+    # Median time between two decoder steps: robust to bursts of other work on a shared machine.
+    median_step_s: float
+    peak_rss_mib: float
+    rss_before_mib: float
+
+
+@dataclass
+class StepTimes:
+    """What one generation reports: its decoder steps and when each one ended."""
+
+    steps: int
+    step_ends: list[float]
+
+    @property
+    def median_step_s(self) -> float:
+        gaps = [b - a for a, b in zip(self.step_ends, self.step_ends[1:], strict=False)]
+        return statistics.median(gaps) if gaps else float("nan")
+
+
+@dataclass
+class Summary:
+    name: str
+    wall_s: float  # best of the repeats: the least disturbed by other work on the machine
+    steps: int
+    audio_s: float
+    peak_rss_mib: float
+    peak_extra_mib: float  # peak minus the resident memory before the call (activations, caches)
+    median_step_s: float  # best of the repeats
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.wall_s
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.wall_s / self.audio_s
+
+
+def measure(call: Callable[[], StepTimes]) -> Run:
+    """Time one generation and its memory."""
+    gc.collect()
+    rss_before = current_rss_mib()
+    reset_peak_rss()
+    started = time.perf_counter()
+    steps = call()
+    wall = time.perf_counter() - started
+    return Run(wall, steps.steps, steps.median_step_s, peak_rss_mib(), rss_before)
+
+
+def summarize(name: str, runs: list[Run], audio_s: float) -> Summary:
+    return Summary(
+        name=name,
+        wall_s=min(r.wall_s for r in runs),
+        steps=runs[0].steps,
+        audio_s=audio_s,
+        peak_rss_mib=max(r.peak_rss_mib for r in runs),
+        peak_extra_mib=max(r.peak_rss_mib - r.rss_before_mib for r in runs),
+        median_step_s=min(r.median_step_s for r in runs),
+    )
+
+
+def target_line(name: str, measured: float, target: float, *, higher_is_better: bool) -> str:
+    ok = measured >= target if higher_is_better else measured <= target
+    return f"TARGET {name} measured={measured:.3f} target={target:g} {'ok' if ok else 'short'}"
+
+
+# -- the two paths ------------------------------------------------------------------------------
+def bench_settings(model_dir: Path, dtype: str, threads: int) -> EngineSettings:
+    return EngineSettings(
+        models=ModelSources(
+            small=str(model_dir),
+            medium=str(model_dir),
+            large=str(model_dir),
+            melody=str(model_dir),
+            text_encoder=str(model_dir / TEXT_ENCODER_DIR),
+            compression=str(model_dir / COMPRESSION_DIR),
+            conversion_cache=str(model_dir.parent / "converted"),
+        ),
+        engine=EngineOptions(device="cpu", dtype=dtype, cpu_threads=threads),  # type: ignore[arg-type]
+        melody=MelodyOptions(stem_separation=False),
+    )
+
+
+def bench_request(duration: int) -> GenerationRequest:
+    return GenerationRequest(
+        model_version="small",
+        prompt=PROMPT,
+        duration=duration,
+        top_k=TOP_K,
+        top_p=0.0,
+        temperature=1.0,
+        classifier_free_guidance=GUIDANCE,
+        seed=SEED,
+    ).validate()
+
+
+class OurEngine:
+    def __init__(self, settings: EngineSettings) -> None:
+        from inference.engine import MusicGenEngine
+
+        self.engine = MusicGenEngine(settings)
+
+    def generate(self, duration: int) -> StepTimes:
+        times = StepTimes(0, [])
+
+        def on_progress(done: int, total: int) -> None:
+            times.steps = total
+            times.step_ends.append(time.perf_counter())
+
+        self.engine.generate(bench_request(duration), on_progress=on_progress)
+        return times
+
+
+class _StepClock:
+    """A stopping criterion that never stops: it only notes when each decoder step ends (~1 µs a step)."""
+
+    def __init__(self) -> None:
+        self.step_ends: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        self.step_ends.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class PlainTransformers:
+    """What a user of transformers would write: processor + model.generate() (+ the audio decode)."""
+
+    def __init__(self, model_dir: Path, dtype: torch.dtype) -> None:
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.model = MusicgenForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).eval()
+
+    def generate(self, duration: int) -> StepTimes:
+        from transformers import StoppingCriteriaList
+
+        steps = FRAME_RATE * duration + DELAY_STEPS
+        clock = _StepClock()
+        torch.manual_seed(SEED)
+        inputs = self.processor(text=[PROMPT], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                do_sample=True,
+                top_k=TOP_K,
+                guidance_scale=GUIDANCE,
+                max_new_tokens=steps,
+                stopping_criteria=StoppingCriteriaList([clock]),
+            )
+        return StepTimes(steps, clock.step_ends)
+
+
+# -- worker round trip --------------------------------------------------------------------------
+def bench_worker_overhead(tiny_dir: Path, threads: int, repeats: int) -> tuple[float, float]:
+    """Best wall time of a 1 s tiny-model job in-process vs through InferenceClient (after warm-up)."""
+    from inference.client import InferenceClient
+    from inference.engine import MusicGenEngine
+
+    settings = bench_settings(tiny_dir, "float32", threads)
+    request = bench_request(1).replace(top_k=50)
+
+    async def alternate(out: str) -> tuple[list[float], list[float]]:
+        engine = MusicGenEngine(settings)
+        engine.generate_to_file("warm-up-local", request, out)
+        local: list[float] = []
+        remote: list[float] = []
+        async with InferenceClient(settings, processes=1) as client:
+            result: GenerationResult = await client.submit("warm-up-worker", request, out)
+            assert Path(result.output_path).exists()
+            for i in range(repeats):
+                # Interleaved, so a burst of other work on the machine hits both sides alike.
+                started = time.perf_counter()
+                engine.generate_to_file(f"local-{i}", request, out)
+                local.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                await client.submit(f"worker-{i}", request, out)
+                remote.append(time.perf_counter() - started)
+        return local, remote
+
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as out:
+        local, remote = asyncio.run(alternate(out))
+    return min(local), min(remote)
+
+
+# -- main ---------------------------------------------------------------------------------------
+def ensure_model(folder: Path, *, tiny: bool) -> Path:
+    if (folder / "config.json").exists():
+        return folder
+    label = "tiny small" if tiny else "small (real architecture)"
+    print(f"building a random-weight {label} model in {folder} (once; reused afterwards) ...", flush=True)
+    started = time.perf_counter()
+    make_test_model("small", folder, tiny=tiny, seed=0)
+    print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s of audio instead of 8 (about two minutes)")
+    parser.add_argument("--duration", type=int, help="seconds of audio per generation [8; --quick: 2]")
+    parser.add_argument("--repeats", type=int, default=2, help="timed generations per path (best reported) [2]")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=REPO_ROOT / "data" / "bench-models",
+        help="where the random-weight models are built once and reused",
+    )
+    parser.add_argument("--no-worker", action="store_true", help="skip the worker round-trip measurement")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (2 if args.quick else 8)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    small_dir = ensure_model(args.model_dir / "small", tiny=False)
+    lines: list[str] = []
+
+    if not args.no_worker:
+        # First, while this process is small: the worker's own cost does not depend on the model.
+        tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
+        local_s, worker_s = bench_worker_overhead(tiny_dir, args.threads, repeats=5)
+        overhead = worker_s - local_s
+        print(
+            f"worker round trip (tiny model, 1 s, best of 5): in-process {local_s:.3f} s, via InferenceClient "
+            f"{worker_s:.3f} s, overhead {overhead * 1000:.0f} ms",
+            flush=True,
+        )
+        lines.append(target_line("worker_overhead_s", overhead, WORKER_OVERHEAD_TARGET_S, higher_is_better=False))
+
+    print(
+        f"small architecture, random weights, {args.dtype}, {torch.get_num_threads()} thread(s), batch 1, "
+        f"{args.duration} s audio, top_k {TOP_K}, cfg {GUIDANCE:g}, best of {args.repeats}",
+        flush=True,
+    )
+    # Warm-up (1 s each): loads the models and pays one-time costs on both paths; the resident
+    # memory each adds is its model's footprint.
+    print("loading and warming up ...", flush=True)
+    rss_start = current_rss_mib()
+    ours = OurEngine(bench_settings(small_dir, args.dtype, args.threads))
+    ours.generate(1)
+    rss_ours = current_rss_mib()
+    plain = PlainTransformers(small_dir, dtype)
+    plain.generate(1)
+    rss_plain = current_rss_mib()
+    loaded_mib = {"ours": rss_ours - rss_start, "plain": rss_plain - rss_ours}
+
+    our_runs: list[Run] = []
+    plain_runs: list[Run] = []
+    for repeat in range(args.repeats):
+        # Alternate the two paths so drifting load on a shared machine hits both alike.
+        our_runs.append(measure(lambda: ours.generate(args.duration)))
+        plain_runs.append(measure(lambda: plain.generate(args.duration)))
+        print(
+            f"  repeat {repeat + 1}: ours {our_runs[-1].wall_s:.1f} s, plain {plain_runs[-1].wall_s:.1f} s",
+            flush=True,
+        )
+    summaries = {
+        "ours": summarize("ours (MusicGenEngine)", our_runs, args.duration),
+        "plain": summarize("plain transformers", plain_runs, args.duration),
+    }
+    speed_ratio = summaries["plain"].wall_s / summaries["ours"].wall_s
+    step_ratio = summaries["plain"].median_step_s / summaries["ours"].median_step_s
+
+    print()
+    print(
+        f"{'path':<24} {'wall s':>8} {'steps':>6} {'steps/s':>8} {'RTF':>6} {'step ms':>8} {'model MiB':>10} "
+        f"{'peak extra MiB':>15} {'peak RSS MiB':>13}"
+    )
+    for key, s in summaries.items():
+        print(
+            f"{s.name:<24} {s.wall_s:>8.2f} {s.steps:>6} {s.steps_per_s:>8.2f} {s.real_time_factor:>6.2f} "
+            f"{s.median_step_s * 1000:>8.1f} {loaded_mib[key]:>10.0f} {s.peak_extra_mib:>15.0f} {s.peak_rss_mib:>13.0f}"
+        )
+    print(
+        f"{'ratio plain/ours':<24} {speed_ratio:>8.3f} {'':>6} {'':>8} {'':>6} {step_ratio:>8.3f}   (>= 1.0: no cost)"
+    )
+    print(
+        "(best of the repeats; RTF = wall seconds per second of audio; step ms = median decoder step, robust to\n"
+        " other work on the machine; model MiB = resident memory added by loading and warming up;\n"
+        " peak extra = growth during one generation; peak RSS = the whole process, both models loaded)"
+    )
+    lines[:0] = [
+        target_line("engine_speed_ratio", speed_ratio, SPEED_RATIO_TARGET, higher_is_better=True),
+        target_line("engine_step_ratio", step_ratio, SPEED_RATIO_TARGET, higher_is_better=True),
+    ]
+    print()
+    for line in lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
