@@ -351,3 +351,24 @@ async def test_slash_commands_are_registered_once(bot: MusicGenBot, world: World
     assert len(generate["options"]) == 14
     assert await bot.sync_commands_if_changed() == []  # unchanged: no second sync
     await asyncio.sleep(0)
+
+
+async def test_an_admin_caps_the_servers_queue_and_members_cannot_change_it(bot: MusicGenBot, world: World) -> None:
+    fake, studio = world.fake, world.studio
+    with pytest.raises(FakeDiscordValidationError):  # hidden from members without Manage Server
+        await fake.invoke_slash_command(studio["bob"], studio.channel, "musicgen-settings max_pending", {"limit": 5})
+    set_reply = await private_reply(await run_command(fake, studio["admin"], studio.channel, "musicgen-settings max_pending", limit=1))
+    assert "now have 1 job(s)" in set_reply
+    bot.dispatcher.pause()
+    try:
+        queued = await queued_job_id(await run_command(fake, studio["alice"], studio.channel, "generate", prompt="only one", duration=1))
+        refused = await run_command(fake, studio["bob"], studio.channel, "generate", prompt="one too many", duration=1)
+        assert "queue is full" in await private_reply(refused)
+        async with bot.database.connection.execute("SELECT max_pending FROM guild_settings WHERE guild_id = ?", (studio.guild.id,)) as cursor:
+            assert (await cursor.fetchone())[0] == 1  # kept across restarts
+    finally:
+        bot.dispatcher.resume()
+        reset = await private_reply(await run_command(fake, studio["admin"], studio.channel, "musicgen-settings max_pending"))
+        assert "back to the bot's default (20)" in reset
+    await wait_for_status(bot, queued, "done")
+
