@@ -83,9 +83,10 @@ def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready, tupl
 
     if settings.engine.cpu_threads > 0:
         torch.set_num_threads(settings.engine.cpu_threads)
-    engine = engine_module.MusicGenEngine(settings)
+    # A device that is not there is a configuration error: fail here, before any job is accepted.
     device = resolve_device(settings.engine)
     dtype = resolve_dtype(settings.engine, device)
+    engine = engine_module.MusicGenEngine(settings)
     ready = Ready(device=str(device), dtype=str(dtype).removeprefix("torch."))
     # Catch the engine's cancellation class whether or not it is the one in inference.errors.
     cancelled_types = tuple({GenerationCancelled, getattr(engine_module, "GenerationCancelled", GenerationCancelled)})

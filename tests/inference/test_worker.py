@@ -18,7 +18,7 @@ import pytest_asyncio
 import soundfile
 
 from inference import worker as worker_module
-from inference.client import GenerationCancelled, GenerationFailed, InferenceClient, WorkerCrashed
+from inference.client import GenerationCancelled, GenerationFailed, InferenceClient, WorkerCrashed, WorkerStartError
 from inference.protocol import Cancel, GenerationError, GenerationResult, Progress, Ready, Shutdown, Started, Submit
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
@@ -203,6 +203,19 @@ async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
         os.kill(pid, 0)  # reaped, not a zombie
     with pytest.raises(RuntimeError, match="not running"):
         await own_client.submit("job-after-close", short_request(), tmp_path)
+
+
+@on_module_loop
+async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(engine_settings: EngineSettings) -> None:
+    missing_gpu = engine_settings.model_copy(
+        update={"engine": engine_settings.engine.model_copy(update={"device": "cuda:7"})}
+    )
+    children_before = {child.pid for child in multiprocessing.active_children()}
+    own_client = InferenceClient(missing_gpu, processes=1)
+    with pytest.raises(WorkerStartError, match="cuda:7"):
+        await own_client.start()
+    assert own_client.worker_pids == []
+    assert {child.pid for child in multiprocessing.active_children()} == children_before
 
 
 def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
