@@ -226,7 +226,9 @@ class InferenceClient:
                 self._waiting.remove(job)
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a waiting or running job; False if the client does not know it (finished or never seen)."""
+        """Cancel a waiting or running job: True when the cancel was passed on, False for a job the
+        client does not know (finished or never seen). A job finishing at that very moment still
+        returns its result."""
         job = self._jobs.get(job_id)
         if job is None:
             return False
