@@ -172,7 +172,7 @@ class MusicGenBot(commands.AutoShardedBot):
         Discord allows 200 command creates per day per guild, so restarts must not re-sync blindly;
         a hash of the payload is kept in the database per application and scope.
         """
-        guilds = [discord.Object(guild_id) for guild_id in self.config.bot.command_guilds]
+        guilds: list[discord.Object | None] = [discord.Object(guild_id) for guild_id in self.config.bot.command_guilds]
         synced: list[str] = []
         for guild in guilds or [None]:
             if guild is not None:

@@ -23,7 +23,7 @@ from discord.ext import commands
 
 from bot.audio_files import looks_like_audio, measure_upload
 from bot.jobs import Job, JobOrigin
-from bot.replies import defer_publicly, reply_privately
+from bot.replies import defer_publicly
 from inference.request import (
     MAX_DURATION_S,
     MAX_GUIDANCE,

@@ -18,7 +18,6 @@ from inference.client import InferenceClient
 from inference.ffmpeg import probe_duration
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
-    Server,
     add_server,
     job_count,
     job_row,
@@ -70,7 +69,7 @@ async def test_a_member_asks_for_music_with_text_only_and_a_wav_appears_with_its
     (audio,) = result.attachments
     assert audio.filename == f"musicgen-{job_id}.wav" and audio.data[:4] == b"RIFF"
     assert wav_seconds(audio.data) == pytest.approx(1.0, abs=0.05)
-    assert "<@%d>" % studio["alice"].id in result.content
+    assert f"<@{studio['alice'].id}>" in result.content
     embed = result.embeds[0]
     assert embed["title"] == "calm lofi piano"
     fields = {field["name"]: field["value"] for field in embed["fields"]}
