@@ -1,0 +1,1 @@
+"""Stand-in for xformers in the audiocraft test tier (see ../README.md)."""
