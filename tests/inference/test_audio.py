@@ -6,10 +6,12 @@ Every signal is synthesized here; format fixtures are encoded from it with the f
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -394,24 +396,35 @@ def test_a_system_ffmpeg_on_path_is_preferred(tmp_path: Path, monkeypatch: pytes
 
 
 def test_configure_pydub_lets_pydub_open_mp3_and_ogg_without_a_system_ffmpeg(
-    uploads: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    uploads: dict[str, Path], tmp_path: Path
 ) -> None:
-    import pydub.audio_segment
-    import pydub.utils
-    from pydub import AudioSegment
-
-    # A machine with neither ffmpeg nor ffprobe on PATH, and pydub as it starts there.
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(AudioSegment, "converter", "ffmpeg")
-    monkeypatch.setattr(pydub.audio_segment, "mediainfo_json", pydub.utils.mediainfo_json)
-    monkeypatch.setattr(pydub.utils, "mediainfo_json", pydub.utils.mediainfo_json)
-    with pytest.raises(FileNotFoundError), pytest.warns(RuntimeWarning):
-        AudioSegment.from_file(uploads["mp3"])
-
-    configure_pydub()
-
+    # A fresh interpreter on a machine with neither ffmpeg nor ffprobe on PATH: pydub as it starts
+    # there (this process's pydub may already have been configured by other tests).
+    script = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from pydub import AudioSegment
+paths = json.loads(sys.argv[1])
+try:
+    AudioSegment.from_file(paths["mp3"])
+    print("opened-before-configure")
+except FileNotFoundError:
+    print("refused-before-configure")
+from inference.ffmpeg import configure_pydub
+configure_pydub()
+for fmt in ("mp3", "ogg", "flac", "voice-message"):
+    segment = AudioSegment.from_file(paths[fmt])
+    print(fmt, len(segment), segment.channels, segment.frame_rate)
+"""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    completed = subprocess.run(
+        [sys.executable, "-c", script, json.dumps({k: str(v) for k, v in uploads.items()})],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "refused-before-configure"
+    opened = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in lines[1:]}
     for fmt in ("mp3", "ogg", "flac", "voice-message"):
-        segment = AudioSegment.from_file(uploads[fmt])
-        assert len(segment) == pytest.approx(SOURCE_SECONDS * 1000, abs=10), fmt
-    stereo_mp3 = AudioSegment.from_file(uploads["mp3"])
-    assert (stereo_mp3.channels, stereo_mp3.frame_rate) == (2, SOURCE_RATE)
+        assert opened[fmt][0] == pytest.approx(SOURCE_SECONDS * 1000, abs=10), fmt
+    assert opened["mp3"][1:] == [2, SOURCE_RATE]
