@@ -408,7 +408,8 @@ def transformers_to_encodec_state(model: Any) -> dict[str, torch.Tensor]:
     transposed = {name for name, module in model.named_modules() if isinstance(module, torch.nn.ConvTranspose1d)}
     for key, tensor in model.state_dict().items():
         new = key
-        module_name = key.rsplit(".parametrizations", 1)[0].rsplit(".", 1)[0] if ".parametrizations" in key else key.rsplit(".", 1)[0]
+        # "decoder.layers.3.conv.parametrizations.weight.original0" belongs to module "decoder.layers.3.conv".
+        module_name = key.rsplit(".parametrizations", 1)[0] if ".parametrizations" in key else key.rsplit(".", 1)[0]
         wrapper = "convtr" if module_name in transposed else "conv"
         new = re.sub(r"\.conv\.(parametrizations|bias|weight)", rf".{wrapper}.{wrapper}.\1", new)
         new = new.replace(".parametrizations.weight.original0", ".weight_g")

@@ -373,3 +373,16 @@ def test_encode_decode_gets_the_configured_compression_model(engine_settings):
         decoded = codec.model.decode(encoded.audio_codes, encoded.audio_scales).audio_values
     assert decoded.shape[-1] == 32000
     assert cache.get_compression() is codec
+
+
+def test_an_embedded_encodec_export_uses_audiocraft_key_names(audiocraft_dirs):
+    # audiocraft's SEANet wraps transposed convolutions as `convtr.convtr` and the others as
+    # `conv.conv`; its strict load_state_dict refuses any other spelling (our converter reads both,
+    # so only the names themselves catch a mix-up).
+    package = torch.load(audiocraft_dirs["embedded"] / "compression_state_dict.bin", weights_only=True)
+    keys = set(package["best_state"])
+    decoder_upsampling = {key for key in keys if key.startswith("decoder.model.") and ".convtr.convtr." in key}
+    assert decoder_upsampling, "the decoder's transposed convolutions should be saved as convtr.convtr"
+    assert all(key.endswith((".weight_g", ".weight_v", ".bias")) for key in decoder_upsampling)
+    assert not any(".convtr." in key for key in keys if key.startswith("encoder.")), "the encoder has no transposed convs"
+    assert "encoder.model.0.conv.conv.weight_g" in keys
