@@ -17,6 +17,8 @@ import inspect
 import itertools
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,6 +59,8 @@ ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 DEFAULT_START_TIMEOUT_S = 180.0
 # A worker asked to shut down gets this long to finish before it is terminated, then killed.
 DEFAULT_CLOSE_TIMEOUT_S = 10.0
+# A worker whose pipe closed gets this long to exit before it is killed.
+EXIT_GRACE_S = 10.0
 # Replacement workers that keep failing to start are retried with a growing pause, up to this.
 MAX_RESTART_BACKOFF_S = 60.0
 
@@ -80,6 +84,20 @@ class _WorkerProcess:
     job: _Job | None = None
     exited: bool = False
     reader: threading.Thread | None = None
+    # Set by the reader thread once it has reaped the process. Only that thread waits on the
+    # process: two threads calling waitpid on one child race, and the loser sees it as alive.
+    reaped: threading.Event = field(default_factory=threading.Event)
+
+    def send_signal(self, signum: int) -> None:
+        """Send a signal unless the process is already reaped (its pid may then belong to another)."""
+        if self.reaped.is_set() or self.process.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signum)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode if self.reaped.is_set() else None
 
     @property
     def is_ready(self) -> bool:
@@ -175,16 +193,14 @@ class InferenceClient:
         self._workers.clear()
 
     def _stop_process(self, worker: _WorkerProcess) -> None:
-        # Runs in a thread: joining blocks. Graceful first, then SIGTERM, then SIGKILL.
-        process = worker.process
-        process.join(self._close_timeout_s)
-        if process.is_alive():
-            logger.warning("worker %s did not stop in %.0f s; terminating it", worker.name, self._close_timeout_s)
-            process.terminate()
-            process.join(5.0)
-        if process.is_alive():
-            process.kill()
-            process.join(5.0)
+        # Runs in a thread: waiting blocks. Graceful first, then SIGTERM, then SIGKILL; the reader
+        # thread reaps the process in every case.
+        if not worker.reaped.wait(self._close_timeout_s):
+            logger.warning("%s did not stop in %.0f s; terminating it", worker.name, self._close_timeout_s)
+            worker.send_signal(signal.SIGTERM)
+            if not worker.reaped.wait(5.0):
+                worker.send_signal(signal.SIGKILL)
+                worker.reaped.wait(5.0)
         if worker.reader is not None:
             worker.reader.join(5.0)
 
@@ -344,6 +360,15 @@ class InferenceClient:
             except (EOFError, OSError):
                 break
             self._post(worker, event)
+        # The pipe can close a moment before the process ends (a worker that failed to start is
+        # still tearing down): reap it before reporting, so no process outlives the report. One
+        # that closed its pipe but lingers can do nothing useful any more.
+        worker.process.join(EXIT_GRACE_S)
+        if worker.process.exitcode is None:
+            logger.warning("%s closed its pipe but did not exit; killing it", worker.name)
+            worker.process.kill()
+            worker.process.join()
+        worker.reaped.set()
         self._post(worker, _WorkerExited())
 
     def _post(self, worker: _WorkerProcess, event: object) -> None:
@@ -377,8 +402,7 @@ class InferenceClient:
         if worker.exited:
             return
         worker.exited = True
-        worker.process.join(0.1)  # reap it; the sentinel says it has ended
-        exitcode = worker.process.exitcode
+        exitcode = worker.exitcode
         with contextlib.suppress(OSError):
             worker.conn.close()
         if not worker.ready.done():
@@ -424,8 +448,7 @@ class InferenceClient:
         except Exception as exc:  # noqa: BLE001 - a failed restart is retried, never left unhandled
             logger.error("replacement worker failed to start: %s", exc)
             if worker is not None:
-                if not worker.exited and worker.process.is_alive():
-                    worker.process.kill()
+                worker.send_signal(signal.SIGKILL)
                 if worker in self._workers:
                     self._workers.remove(worker)
             if not any(w.is_ready and not w.exited for w in self._workers):
