@@ -272,8 +272,10 @@ class MusicGenEngine:
         loaded = self.cache.get(request.model_version, model_source)
         follows_melody = request.input_audio is not None and not request.continuation
         if follows_melody and not loaded.supports_melody:
+            # Name an overriding checkpoint (CLI --model): then the version alone would mislead.
+            which = f"checkpoint {model_source}" if model_source else f"{request.model_version} model"
             raise RequestError(
-                f"The {request.model_version} model can't follow a melody; choose model_version melody (or a "
+                f"The {which} can't follow a melody; choose model_version melody (or a "
                 "melody-based fine-tune), or set continuation to continue the clip instead."
             )
         separator = self._stem_separator(loaded.device) if follows_melody else None
