@@ -232,6 +232,19 @@ class JobStore:
             (guild_id, max_pending),
         )
 
+    async def guild_default_model(self, guild_id: int) -> str | None:
+        """The model /generate uses in this guild when none is picked (None: the config's default)."""
+        async with self._db.execute("SELECT default_model_version FROM guild_settings WHERE guild_id = ?", (guild_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def set_guild_default_model(self, guild_id: int, model_version: str | None) -> None:
+        await self._update(
+            "INSERT INTO guild_settings (guild_id, default_model_version) VALUES (?, ?) "
+            "ON CONFLICT(guild_id) DO UPDATE SET default_model_version = excluded.default_model_version",
+            (guild_id, model_version),
+        )
+
     # -- plumbing ----------------------------------------------------------------------------------
     async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Job]:
         async with self._db.execute(sql, parameters) as cursor:

@@ -102,8 +102,10 @@ class GenerateCog(commands.Cog):
     ) -> None:
         if not self.bot.accepting_jobs:
             raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+        assert interaction.guild_id is not None
+        default_model = await self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
-            model_version=model_version or self.bot.config.bot.default_model_version,  # type: ignore[arg-type]
+            model_version=model_version or default_model,  # type: ignore[arg-type]
             prompt=prompt,
             # A placeholder until the upload is stored: validation only needs to know there is one.
             input_audio="pending-upload" if input_audio is not None else None,
@@ -119,7 +121,7 @@ class GenerateCog(commands.Cog):
             output_format=output_format,  # type: ignore[arg-type]
             seed=seed,
         ).validate()
-        self.check_model_available(request)
+        self.check_model_available(request, default_model)
         if input_audio is not None:
             self.check_attachment_before_download(input_audio)
         self.check_admission(interaction)
@@ -148,18 +150,16 @@ class GenerateCog(commands.Cog):
         request = original.request
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
-        self.check_model_available(request)
+        self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
         await self.queue_job(interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id)
 
     # -- checks ---------------------------------------------------------------------------------------
-    def check_model_available(self, request: GenerationRequest) -> None:
-        sources = self.bot.config.engine_settings.models
-        default = self.bot.config.bot.default_model_version
-        if request.model_version == "finetuned" and not sources.finetuned:
+    def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
+        if request.model_version == "finetuned" and not self.bot.finetuned_configured:
             raise RequestError(
-                f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default})."
+                f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default_model})."
             )
         if request.input_audio is not None and not request.continuation and request.model_version in MODELS_WITHOUT_MELODY:
             raise RequestError(

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.app_commands import Range
+from discord.app_commands import Choice, Range
 from discord.ext import commands
+
+from inference.request import MODEL_VERSIONS, RequestError
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
@@ -34,6 +36,23 @@ class SettingsCog(commands.GroupCog, group_name="musicgen-settings", group_descr
             f"This server may now have {limit} job(s) queued or running at once."
             if limit is not None
             else f"This server's cap is back to the bot's default ({effective})."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="default_model", description="The model /generate uses here when none is picked (empty = default).")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.describe(model_version="The model for /generate without model_version; leave empty for the bot's default.")
+    # The same list as /generate's model_version; the ones that cannot be a default get an explanation.
+    @app_commands.choices(model_version=[Choice(name=version, value=version) for version in MODEL_VERSIONS])
+    async def default_model(self, interaction: discord.Interaction[MusicGenBot], model_version: str | None = None) -> None:
+        assert interaction.guild_id is not None
+        if model_version is not None and (refusal := self.bot.default_model_refusal(model_version)) is not None:
+            raise RequestError(refusal)
+        await self.bot.jobs.set_guild_default_model(interaction.guild_id, model_version)
+        text = (
+            f"`/generate` without model_version now uses the {model_version} model in this server."
+            if model_version is not None
+            else f"`/generate` without model_version is back to the bot's default model ({self.bot.config.bot.default_model_version})."
         )
         await interaction.response.send_message(text, ephemeral=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.database import Database, MigrationError, discover_migrations
+from bot.database import MIGRATIONS_DIR, Database, MigrationError, discover_migrations
 from bot.jobs import JobOrigin, JobStatus, JobStore
 from inference.request import GenerationRequest
 
@@ -88,3 +88,30 @@ async def test_a_request_without_a_concrete_seed_is_not_stored(tmp_path: Path) -
     with pytest.raises(ValueError):
         await JobStore(database).create(JobOrigin(1, 2, 3), GenerationRequest(prompt="x"), seed_was_random=True)
     await database.close()
+
+
+async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_its_jobs_and_settings(tmp_path: Path) -> None:
+    # The bot as first released: only V1 existed.
+    first_release = tmp_path / "v1-migrations"
+    first_release.mkdir()
+    (first_release / "V1__initial.sql").write_text((MIGRATIONS_DIR / "V1__initial.sql").read_text())
+    path = tmp_path / "bot.sqlite3"
+    old = await Database.open(path, migrations_dir=first_release)
+    assert await old.applied_versions() == [1]
+    request = GenerationRequest(model_version="small", prompt="kept across the upgrade", duration=3, seed=77)
+    queued = await JobStore(old).create(JobOrigin(guild_id=10, channel_id=20, user_id=30), request, seed_was_random=False)
+    await JobStore(old).set_guild_limit(10, 4)
+    await old.close()
+
+    upgraded = await Database.open(path)  # what the new bot does when it starts
+    assert await upgraded.applied_versions() == [m.version for m in discover_migrations()]
+    store = JobStore(upgraded)
+    job = await store.get(queued.id)
+    assert job is not None and job.status is JobStatus.QUEUED and job.request == request
+    assert await store.pending() == [job]
+    assert await store.guild_limits() == {10: 4}
+    assert await store.guild_default_model(10) is None  # the new setting starts unset
+    await store.set_guild_default_model(10, "melody")
+    assert await store.guild_default_model(10) == "melody"
+    assert await store.guild_limits() == {10: 4}  # setting one column leaves the other alone
+    await upgraded.close()

@@ -371,3 +371,50 @@ async def test_an_admin_caps_the_servers_queue_and_members_cannot_change_it(bot:
         assert "back to the bot's default (20)" in reset
     await wait_for_status(bot, queued, "done")
 
+
+
+async def test_an_admin_picks_the_servers_default_model_and_generate_uses_it(
+    bot: MusicGenBot, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, studio, garage = world.fake, world.studio, world.garage
+    admin, bob = studio["admin"], studio["bob"]
+    with pytest.raises(FakeDiscordValidationError):  # hidden from members without Manage Server
+        await fake.invoke_slash_command(bob, studio.channel, "musicgen-settings default_model", {"model_version": "large"})
+
+    for unusable, reason in (("encode-decode", "makes no new music"), ("finetuned", "No fine-tuned model is configured")):
+        refusal = await private_reply(
+            await run_command(fake, admin, studio.channel, "musicgen-settings default_model", model_version=unusable)
+        )
+        assert reason in refusal and "Choose one of: melody, small, medium, large." in refusal
+    set_reply = await private_reply(await run_command(fake, admin, studio.channel, "musicgen-settings default_model", model_version="melody"))
+    assert "now uses the melody model" in set_reply
+    try:
+        interaction = await run_command(fake, bob, studio.channel, "generate", prompt="default please", duration=1)
+        job_id = await queued_job_id(interaction)
+        result = await posted_result(fake, studio.channel, job_id)
+        row = await wait_for_status(bot, job_id, "done")
+        assert row["model_version"] == "melody"
+        assert {f["name"]: f["value"] for f in result.embeds[0]["fields"]}["Model"] == "melody"
+        # A member who picks a model still gets that one; other servers keep the bot's default.
+        picked = await queued_job_id(await run_command(fake, bob, studio.channel, "generate", prompt="x", model_version="small", duration=1))
+        elsewhere = await queued_job_id(await run_command(fake, garage["gina"], garage.channel, "generate", prompt="x", duration=1))
+        assert (await job_row(bot, picked))["model_version"] == "small"
+        assert (await job_row(bot, elsewhere))["model_version"] == "small"
+
+        # Server admins can let other roles use the command (Integrations → command permissions); the
+        # fake does not model those overrides, so Discord's visibility check is lifted as one would.
+        from tests.fake_discord import server as fake_server
+
+        seen_by_default = fake_server.member_can_see
+        monkeypatch.setattr(fake_server, "member_can_see", lambda command, member: command.name == "musicgen-settings" or seen_by_default(command, member))
+        refused = await run_command(fake, bob, studio.channel, "musicgen-settings default_model", model_version="large")
+        assert "You need the Manage Server permission" in await private_reply(refused)
+        assert await bot.jobs.guild_default_model(studio.guild.id) == "melody"
+        await wait_for_status(bot, picked, "done")
+        await wait_for_status(bot, elsewhere, "done")
+    finally:
+        reset = await private_reply(await run_command(fake, admin, studio.channel, "musicgen-settings default_model"))
+        assert "back to the bot's default model (small)" in reset
+    row = await job_row(bot, await queued_job_id(await run_command(fake, bob, studio.channel, "generate", prompt="y", duration=1)))
+    assert row["model_version"] == "small"
+    await wait_for_status(bot, row["id"], "done")
