@@ -59,6 +59,8 @@ class JobDispatcher:
         self._progress: dict[int, str] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._cancel_requested: set[int] = set()
+        # Running jobs the inference client has been given (a running job is briefly not one yet).
+        self._submitted: set[int] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.stopping = False
@@ -139,6 +141,8 @@ class JobDispatcher:
             return True
         if self.scheduler.is_running(job_id):
             self._cancel_requested.add(job_id)
+            if job_id not in self._submitted:
+                return True  # _run_job sees the request before submitting
             return await self.inference.cancel(str(job_id))
         return False
 
@@ -169,6 +173,7 @@ class JobDispatcher:
                 await self._fail(job, "Something went wrong on the bot's side. It has been logged; please try again.")
         finally:
             self._runners.pop(job_id, None)
+            self._submitted.discard(job_id)
             self.scheduler.finish(job_id)
             self._wake.set()
 
@@ -190,6 +195,13 @@ class JobDispatcher:
             if status is not None:
                 status.show(f"🎹 {label}: {text}")
 
+        if self.stopping or job_id in self._cancel_requested:
+            # A shutdown or a /cancel came while the job was being marked running, before the client
+            # knew of it (so cancelling it there did nothing): handle it as cancelled now.
+            await self._after_cancel(job)
+            return
+        # No await between the check above and submit() registering the job with the client.
+        self._submitted.add(job_id)
         try:
             result = await self.inference.submit(str(job_id), job.request, self.output_dir, on_progress=on_progress)
         except GenerationCancelled:

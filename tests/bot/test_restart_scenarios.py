@@ -77,6 +77,11 @@ async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_it
     async with musicgen_bot(fake, config, inference_client) as first_run:
         job_id = await queued_job_id(await run_command(fake, bob, server.channel, "generate", prompt="long", duration=30))
         await wait_for_status(first_run, job_id, "running")
+    # Stopped even if the stop came before the job reached the worker: back in the queue, unfinished.
+    database = await Database.open(config.database_path)
+    interrupted = await JobStore(database).get(job_id)
+    await database.close()
+    assert interrupted is not None and (interrupted.status.value, interrupted.error) == ("queued", "interrupted by a shutdown")
     async with musicgen_bot(fake, config, inference_client) as second_run:
         await posted_result(fake, server.channel, job_id)
         row = await wait_for_status(second_run, job_id, "done")
