@@ -73,6 +73,10 @@ class ResultPoster:
     def __init__(self, client: discord.Client) -> None:
         self._client = client
 
+    def channel(self, job: Job) -> discord.PartialMessageable:
+        """The job's channel, for posting and editing with the bot's own permissions (no token needed)."""
+        return self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+
     def upload_limit(self, job: Job, interaction: discord.Interaction | None) -> int:
         if interaction is not None:
             return interaction.filesize_limit
@@ -151,5 +155,4 @@ class ResultPoster:
                 if not is_dead_token_error(error):
                     raise
                 logger.info("job %s: interaction token no longer usable (%s); posting in the channel", job.id, error)
-        destination = self._client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        return await destination.send(**channel())
+        return await self.channel(job).send(**channel())

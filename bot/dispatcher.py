@@ -57,6 +57,8 @@ class JobDispatcher:
         self._interactions: dict[int, discord.Interaction] = {}
         self._status: dict[int, StatusMessage] = {}
         self._progress: dict[int, str] = {}
+        # Why a job is on its second try, for its status message ("the generator crashed on the first").
+        self._retry_reasons: dict[int, str] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._cancel_requested: set[int] = set()
         # Running jobs the inference client has been given (a running job is briefly not one yet).
@@ -96,9 +98,17 @@ class JobDispatcher:
         self._wake.set()
 
     async def resume_from_database(self) -> int:
-        """Queue again what a previous run left pending; returns how many jobs were resumed."""
+        """Queue again what a previous run left pending; returns how many jobs were resumed.
+
+        The interaction tokens died with the previous run, so the jobs' status messages are edited
+        through their channel from now on.
+        """
         resumed = 0
         for job in await self.store.pending():
+            if job.status_message_id is not None:
+                self._status[job.id] = StatusMessage(
+                    self.poster.channel(job), message_id=job.status_message_id, interval_s=self.progress_interval_s
+                )
             if job.status is JobStatus.RUNNING:
                 # The bot stopped without putting it back (killed, crashed): that run counts as an attempt.
                 if job.attempts > self.job_retries:
@@ -109,10 +119,12 @@ class JobDispatcher:
                     )
                     continue
                 await self.store.requeue(job.id, error="interrupted by a restart")
+                self._retry_reasons[job.id] = "the bot restarted during the first"
             self.scheduler.enqueue(scheduled(job))
             resumed += 1
         if resumed:
             logger.info("resumed %d job(s) from the database", resumed)
+            self._refresh_positions()
         self._wake.set()
         return resumed
 
@@ -122,7 +134,8 @@ class JobDispatcher:
         if interaction is not None:
             self._interactions[job.id] = interaction
             self._status[job.id] = StatusMessage(
-                interaction,
+                self.poster.channel(job),
+                interaction=interaction,
                 interval_s=self.progress_interval_s,
                 on_first_edit=lambda message_id: self.store.set_status_message(job.id, message_id),
             )
@@ -184,8 +197,9 @@ class JobDispatcher:
         assert job is not None
         status = self._status.get(job_id)
         clock = ProgressClock()
-        # attempts > 1 with a live status message means the worker crashed on the first try.
-        label = f"Job #{job_id}" + (" (second try: the generator crashed on the first)" if job.attempts > 1 else "")
+        label = f"Job #{job_id}"
+        if job.attempts > 1:
+            label += f" (second try: {self._retry_reasons.get(job_id, 'the first was interrupted')})"
         if status is not None:
             status.show(f"🎹 {label}: loading the {job.request.model_version} model…")
 
@@ -237,6 +251,7 @@ class JobDispatcher:
         # job was read after mark_running, so attempts counts this run.
         if job.attempts <= self.job_retries:
             await self.store.requeue(job.id, error=f"worker crashed: {crash}")
+            self._retry_reasons[job.id] = "the generator crashed on the first"
             self.scheduler.finish(job.id)
             self.scheduler.enqueue(scheduled(job), front=True)
             status = self._status.get(job.id)
@@ -272,17 +287,22 @@ class JobDispatcher:
         self._forget(job.id)
 
     async def _fail(self, job: Job, message: str, *, ephemeral: bool = False) -> None:
-        """Record the failure and tell the requester; the queue goes on."""
+        """Record the failure and tell the requester; the queue goes on.
+
+        `ephemeral`: the reason is for the requester alone (a request they can fix) while the token lives.
+        """
         await self.store.mark_failed(job.id, message)
         interaction = self._interactions.get(job.id)
         status = self._status.get(job.id)
-        if status is not None and status.usable and interaction is not None and not interaction.is_expired():
+        if status is not None and status.via_token and interaction is not None:
             if ephemeral:
                 await status.finish(f"❌ Job #{job.id} could not run (details were sent to the requester).")
                 await self.poster.post_failure(job, message, interaction, ephemeral=True)
             else:
                 await status.finish(f"❌ Job #{job.id} failed: {message}")
         else:
+            # No token: a channel message that mentions the requester (an edit would notify nobody).
+            await self._finish_status(job.id, f"❌ Job #{job.id} failed; the reason is in the message below.")
             await self.poster.post_failure(job, message, None, ephemeral=False)
         self._forget(job.id)
 
@@ -302,4 +322,5 @@ class JobDispatcher:
     def _forget(self, job_id: int) -> None:
         self._interactions.pop(job_id, None)
         self._status.pop(job_id, None)
+        self._retry_reasons.pop(job_id, None)
         self._cancel_requested.discard(job_id)

@@ -59,15 +59,26 @@ def is_dead_token_error(error: discord.HTTPException) -> bool:
 
 
 class StatusMessage:
-    """Coalesced, throttled edits of an interaction's original response."""
+    """Coalesced, throttled edits of a job's public status message.
+
+    The status message is the interaction's original response (the public "thinking…" of the defer).
+    While the interaction token lives, edits go through it. Once the token is gone (15 minutes old, or
+    never known again after a restart: tokens are not stored) the bot edits the same message through
+    the channel, `PATCH /channels/{channel}/messages/{message}`: Discord lets a bot edit any
+    non-ephemeral message it authored, and the author of an interaction response is the bot user.
+    (Ephemeral responses could not be edited that way; status messages are public.)
+    """
 
     def __init__(
         self,
-        interaction: discord.Interaction,
+        channel: discord.PartialMessageable,
         *,
+        interaction: discord.Interaction | None = None,
+        message_id: int | None = None,
         interval_s: float,
         on_first_edit: Callable[[int], object] | None = None,
     ) -> None:
+        self._channel = channel
         self._interaction = interaction
         self._throttler = Throttler(rate_limit=1, period=interval_s) if interval_s > 0 else None
         self._on_first_edit = on_first_edit
@@ -77,13 +88,14 @@ class StatusMessage:
         self._task: asyncio.Task[None] | None = None
         self._editing = False
         self._closing = False
-        self.message_id: int | None = None
-        # Once the token is dead (expired, or the message was deleted) we stop trying.
-        self.usable = True
+        self.message_id = message_id
+        # False once the message cannot be edited at all (deleted, or no token and no id): we stop trying.
+        self.usable = interaction is not None or message_id is not None
 
     @property
-    def interaction(self) -> discord.Interaction:
-        return self._interaction
+    def via_token(self) -> bool:
+        """Edits still go through the interaction token (so ephemeral followups to the member work too)."""
+        return self._interaction is not None and not self._interaction.is_expired()
 
     def show(self, text: str) -> None:
         """Ask for the message to read `text` soon (replacing any edit not yet sent)."""
@@ -135,17 +147,34 @@ class StatusMessage:
                     self._editing = False
 
     async def _edit(self, text: str) -> None:
-        if self._interaction.is_expired():
+        if self.via_token and await self._edit_through_token(text):
+            return
+        self._interaction = None  # expired or refused: the channel from now on
+        if self.message_id is None:
+            self.usable = False  # the token died before the message was ever edited: its id is unknown
+            return
+        try:
+            await self._channel.get_partial_message(self.message_id).edit(content=text)
+        except (discord.NotFound, discord.Forbidden) as error:
+            # Deleted by a moderator, or the bot lost access to the channel: nothing left to update.
+            logger.info("status message %s can no longer be edited: %s", self.message_id, error)
             self.usable = False
             return
+        except discord.HTTPException as error:
+            logger.warning("could not edit the status message: %s", error)
+            return
+        self._shown = text
+
+    async def _edit_through_token(self, text: str) -> bool:
+        """Edit the original response; False when the token can no longer be used."""
+        assert self._interaction is not None
         try:
             message = await self._interaction.edit_original_response(content=text)
         except discord.HTTPException as error:
             if is_dead_token_error(error):
-                self.usable = False
-            else:
-                logger.warning("could not edit the status message: %s", error)
-            return
+                return False
+            logger.warning("could not edit the status message: %s", error)
+            return True
         self._shown = text
         if self.message_id is None:
             self.message_id = message.id
@@ -153,3 +182,4 @@ class StatusMessage:
                 outcome = self._on_first_edit(message.id)
                 if asyncio.iscoroutine(outcome):
                     await outcome
+        return True

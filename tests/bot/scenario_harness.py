@@ -133,3 +133,17 @@ async def job_count(bot: MusicGenBot) -> int:
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def status_reads(fake: FakeDiscord, status: FakeMessage, text: str, timeout: float = 30) -> FakeMessage:
+    """The job's public status message (the /generate response), once it has been edited to say `text`."""
+    return await fake.wait_for_message(status.channel, lambda m: m.id == status.id and text in m.content, timeout)
+
+
+def channel_edits_of(fake: FakeDiscord, message: FakeMessage) -> int:
+    """Edits the bot made with its own permissions (PATCH /channels/…/messages/…), not through a token."""
+    return sum(
+        record.path.endswith(f"/messages/{message.id}") and record.status == 200
+        for record in fake.requests_to("PATCH", "/channels/{channel_id}/messages/{message_id}")
+    )
+

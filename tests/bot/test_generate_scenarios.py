@@ -19,6 +19,7 @@ from inference.ffmpeg import probe_duration
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     add_server,
+    channel_edits_of,
     job_count,
     job_row,
     musicgen_bot,
@@ -27,6 +28,7 @@ from tests.bot.scenario_harness import (
     queued_job_id,
     run_command,
     scenario_config,
+    status_reads,
     stuck_jobs,
     wait_for_status,
     wav_seconds,
@@ -285,6 +287,11 @@ async def test_an_expired_token_still_gets_the_result_posted_in_the_channel_with
     assert f"<@{studio['alice'].id}>" in result.content and studio["alice"].user in result.mentions
     assert result.attachments[0].filename.endswith(".wav")
     await wait_for_status(bot, job_id, "done")
+    # The status message is still brought up to date, with the bot's own permissions.
+    status = interaction.original_message
+    assert status is not None
+    await status_reads(fake, status, f"Job #{job_id} is done")
+    assert channel_edits_of(fake, status) >= 1
 
 
 async def test_a_result_over_the_upload_limit_is_posted_as_mp3(bot: MusicGenBot, world: World) -> None:

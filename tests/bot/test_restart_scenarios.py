@@ -20,12 +20,14 @@ from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
+    channel_edits_of,
     job_row,
     musicgen_bot,
     posted_result,
     queued_job_id,
     run_command,
     scenario_config,
+    status_reads,
     stuck_jobs,
     wait_for_status,
 )
@@ -54,17 +56,26 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
     fake, alice = fake_discord, server["alice"]
     async with musicgen_bot(fake, config, inference_client) as first_run:
         first_run.dispatcher.pause()  # a busy evening: nothing gets to run before the restart
-        first = await queued_job_id(await run_command(fake, alice, server.channel, "generate", prompt="first", duration=1))
-        second = await queued_job_id(await run_command(fake, alice, server.channel, "generate", prompt="second", duration=1))
+        first_interaction = await run_command(fake, alice, server.channel, "generate", prompt="first", duration=1)
+        first = await queued_job_id(first_interaction)
+        second_interaction = await run_command(fake, alice, server.channel, "generate", prompt="second", duration=1)
+        second = await queued_job_id(second_interaction)
+        await second_interaction.wait_for_final(lambda m: "position 2 in line" in m.content)
     command_syncs = len(fake.requests_to("PUT", "/applications/{application_id}/commands"))
 
     async with musicgen_bot(fake, config, inference_client) as second_run:
-        for job_id in (first, second):
+        for job_id, interaction in ((first, first_interaction), (second, second_interaction)):
             result = await posted_result(fake, server.channel, job_id)
             assert result.interaction is None and mentions(result, alice.id)  # the old token is gone
             assert result.attachments[0].filename == f"musicgen-{job_id}.wav"
             row = await wait_for_status(second_run, job_id, "done")
             assert row["attempts"] == 1
+            # The status messages from before the restart follow their jobs to the end, edited with
+            # the bot's own permissions since the token is gone.
+            status = interaction.original_message
+            assert status is not None and row["status_message_id"] == status.id
+            await status_reads(fake, status, f"Job #{job_id} is done (seed `{row['seed']}`)")
+            assert channel_edits_of(fake, status) >= 1
         assert await stuck_jobs(second_run) == []
     # The commands did not change, so the restart did not spend any of the daily command creates.
     assert len(fake.requests_to("PUT", "/applications/{application_id}/commands")) == command_syncs
@@ -75,17 +86,21 @@ async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_it
 ) -> None:
     fake, bob = fake_discord, server["bob"]
     async with musicgen_bot(fake, config, inference_client) as first_run:
-        job_id = await queued_job_id(await run_command(fake, bob, server.channel, "generate", prompt="long", duration=30))
+        interaction = await run_command(fake, bob, server.channel, "generate", prompt="long", duration=30)
+        job_id = await queued_job_id(interaction)
         await wait_for_status(first_run, job_id, "running")
     # Stopped even if the stop came before the job reached the worker: back in the queue, unfinished.
     database = await Database.open(config.database_path)
     interrupted = await JobStore(database).get(job_id)
     await database.close()
     assert interrupted is not None and (interrupted.status.value, interrupted.error) == ("queued", "interrupted by a shutdown")
+    status = interaction.original_message
+    assert status is not None and "the bot is restarting; it will run when it is back" in status.content
     async with musicgen_bot(fake, config, inference_client) as second_run:
         await posted_result(fake, server.channel, job_id)
         row = await wait_for_status(second_run, job_id, "done")
         assert row["attempts"] == 1
+        await status_reads(fake, status, f"Job #{job_id} is done")
 
 
 async def test_after_a_crash_a_running_job_is_retried_once_and_then_reported_failed(
