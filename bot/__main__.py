@@ -10,18 +10,22 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import discord
 from pydantic import ValidationError
 
 from bot.config import BotConfig, load_config
+from bot.database import Database, discover_migrations
 from inference.settings import CONFIG_ENV_VAR
 
 logger = logging.getLogger("bot")
 
 TOKEN_ENV_VAR = "DISCORD_TOKEN"
+T = TypeVar("T")
 
 
 def read_config(path: Path | None) -> BotConfig:
@@ -99,22 +103,25 @@ def db() -> None:
     """Database maintenance."""
 
 
+def on_database(config: BotConfig, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Open the bot's database without migrating it, run `action` on it, close it."""
+
+    async def run_action() -> T:
+        database = await Database.open(config.database_path, upgrade=False)
+        try:
+            return await action(database)
+        finally:
+            await database.close()
+
+    return asyncio.run(run_action())
+
+
 @db.command()
 @click.pass_obj
 def upgrade(config_path: Path | None) -> None:
     """Apply pending SQL migrations (the bot also does this when it starts)."""
-    from bot.database import Database
-
     config = read_config(config_path)
-
-    async def apply() -> list[int]:
-        database = await Database.open(config.database_path, upgrade=False)
-        try:
-            return await database.upgrade()
-        finally:
-            await database.close()
-
-    applied = asyncio.run(apply())
+    applied = on_database(config, lambda database: database.upgrade())
     click.echo(f"{config.database_path}: " + (f"applied {', '.join(f'V{v}' for v in applied)}" if applied else "up to date"))
 
 
@@ -122,18 +129,8 @@ def upgrade(config_path: Path | None) -> None:
 @click.pass_obj
 def status(config_path: Path | None) -> None:
     """List the migrations and whether each is applied."""
-    from bot.database import Database, discover_migrations
-
     config = read_config(config_path)
-
-    async def applied_versions() -> list[int]:
-        database = await Database.open(config.database_path, upgrade=False)
-        try:
-            return await database.applied_versions()
-        finally:
-            await database.close()
-
-    applied = set(asyncio.run(applied_versions()))
+    applied = set(on_database(config, lambda database: database.applied_versions()))
     click.echo(f"database: {config.database_path}")
     for migration in discover_migrations():
         mark = "applied" if migration.version in applied else "pending"

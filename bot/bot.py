@@ -22,7 +22,7 @@ from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
 from bot.jobs import JobStore
-from bot.replies import reply_privately
+from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import FairScheduler, QueueLimits
 from inference.client import InferenceClient
 from inference.request import MODEL_VERSIONS, RequestError
@@ -58,7 +58,7 @@ class MusicGenCommandTree(app_commands.CommandTree["MusicGenBot"]):
         else:
             command = interaction.command.qualified_name if interaction.command else "?"
             logger.error("command /%s failed", command, exc_info=original)
-            text = "Something went wrong on the bot's side. It has been logged; please try again."
+            text = INTERNAL_ERROR_TEXT
         try:
             await reply_privately(interaction, text)
         except discord.HTTPException:

@@ -34,7 +34,6 @@ _FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "inpu
 class PostedResult:
     message_id: int
     posted_format: str  # "wav", "mp3", or "none" when no file fitted
-    via_channel: bool
 
 
 def describe_size(size_bytes: int) -> str:
@@ -125,7 +124,7 @@ class ResultPoster:
             followup=lambda: message(f"<@{job.user_id}> your music is ready."),
             channel=lambda: message(f"<@{job.user_id}> your music from job #{job.id} is ready."),
         )
-        return PostedResult(sent.id, posted_format, via_channel=not isinstance(sent, discord.WebhookMessage))
+        return PostedResult(sent.id, posted_format)
 
     async def post_failure(self, job: Job, text: str, interaction: discord.Interaction | None, *, ephemeral: bool) -> None:
         """Tell the requester what went wrong (ephemerally while the token lives, else in the channel)."""

@@ -16,6 +16,7 @@ import discord
 
 from bot.delivery import ResultPoster
 from bot.jobs import Job, JobStatus, JobStore
+from bot.replies import INTERNAL_ERROR_TEXT
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
 from inference.client import InferenceClient
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 def scheduled(job: Job) -> ScheduledJob:
     return ScheduledJob(job.id, job.guild_id, job.user_id)
+
+
+def cancelled_text(job_id: int) -> str:
+    return f"🚫 Job #{job_id} was cancelled."
 
 
 class JobDispatcher:
@@ -148,7 +153,7 @@ class JobDispatcher:
         """Cancel a queued or running job; False if it is neither."""
         if self.scheduler.cancel(job_id):
             await self.store.mark_cancelled(job_id)
-            await self._finish_status(job_id, f"🚫 Job #{job_id} was cancelled.")
+            await self._finish_status(job_id, cancelled_text(job_id))
             self._forget(job_id)
             self._refresh_positions()
             return True
@@ -182,8 +187,8 @@ class JobDispatcher:
         except Exception:
             logger.exception("job %s: unexpected error in the dispatcher", job_id)
             job = await self.store.get(job_id)
-            if job is not None and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                await self._fail(job, "Something went wrong on the bot's side. It has been logged; please try again.")
+            if job is not None and job.is_pending:
+                await self._fail(job, INTERNAL_ERROR_TEXT)
         finally:
             self._runners.pop(job_id, None)
             self._submitted.discard(job_id)
@@ -235,18 +240,18 @@ class JobDispatcher:
     async def _after_cancel(self, job: Job) -> None:
         if self.stopping and job.id not in self._cancel_requested:
             # Cancelled by our own shutdown, not by a person: it runs again after the restart.
-            await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
-            await self._finish_status(job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back.")
+            await self._put_back_for_restart(job)
             return
         self._cancel_requested.discard(job.id)
         await self.store.mark_cancelled(job.id)
-        await self._finish_status(job.id, f"🚫 Job #{job.id} was cancelled.")
+        await self._finish_status(job.id, cancelled_text(job.id))
         self._forget(job.id)
 
     async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
         logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
         if self.stopping:
-            await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
+            # The shutdown took the worker down with the job: not the job's fault.
+            await self._put_back_for_restart(job)
             return
         # job was read after mark_running, so attempts counts this run.
         if job.attempts <= self.job_retries:
@@ -263,6 +268,11 @@ class JobDispatcher:
             "The generator crashed while making this, twice. It was not your fault; "
             "try again later, perhaps with a shorter duration.",
         )
+
+    async def _put_back_for_restart(self, job: Job) -> None:
+        """A job stopped by our own shutdown: queued again without using up its retry."""
+        await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
+        await self._finish_status(job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back.")
 
     async def _deliver(self, job: Job, result: GenerationResult) -> None:
         interaction = self._interactions.get(job.id)

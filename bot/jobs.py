@@ -67,6 +67,11 @@ class Job:
     finished_at: float | None
 
     @property
+    def is_pending(self) -> bool:
+        """Queued or running: not finished one way or another."""
+        return self.status in PENDING_STATUSES
+
+    @property
     def seed(self) -> int:
         assert self.request.seed is not None  # jobs always carry the seed they run with
         return self.request.seed

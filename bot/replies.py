@@ -8,6 +8,8 @@ import discord
 
 # interaction.extras key set when a command deferred publicly ("… is thinking" visible to all).
 PUBLIC_DEFER = "musicgen_public_defer"
+# What a member is told when the bot itself failed (the details go to the log).
+INTERNAL_ERROR_TEXT = "Something went wrong on the bot's side. It has been logged; please try again."
 
 
 async def defer_publicly(interaction: discord.Interaction) -> None:

@@ -138,9 +138,6 @@ class FairScheduler:
     def is_running(self, job_id: int) -> bool:
         return job_id in self._running
 
-    def running_jobs(self) -> list[ScheduledJob]:
-        return list(self._running.values())
-
     def queued_in_order(self) -> list[ScheduledJob]:
         """Every queued job, in the order the round-robin will start them."""
         queues = {guild_id: deque(queue) for guild_id, queue in self._queues.items()}

@@ -100,8 +100,7 @@ class GenerateCog(commands.Cog):
         output_format: str = "wav",
         seed: Range[int, -1, MAX_SEED] = -1,
     ) -> None:
-        if not self.bot.accepting_jobs:
-            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+        self.check_accepting_jobs()
         assert interaction.guild_id is not None
         default_model = await self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
@@ -142,8 +141,7 @@ class GenerateCog(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(job_id="The job number (see /history).")
     async def replay(self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None]) -> None:
-        if not self.bot.accepting_jobs:
-            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+        self.check_accepting_jobs()
         original = await self.bot.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
             raise RequestError(f"There is no job #{job_id} in this server. `/history` lists yours.")
@@ -156,6 +154,10 @@ class GenerateCog(commands.Cog):
         await self.queue_job(interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id)
 
     # -- checks ---------------------------------------------------------------------------------------
+    def check_accepting_jobs(self) -> None:
+        if not self.bot.accepting_jobs:
+            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
         if request.model_version == "finetuned" and not self.bot.finetuned_configured:
             raise RequestError(

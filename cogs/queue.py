@@ -94,7 +94,7 @@ class QueueCog(commands.Cog):
         permissions = interaction.permissions
         if job.user_id != interaction.user.id and not permissions.manage_guild:
             raise RequestError(f"Job #{job.id} is <@{job.user_id}>'s; only they or someone with Manage Server can cancel it.")
-        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if not job.is_pending:
             raise RequestError(f"Job #{job.id} is already {job.status.value}.")
         if await self.bot.dispatcher.cancel(job.id):
             text = f"Job #{job.id} is cancelled." if job.status is JobStatus.QUEUED else f"Cancelling job #{job.id}…"

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.app_commands import Choice, Range
+from discord.app_commands import Range
 from discord.ext import commands
 
+from cogs.generate import choices
 from inference.request import MODEL_VERSIONS, RequestError
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class SettingsCog(commands.GroupCog, group_name="musicgen-settings", group_descr
     @app_commands.checks.has_permissions(manage_guild=True)
     @app_commands.describe(model_version="The model for /generate without model_version; leave empty for the bot's default.")
     # The same list as /generate's model_version; the ones that cannot be a default get an explanation.
-    @app_commands.choices(model_version=[Choice(name=version, value=version) for version in MODEL_VERSIONS])
+    @app_commands.choices(model_version=choices(MODEL_VERSIONS))
     async def default_model(self, interaction: discord.Interaction[MusicGenBot], model_version: str | None = None) -> None:
         assert interaction.guild_id is not None
         if model_version is not None and (refusal := self.bot.default_model_refusal(model_version)) is not None:
