@@ -157,12 +157,13 @@ class FairScheduler:
 
     def position(self, job_id: int) -> int | None:
         """1-based place in the overall start order (1 = starts next); 0 if running; None if unknown."""
-        if job_id in self._running:
-            return 0
-        for index, job in enumerate(self.queued_in_order(), start=1):
-            if job.job_id == job_id:
-                return index
-        return None
+        return self.positions().get(job_id)
+
+    def positions(self) -> dict[int, int]:
+        """`position()` of every known job, for one simulation of the start order instead of one per job."""
+        placed = {job_id: 0 for job_id in self._running}
+        placed.update((job.job_id, index) for index, job in enumerate(self.queued_in_order(), start=1))
+        return placed
 
     def guild_queue(self, guild_id: int) -> list[ScheduledJob]:
         """A guild's queued jobs, FIFO."""

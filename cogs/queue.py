@@ -47,14 +47,16 @@ class QueueCog(commands.Cog):
             await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
             return
         scheduler, dispatcher = self.bot.scheduler, self.bot.dispatcher
+        # One simulation of the start order for the whole reply (each position() would run its own).
+        positions = scheduler.positions()
 
         def where(job: Job) -> str:
-            position = scheduler.position(job.id)
+            position = positions.get(job.id)
             if position == 0:
                 return f"running {dispatcher.progress_of(job.id) or ''}".rstrip()
             return "waiting" if position is None else f"#{position} in line"
 
-        ordered = sorted(jobs, key=lambda job: (scheduler.position(job.id) is None, scheduler.position(job.id) or 0, job.id))
+        ordered = sorted(jobs, key=lambda job: (job.id not in positions, positions.get(job.id, 0), job.id))
         mine = [job for job in ordered if job.user_id == interaction.user.id]
         lines = []
         if mine:

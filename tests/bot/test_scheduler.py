@@ -69,6 +69,7 @@ def test_positions_follow_the_start_order_and_running_jobs_are_position_zero() -
     assert scheduler.position(1) == 0
     assert scheduler.position(10) == 1
     assert scheduler.position(999) is None
+    assert scheduler.positions() == {1: 0, 10: 1, 2: 2}  # all at once, as /queue shows them
 
 
 def test_the_per_user_cap_counts_queued_and_running_jobs_in_that_guild() -> None:
