@@ -35,6 +35,16 @@ def cancelled_text(job_id: int) -> str:
     return f"🚫 Job #{job_id} was cancelled."
 
 
+def undeliverable_text(job_id: int, error: discord.HTTPException) -> str:
+    """The status of a job whose music was made but could not be posted, and what to do about it."""
+    if isinstance(error, discord.Forbidden):
+        return (
+            f"❌ Job #{job_id} is made, but I am not allowed to post files in this channel. Someone with Manage "
+            f"Server can give me Send Messages and Attach Files here; then `/replay {job_id}` posts the same music."
+        )
+    return f"❌ Job #{job_id} is made, but Discord refused the upload ({error.text or error.status}). `/replay {job_id}` tries again."
+
+
 class JobDispatcher:
     """Feeds the workers from the scheduler and follows each job to its end."""
 
@@ -284,7 +294,7 @@ class JobDispatcher:
         except discord.HTTPException as error:
             logger.error("job %s: could not post the result: %s", job.id, error)
             await self.store.mark_failed(job.id, f"could not post the result: {error}", output_path=result.output_path)
-            await self._finish_status(job.id, f"❌ Job #{job.id} finished but I could not post it here ({error.text or error.status}).")
+            await self._finish_status(job.id, undeliverable_text(job.id, error))
             self._forget(job.id)
             return
         await self.store.mark_done(

@@ -425,3 +425,22 @@ async def test_an_admin_picks_the_servers_default_model_and_generate_uses_it(
     row = await job_row(bot, await queued_job_id(await run_command(fake, bob, studio.channel, "generate", prompt="y", duration=1)))
     assert row["model_version"] == "small"
     await wait_for_status(bot, row["id"], "done")
+
+
+async def test_when_the_bot_may_not_attach_files_the_member_learns_what_to_fix(bot: MusicGenBot, world: World) -> None:
+    fake, studio = world.fake, world.studio
+    no_files = fake.add_channel(studio.guild, "no-files", bot_denied=Permission.ATTACH_FILES)
+    bot.dispatcher.pause()  # the token expires first, so the result must go through the channel
+    try:
+        interaction = await run_command(fake, studio["carol"], no_files, "generate", prompt="forbidden", duration=1)
+        job_id = await queued_job_id(interaction)
+        fake.expire_interaction(interaction)
+    finally:
+        bot.dispatcher.resume()
+    row = await wait_for_status(bot, job_id, "failed")
+    assert "could not post the result" in row["error"] and Path(row["output_path"]).is_file()
+    status = interaction.original_message
+    assert status is not None
+    await status_reads(fake, status, "give me Send Messages and Attach Files here")
+    assert f"`/replay {job_id}`" in status.content
+    assert await stuck_jobs(bot) == []
