@@ -101,7 +101,7 @@ class JobDispatcher:
             for task in still_running:
                 # Left 'running' in the database: the next start retries it.
                 task.cancel()
-        for status in self._status.values():
+        for status in list(self._status.values()):
             await status.close()
 
     def pause(self) -> None:
@@ -144,7 +144,7 @@ class JobDispatcher:
         return resumed
 
     # -- used by the cogs -------------------------------------------------------------------------
-    def add(self, job: Job, interaction: discord.Interaction | None) -> StatusMessage | None:
+    def add(self, job: Job, interaction: discord.Interaction | None) -> None:
         """Queue a job whose row exists; its status message shows the place in line from now on."""
         if interaction is not None:
             self._interactions[job.id] = interaction
@@ -157,7 +157,6 @@ class JobDispatcher:
         self.scheduler.enqueue(scheduled(job))
         self._refresh_positions()
         self._wake.set()
-        return self._status.get(job.id)
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued or running job; False if it is neither."""
@@ -329,10 +328,17 @@ class JobDispatcher:
     # -- status messages ------------------------------------------------------------------------
     def _refresh_positions(self) -> None:
         for position, queued in enumerate(self.scheduler.queued_in_order(), start=1):
-            status = self._status.get(queued.job_id)
-            if status is not None:
+            job_id = queued.job_id
+            status = self._status.get(job_id)
+            if status is None:
+                continue
+            if status.via_token:
                 ahead = "next in line" if position == 1 else f"position {position} in line"
-                status.show(f"🎼 Job #{queued.job_id} is queued: {ahead}. `/cancel {queued.job_id}` cancels it.")
+                status.show(f"🎼 Job #{job_id} is queued: {ahead}. `/cancel {job_id}` cancels it.")
+            else:
+                # Channel edits share the channel's rate limit with everyone's results: no edit per
+                # place gained, just a text that stays true until the job starts.
+                status.show(f"🎼 Job #{job_id} is queued; `/queue` shows its place. `/cancel {job_id}` cancels it.")
 
     async def _finish_status(self, job_id: int, text: str) -> None:
         status = self._status.get(job_id)

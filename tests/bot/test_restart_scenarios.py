@@ -76,6 +76,8 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
             assert status is not None and row["status_message_id"] == status.id
             await status_reads(fake, status, f"Job #{job_id} is done (seed `{row['seed']}`)")
             assert channel_edits_of(fake, status) >= 1
+        # While it waited its turn, the second one said so (without an edit per place gained).
+        assert any("is queued; `/queue` shows its place" in version.content for version in second_interaction.original_message.history)
         assert await stuck_jobs(second_run) == []
     # The commands did not change, so the restart did not spend any of the daily command creates.
     assert len(fake.requests_to("PUT", "/applications/{application_id}/commands")) == command_syncs
