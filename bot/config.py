@@ -44,6 +44,20 @@ class BotConfig(_Section):
     worker: WorkerOptions = WorkerOptions()
     engine_settings: EngineSettings = EngineSettings()
 
+    def model_post_init(self, _context: object) -> None:
+        # The default model is what every /generate without model_version runs: it must make music.
+        default = self.bot.default_model_version
+        if default == "encode-decode":
+            raise ValueError(
+                "[bot] default_model_version cannot be encode-decode: it only re-encodes an attached clip "
+                "(pick small, medium, large, melody or finetuned)"
+            )
+        if default == "finetuned" and not self.engine_settings.models.finetuned:
+            raise ValueError(
+                '[bot] default_model_version is "finetuned" but [models] finetuned is empty: '
+                "point it at your checkpoint, or pick another default"
+            )
+
     @property
     def data_dir(self) -> Path:
         return Path(self.bot.data_dir)

@@ -37,6 +37,14 @@ def test_a_typo_in_the_config_is_reported_before_connecting(tmp_path: Path) -> N
     assert "invalid configuration" in result.output and "max_pending_per_usr" in result.output
 
 
+def test_a_default_model_that_cannot_make_music_is_refused_at_start(tmp_path: Path) -> None:
+    for default, reason in (("finetuned", "[models] finetuned is empty"), ("encode-decode", "only re-encodes")):
+        config = write_config(tmp_path, f'[bot]\ndefault_model_version = "{default}"\n')
+        result = CliRunner().invoke(main, ["--config", str(config), "run"], env={"DISCORD_TOKEN": "x"})
+        assert result.exit_code != 0
+        assert "invalid configuration" in result.output and reason in result.output
+
+
 def test_db_upgrade_applies_the_migrations_once_and_status_lists_them(tmp_path: Path) -> None:
     config = write_config(tmp_path, f'[bot]\ndata_dir = "{tmp_path / "data"}"\n')
     runner = CliRunner()
@@ -46,7 +54,7 @@ def test_db_upgrade_applies_the_migrations_once_and_status_lists_them(tmp_path: 
     again = runner.invoke(main, ["--config", str(config), "db", "upgrade"])
     assert "up to date" in again.output
     status = runner.invoke(main, ["--config", str(config), "db", "status"])
-    assert "V1__initial: applied" in status.output
+    assert "V1__initial: applied" in status.output and "V2__guild_default_model: applied" in status.output
     assert (tmp_path / "data" / "musicgen-bot.sqlite3").is_file()
 
 
