@@ -37,25 +37,12 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 def test_generate_writes_a_wav_of_the_asked_length_and_prints_the_seed(config_file: Path, tmp_path: Path) -> None:
+    request_flags = [
+        "--config", str(config_file), "--model-version", "small", "--prompt", "warm piano",
+        "--duration", "2", "--top-k", "50", "--temperature", "0.9", "--no-progress",
+    ]  # fmt: skip
     output = tmp_path / "song.wav"
-    code, text = run_cli(
-        "generate",
-        "--config",
-        str(config_file),
-        "--model-version",
-        "small",
-        "--prompt",
-        "warm piano",
-        "--duration",
-        "2",
-        "--top-k",
-        "50",
-        "--temperature",
-        "0.9",
-        "--output",
-        str(output),
-        "--no-progress",
-    )
+    code, text = run_cli("generate", *request_flags, "--output", str(output))
 
     assert code == 0, text
     seed = re.search(r"seed: (\d+)", text)
@@ -66,26 +53,7 @@ def test_generate_writes_a_wav_of_the_asked_length_and_prints_the_seed(config_fi
 
     # The printed seed reproduces the same audio.
     again = tmp_path / "again.wav"
-    code, text = run_cli(
-        "generate",
-        "--config",
-        str(config_file),
-        "--model-version",
-        "small",
-        "--prompt",
-        "warm piano",
-        "--duration",
-        "2",
-        "--top-k",
-        "50",
-        "--temperature",
-        "0.9",
-        "--output",
-        str(again),
-        "--no-progress",
-        "--seed",
-        seed.group(1),
-    )
+    code, text = run_cli("generate", *request_flags, "--output", str(again), "--seed", seed.group(1))
     assert code == 0, text
     assert f"seed: {seed.group(1)}" in text
     assert again.read_bytes() == output.read_bytes()
