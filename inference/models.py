@@ -30,6 +30,22 @@ from inference.settings import EngineOptions, EngineSettings
 
 logger = logging.getLogger(__name__)
 
+
+class _CodebookSpecialTokenFilter(logging.Filter):
+    """Drops transformers' warning that MusicGen's pad/bos token (2048) is outside its 2048-code
+    vocabulary: that id is audiocraft's special token, one past the codebook by design, and the
+    generic config check would print the false alarm on every model load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith(("Model config: pad_token_id", "Model config: bos_token_id"))
+            and "(between 0 and 2047), got 2048" in message
+        )
+
+
+logging.getLogger("transformers.configuration_utils").addFilter(_CodebookSpecialTokenFilter())
+
 BYTES_PER_GB = 1_000_000_000
 # Bump when the converter's output changes, so stale conversions are not reused.
 CONVERTER_REVISION = 1
