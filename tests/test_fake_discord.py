@@ -468,3 +468,27 @@ async def _eventually(condition: Any, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_a_server_admin_can_let_a_member_use_a_command_hidden_by_its_default_permissions() -> None:
+    async with FakeDiscord() as fake:
+        guild = fake.add_guild("Admins")
+        channel = fake.add_channel(guild, "general")
+        member = fake.add_member(guild, "member")
+        bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
+        handled: list[int] = []
+
+        @bot.tree.command(name="config", description="Admins only")
+        @app_commands.default_permissions(manage_guild=True)
+        async def config(interaction: discord.Interaction) -> None:
+            handled.append(interaction.user.id)
+            await interaction.response.send_message("ok", ephemeral=True)
+
+        async with running_bot(fake, bot):
+            await bot.tree.sync()
+            with pytest.raises(FakeDiscordValidationError, match="cannot see /config"):
+                await fake.invoke_slash_command(member, channel, "config", {})
+            fake.allow_command(guild, "config", member)
+            interaction = await fake.invoke_slash_command(member, channel, "config", {})
+            await interaction.wait_for_response()
+        assert handled == [member.id]

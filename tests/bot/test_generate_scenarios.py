@@ -380,9 +380,7 @@ async def test_an_admin_caps_the_servers_queue_and_members_cannot_change_it(bot:
 
 
 
-async def test_an_admin_picks_the_servers_default_model_and_generate_uses_it(
-    bot: MusicGenBot, world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_admin_picks_the_servers_default_model_and_generate_uses_it(bot: MusicGenBot, world: World) -> None:
     fake, studio, garage = world.fake, world.studio, world.garage
     admin, bob = studio["admin"], studio["bob"]
     with pytest.raises(FakeDiscordValidationError):  # hidden from members without Manage Server
@@ -408,18 +406,16 @@ async def test_an_admin_picks_the_servers_default_model_and_generate_uses_it(
         assert (await job_row(bot, picked))["model_version"] == "small"
         assert (await job_row(bot, elsewhere))["model_version"] == "small"
 
-        # Server admins can let other roles use the command (Integrations → command permissions); the
-        # fake does not model those overrides, so Discord's visibility check is lifted as one would.
-        from tests.fake_discord import server as fake_server
-
-        seen_by_default = fake_server.member_can_see
-        monkeypatch.setattr(fake_server, "member_can_see", lambda command, member: command.name == "musicgen-settings" or seen_by_default(command, member))
+        # Server admins can let others use the command (Integrations → command permissions): the bot
+        # itself still checks Manage Server.
+        fake.allow_command(studio.guild, "musicgen-settings", bob)
         refused = await run_command(fake, bob, studio.channel, "musicgen-settings default_model", model_version="large")
         assert "You need the Manage Server permission" in await private_reply(refused)
         assert await bot.jobs.guild_default_model(studio.guild.id) == "melody"
         await wait_for_status(bot, picked, "done")
         await wait_for_status(bot, elsewhere, "done")
     finally:
+        studio.guild.command_overrides.clear()
         reset = await private_reply(await run_command(fake, admin, studio.channel, "musicgen-settings default_model"))
         assert "back to the bot's default model (small)" in reset
     row = await job_row(bot, await queued_job_id(await run_command(fake, bob, studio.channel, "generate", prompt="y", duration=1)))

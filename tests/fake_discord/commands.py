@@ -191,9 +191,13 @@ class BuiltOptions:
 
 
 def member_can_see(command: RegisteredCommand, member: FakeMember) -> bool:
-    """Discord hides a command from members lacking its ``default_member_permissions``."""
+    """Discord hides a command from members lacking its ``default_member_permissions``, unless the
+    server's admins allowed that member (or one of its roles) to use it."""
     required = command.payload.get("default_member_permissions")
     if required is None:
+        return True
+    allowed = member.guild.command_overrides.get(command.name, set())
+    if member.id in allowed or any(role.id in allowed for role in member.roles):
         return True
     required_bits = int(required)
     permissions = member.permissions

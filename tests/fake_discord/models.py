@@ -254,6 +254,9 @@ class FakeGuild:
     channels: dict[int, FakeChannel] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
     joined_at: str = field(default_factory=iso_timestamp)
+    # Server Settings → Integrations: top-level command name → ids of members/roles allowed to use it
+    # even without its default_member_permissions.
+    command_overrides: dict[str, set[int]] = field(default_factory=dict)
 
     @property
     def everyone_role(self) -> FakeRole:

@@ -350,6 +350,11 @@ class FakeDiscord:
         self._soon(self.gateway.send_event("GUILD_ROLE_CREATE", {"guild_id": str(guild.id), "role": role.to_payload()}, guild_id=guild.id, intent=Intent.GUILDS))
         return role
 
+    def allow_command(self, guild: FakeGuild, command_name: str, who: FakeMember | FakeRole) -> None:
+        """What a server admin does in Server Settings → Integrations: let a member or role use a
+        command that its default_member_permissions would hide from them."""
+        guild.command_overrides.setdefault(command_name, set()).add(who.id)
+
     def add_user(self, name: str) -> FakeUser:
         user = FakeUser(id=new_snowflake(), username=name)
         self.users[user.id] = user
