@@ -25,6 +25,9 @@ MAX_TOP_K = 2048  # the codebook size: a larger k is the same as no top-k
 MAX_TEMPERATURE = 10.0
 MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 1000
+# Seconds computed from sample counts carry floating-point error (3.02 + 29.0 - 3.02 is
+# 29.000000000000004): budgets are compared with this slack, far below one sample at 32 kHz.
+_SECONDS_TOLERANCE = 1e-6
 
 
 class RequestError(ValueError):
@@ -127,7 +130,7 @@ class GenerationRequest:
             )
         end = input_seconds if self.continuation_end is None else min(self.continuation_end, input_seconds)
         used = end - self.continuation_start
-        if self.continuation and used + self.duration > MAX_DURATION_S:
+        if self.continuation and used + self.duration > MAX_DURATION_S + _SECONDS_TOLERANCE:
             raise RequestError(
                 f"The clip to continue is {used:.1f} s and you asked for {self.duration} s more: together they "
                 f"must fit in {MAX_DURATION_S} s. Trim the clip (continuation_start/continuation_end) or lower the duration."
