@@ -142,7 +142,12 @@ def measure_loudness(wav: torch.Tensor, sample_rate: int) -> float:
     samples = wav.detach().to(torch.float64).cpu().numpy().T
     duration_s = samples.shape[0] / sample_rate
     # Clips shorter than one gating block are measured as a single block.
-    meter = pyloudnorm.Meter(sample_rate, block_size=min(_LOUDNESS_BLOCK_S, duration_s))
+    block_size_s = min(_LOUDNESS_BLOCK_S, duration_s)
+    # pyloudnorm refuses audio where samples < block_size * rate, and n / rate * rate can come out
+    # one ulp above n (2007 samples at 32 kHz): step the block just below the clip's length.
+    while block_size_s * sample_rate > samples.shape[0]:
+        block_size_s = math.nextafter(block_size_s, 0.0)
+    meter = pyloudnorm.Meter(sample_rate, block_size=block_size_s)
     return float(meter.integrated_loudness(samples))
 
 

@@ -331,6 +331,17 @@ def test_loudness_normalization_works_on_clips_shorter_than_a_gating_block() -> 
     ) == pytest.approx(-14.0, abs=0.5)
 
 
+
+@pytest.mark.parametrize("samples", [2007, 2011, 9999])
+def test_loudness_normalization_of_a_short_clip_never_fails_on_its_sample_count(samples: int) -> None:
+    # An encode-decode of a tightly trimmed upload can be this short. samples / rate * rate comes
+    # out one ulp above `samples` for some counts, which pyloudnorm took for "shorter than a block".
+    blip = tone(440, 0.05, seconds=1.0)[None, :samples]
+
+    normalized = normalize_audio(blip, "loudness", MODEL_RATE)
+
+    assert normalized.abs().max().item() > blip.abs().max().item()  # it was measured and raised
+
 # -- writing results ---------------------------------------------------------------------------
 
 
