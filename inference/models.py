@@ -330,8 +330,11 @@ class ModelCache:
             torch.cuda.empty_cache()
 
     def _estimate_bytes(self, weights: str) -> int:
-        """Bytes the weights in a local folder will take at the cache's dtype (0 when unknown)."""
+        """Bytes the weights in a local folder, or a hub id's copy in the Hugging Face cache, will
+        take at the cache's dtype (0 when unknown)."""
         folder = Path(weights).expanduser()
+        if not folder.is_dir():
+            folder = _hub_cache_folder(weights) or folder
         files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
         if not files:
             return 0
@@ -351,3 +354,13 @@ class ModelCache:
                     is_float = tensor_slice.get_dtype() in ("F64", "F32", "F16", "BF16")
                     total += numel * (target if is_float else stored)
         return total
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    """The Hugging Face cache's snapshot of `repo_id`, found without the network, or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a repo id, not downloaded: the size is just unknown
+        return None

@@ -388,3 +388,28 @@ def test_an_embedded_encodec_export_uses_audiocraft_key_names(audiocraft_dirs):
         assert {f"{module}.weight_g", f"{module}.weight_v"} <= keys, f"{module} lost its weight-norm weights"
     assert not any(".convtr." in key for key in keys if key.startswith("encoder.")), "the encoder has no transposed convs"
     assert "encoder.model.0.conv.conv.weight_g" in keys
+
+
+def test_a_hub_id_in_the_hugging_face_cache_is_sized_before_loading(
+    tiny_model_dirs, engine_settings, tmp_path, monkeypatch
+):
+    # The shipped config names hub ids (facebook/musicgen-large). Their size must be known before
+    # loading, so the cache makes room first instead of holding the old models and the new one at once
+    # (on a GPU sized to the budget, that peak runs out of memory).
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--facebook--musicgen-small" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for file in tiny_model_dirs["small"].iterdir():
+        if file.is_file():
+            (snapshot / file.name).symlink_to(file)
+    (hub / "models--facebook--musicgen-small" / "refs").mkdir()
+    (hub / "models--facebook--musicgen-small" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+
+    cache = ModelCache(engine_settings)
+    local_estimate = cache._estimate_bytes(str(tiny_model_dirs["small"]))
+    assert local_estimate > 0
+    assert cache._estimate_bytes("facebook/musicgen-small") == local_estimate
+    assert cache._estimate_bytes("facebook/musicgen-large") == 0  # not downloaded: unknown
