@@ -176,7 +176,14 @@ def build_tokenizer(*, vocab_size: int) -> Any:
 
 
 def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
-    """Give every quantizer codebook random codes (fresh ones are zeros: every code would sound alike)."""
+    """Give every quantizer codebook random codes, and scale the encoder's output to match them.
+
+    Fresh codebooks are zeros (every code would sound alike). Random unit-variance codes alone are not
+    enough either: a random encoder's outputs lie far from them, so every clip would encode to the same
+    few codes and no test could tell two clips apart. So the encoder's last convolution is rescaled to
+    give zero-mean, unit-variance embeddings (measured on a mix of noise and tones), the scale of the
+    codes, as trained EnCodec encoders and codebooks share one.
+    """
     with torch.no_grad():
         for layer in encodec.quantizer.layers:
             codebook = layer.codebook
@@ -185,6 +192,23 @@ def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
             codebook.embed_avg.copy_(embed)
             codebook.cluster_size.fill_(1.0)
             codebook.inited.fill_(1.0)
+
+        sample_rate = int(encodec.config.sampling_rate)
+        channels = int(encodec.config.audio_channels)
+        t = torch.arange(sample_rate) / sample_rate
+        clips = [level * torch.randn(sample_rate, generator=generator) for level in (0.05, 0.3, 1.0)]
+        clips += [0.5 * torch.sin(2 * torch.pi * frequency * t) for frequency in (110.0, 440.0, 1760.0)]
+        audio = torch.stack(clips)[:, None].expand(-1, channels, -1).contiguous()  # [clips, channels, T]
+        embeddings = encodec.encoder(audio)  # [clips, dim, frames]
+        mean = embeddings.mean(dim=(0, 2))
+        scale = embeddings.std().clamp_min(1e-6)
+        last_conv = encodec.encoder.layers[-1].conv
+        # Weight norm: weight = g * v / |v|, so scaling g scales the weight.
+        if hasattr(last_conv, "parametrizations"):
+            last_conv.parametrizations.weight.original0.div_(scale)
+        else:
+            last_conv.weight.div_(scale)
+        last_conv.bias.sub_(mean).div_(scale)
 
 
 def randomize_layer_norms(module: torch.nn.Module, generator: torch.Generator) -> None:

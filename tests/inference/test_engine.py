@@ -161,8 +161,10 @@ def test_guidance_zero_ignores_the_prompt_as_audiocraft_does(engine: MusicGenEng
     a = engine.generate(text_request(temperature=0, classifier_free_guidance=0, prompt="jazz trio"))
     b = engine.generate(text_request(temperature=0, classifier_free_guidance=0, prompt="dark techno at 130 bpm"))
     assert same(a, b)
-    half = engine.generate(text_request(temperature=0, classifier_free_guidance=0.5, prompt="jazz trio"))
-    assert not same(a, half)
+    # Sampling (same seed) reacts to any change of the distribution, where argmax may not.
+    unguided = engine.generate(text_request(classifier_free_guidance=0, prompt="jazz trio"))
+    half = engine.generate(text_request(classifier_free_guidance=0.5, prompt="jazz trio"))
+    assert not same(unguided, half)
 
 
 def test_sampling_settings_reach_transformers_explicitly() -> None:
