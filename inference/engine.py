@@ -36,7 +36,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from inference import audio
 from inference.chroma import extract_chroma
 from inference.errors import GenerationCancelled
-from inference.models import LoadedCompression, LoadedMusicGen, ModelCache
+from inference.models import CODEC_DTYPE, LoadedCompression, LoadedMusicGen, ModelCache
 from inference.protocol import GenerationResult
 from inference.request import MAX_SEED, GenerationRequest, RequestError
 from inference.settings import EngineSettings
@@ -389,7 +389,7 @@ class MusicGenEngine:
         """EnCodec codes of the continuation prompt as decoder_input_ids [codebooks, frames]
         (stereo models interleave left/right codebooks, as transformers does)."""
         codec = loaded.model.audio_encoder
-        batch = clip[None].to(loaded.device, loaded.dtype)  # [1, channels, samples]
+        batch = clip[None].to(loaded.device, CODEC_DTYPE)  # [1, channels, samples]
         if loaded.audio_channels == 2:
             left = codec.encode(batch[:, :1]).audio_codes[0]
             right = codec.encode(batch[:, 1:]).audio_codes[0]

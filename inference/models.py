@@ -50,6 +50,9 @@ BYTES_PER_GB = 1_000_000_000
 # Bump when the converter's output changes, so stale conversions are not reused.
 CONVERTER_REVISION = 1
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# EnCodec always runs in float32, whatever `[engine] dtype` says, as in audiocraft (which autocasts
+# only the language model): its quantizer's squared distances overflow float16, and it is small.
+CODEC_DTYPE = torch.float32
 _SAFETENSORS_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -249,6 +252,7 @@ class ModelCache:
         except Exception as error:  # noqa: BLE001 - re-raised with the config key that needs fixing
             raise ModelLoadError(self._load_failure(version, source, error)) from error
         model = model.to(self.device).eval()
+        model.audio_encoder.to(CODEC_DTYPE)
         audio_encoder = model.config.audio_encoder
         return LoadedMusicGen(
             version=version,
@@ -269,7 +273,7 @@ class ModelCache:
         from transformers import EncodecModel
 
         try:
-            model = EncodecModel.from_pretrained(source, dtype=self.dtype)
+            model = EncodecModel.from_pretrained(source, dtype=CODEC_DTYPE)
         except Exception as error:  # noqa: BLE001
             raise ModelLoadError(self._load_failure("compression", source, error)) from error
         model = model.to(self.device).eval()
@@ -280,7 +284,7 @@ class ModelCache:
             audio_channels=int(model.config.audio_channels),
             frame_rate=int(model.config.frame_rate),
             device=self.device,
-            dtype=self.dtype,
+            dtype=CODEC_DTYPE,
             size_bytes=module_size_bytes(model),
         )
 

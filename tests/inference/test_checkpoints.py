@@ -207,6 +207,9 @@ def test_bfloat16_setting_loads_bfloat16_weights(engine_settings):
     loaded = ModelCache(settings).get("small")
     assert loaded.dtype == torch.bfloat16
     assert next(loaded.model.decoder.parameters()).dtype == torch.bfloat16
+    # EnCodec stays float32 (audiocraft autocasts only the language model; its quantizer overflows float16).
+    assert {p.dtype for p in loaded.model.audio_encoder.parameters()} == {torch.float32}
+    assert next(ModelCache(settings).get_compression().model.parameters()).dtype == torch.float32
 
 
 # --- fine-tunes and audiocraft checkpoints -----------------------------------------------------

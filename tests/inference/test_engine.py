@@ -220,6 +220,22 @@ def test_continuation_trims_the_clip_to_start_and_end(engine: MusicGenEngine, tm
     assert torch.allclose(result.wav[:, :head], reference[:, :head], atol=1e-4)
 
 
+def test_a_half_precision_engine_continues_a_clip_with_its_float32_codec(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    # [engine] dtype = "bfloat16" (the CPU's half precision; float16 on CUDA takes the same path).
+    options = engine_settings.engine.model_copy(update={"dtype": "bfloat16"})
+    half_engine = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
+    path = write_clip(tmp_path / "clip.wav", noise(0.5, seed=4))
+    result = half_engine.generate(text_request(input_audio=path, continuation=True, duration=1))
+    assert result.wav.dtype == torch.float32 and result.wav.shape == (1, (25 + 50) * HOP)
+    assert torch.isfinite(result.wav).all()
+    # The clip is re-decoded exactly as the float32 EnCodec alone makes it.
+    reference = encodec_round_trip(half_engine, "small", torch.from_numpy(noise(0.5, seed=4))[None])
+    head = 25 * HOP - SAMPLE_RATE // 10
+    assert torch.allclose(result.wav[:, :head], reference[:, :head], atol=1e-4)
+
+
 def test_continuation_without_a_text_prompt_works(engine: MusicGenEngine, tmp_path: Path) -> None:
     path = write_clip(tmp_path / "clip.wav", noise(0.5, seed=4))
     result = engine.generate(text_request(prompt=None, input_audio=path, continuation=True, duration=1))
