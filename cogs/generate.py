@@ -70,7 +70,7 @@ class GenerateCog(commands.Cog):
         continuation_start="Use input_audio from this second on.",
         continuation_end="Use input_audio up to this second (-1 = to the end).",
         normalization_strategy="How the output loudness is normalized.",
-        top_k="Sample among the k most likely tokens.",
+        top_k="Sample among the k most likely tokens (0 = all of them).",
         top_p="Nucleus sampling when above 0 (then top_k is ignored).",
         temperature="Randomness; 0 = always the most likely token.",
         classifier_free_guidance="How closely to follow the prompt.",

@@ -47,6 +47,7 @@ class GenerationRequest:
     # None (or -1 on input) means the end of the clip.
     continuation_end: float | None = None
     normalization_strategy: NormalizationStrategy = "loudness"
+    # 0 (with top_p 0) samples from the whole distribution, as audiocraft does.
     top_k: int = 250
     # > 0 switches to nucleus sampling and top_k is then ignored (audiocraft's rule).
     top_p: float = 0.0
@@ -108,8 +109,6 @@ class GenerationRequest:
             raise RequestError(f"top_k must be between 0 and {MAX_TOP_K} (got {self.top_k}).")
         if not 0.0 <= self.top_p <= 1.0:
             raise RequestError(f"top_p must be between 0 and 1 (got {self.top_p:g}); 0 means use top_k.")
-        if self.top_k == 0 and self.top_p == 0 and self.temperature != 0:
-            raise RequestError("Set top_k above 0 or top_p above 0 (or temperature 0 for greedy decoding).")
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
             raise RequestError(f"temperature must be between 0 and {MAX_TEMPERATURE:g} (got {self.temperature:g}).")
         if not 0.0 <= self.classifier_free_guidance <= MAX_GUIDANCE:

@@ -209,7 +209,6 @@ async def test_a_member_over_the_per_user_cap_is_told_privately_and_loses_nothin
     [
         ({"prompt": "x", "continuation": True}, "Continuation needs input audio"),
         ({"prompt": "x", "model_version": "finetuned"}, "No fine-tuned model is configured"),
-        ({"prompt": "x", "top_k": 0, "top_p": 0.0}, "Set top_k above 0"),
         ({"prompt": "x", "attach": "tune.mp3"}, "cannot follow a melody"),
         ({"attach": "tune.mp3", "model_version": "melody", "continuation_start": 3, "continuation_end": 1}, "must be before"),
         ({"attach": "not-audio.mp3", "model_version": "melody"}, "Couldn't read that audio file"),

@@ -138,6 +138,14 @@ def test_top_k_changes_the_tokens_for_the_same_seed(engine: MusicGenEngine) -> N
     assert not same(engine.generate(text_request(top_k=250)), engine.generate(text_request(top_k=5)))
 
 
+def test_top_k_zero_samples_from_the_whole_distribution_as_audiocraft_does(engine: MusicGenEngine) -> None:
+    kwargs, _ = generation_kwargs(GenerationRequest(prompt="x", top_k=0, top_p=0.0))
+    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["top_p"]) == (True, 0, 1.0)
+    whole = engine.generate(text_request(top_k=0))
+    assert not same(whole, engine.generate(text_request(top_k=250)))
+    assert same(whole, engine.generate(text_request(top_k=0)))
+
+
 def test_top_p_overrides_top_k_as_in_audiocraft(engine: MusicGenEngine) -> None:
     # With top_p set, top_k is ignored: top_k=1 would otherwise force the greedy result.
     nucleus_k1 = engine.generate(text_request(top_p=0.9, top_k=1))
