@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from inference.convert import (
     COMPRESSION_STATE_FILE,
@@ -158,7 +159,7 @@ class ModelCache:
         with self._lock:
             entry = self._lookup(key)
             if entry is None:
-                weights = self._weights_folder(chosen)
+                weights = self.weights_folder(chosen)
                 self._make_room(self._estimate_bytes(weights))
                 entry = self._load_musicgen(model_version, chosen, weights)
                 self._insert(key, entry)
@@ -216,18 +217,22 @@ class ModelCache:
         digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.settings.models.conversion_cache).expanduser() / f"{folder.name}-{digest}"
 
-    def _weights_folder(self, source: str) -> str:
+    def weights_folder(self, source: str) -> str:
         """The folder/id to load: the source, or the converted copy of an audiocraft checkpoint."""
         if not is_audiocraft_checkpoint(source):
             return source
         target = self.conversion_folder(source)
-        if (target / "config.json").is_file():
-            logger.info("using the converted copy of %s at %s", source, target)
-            return str(target)
-        logger.info("converting audiocraft checkpoint %s into %s", source, target)
-        convert_audiocraft_checkpoint(
-            source, target, text_encoder=self.settings.models.text_encoder, compression=self.settings.models.compression
-        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Worker processes that meet a new checkpoint at the same time: one converts, the others wait
+        # for it and load its copy (two conversions would replace the folder under each other).
+        with FileLock(f"{target}.lock"):
+            if (target / "config.json").is_file():
+                logger.info("using the converted copy of %s at %s", source, target)
+                return str(target)
+            logger.info("converting audiocraft checkpoint %s into %s", source, target)
+            convert_audiocraft_checkpoint(
+                source, target, text_encoder=self.settings.models.text_encoder, compression=self.settings.models.compression
+            )
         return str(target)
 
     # -- loading ------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -290,7 +292,8 @@ def test_conversion_happens_once_and_is_reused_by_later_workers(audiocraft_dirs,
     second = ModelCache(settings).get("finetuned")  # a fresh cache, as in a restarted worker
     assert second.weights_path == first.weights_path
     assert config_file.stat().st_mtime_ns == written_at
-    assert [p.name for p in tmp_path.iterdir()] == [Path(first.weights_path).name]  # no half-written leftovers
+    leftovers = [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]
+    assert leftovers == [Path(first.weights_path).name]  # no half-written copies
 
     # A retrained checkpoint (new state_dict.bin) gets a new conversion.
     state_file = folder / "state_dict.bin"
@@ -416,3 +419,23 @@ def test_a_hub_id_in_the_hugging_face_cache_is_sized_before_loading(
     assert local_estimate > 0
     assert cache._estimate_bytes("facebook/musicgen-small") == local_estimate
     assert cache._estimate_bytes("facebook/musicgen-large") == 0  # not downloaded: unknown
+
+
+def test_workers_meeting_a_new_checkpoint_at_once_convert_it_once(audiocraft_dirs, engine_settings, tmp_path, monkeypatch):
+    # Two worker processes (here: threads with caches of their own) ask for the same fresh fine-tune.
+    settings = finetuned_settings(engine_settings, audiocraft_dirs["pointer"], tmp_path)
+    conversions: list[Path] = []
+    real_conversion = models_module.convert_audiocraft_checkpoint
+
+    def counted_slow_conversion(source, target, **kwargs):
+        conversions.append(Path(target))
+        time.sleep(0.3)  # long enough for the other worker to arrive while this one converts
+        return real_conversion(source, target, **kwargs)
+
+    monkeypatch.setattr(models_module, "convert_audiocraft_checkpoint", counted_slow_conversion)
+    source = settings.models.finetuned
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        folders = list(pool.map(lambda _: ModelCache(settings).weights_folder(source), range(2)))
+    assert len(conversions) == 1
+    assert folders[0] == folders[1] == str(conversions[0])
+    assert ModelCache(settings).get("finetuned").weights_path == folders[0]
