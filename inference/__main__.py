@@ -206,6 +206,11 @@ def generate(
 
     from inference.engine import MusicGenEngine
 
+    if not progress:
+        # transformers draws bars of its own while loading weights.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if settings.engine.cpu_threads > 0:
         torch.set_num_threads(settings.engine.cpu_threads)
     engine = MusicGenEngine(settings)

@@ -77,9 +77,13 @@ def main(conn: Connection, settings: EngineSettings) -> None:
 
 def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready, tuple[type[BaseException], ...]]:
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from inference import engine as engine_module
     from inference.models import resolve_device, resolve_dtype
+
+    # A worker's output goes to the bot's log: weight-loading progress bars are only noise there.
+    transformers_logging.disable_progress_bar()
 
     if settings.engine.cpu_threads > 0:
         torch.set_num_threads(settings.engine.cpu_threads)
