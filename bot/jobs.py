@@ -7,6 +7,7 @@ half-written and two parties (a /cancel and the dispatcher) cannot both win.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import time
@@ -102,23 +103,8 @@ class Job:
         )
 
 
-# The request's fields, each stored in the column of the same name.
-_REQUEST_COLUMNS = (
-    "model_version",
-    "prompt",
-    "input_audio",
-    "duration",
-    "continuation",
-    "continuation_start",
-    "continuation_end",
-    "normalization_strategy",
-    "top_k",
-    "top_p",
-    "temperature",
-    "classifier_free_guidance",
-    "output_format",
-    "seed",
-)
+# Every field of the request is stored in the column of the same name (and the whole request as JSON).
+_REQUEST_COLUMNS = tuple(field.name for field in dataclasses.fields(GenerationRequest))
 
 
 class JobStore:
