@@ -19,6 +19,7 @@ from inference.request import (
     MODEL_VERSIONS,
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
+    REQUEST_DEFAULTS,
     GenerationRequest,
     RequestError,
 )
@@ -78,18 +79,18 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     help="Melody to mimic, or with --continuation the clip to continue (any common format).",
 )
 @click.option(
-    "--duration", type=int, default=8, show_default=True, help="Seconds to generate (extra seconds for continuation)."
+    "--duration", type=int, default=REQUEST_DEFAULTS.duration, show_default=True, help="Seconds to generate (extra seconds for continuation)."
 )
 @click.option(
     "--continuation/--no-continuation",
-    default=False,
+    default=REQUEST_DEFAULTS.continuation,
     show_default=True,
     help="Continue --input-audio instead of using it as a melody.",
 )
 @click.option(
     "--continuation-start",
     type=float,
-    default=0.0,
+    default=REQUEST_DEFAULTS.continuation_start,
     show_default=True,
     help="Start of the input clip to use, in seconds.",
 )
@@ -102,19 +103,19 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
 @click.option(
     "--normalization-strategy",
     type=click.Choice(NORMALIZATION_STRATEGIES),
-    default="loudness",
+    default=REQUEST_DEFAULTS.normalization_strategy,
     show_default=True,
     help="How the output is normalized.",
 )
-@click.option("--top-k", type=int, default=250, show_default=True, help="Sample among the k most likely tokens.")
+@click.option("--top-k", type=int, default=REQUEST_DEFAULTS.top_k, show_default=True, help="Sample among the k most likely tokens.")
 @click.option(
-    "--top-p", type=float, default=0.0, show_default=True, help="Nucleus sampling when > 0 (top-k is then ignored)."
+    "--top-p", type=float, default=REQUEST_DEFAULTS.top_p, show_default=True, help="Nucleus sampling when > 0 (top-k is then ignored)."
 )
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature; 0 = greedy.")
+@click.option("--temperature", type=float, default=REQUEST_DEFAULTS.temperature, show_default=True, help="Softmax temperature; 0 = greedy.")
 @click.option(
     "--classifier-free-guidance",
     type=float,
-    default=3.0,
+    default=REQUEST_DEFAULTS.classifier_free_guidance,
     show_default=True,
     help="Classifier-free guidance coefficient.",
 )

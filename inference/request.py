@@ -152,9 +152,12 @@ class GenerationRequest:
 
     def non_default_fields(self) -> dict[str, Any]:
         """The fields a person changed from the defaults (for embeds and summaries)."""
-        defaults = GenerationRequest()
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(defaults, f.name)
+            if getattr(self, f.name) != getattr(REQUEST_DEFAULTS, f.name)
         }
+
+
+# Every input's default, for the front ends (slash command options, CLI flags) to show and use.
+REQUEST_DEFAULTS = GenerationRequest()
