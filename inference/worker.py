@@ -62,7 +62,7 @@ def main(conn: Connection, settings: EngineSettings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s")
     try:
-        engine, ready, cancelled_types = _build_engine(settings)
+        engine, ready = _build_engine(settings)
     except BaseException as exc:  # noqa: BLE001 - any failure here must reach the parent, not vanish
         logger.exception("worker failed to start")
         try:
@@ -70,12 +70,12 @@ def main(conn: Connection, settings: EngineSettings) -> None:
         finally:
             conn.close()
         raise SystemExit(1) from None
-    worker = _WorkerLoop(conn, engine, cancelled_types)
+    worker = _WorkerLoop(conn, engine)
     worker.send(ready)
     worker.run()
 
 
-def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready, tuple[type[BaseException], ...]]:
+def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
     import torch
     from transformers.utils import logging as transformers_logging
 
@@ -92,9 +92,7 @@ def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready, tupl
     dtype = resolve_dtype(settings.engine, device)
     engine = engine_module.MusicGenEngine(settings)
     ready = Ready(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    # Catch the engine's cancellation class whether or not it is the one in inference.errors.
-    cancelled_types = tuple({GenerationCancelled, getattr(engine_module, "GenerationCancelled", GenerationCancelled)})
-    return engine, ready, cancelled_types
+    return engine, ready
 
 
 def _short_message(exc: BaseException) -> str:
@@ -107,15 +105,9 @@ def _short_message(exc: BaseException) -> str:
 class _WorkerLoop:
     """Runs submitted jobs one at a time; a reader thread handles Cancel and Shutdown meanwhile."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        engine: MusicGenEngine,
-        cancelled_types: tuple[type[BaseException], ...],
-    ) -> None:
+    def __init__(self, conn: Connection, engine: MusicGenEngine) -> None:
         self._conn = conn
         self._engine = engine
-        self._cancelled_types = cancelled_types
         self._send_lock = threading.Lock()
         self._state = threading.Condition()
         self._pending: collections.deque[Submit] = collections.deque()
@@ -230,7 +222,7 @@ class _WorkerLoop:
             )
         except RequestError as exc:
             return GenerationError(job_id, str(exc), kind="request")
-        except self._cancelled_types:
+        except GenerationCancelled:
             return GenerationError(job_id, "Cancelled.", kind="cancelled")
         except Exception as exc:  # noqa: BLE001 - a failed job must never take the worker down
             logger.exception("job %s failed", job_id)
