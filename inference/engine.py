@@ -76,10 +76,9 @@ def seed_everything(seed: int) -> None:
 
 
 def choose_seed(requested: int | None) -> int:
-    """The requested seed, or a fresh random one (None / -1) that is then reported to the user."""
-    if requested is None or requested == -1:
-        return secrets.randbelow(MAX_SEED + 1)
-    return requested
+    """The requested seed, or a fresh random one (None; the request already turned -1 into None)
+    that is then reported to the user."""
+    return secrets.randbelow(MAX_SEED + 1) if requested is None else requested
 
 
 class _PhaseClock:
