@@ -291,7 +291,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 s of audio instead of 8 (about two minutes)")
     parser.add_argument("--duration", type=int, help="seconds of audio per generation [8; --quick: 2]")
-    parser.add_argument("--repeats", type=int, default=2, help="timed generations per path (best reported) [2]")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed generations per path (best reported) [2]"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument(
@@ -324,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{worker_s:.3f} s, overhead {overhead * 1000:.0f} ms",
             flush=True,
         )
-        lines.append(target_line("worker_overhead_s", overhead, WORKER_OVERHEAD_TARGET_S, higher_is_better=False))
+        lines.append(
+            target_line("worker_overhead_s", overhead, WORKER_OVERHEAD_TARGET_S, higher_is_better=False)
+        )
 
     print(
         f"small architecture, random weights, {args.dtype}, {torch.get_num_threads()} thread(s), batch 1, "

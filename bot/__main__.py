@@ -1,7 +1,7 @@
 """`python -m bot` / `musicgen-bot`: run the bot, or maintain its database.
 
-    DISCORD_TOKEN=... musicgen-bot [--config config.toml]        # run (same as `musicgen-bot run`)
-    musicgen-bot db upgrade | db status                          # apply / list the SQL migrations
+DISCORD_TOKEN=... musicgen-bot [--config config.toml]        # run (same as `musicgen-bot run`)
+musicgen-bot db upgrade | db status                          # apply / list the SQL migrations
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def main(context: click.Context, config_path: Path | None) -> None:
 
 
 @main.command()
-@click.option("--force-sync", is_flag=True, help="Re-register the slash commands even if they look unchanged.")
+@click.option(
+    "--force-sync", is_flag=True, help="Re-register the slash commands even if they look unchanged."
+)
 @click.pass_obj
 def run(config_path: Path | None, force_sync: bool = False) -> None:
     """Run the bot (the token comes from $DISCORD_TOKEN)."""
@@ -69,9 +71,13 @@ def run(config_path: Path | None, force_sync: bool = False) -> None:
     try:
         asyncio.run(run_until_stopped(config, token, force_command_sync=force_sync))
     except discord.LoginFailure:
-        raise click.ClickException(f"Discord refused the token in {TOKEN_ENV_VAR}: check that it is current.") from None
+        raise click.ClickException(
+            f"Discord refused the token in {TOKEN_ENV_VAR}: check that it is current."
+        ) from None
     except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
-        raise click.ClickException("Discord refused a privileged intent; this bot should need none.") from None
+        raise click.ClickException(
+            "Discord refused a privileged intent; this bot should need none."
+        ) from None
 
 
 async def run_until_stopped(config: BotConfig, token: str, *, force_command_sync: bool = False) -> None:
@@ -122,7 +128,10 @@ def upgrade(config_path: Path | None) -> None:
     """Apply pending SQL migrations (the bot also does this when it starts)."""
     config = read_config(config_path)
     applied = on_database(config, lambda database: database.upgrade())
-    click.echo(f"{config.database_path}: " + (f"applied {', '.join(f'V{v}' for v in applied)}" if applied else "up to date"))
+    click.echo(
+        f"{config.database_path}: "
+        + (f"applied {', '.join(f'V{v}' for v in applied)}" if applied else "up to date")
+    )
 
 
 @db.command()

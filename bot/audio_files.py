@@ -15,7 +15,24 @@ __all__ = ["AUDIO_EXTENSIONS", "AudioDecodeError", "encode_mp3", "looks_like_aud
 
 # Extensions Discord users commonly attach that ffmpeg decodes; anything else is refused up front.
 AUDIO_EXTENSIONS = frozenset(
-    {"mp3", "wav", "ogg", "oga", "opus", "flac", "m4a", "aac", "webm", "mp4", "mov", "aif", "aiff", "wma", "mka", "caf"}
+    {
+        "mp3",
+        "wav",
+        "ogg",
+        "oga",
+        "opus",
+        "flac",
+        "m4a",
+        "aac",
+        "webm",
+        "mp4",
+        "mov",
+        "aif",
+        "aiff",
+        "wma",
+        "mka",
+        "caf",
+    }
 )
 
 

@@ -43,7 +43,9 @@ def bot_intents() -> discord.Intents:
 class MusicGenCommandTree(app_commands.CommandTree["MusicGenBot"]):
     """Turns every command error into a friendly ephemeral message."""
 
-    async def on_error(self, interaction: discord.Interaction[MusicGenBot], error: app_commands.AppCommandError) -> None:
+    async def on_error(
+        self, interaction: discord.Interaction[MusicGenBot], error: app_commands.AppCommandError
+    ) -> None:
         original = getattr(error, "original", error)
         if isinstance(original, RequestError):
             text = str(original)
@@ -156,14 +158,19 @@ class MusicGenBot(commands.AutoShardedBot):
         self.jobs = JobStore(self.database)
         limits = self.config.limits
         self.scheduler = FairScheduler(
-            QueueLimits(max_pending_per_user=limits.max_pending_per_user, max_pending_per_guild=limits.max_pending_per_guild)
+            QueueLimits(
+                max_pending_per_user=limits.max_pending_per_user,
+                max_pending_per_guild=limits.max_pending_per_guild,
+            )
         )
         for guild_id, max_pending in (await self.jobs.guild_limits()).items():
             self.scheduler.set_guild_limit(guild_id, max_pending)
         if self._given_inference is not None:
             self.inference = self._given_inference
         else:
-            self.inference = InferenceClient(self.config.engine_settings, processes=self.config.worker.processes)
+            self.inference = InferenceClient(
+                self.config.engine_settings, processes=self.config.worker.processes
+            )
             await self.inference.start()
         self.dispatcher = JobDispatcher(
             store=self.jobs,
@@ -204,7 +211,9 @@ class MusicGenBot(commands.AutoShardedBot):
         Discord allows 200 command creates per day per guild, so restarts must not re-sync blindly;
         a hash of the payload is kept in the database per application and scope.
         """
-        guilds: list[discord.Object | None] = [discord.Object(guild_id) for guild_id in self.config.bot.command_guilds]
+        guilds: list[discord.Object | None] = [
+            discord.Object(guild_id) for guild_id in self.config.bot.command_guilds
+        ]
         synced: list[str] = []
         for guild in guilds or [None]:
             if guild is not None:

@@ -40,7 +40,9 @@ def discover_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
             raise MigrationError(f"{path.name}: migration files are named V<number>__<name>.sql")
         version = int(match["version"])
         if version in migrations:
-            raise MigrationError(f"two migrations have version {version}: {migrations[version].path.name}, {path.name}")
+            raise MigrationError(
+                f"two migrations have version {version}: {migrations[version].path.name}, {path.name}"
+            )
         migrations[version] = Migration(version, match["name"], path)
     return [migrations[v] for v in sorted(migrations)]
 
@@ -53,7 +55,9 @@ class Database:
         self.path = path
 
     @classmethod
-    async def open(cls, path: str | Path, *, migrations_dir: Path = MIGRATIONS_DIR, upgrade: bool = True) -> Database:
+    async def open(
+        cls, path: str | Path, *, migrations_dir: Path = MIGRATIONS_DIR, upgrade: bool = True
+    ) -> Database:
         """Open (creating if needed) the database file and apply pending migrations."""
         path = Path(path)
         if str(path) != ":memory:":

@@ -82,7 +82,9 @@ class ResultPoster:
         guild = self._client.get_guild(job.guild_id)
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT_BYTES
 
-    async def choose_file(self, job: Job, result: GenerationResult, limit: int) -> tuple[Path | None, str, str]:
+    async def choose_file(
+        self, job: Job, result: GenerationResult, limit: int
+    ) -> tuple[Path | None, str, str]:
         """The file to attach, its format, and a note for the message (why it is MP3, or why there is none)."""
         path = Path(result.output_path)
         size = path.stat().st_size
@@ -93,17 +95,27 @@ class ResultPoster:
             await asyncio.to_thread(encode_mp3, path, mp3_path)
             mp3_size = mp3_path.stat().st_size
             if mp3_size <= limit:
-                return mp3_path, "mp3", (
-                    f"The WAV ({describe_size(size)}) is over this server's upload limit "
-                    f"({describe_size(limit)}), so here it is as MP3."
+                return (
+                    mp3_path,
+                    "mp3",
+                    (
+                        f"The WAV ({describe_size(size)}) is over this server's upload limit "
+                        f"({describe_size(limit)}), so here it is as MP3."
+                    ),
                 )
             size = mp3_size
-        return None, "none", (
-            f"The result ({describe_size(size)}) is over this server's upload limit ({describe_size(limit)}), "
-            "so I could not attach it. Try a shorter duration or output_format mp3."
+        return (
+            None,
+            "none",
+            (
+                f"The result ({describe_size(size)}) is over this server's upload limit ({describe_size(limit)}), "
+                "so I could not attach it. Try a shorter duration or output_format mp3."
+            ),
         )
 
-    async def post_result(self, job: Job, result: GenerationResult, interaction: discord.Interaction | None) -> PostedResult:
+    async def post_result(
+        self, job: Job, result: GenerationResult, interaction: discord.Interaction | None
+    ) -> PostedResult:
         path, posted_format, note = await self.choose_file(job, result, self.upload_limit(job, interaction))
         embed = result_embed(job, result)
 
@@ -126,7 +138,9 @@ class ResultPoster:
         )
         return PostedResult(sent.id, posted_format)
 
-    async def post_failure(self, job: Job, text: str, interaction: discord.Interaction | None, *, ephemeral: bool) -> None:
+    async def post_failure(
+        self, job: Job, text: str, interaction: discord.Interaction | None, *, ephemeral: bool
+    ) -> None:
         """Tell the requester what went wrong (ephemerally while the token lives, else in the channel)."""
         mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
         try:
@@ -134,7 +148,10 @@ class ResultPoster:
                 job,
                 interaction,
                 followup=lambda: {"content": text, "ephemeral": ephemeral},
-                channel=lambda: {"content": f"<@{job.user_id}> job #{job.id}: {text}", "allowed_mentions": mentions},
+                channel=lambda: {
+                    "content": f"<@{job.user_id}> job #{job.id}: {text}",
+                    "allowed_mentions": mentions,
+                },
             )
         except discord.HTTPException as error:
             logger.warning("could not tell <@%s> that job %s failed: %s", job.user_id, job.id, error)
@@ -153,5 +170,7 @@ class ResultPoster:
             except discord.HTTPException as error:
                 if not is_dead_token_error(error):
                     raise
-                logger.info("job %s: interaction token no longer usable (%s); posting in the channel", job.id, error)
+                logger.info(
+                    "job %s: interaction token no longer usable (%s); posting in the channel", job.id, error
+                )
         return await self.channel(job).send(**channel())

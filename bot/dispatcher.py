@@ -122,7 +122,9 @@ class JobDispatcher:
         for job in await self.store.pending():
             if job.status_message_id is not None:
                 self._status[job.id] = StatusMessage(
-                    self.poster.channel(job), message_id=job.status_message_id, interval_s=self.progress_interval_s
+                    self.poster.channel(job),
+                    message_id=job.status_message_id,
+                    interval_s=self.progress_interval_s,
                 )
             if job.status is JobStatus.RUNNING:
                 # The bot stopped without putting it back (killed, crashed): that run counts as an attempt.
@@ -184,7 +186,9 @@ class JobDispatcher:
                 and len(self._runners) < self.worker_slots
                 and (next_job := self.scheduler.next_job()) is not None
             ):
-                self._runners[next_job.job_id] = asyncio.create_task(self._run(next_job), name=f"job-{next_job.job_id}")
+                self._runners[next_job.job_id] = asyncio.create_task(
+                    self._run(next_job), name=f"job-{next_job.job_id}"
+                )
                 self._refresh_positions()
             await self._wake.wait()
             self._wake.clear()
@@ -231,7 +235,9 @@ class JobDispatcher:
         # No await between the check above and submit() registering the job with the client.
         self._submitted.add(job_id)
         try:
-            result = await self.inference.submit(str(job_id), job.request, self.output_dir, on_progress=on_progress)
+            result = await self.inference.submit(
+                str(job_id), job.request, self.output_dir, on_progress=on_progress
+            )
         except GenerationCancelled:
             await self._after_cancel(job)
         except WorkerCrashed as crash:
@@ -281,7 +287,9 @@ class JobDispatcher:
     async def _put_back_for_restart(self, job: Job) -> None:
         """A job stopped by our own shutdown: queued again without using up its retry."""
         await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
-        await self._finish_status(job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back.")
+        await self._finish_status(
+            job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back."
+        )
 
     async def _deliver(self, job: Job, result: GenerationResult) -> None:
         interaction = self._interactions.get(job.id)
@@ -292,7 +300,9 @@ class JobDispatcher:
             posted = await self.poster.post_result(job, result, interaction)
         except discord.HTTPException as error:
             logger.error("job %s: could not post the result: %s", job.id, error)
-            await self.store.mark_failed(job.id, f"could not post the result: {error}", output_path=result.output_path)
+            await self.store.mark_failed(
+                job.id, f"could not post the result: {error}", output_path=result.output_path
+            )
             await self._finish_status(job.id, undeliverable_text(job.id, error))
             self._forget(job.id)
             return
@@ -338,7 +348,9 @@ class JobDispatcher:
             else:
                 # Channel edits share the channel's rate limit with everyone's results: no edit per
                 # place gained, just a text that stays true until the job starts.
-                status.show(f"🎼 Job #{job_id} is queued; `/queue` shows its place. `/cancel {job_id}` cancels it.")
+                status.show(
+                    f"🎼 Job #{job_id} is queued; `/queue` shows its place. `/cancel {job_id}` cancels it."
+                )
 
     async def _finish_status(self, job_id: int, text: str) -> None:
         status = self._status.get(job_id)

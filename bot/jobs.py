@@ -141,7 +141,9 @@ class JobStore:
         )
         columns = ", ".join(fields)
         placeholders = ", ".join("?" for _ in fields)
-        cursor = await self._db.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", tuple(fields.values()))
+        cursor = await self._db.execute(
+            f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", tuple(fields.values())
+        )
         job_id = cursor.lastrowid
         await self._db.commit()
         job = await self.get(int(job_id))  # type: ignore[arg-type]
@@ -168,7 +170,8 @@ class JobStore:
 
     async def pending_in_guild(self, guild_id: int) -> list[Job]:
         return await self._select(
-            "SELECT * FROM jobs WHERE guild_id = ? AND status IN ('queued', 'running') ORDER BY id", (guild_id,)
+            "SELECT * FROM jobs WHERE guild_id = ? AND status IN ('queued', 'running') ORDER BY id",
+            (guild_id,),
         )
 
     # -- status changes: one guarded UPDATE each; True if the row moved ----------------------------
@@ -179,7 +182,9 @@ class JobStore:
             (time.time(), job_id),
         )
 
-    async def mark_done(self, job_id: int, *, output_path: str, seed: int, posted_format: str, result_message_id: int | None) -> bool:
+    async def mark_done(
+        self, job_id: int, *, output_path: str, seed: int, posted_format: str, result_message_id: int | None
+    ) -> bool:
         return await self._update(
             "UPDATE jobs SET status = 'done', output_path = ?, seed = ?, posted_format = ?, result_message_id = ?, "
             "finished_at = ?, error = NULL WHERE id = ? AND status = 'running'",
@@ -213,7 +218,9 @@ class JobStore:
 
     # -- guild settings ----------------------------------------------------------------------------
     async def guild_limits(self) -> dict[int, int]:
-        async with self._db.execute("SELECT guild_id, max_pending FROM guild_settings WHERE max_pending IS NOT NULL") as cursor:
+        async with self._db.execute(
+            "SELECT guild_id, max_pending FROM guild_settings WHERE max_pending IS NOT NULL"
+        ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
     async def set_guild_limit(self, guild_id: int, max_pending: int | None) -> None:
@@ -225,7 +232,9 @@ class JobStore:
 
     async def guild_default_model(self, guild_id: int) -> str | None:
         """The model /generate uses in this guild when none is picked (None: the config's default)."""
-        async with self._db.execute("SELECT default_model_version FROM guild_settings WHERE guild_id = ?", (guild_id,)) as cursor:
+        async with self._db.execute(
+            "SELECT default_model_version FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        ) as cursor:
             row = await cursor.fetchone()
         return None if row is None else row[0]
 

@@ -133,7 +133,9 @@ class FairScheduler:
 
     # -- lookups --------------------------------------------------------------------------------
     def contains(self, job_id: int) -> bool:
-        return job_id in self._running or any(job.job_id == job_id for q in self._queues.values() for job in q)
+        return job_id in self._running or any(
+            job.job_id == job_id for q in self._queues.values() for job in q
+        )
 
     def is_running(self, job_id: int) -> bool:
         return job_id in self._running

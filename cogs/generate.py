@@ -60,7 +60,9 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="generate", description="Make music with MusicGen from a prompt and/or an audio clip.")
+    @app_commands.command(
+        name="generate", description="Make music with MusicGen from a prompt and/or an audio clip."
+    )
     @app_commands.guild_only()
     @app_commands.describe(
         prompt="What the music should sound like.",
@@ -132,16 +134,22 @@ class GenerateCog(commands.Cog):
             if input_audio is not None:
                 upload = await self.download_and_measure(input_audio, request)
                 request = request.replace(input_audio=str(upload))
-            await self.queue_job(interaction, request, input_audio_filename=input_audio.filename if input_audio else None)
+            await self.queue_job(
+                interaction, request, input_audio_filename=input_audio.filename if input_audio else None
+            )
         except Exception:
             if upload is not None:
                 upload.unlink(missing_ok=True)
             raise
 
-    @app_commands.command(name="replay", description="Run one of this server's jobs again: same settings and seed, same music.")
+    @app_commands.command(
+        name="replay", description="Run one of this server's jobs again: same settings and seed, same music."
+    )
     @app_commands.guild_only()
     @app_commands.describe(job_id="The job number (see /history).")
-    async def replay(self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None]) -> None:
+    async def replay(
+        self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None]
+    ) -> None:
         self.check_accepting_jobs()
         original = await self.bot.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
@@ -152,19 +160,27 @@ class GenerateCog(commands.Cog):
         self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
-        await self.queue_job(interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id)
+        await self.queue_job(
+            interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id
+        )
 
     # -- checks ---------------------------------------------------------------------------------------
     def check_accepting_jobs(self) -> None:
         if not self.bot.accepting_jobs:
-            raise RequestError("The bot is restarting and is not taking new jobs right now. Try again in a minute.")
+            raise RequestError(
+                "The bot is restarting and is not taking new jobs right now. Try again in a minute."
+            )
 
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
         if request.model_version == "finetuned" and not self.bot.finetuned_configured:
             raise RequestError(
                 f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default_model})."
             )
-        if request.input_audio is not None and not request.continuation and request.model_version in MODELS_WITHOUT_MELODY:
+        if (
+            request.input_audio is not None
+            and not request.continuation
+            and request.model_version in MODELS_WITHOUT_MELODY
+        ):
             raise RequestError(
                 f"The {request.model_version} model cannot follow a melody. Use model_version melody to follow "
                 "your clip's melody, or set continuation to True to continue the clip instead."
@@ -207,7 +223,9 @@ class GenerateCog(commands.Cog):
             request.check_input_length(seconds)
         except discord.HTTPException as error:
             path.unlink(missing_ok=True)
-            raise RequestError(f"I could not download {attachment.filename} from Discord ({error.status}). Try again.") from error
+            raise RequestError(
+                f"I could not download {attachment.filename} from Discord ({error.status}). Try again."
+            ) from error
         except BaseException:
             path.unlink(missing_ok=True)
             raise

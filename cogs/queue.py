@@ -44,7 +44,9 @@ class QueueCog(commands.Cog):
         assert interaction.guild_id is not None
         jobs = await self.bot.jobs.pending_in_guild(interaction.guild_id)
         if not jobs:
-            await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
+            await interaction.response.send_message(
+                "Nothing is queued or running in this server.", ephemeral=True
+            )
             return
         scheduler, dispatcher = self.bot.scheduler, self.bot.dispatcher
         # One simulation of the start order for the whole reply (each position() would run its own).
@@ -63,7 +65,9 @@ class QueueCog(commands.Cog):
             lines.append("**Your jobs:** " + ", ".join(f"#{job.id} ({where(job)})" for job in mine))
         else:
             lines.append("You have no jobs queued here.")
-        lines.append(f"**This server's queue** ({len(jobs)} pending, limit {scheduler.guild_limit(interaction.guild_id)}):")
+        lines.append(
+            f"**This server's queue** ({len(jobs)} pending, limit {scheduler.guild_limit(interaction.guild_id)}):"
+        )
         for job in ordered[:QUEUE_LINES_SHOWN]:
             request = job.request
             lines.append(
@@ -77,7 +81,9 @@ class QueueCog(commands.Cog):
     @app_commands.command(name="cancel", description="Cancel your job (Manage Server: anyone's).")
     @app_commands.guild_only()
     @app_commands.describe(job_id="Which job; default: your most recent pending one.")
-    async def cancel(self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None] | None = None) -> None:
+    async def cancel(
+        self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None] | None = None
+    ) -> None:
         assert interaction.guild_id is not None
         if job_id is None:
             mine = [
@@ -95,11 +101,17 @@ class QueueCog(commands.Cog):
             job = found
         permissions = interaction.permissions
         if job.user_id != interaction.user.id and not permissions.manage_guild:
-            raise RequestError(f"Job #{job.id} is <@{job.user_id}>'s; only they or someone with Manage Server can cancel it.")
+            raise RequestError(
+                f"Job #{job.id} is <@{job.user_id}>'s; only they or someone with Manage Server can cancel it."
+            )
         if not job.is_pending:
             raise RequestError(f"Job #{job.id} is already {job.status.value}.")
         if await self.bot.dispatcher.cancel(job.id):
-            text = f"Job #{job.id} is cancelled." if job.status is JobStatus.QUEUED else f"Cancelling job #{job.id}…"
+            text = (
+                f"Job #{job.id} is cancelled."
+                if job.status is JobStatus.QUEUED
+                else f"Cancelling job #{job.id}…"
+            )
         else:
             text = f"Job #{job.id} has just finished; there was nothing left to cancel."
         await interaction.response.send_message(text, ephemeral=True)
@@ -108,9 +120,13 @@ class QueueCog(commands.Cog):
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction[MusicGenBot]) -> None:
         assert interaction.guild_id is not None
-        jobs = await self.bot.jobs.history(interaction.guild_id, interaction.user.id, limit=HISTORY_LINES_SHOWN)
+        jobs = await self.bot.jobs.history(
+            interaction.guild_id, interaction.user.id, limit=HISTORY_LINES_SHOWN
+        )
         if not jobs:
-            await interaction.response.send_message("You have not made anything here yet: try `/generate`.", ephemeral=True)
+            await interaction.response.send_message(
+                "You have not made anything here yet: try `/generate`.", ephemeral=True
+            )
             return
         lines = [f"**Your last {len(jobs)} job(s) here** (`/replay job_id` makes one again):"]
         for job in jobs:

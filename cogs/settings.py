@@ -18,17 +18,24 @@ if TYPE_CHECKING:
 
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
-class SettingsCog(commands.GroupCog, group_name="musicgen-settings", group_description="Server settings for the music bot."):
+class SettingsCog(
+    commands.GroupCog, group_name="musicgen-settings", group_description="Server settings for the music bot."
+):
     """Admin settings, stored in the guild_settings table."""
 
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
         super().__init__()
 
-    @app_commands.command(name="max_pending", description="Cap the jobs this server may have queued or running (empty = default).")
+    @app_commands.command(
+        name="max_pending",
+        description="Cap the jobs this server may have queued or running (empty = default).",
+    )
     @app_commands.checks.has_permissions(manage_guild=True)
     @app_commands.describe(limit="Jobs queued or running at once; leave empty for the bot's default.")
-    async def max_pending(self, interaction: discord.Interaction[MusicGenBot], limit: Range[int, 1, 1000] | None = None) -> None:
+    async def max_pending(
+        self, interaction: discord.Interaction[MusicGenBot], limit: Range[int, 1, 1000] | None = None
+    ) -> None:
         assert interaction.guild_id is not None
         await self.bot.jobs.set_guild_limit(interaction.guild_id, limit)
         self.bot.scheduler.set_guild_limit(interaction.guild_id, limit)
@@ -40,14 +47,24 @@ class SettingsCog(commands.GroupCog, group_name="musicgen-settings", group_descr
         )
         await interaction.response.send_message(text, ephemeral=True)
 
-    @app_commands.command(name="default_model", description="The model /generate uses here when none is picked (empty = default).")
+    @app_commands.command(
+        name="default_model",
+        description="The model /generate uses here when none is picked (empty = default).",
+    )
     @app_commands.checks.has_permissions(manage_guild=True)
-    @app_commands.describe(model_version="The model for /generate without model_version; leave empty for the bot's default.")
+    @app_commands.describe(
+        model_version="The model for /generate without model_version; leave empty for the bot's default."
+    )
     # The same list as /generate's model_version; the ones that cannot be a default get an explanation.
     @app_commands.choices(model_version=choices(MODEL_VERSIONS))
-    async def default_model(self, interaction: discord.Interaction[MusicGenBot], model_version: str | None = None) -> None:
+    async def default_model(
+        self, interaction: discord.Interaction[MusicGenBot], model_version: str | None = None
+    ) -> None:
         assert interaction.guild_id is not None
-        if model_version is not None and (refusal := self.bot.default_model_refusal(model_version)) is not None:
+        if (
+            model_version is not None
+            and (refusal := self.bot.default_model_refusal(model_version)) is not None
+        ):
             raise RequestError(refusal)
         await self.bot.jobs.set_guild_default_model(interaction.guild_id, model_version)
         text = (

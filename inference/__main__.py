@@ -79,7 +79,11 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     help="Melody to mimic, or with --continuation the clip to continue (any common format).",
 )
 @click.option(
-    "--duration", type=int, default=REQUEST_DEFAULTS.duration, show_default=True, help="Seconds to generate (extra seconds for continuation)."
+    "--duration",
+    type=int,
+    default=REQUEST_DEFAULTS.duration,
+    show_default=True,
+    help="Seconds to generate (extra seconds for continuation).",
 )
 @click.option(
     "--continuation/--no-continuation",
@@ -107,11 +111,27 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     show_default=True,
     help="How the output is normalized.",
 )
-@click.option("--top-k", type=int, default=REQUEST_DEFAULTS.top_k, show_default=True, help="Sample among the k most likely tokens.")
 @click.option(
-    "--top-p", type=float, default=REQUEST_DEFAULTS.top_p, show_default=True, help="Nucleus sampling when > 0 (top-k is then ignored)."
+    "--top-k",
+    type=int,
+    default=REQUEST_DEFAULTS.top_k,
+    show_default=True,
+    help="Sample among the k most likely tokens.",
 )
-@click.option("--temperature", type=float, default=REQUEST_DEFAULTS.temperature, show_default=True, help="Softmax temperature; 0 = greedy.")
+@click.option(
+    "--top-p",
+    type=float,
+    default=REQUEST_DEFAULTS.top_p,
+    show_default=True,
+    help="Nucleus sampling when > 0 (top-k is then ignored).",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=REQUEST_DEFAULTS.temperature,
+    show_default=True,
+    help="Softmax temperature; 0 = greedy.",
+)
 @click.option(
     "--classifier-free-guidance",
     type=float,
@@ -125,7 +145,9 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     default=None,
     help="wav (16-bit PCM) or mp3 (320 kbps) [default: from the --output extension, else wav].",
 )
-@click.option("--seed", type=int, default=None, help="Seed for identical results; unset or -1 = random (printed).")
+@click.option(
+    "--seed", type=int, default=None, help="Seed for identical results; unset or -1 = random (printed)."
+)
 @click.option(
     "-o",
     "--output",
@@ -146,9 +168,15 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     help="config.toml to read [models]/[engine]/[melody] from [default: $MUSICGEN_BOT_CONFIG or ./config.toml].",
 )
 @click.option("--device", help="Override [engine] device (auto, cpu, cuda, cuda:1, ...).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Override [engine] dtype.")
-@click.option("--threads", type=click.IntRange(min=0), help="Override [engine] cpu_threads (0 = torch's default).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Override [engine] dtype."
+)
+@click.option(
+    "--threads", type=click.IntRange(min=0), help="Override [engine] cpu_threads (0 = torch's default)."
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
+)
 def generate(
     prompt: str | None,
     model_version: str | None,
@@ -231,7 +259,11 @@ def generate(
         # The engine names its files; write beside the target and move, so a crash leaves no half file.
         with tempfile.TemporaryDirectory(prefix=".musicgen-", dir=output_dir) as scratch:
             result = engine.generate_to_file(
-                f"cli-{uuid.uuid4().hex[:8]}", request, scratch, model_source=model_source, on_progress=on_progress
+                f"cli-{uuid.uuid4().hex[:8]}",
+                request,
+                scratch,
+                model_source=model_source,
+                on_progress=on_progress,
             )
             if bar is not None:
                 bar.close()
@@ -263,7 +295,9 @@ def generate(
     show_default=True,
     help="A transformers from_pretrained folder, or an audiocraft training checkpoint.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--embedded-compression",

@@ -74,9 +74,7 @@ def load_audio(
     if start_s < 0:
         raise RequestError(f"The start time must be 0 s or later, not {start_s:g} s.")
     if end_s is not None and end_s <= start_s:
-        raise RequestError(
-            f"The end time ({end_s:g} s) must come after the start time ({start_s:g} s)."
-        )
+        raise RequestError(f"The end time ({end_s:g} s) must come after the start time ({start_s:g} s).")
     decoded = decode_audio_file(
         path, sample_rate=sample_rate, timeout_s=timeout_s, max_seconds=max_seconds, end_s=end_s
     )
@@ -222,6 +220,4 @@ def _encode_mp3(samples: np.ndarray, sample_rate: int, path: Path) -> None:
         timeout=60.0 + audio_seconds,
     )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}"
-        )
+        raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")

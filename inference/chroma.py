@@ -25,7 +25,9 @@ CHROMA_NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#",
 @functools.lru_cache(maxsize=4)
 def _chroma_filters(sample_rate: int, n_fft: int, num_chroma: int) -> torch.Tensor:
     # librosa.filters.chroma(sr, n_fft, tuning=0, n_chroma) as audiocraft builds it.
-    bank = chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=num_chroma, sampling_rate=sample_rate, tuning=0.0)
+    bank = chroma_filter_bank(
+        num_frequency_bins=n_fft, num_chroma=num_chroma, sampling_rate=sample_rate, tuning=0.0
+    )
     return torch.from_numpy(bank).float()
 
 

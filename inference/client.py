@@ -329,7 +329,9 @@ class InferenceClient:
         # A replacement that times out may report its failure later, when nobody awaits it.
         worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._workers.append(worker)
-        worker.reader = threading.Thread(target=self._read_events, args=(worker,), name=f"{name}-reader", daemon=True)
+        worker.reader = threading.Thread(
+            target=self._read_events, args=(worker,), name=f"{name}-reader", daemon=True
+        )
         worker.reader.start()
         logger.info("started %s (pid %s)", name, process.pid)
         return worker
@@ -384,17 +386,22 @@ class InferenceClient:
         elif isinstance(event, worker_module.StartupFailed):
             logger.error("%s failed to start:\n%s", worker.name, event.details)
             if not worker.ready.done():
-                worker.ready.set_exception(WorkerStartError(f"{worker.name} failed to start: {event.message}"))
+                worker.ready.set_exception(
+                    WorkerStartError(f"{worker.name} failed to start: {event.message}")
+                )
         elif isinstance(event, _WorkerExited):
             self._worker_gone(worker)
         elif isinstance(event, Started | Progress | GenerationResult | GenerationError):
             job = self._jobs.get(event.job_id)
             if job is not None:
                 job.events.put_nowait(event)
-            if isinstance(event, GenerationResult | GenerationError) and worker.job is not None:
-                if worker.job.job_id == event.job_id:
-                    worker.job = None
-                    self._dispatch()
+            if (
+                isinstance(event, GenerationResult | GenerationError)
+                and worker.job is not None
+                and worker.job.job_id == event.job_id
+            ):
+                worker.job = None
+                self._dispatch()
         else:
             logger.warning("%s sent an unknown event %r", worker.name, event)
 
@@ -420,7 +427,9 @@ class InferenceClient:
         logger.error("%s (pid %s) died with exit code %s", worker.name, worker.process.pid, exitcode)
         if job is not None:
             job.events.put_nowait(
-                WorkerCrashed(f"The inference worker died while running job {job.job_id} (exit code {exitcode}).")
+                WorkerCrashed(
+                    f"The inference worker died while running job {job.job_id} (exit code {exitcode})."
+                )
             )
         if worker in self._workers:
             self._workers.remove(worker)
@@ -445,7 +454,7 @@ class InferenceClient:
         try:
             worker = self._spawn_worker()
             await self._wait_ready(worker)
-        except Exception as exc:  # noqa: BLE001 - a failed restart is retried, never left unhandled
+        except Exception as exc:
             logger.error("replacement worker failed to start: %s", exc)
             if worker is not None:
                 worker.send_signal(signal.SIGKILL)
@@ -454,7 +463,9 @@ class InferenceClient:
             if not any(w.is_ready and not w.exited for w in self._workers):
                 # No worker can take the waiting jobs: fail them rather than leave them hanging.
                 while self._waiting:
-                    self._waiting.popleft().events.put_nowait(WorkerCrashed(f"No inference worker is running: {exc}"))
+                    self._waiting.popleft().events.put_nowait(
+                        WorkerCrashed(f"No inference worker is running: {exc}")
+                    )
             self._schedule_restart(min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
         else:
             self._dispatch()

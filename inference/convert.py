@@ -86,7 +86,7 @@ def _load_package(file: Path) -> dict[str, Any]:
     # weights_only: an export holds tensors, strings and numbers; nothing in it needs to run code.
     try:
         package = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing here
+    except Exception as error:
         raise UnsupportedCheckpoint(
             f"{file} is not an exported audiocraft checkpoint that can be read safely ({error}). "
             "Export it with audiocraft.utils.export.export_lm / export_encodec first."
@@ -140,7 +140,12 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
             problems.append(f"{dotted}={value!r} ({why})")
 
     lm = "transformer_lm"
-    expect("lm_model", "transformer_lm", "transformer_lm", "only the autoregressive MusicGen LM converts, not MAGNeT/JASCO")
+    expect(
+        "lm_model",
+        "transformer_lm",
+        "transformer_lm",
+        "only the autoregressive MusicGen LM converts, not MAGNeT/JASCO",
+    )
     expect(f"{lm}.positional_embedding", "sin", "sin", "transformers uses sinusoidal positions only")
     expect(f"{lm}.positional_scale", (1, 1.0), 1.0, "positional embeddings must be added unscaled")
     expect(f"{lm}.max_period", (10000, 10000.0), 10000, "the sinusoid period is fixed at 10000")
@@ -155,8 +160,15 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
     expect(f"{lm}.norm", "layer_norm", "layer_norm", "transformers uses LayerNorm")
     expect(f"{lm}.activation", "gelu", "gelu", "transformers' MusicGen config uses exact GELU")
     expect(f"{lm}.past_context", None, None, "transformers attends to the whole past")
-    expect(f"{lm}.two_step_cfg", False, False, "transformers batches the conditional and unconditional passes")
-    expect("fuser.cross_attention_pos_emb", False, False, "transformers adds no positions to cross-attention inputs")
+    expect(
+        f"{lm}.two_step_cfg", False, False, "transformers batches the conditional and unconditional passes"
+    )
+    expect(
+        "fuser.cross_attention_pos_emb",
+        False,
+        False,
+        "transformers adds no positions to cross-attention inputs",
+    )
     expect("interleave_stereo_codebooks.use", False, False, "stereo checkpoints are not supported")
     expect("channels", 1, 1, "only mono MusicGen checkpoints are supported")
 
@@ -168,19 +180,29 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
             f"codebooks_pattern={pattern!r} with delays {delays!r} (transformers implements only the "
             f"delay pattern with delays {list(range(n_q))})"
         )
-    if _get(cfg, "codebooks_pattern.delay.flatten_first", 0) or _get(cfg, "codebooks_pattern.delay.empty_initial", 0):
+    if _get(cfg, "codebooks_pattern.delay.flatten_first", 0) or _get(
+        cfg, "codebooks_pattern.delay.empty_initial", 0
+    ):
         problems.append("codebooks_pattern.delay.flatten_first/empty_initial must be 0")
 
     conditioners = _get(cfg, "conditioners", {}) or {}
     conditioners = {k: v for k, v in conditioners.items() if k != "args"}
     kinds = {name: (value or {}).get("model") for name, value in conditioners.items()}
     melody = kinds == {"description": "t5", "self_wav": "chroma_stem"}
-    fuse = {op: list(_get(cfg, f"fuser.{op}", []) or []) for op in ("sum", "prepend", "cross", "input_interpolate")}
+    fuse = {
+        op: list(_get(cfg, f"fuser.{op}", []) or [])
+        for op in ("sum", "prepend", "cross", "input_interpolate")
+    }
     if kinds == {"description": "t5"}:
         if fuse["cross"] != ["description"] or fuse["prepend"] or fuse["sum"] or fuse["input_interpolate"]:
             problems.append(f"fuser={fuse} (a text model must cross-attend to the description only)")
     elif melody:
-        if sorted(fuse["prepend"]) != ["description", "self_wav"] or fuse["cross"] or fuse["sum"] or fuse["input_interpolate"]:
+        if (
+            sorted(fuse["prepend"]) != ["description", "self_wav"]
+            or fuse["cross"]
+            or fuse["sum"]
+            or fuse["input_interpolate"]
+        ):
             problems.append(f"fuser={fuse} (a melody model must prepend the chroma and the description)")
     else:
         problems.append(
@@ -198,7 +220,7 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
     sample_rate = int(_get(cfg, "sample_rate", 32000))
     segment_s = float(_get(cfg, "dataset.segment_duration", 30) or 30)
     radix2_exp = int(_get(cfg, "conditioners.self_wav.chroma_stem.radix2_exp", 14) or 14)
-    chroma_hop = 2 ** radix2_exp // 4  # audiocraft's ChromaExtractor hops a quarter window
+    chroma_hop = 2**radix2_exp // 4  # audiocraft's ChromaExtractor hops a quarter window
     return AudiocraftLMSpec(
         dim=dim,
         num_heads=int(_get(cfg, f"{lm}.num_heads")),
@@ -238,7 +260,9 @@ _FUSED_ATTENTION = {"self_attn": "self_attn", "cross_attention": "encoder_attn"}
 _DECODER = "decoder.model.decoder."
 
 
-def lm_state_to_transformers(state: dict[str, torch.Tensor], spec: AudiocraftLMSpec) -> dict[str, torch.Tensor]:
+def lm_state_to_transformers(
+    state: dict[str, torch.Tensor], spec: AudiocraftLMSpec
+) -> dict[str, torch.Tensor]:
     """Rename/split an audiocraft LM state dict into MusicgenForConditionalGeneration keys.
 
     Returns the decoder (`decoder.*`) and the conditioning projections (`enc_to_dec_proj.*`,
@@ -257,10 +281,12 @@ def lm_state_to_transformers(state: dict[str, torch.Tensor], spec: AudiocraftLMS
         elif m := re.fullmatch(r"out_norm\.(weight|bias)", key):
             out[f"{_DECODER}layer_norm.{m.group(1)}"] = tensor
         elif key.startswith(_DESCRIPTION_PROJ):
-            out["enc_to_dec_proj." + key[len(_DESCRIPTION_PROJ):]] = tensor
+            out["enc_to_dec_proj." + key[len(_DESCRIPTION_PROJ) :]] = tensor
         elif key.startswith(_CHROMA_PROJ):
-            out["audio_enc_to_dec_proj." + key[len(_CHROMA_PROJ):]] = tensor
-        elif key.startswith(_FINETUNED_T5) or key.startswith("condition_provider.conditioners.self_wav.chroma."):
+            out["audio_enc_to_dec_proj." + key[len(_CHROMA_PROJ) :]] = tensor
+        elif key.startswith(_FINETUNED_T5) or key.startswith(
+            "condition_provider.conditioners.self_wav.chroma."
+        ):
             continue  # a fine-tuned T5 is handled with the text encoder; chroma filter banks are recomputed
         elif m := layer_key.match(key):
             index, rest = m.group(1), m.group(2)
@@ -280,7 +306,9 @@ def lm_state_to_transformers(state: dict[str, torch.Tensor], spec: AudiocraftLMS
             unknown.append(raw_key)
     if unknown:
         shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")
-        raise UnsupportedCheckpoint(f"the checkpoint holds weights transformers' MusicGen has no place for: {shown}")
+        raise UnsupportedCheckpoint(
+            f"the checkpoint holds weights transformers' MusicGen has no place for: {shown}"
+        )
     return out
 
 
@@ -299,15 +327,17 @@ def transformers_to_lm_state(model: Any) -> dict[str, torch.Tensor]:
         elif m := re.fullmatch(re.escape(_DECODER) + r"layer_norm\.(weight|bias)", key):
             out[f"out_norm.{m.group(1)}"] = tensor.clone()
         elif key.startswith("enc_to_dec_proj."):
-            out[_DESCRIPTION_PROJ + key[len("enc_to_dec_proj."):]] = tensor.clone()
+            out[_DESCRIPTION_PROJ + key[len("enc_to_dec_proj.") :]] = tensor.clone()
         elif key.startswith("audio_enc_to_dec_proj."):
-            out[_CHROMA_PROJ + key[len("audio_enc_to_dec_proj."):]] = tensor.clone()
+            out[_CHROMA_PROJ + key[len("audio_enc_to_dec_proj.") :]] = tensor.clone()
         elif m := layer_key.match(key):
             index, rest = m.group(1), m.group(2)
             prefix = f"transformer.layers.{index}."
             attention, _, leaf = rest.partition(".")
             if attention in inverse_attention and leaf == "q_proj.weight":
-                fused = torch.cat([state[f"{_DECODER}layers.{index}.{attention}.{p}_proj.weight"] for p in "qkv"], dim=0)
+                fused = torch.cat(
+                    [state[f"{_DECODER}layers.{index}.{attention}.{p}_proj.weight"] for p in "qkv"], dim=0
+                )
                 out[f"{prefix}{inverse_attention[attention]}.in_proj_weight"] = fused
             elif attention in inverse_attention and leaf in ("k_proj.weight", "v_proj.weight"):
                 continue
@@ -337,7 +367,10 @@ def encodec_config_from_cfg(cfg: Any) -> Any:
     if _get(cfg, "encodec.renormalize", False):
         problems.append("encodec.renormalize=True")
     seanet = _get(cfg, "seanet", {}) or {}
-    if seanet.get("activation", "ELU") != "ELU" or (seanet.get("activation_params") or {}).get("alpha", 1.0) != 1.0:
+    if (
+        seanet.get("activation", "ELU") != "ELU"
+        or (seanet.get("activation_params") or {}).get("alpha", 1.0) != 1.0
+    ):
         problems.append("seanet.activation must be ELU(alpha=1)")
     if seanet.get("norm", "weight_norm") != "weight_norm":
         problems.append(f"seanet.norm={seanet.get('norm')!r} (only weight_norm converts)")
@@ -345,8 +378,11 @@ def encodec_config_from_cfg(cfg: Any) -> Any:
         problems.append("seanet.disable_norm_outer_blocks must be 0")
     if (seanet.get("decoder") or {}).get("final_activation"):
         problems.append("seanet.decoder.final_activation must be null")
-    if seanet.get("encoder") or any(k != "trim_right_ratio" and v is not None
-                                    for k, v in (seanet.get("decoder") or {}).items() if k not in ("final_activation_params",)):
+    if seanet.get("encoder") or any(
+        k != "trim_right_ratio" and v is not None
+        for k, v in (seanet.get("decoder") or {}).items()
+        if k not in ("final_activation_params",)
+    ):
         problems.append("seanet encoder/decoder overrides are not supported")
     if problems:
         raise UnsupportedCheckpoint("The embedded EnCodec cannot be converted: " + "; ".join(problems))
@@ -398,18 +434,24 @@ def encodec_state_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, t
             unknown.append(key)
         out[new] = tensor
     if unknown:
-        raise UnsupportedCheckpoint(f"the embedded EnCodec holds unexpected weights: {', '.join(unknown[:8])}")
+        raise UnsupportedCheckpoint(
+            f"the embedded EnCodec holds unexpected weights: {', '.join(unknown[:8])}"
+        )
     return out
 
 
 def transformers_to_encodec_state(model: Any) -> dict[str, torch.Tensor]:
     """audiocraft EncodecModel keys (weight_g/weight_v weight norm) from a transformers EncodecModel."""
     out: dict[str, torch.Tensor] = {}
-    transposed = {name for name, module in model.named_modules() if isinstance(module, torch.nn.ConvTranspose1d)}
+    transposed = {
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.ConvTranspose1d)
+    }
     for key, tensor in model.state_dict().items():
         new = key
         # "decoder.layers.3.conv.parametrizations.weight.original0" belongs to module "decoder.layers.3.conv".
-        module_name = key.rsplit(".parametrizations", 1)[0] if ".parametrizations" in key else key.rsplit(".", 1)[0]
+        module_name = (
+            key.rsplit(".parametrizations", 1)[0] if ".parametrizations" in key else key.rsplit(".", 1)[0]
+        )
         wrapper = "convtr" if module_name in transposed else "conv"
         new = re.sub(r"\.conv\.(parametrizations|bias|weight)", rf".{wrapper}.{wrapper}.\1", new)
         new = new.replace(".parametrizations.weight.original0", ".weight_g")
@@ -430,7 +472,9 @@ def _load_compression(folder: Path, compression: str) -> Any:
 
     file = folder / COMPRESSION_STATE_FILE
     if not file.is_file():
-        logger.info("%s has no %s; using [models] compression = %s", folder, COMPRESSION_STATE_FILE, compression)
+        logger.info(
+            "%s has no %s; using [models] compression = %s", folder, COMPRESSION_STATE_FILE, compression
+        )
         return EncodecModel.from_pretrained(compression)
     package = _load_package(file)
     if "pretrained" in package:
@@ -439,7 +483,11 @@ def _load_compression(folder: Path, compression: str) -> Any:
         # compression source (which may be a local copy of it).
         source = pointer if Path(pointer).is_dir() else compression
         if source != pointer and pointer != DEFAULT_COMPRESSION_ID:
-            logger.warning("checkpoint points at compression model %r; using [models] compression = %r", pointer, compression)
+            logger.warning(
+                "checkpoint points at compression model %r; using [models] compression = %r",
+                pointer,
+                compression,
+            )
         return EncodecModel.from_pretrained(source)
     cfg = _xp_cfg(package, file)
     config = encodec_config_from_cfg(cfg)
@@ -453,12 +501,14 @@ def _load_compression(folder: Path, compression: str) -> Any:
     return model.eval()
 
 
-def _load_text_encoder(text_encoder: str, state: dict[str, torch.Tensor], spec: AudiocraftLMSpec) -> tuple[Any, Any]:
+def _load_text_encoder(
+    text_encoder: str, state: dict[str, torch.Tensor], spec: AudiocraftLMSpec
+) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, T5EncoderModel
 
     model = T5EncoderModel.from_pretrained(text_encoder)
     tokenizer = AutoTokenizer.from_pretrained(text_encoder)
-    finetuned = {k[len(_FINETUNED_T5):]: v for k, v in state.items() if k.startswith(_FINETUNED_T5)}
+    finetuned = {k[len(_FINETUNED_T5) :]: v for k, v in state.items() if k.startswith(_FINETUNED_T5)}
     if finetuned:
         # Trained with conditioners.description.t5.finetune=true: the checkpoint carries its own T5.
         missing, unexpected = model.load_state_dict(finetuned, strict=False)
@@ -475,7 +525,9 @@ def _load_text_encoder(text_encoder: str, state: dict[str, torch.Tensor], spec: 
     return model.eval(), tokenizer
 
 
-def convert_audiocraft_checkpoint(src: str | Path, dst: str | Path, *, text_encoder: str, compression: str) -> Path:
+def convert_audiocraft_checkpoint(
+    src: str | Path, dst: str | Path, *, text_encoder: str, compression: str
+) -> Path:
     """Convert the audiocraft export at `src` into a transformers MusicGen folder at `dst`.
 
     `text_encoder` (hub id or folder) supplies T5 and its tokenizer; `compression` supplies EnCodec when
@@ -501,7 +553,11 @@ def convert_audiocraft_checkpoint(src: str | Path, dst: str | Path, *, text_enco
 
     encodec = _load_compression(folder, compression)
     codec = encodec.config
-    if codec.codebook_size != spec.card or codec.sampling_rate != spec.sample_rate or codec.num_quantizers < spec.n_q:
+    if (
+        codec.codebook_size != spec.card
+        or codec.sampling_rate != spec.sample_rate
+        or codec.num_quantizers < spec.n_q
+    ):
         raise UnsupportedCheckpoint(
             f"the compression model ({codec.num_quantizers} codebooks of {codec.codebook_size} codes at "
             f"{codec.sampling_rate} Hz) does not match the checkpoint ({spec.n_q} codebooks of {spec.card} "
@@ -511,11 +567,21 @@ def convert_audiocraft_checkpoint(src: str | Path, dst: str | Path, *, text_enco
 
     decoder_class = MusicgenMelodyDecoderConfig if spec.melody else MusicgenDecoderConfig
     decoder = decoder_class(
-        vocab_size=spec.card, max_position_embeddings=2048, num_hidden_layers=spec.num_layers,
-        ffn_dim=spec.ffn_dim, num_attention_heads=spec.num_heads, hidden_size=spec.dim,
-        activation_function="gelu", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-        num_codebooks=spec.n_q, audio_channels=spec.channels,
-        pad_token_id=spec.card, bos_token_id=spec.card, tie_word_embeddings=False,
+        vocab_size=spec.card,
+        max_position_embeddings=2048,
+        num_hidden_layers=spec.num_layers,
+        ffn_dim=spec.ffn_dim,
+        num_attention_heads=spec.num_heads,
+        hidden_size=spec.dim,
+        activation_function="gelu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        num_codebooks=spec.n_q,
+        audio_channels=spec.channels,
+        pad_token_id=spec.card,
+        bos_token_id=spec.card,
+        tie_word_embeddings=False,
     )
     parts = dict(text_encoder=t5.config.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
     if spec.melody:

@@ -105,7 +105,9 @@ class _StepMonitor(StoppingCriteria):
     Cancellation raises out of `generate` at once (no truncated audio is ever decoded or returned).
     """
 
-    def __init__(self, steps_total: int, on_progress: ProgressCallback | None, is_cancelled: CancelCheck | None):
+    def __init__(
+        self, steps_total: int, on_progress: ProgressCallback | None, is_cancelled: CancelCheck | None
+    ):
         self.steps_total = steps_total
         self.steps_done = 0
         self.on_progress = on_progress
@@ -117,7 +119,9 @@ class _StepMonitor(StoppingCriteria):
     ) -> torch.BoolTensor:
         self.steps_done += 1
         if self.is_cancelled is not None and self.is_cancelled():
-            raise GenerationCancelled(f"cancelled after {self.steps_done} of {self.steps_total} decoder steps")
+            raise GenerationCancelled(
+                f"cancelled after {self.steps_done} of {self.steps_total} decoder steps"
+            )
         if self.on_progress is not None:
             self.on_progress(self.steps_done, self.steps_total)
         self.last_step_at = time.perf_counter()
@@ -217,7 +221,9 @@ class MusicGenEngine:
         if request.model_version == "encode-decode":
             wav, sample_rate = self._encode_decode(request, model_source, clock)
         else:
-            wav, sample_rate = self._generate_music(request, model_source, seed, clock, on_progress, is_cancelled)
+            wav, sample_rate = self._generate_music(
+                request, model_source, seed, clock, on_progress, is_cancelled
+            )
         return GeneratedAudio(wav=wav, sample_rate=sample_rate, seed=seed, timings=clock.finish())
 
     def generate_to_file(
@@ -236,11 +242,16 @@ class MusicGenEngine:
             request, model_source=model_source, on_progress=on_progress, is_cancelled=is_cancelled
         )
         write_started = time.perf_counter()
-        normalized = audio.normalize_audio(generated.wav, request.normalization_strategy, generated.sample_rate)
+        normalized = audio.normalize_audio(
+            generated.wav, request.normalization_strategy, generated.sample_rate
+        )
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         path = audio.write_audio(
-            normalized, generated.sample_rate, output_dir / f"{job_id}.{request.output_format}", request.output_format
+            normalized,
+            generated.sample_rate,
+            output_dir / f"{job_id}.{request.output_format}",
+            request.output_format,
         )
         timings = dict(generated.timings)
         timings["write"] = time.perf_counter() - write_started
@@ -306,7 +317,9 @@ class MusicGenEngine:
             inputs["decoder_input_ids"] = prompt_codes
         elif request.input_audio is not None:
             clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-            inputs["input_features"] = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
+            inputs["input_features"] = self._melody_chroma(loaded, clip, separator).to(
+                loaded.device, loaded.dtype
+            )
 
         num_codebooks = int(model.decoder.config.num_codebooks)
         channel_codebooks = num_codebooks // 2 if loaded.audio_channels == 2 else num_codebooks

@@ -220,9 +220,7 @@ def decode_audio_file(
         "-af", "aformat=channel_layouts=mono|stereo",
         "-c:a", "pcm_f32be", "-f", "au", "pipe:1",
     ]  # fmt: skip
-    run = _run_ffmpeg(
-        args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=True
-    )
+    run = _run_ffmpeg(args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=True)
     if run.over_limit:
         raise _too_long_error(max_seconds)
     _raise_for_failure(run, timeout_s=timeout_s, path=path)
@@ -272,9 +270,7 @@ def probe_duration(
         "-ac", "1", "-ar", str(_PROBE_SAMPLE_RATE),
         "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1",
     ]  # fmt: skip
-    run = _run_ffmpeg(
-        args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=False
-    )
+    run = _run_ffmpeg(args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=False)
     if run.over_limit:
         raise _too_long_error(output_limit_bytes / 2 / _PROBE_SAMPLE_RATE)
     _raise_for_failure(run, timeout_s=timeout_s, path=path)

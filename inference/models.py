@@ -50,11 +50,26 @@ logging.getLogger("transformers.configuration_utils").addFilter(_CodebookSpecial
 BYTES_PER_GB = 1_000_000_000
 # Bump when the converter's output changes, so stale conversions are not reused.
 CONVERTER_REVISION = 1
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 # EnCodec always runs in float32, whatever `[engine] dtype` says, as in audiocraft (which autocasts
 # only the language model): its quantizer's squared distances overflow float16, and it is small.
 CODEC_DTYPE = torch.float32
-_SAFETENSORS_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_SAFETENSORS_ELEMENT_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -72,7 +87,9 @@ def resolve_device(options: EngineOptions) -> torch.device:
         raise ValueError(f"[engine] device = {options.device!r} is not a torch device ({error})") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"[engine] device = {options.device!r}, but torch sees no CUDA GPU on this machine")
+            raise ValueError(
+                f"[engine] device = {options.device!r}, but torch sees no CUDA GPU on this machine"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
                 f"[engine] device = {options.device!r}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
@@ -154,7 +171,9 @@ class ModelCache:
                     "No fine-tuned model is configured on this bot, so `finetuned` is not available. "
                     "Pick another model version (small, medium, large or melody)."
                 )
-            raise ModelLoadError(f"no source is configured for model version {model_version!r} ([models] {model_version})")
+            raise ModelLoadError(
+                f"no source is configured for model version {model_version!r} ([models] {model_version})"
+            )
         key = ("musicgen", chosen)
         with self._lock:
             entry = self._lookup(key)
@@ -231,7 +250,10 @@ class ModelCache:
                 return str(target)
             logger.info("converting audiocraft checkpoint %s into %s", source, target)
             convert_audiocraft_checkpoint(
-                source, target, text_encoder=self.settings.models.text_encoder, compression=self.settings.models.compression
+                source,
+                target,
+                text_encoder=self.settings.models.text_encoder,
+                compression=self.settings.models.compression,
             )
         return str(target)
 
@@ -250,11 +272,13 @@ class ModelCache:
             melody = config.model_type == "musicgen_melody"
             if config.model_type not in ("musicgen", "musicgen_melody"):
                 raise ModelLoadError(f"it is a {config.model_type!r} model, not MusicGen")
-            model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+            model_class = (
+                MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+            )
             model = model_class.from_pretrained(weights, dtype=self.dtype)
             # The tokenizer alone: the melody processor's feature extractor needs torchaudio.
             tokenizer = AutoTokenizer.from_pretrained(weights)
-        except Exception as error:  # noqa: BLE001 - re-raised with the config key that needs fixing
+        except Exception as error:
             raise ModelLoadError(self._load_failure(version, source, error)) from error
         model = model.to(self.device).eval()
         model.audio_encoder.to(CODEC_DTYPE)
@@ -279,7 +303,7 @@ class ModelCache:
 
         try:
             model = EncodecModel.from_pretrained(source, dtype=CODEC_DTYPE)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise ModelLoadError(self._load_failure("compression", source, error)) from error
         model = model.to(self.device).eval()
         return LoadedCompression(
@@ -325,7 +349,9 @@ class ModelCache:
             victim = next((k for k in self._entries if k != keep), None)
             if victim is None:
                 break  # only the newcomer is left: a model larger than the budget still loads alone
-            logger.info("evicting %s from the model cache (budget %.1f GB)", victim, self.budget_bytes / BYTES_PER_GB)
+            logger.info(
+                "evicting %s from the model cache (budget %.1f GB)", victim, self.budget_bytes / BYTES_PER_GB
+            )
             del self._entries[victim]
             evicted = True
         if evicted:
@@ -353,7 +379,7 @@ class ModelCache:
         total = 0
         for file in files:
             with safe_open(file, framework="pt") as handle:
-                for name in handle.keys():
+                for name in handle:
                     tensor_slice = handle.get_slice(name)
                     numel = 1
                     for dim in tensor_slice.get_shape():
@@ -371,5 +397,5 @@ def _hub_cache_folder(repo_id: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not a repo id, not downloaded: the size is just unknown
+    except Exception:
         return None

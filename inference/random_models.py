@@ -82,14 +82,32 @@ def t5_config(*, tiny: bool) -> Any:
 
     if not tiny:
         return T5Config(
-            vocab_size=T5_VOCAB_SIZE, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-            relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            vocab_size=T5_VOCAB_SIZE,
+            d_model=768,
+            d_kv=64,
+            d_ff=3072,
+            num_layers=12,
+            num_heads=12,
+            relative_attention_num_buckets=32,
+            dropout_rate=0.1,
+            feed_forward_proj="relu",
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
         )
     return T5Config(
-        vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=512,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        dropout_rate=0.1,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
 
 
@@ -99,11 +117,25 @@ def encodec_config(*, tiny: bool, audio_channels: int = 1) -> Any:
 
     # hop = 8*5*4*4 = 640 samples -> 50 frames/s at 32 kHz; 2.2 kbps / (50 * 11 bits) = 4 codebooks.
     common: dict[str, Any] = dict(
-        sampling_rate=SAMPLE_RATE, audio_channels=audio_channels, upsampling_ratios=[8, 5, 4, 4],
-        target_bandwidths=[2.2], codebook_size=CODEBOOK_SIZE, norm_type="weight_norm",
-        use_causal_conv=False, use_conv_shortcut=False, pad_mode="reflect", normalize=False,
-        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2,
-        compress=2, num_residual_layers=1, trim_right_ratio=1.0, chunk_length_s=None, overlap=None,
+        sampling_rate=SAMPLE_RATE,
+        audio_channels=audio_channels,
+        upsampling_ratios=[8, 5, 4, 4],
+        target_bandwidths=[2.2],
+        codebook_size=CODEBOOK_SIZE,
+        norm_type="weight_norm",
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+        pad_mode="reflect",
+        normalize=False,
+        kernel_size=7,
+        last_kernel_size=7,
+        residual_kernel_size=3,
+        dilation_growth_rate=2,
+        compress=2,
+        num_residual_layers=1,
+        trim_right_ratio=1.0,
+        chunk_length_s=None,
+        overlap=None,
     )
     if tiny:
         return EncodecConfig(hidden_size=16, codebook_dim=16, num_filters=4, num_lstm_layers=1, **common)
@@ -118,17 +150,32 @@ def decoder_shape(model_version: str, *, tiny: bool) -> DecoderShape:
 
 def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: int = 1) -> Any:
     """The composite MusicgenConfig / MusicgenMelodyConfig of a model version."""
-    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
+    from transformers import (
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+    )
 
     shape = decoder_shape(model_version, tiny=tiny)
     melody = model_version == "melody"
     decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
     decoder = decoder_class(
-        vocab_size=CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=shape.num_layers,
-        ffn_dim=shape.ffn_dim, num_attention_heads=shape.num_heads, hidden_size=shape.hidden_size,
-        activation_function="gelu", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-        num_codebooks=NUM_CODEBOOKS, audio_channels=audio_channels,
-        pad_token_id=CODEBOOK_SIZE, bos_token_id=CODEBOOK_SIZE, tie_word_embeddings=False,
+        vocab_size=CODEBOOK_SIZE,
+        max_position_embeddings=2048,
+        num_hidden_layers=shape.num_layers,
+        ffn_dim=shape.ffn_dim,
+        num_attention_heads=shape.num_heads,
+        hidden_size=shape.hidden_size,
+        activation_function="gelu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        num_codebooks=NUM_CODEBOOKS,
+        audio_channels=audio_channels,
+        pad_token_id=CODEBOOK_SIZE,
+        bos_token_id=CODEBOOK_SIZE,
+        tie_word_embeddings=False,
     )
     parts: dict[str, Any] = dict(
         text_encoder=t5_config(tiny=tiny).to_dict(),
@@ -136,7 +183,9 @@ def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: i
         decoder=decoder.to_dict(),
     )
     if melody:
-        config = MusicgenMelodyConfig(num_chroma=MELODY_NUM_CHROMA, chroma_length=MELODY_CHROMA_LENGTH, **parts)
+        config = MusicgenMelodyConfig(
+            num_chroma=MELODY_NUM_CHROMA, chroma_length=MELODY_CHROMA_LENGTH, **parts
+        )
     else:
         config = MusicgenConfig(**parts)
     # Models composed by hand otherwise keep _attn_implementation=None and compute wrong logits
@@ -148,7 +197,11 @@ def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: i
 def set_attn_implementation(config: Any, implementation: str) -> None:
     """Set the attention implementation on a composite config's decoder and text encoder."""
     # EnCodec has no attention and refuses any setting, so it is left out by name.
-    config._attn_implementation = {"": implementation, "text_encoder": implementation, "decoder": implementation}
+    config._attn_implementation = {
+        "": implementation,
+        "text_encoder": implementation,
+        "decoder": implementation,
+    }
 
 
 def build_tokenizer(*, vocab_size: int) -> Any:
@@ -161,17 +214,25 @@ def build_tokenizer(*, vocab_size: int) -> Any:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 400), special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=min(vocab_size, 400),
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
     eos_id = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)],
+        single="$A </s>",
+        pair="$A </s> $B </s>",
+        special_tokens=[("</s>", eos_id)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=512, padding_side="right",
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        padding_side="right",
     )
 
 
@@ -238,7 +299,11 @@ def build_random_musicgen(model_version: str, *, tiny: bool = False, seed: int =
 
     config = musicgen_config(model_version, tiny=tiny)
     torch.manual_seed(seed)
-    model_class = MusicgenMelodyForConditionalGeneration if model_version == "melody" else MusicgenForConditionalGeneration
+    model_class = (
+        MusicgenMelodyForConditionalGeneration
+        if model_version == "melody"
+        else MusicgenForConditionalGeneration
+    )
     model = model_class(config)
     generator = torch.Generator().manual_seed(seed + 1)
     fill_random_codebooks(model.audio_encoder, generator)
@@ -272,19 +337,38 @@ def make_test_model(
 
     save_text_encoder(model.text_encoder, tokenizer, out / TEXT_ENCODER_DIR)
     model.audio_encoder.save_pretrained(out / COMPRESSION_DIR)
-    save_encodec_feature_extractor(out / COMPRESSION_DIR, audio_channels=model.config.audio_encoder.audio_channels)
+    save_encodec_feature_extractor(
+        out / COMPRESSION_DIR, audio_channels=model.config.audio_encoder.audio_channels
+    )
 
     if fmt == "transformers":
         model.save_pretrained(out)
-        save_tokenizer_and_processor(out, tokenizer, melody=model_version == "melody",
-                                     audio_channels=model.config.audio_encoder.audio_channels)
+        save_tokenizer_and_processor(
+            out,
+            tokenizer,
+            melody=model_version == "melody",
+            audio_channels=model.config.audio_encoder.audio_channels,
+        )
     else:
         write_audiocraft_checkpoint(
-            model, out, model_version=model_version, embedded_compression=embedded_compression,
+            model,
+            out,
+            model_version=model_version,
+            embedded_compression=embedded_compression,
         )
-    (out / TEST_MODEL_MARKER).write_text(json.dumps(
-        {"model_version": model_version, "tiny": tiny, "format": fmt, "seed": seed,
-         "embedded_compression": embedded_compression}, indent=2) + "\n")
+    (out / TEST_MODEL_MARKER).write_text(
+        json.dumps(
+            {
+                "model_version": model_version,
+                "tiny": tiny,
+                "format": fmt,
+                "seed": seed,
+                "embedded_compression": embedded_compression,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -297,7 +381,9 @@ def save_text_encoder(text_encoder: Any, tokenizer: Any, folder: Path) -> None:
 def save_encodec_feature_extractor(folder: Path, *, audio_channels: int) -> None:
     from transformers import EncodecFeatureExtractor
 
-    EncodecFeatureExtractor(feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0).save_pretrained(folder)
+    EncodecFeatureExtractor(
+        feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0
+    ).save_pretrained(folder)
 
 
 def save_tokenizer_and_processor(folder: Path, tokenizer: Any, *, melody: bool, audio_channels: int) -> None:
@@ -309,12 +395,19 @@ def save_tokenizer_and_processor(folder: Path, tokenizer: Any, *, melody: bool, 
         return
     from transformers import EncodecFeatureExtractor, MusicgenProcessor
 
-    feature_extractor = EncodecFeatureExtractor(feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0)
+    feature_extractor = EncodecFeatureExtractor(
+        feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0
+    )
     MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
 
 
 def write_audiocraft_checkpoint(
-    model: Any, out: Path, *, model_version: str, embedded_compression: bool, guidance_scale: float = 3.0,
+    model: Any,
+    out: Path,
+    *,
+    model_version: str,
+    embedded_compression: bool,
+    guidance_scale: float = 3.0,
     cfg_overrides: dict[str, Any] | None = None,
 ) -> None:
     """Write `model`'s LM as audiocraft's `export_lm` does, and its EnCodec as a pointer or embedded.
@@ -325,26 +418,40 @@ def write_audiocraft_checkpoint(
     """
     from omegaconf import OmegaConf
 
-    from inference.convert import COMPRESSION_STATE_FILE, DEFAULT_COMPRESSION_ID, LM_STATE_FILE
-    from inference.convert import transformers_to_encodec_state, transformers_to_lm_state
+    from inference.convert import (
+        COMPRESSION_STATE_FILE,
+        DEFAULT_COMPRESSION_ID,
+        LM_STATE_FILE,
+        transformers_to_encodec_state,
+        transformers_to_lm_state,
+    )
 
-    cfg = OmegaConf.create(audiocraft_lm_cfg(model, model_version=model_version, guidance_scale=guidance_scale))
+    cfg = OmegaConf.create(
+        audiocraft_lm_cfg(model, model_version=model_version, guidance_scale=guidance_scale)
+    )
     for dotted, value in (cfg_overrides or {}).items():
         OmegaConf.update(cfg, dotted, value, force_add=True)
     lm_state = transformers_to_lm_state(model)
     if model_version == "melody":
         # audiocraft saves its chroma extractor's filter bank buffer with the LM (n_chroma x n_fft/2+1).
-        lm_state["condition_provider.conditioners.self_wav.chroma.fbanks"] = torch.rand(MELODY_NUM_CHROMA, 2**13 + 1)
+        lm_state["condition_provider.conditioners.self_wav.chroma.fbanks"] = torch.rand(
+            MELODY_NUM_CHROMA, 2**13 + 1
+        )
     torch.save(
-        {"best_state": lm_state, "xp.cfg": OmegaConf.to_yaml(cfg),
-         "version": AUDIOCRAFT_VERSION, "exported": True},
+        {
+            "best_state": lm_state,
+            "xp.cfg": OmegaConf.to_yaml(cfg),
+            "version": AUDIOCRAFT_VERSION,
+            "exported": True,
+        },
         out / LM_STATE_FILE,
     )
     if embedded_compression:
         compression = {
             "best_state": transformers_to_encodec_state(model.audio_encoder),
             "xp.cfg": OmegaConf.to_yaml(OmegaConf.create(audiocraft_encodec_cfg(model.config.audio_encoder))),
-            "version": AUDIOCRAFT_VERSION, "exported": True,
+            "version": AUDIOCRAFT_VERSION,
+            "exported": True,
         }
     else:
         compression = {"pretrained": DEFAULT_COMPRESSION_ID, "exported": True, "version": AUDIOCRAFT_VERSION}
@@ -360,13 +467,25 @@ def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float =
     decoder = model.config.decoder
     melody = model_version == "melody"
     conditioners: dict[str, Any] = {
-        "description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False, "word_dropout": 0.3,
-                                               "normalize_text": False}},
+        "description": {
+            "model": "t5",
+            "t5": {"name": "t5-base", "finetune": False, "word_dropout": 0.3, "normalize_text": False},
+        },
     }
     if melody:
-        conditioners["self_wav"] = {"model": "chroma_stem", "chroma_stem": {
-            "sample_rate": SAMPLE_RATE, "n_chroma": MELODY_NUM_CHROMA, "radix2_exp": 14, "argmax": True,
-            "match_len_on_eval": False, "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}}
+        conditioners["self_wav"] = {
+            "model": "chroma_stem",
+            "chroma_stem": {
+                "sample_rate": SAMPLE_RATE,
+                "n_chroma": MELODY_NUM_CHROMA,
+                "radix2_exp": 14,
+                "argmax": True,
+                "match_len_on_eval": False,
+                "eval_wavs": None,
+                "n_eval_wavs": 100,
+                "cache_path": None,
+            },
+        }
     return {
         "solver": "musicgen",
         "sample_rate": SAMPLE_RATE,
@@ -375,24 +494,57 @@ def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float =
         "dataset": {"segment_duration": 30, "batch_size": 192},
         "interleave_stereo_codebooks": {"use": False, "per_timestep": False},
         "lm_model": "transformer_lm",
-        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(range(decoder.num_codebooks)),
-                                                              "flatten_first": 0, "empty_initial": 0}},
-        "transformer_lm": {
-            "dim": decoder.hidden_size, "num_heads": decoder.num_attention_heads,
-            "num_layers": decoder.num_hidden_layers, "hidden_scale": decoder.ffn_dim // decoder.hidden_size,
-            "n_q": decoder.num_codebooks, "card": decoder.vocab_size, "dropout": 0.0, "emb_lr": None,
-            "activation": "gelu", "norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False,
-            "past_context": None, "causal": True, "custom": False, "memory_efficient": True,
-            "attention_as_float32": False, "layer_scale": None, "positional_embedding": "sin", "xpos": False,
-            "checkpointing": "none", "weight_init": "gaussian", "depthwise_init": "current", "zero_bias_init": True,
-            "norm": "layer_norm", "cross_attention": False, "qk_layer_norm": False, "qk_layer_norm_cross": False,
-            "attention_dropout": None, "kv_repeat": 1, "two_step_cfg": False,
+        "codebooks_pattern": {
+            "modeling": "delay",
+            "delay": {"delays": list(range(decoder.num_codebooks)), "flatten_first": 0, "empty_initial": 0},
         },
-        "classifier_free_guidance": {"training_dropout": 0.2 if melody else 0.3, "inference_coef": guidance_scale},
+        "transformer_lm": {
+            "dim": decoder.hidden_size,
+            "num_heads": decoder.num_attention_heads,
+            "num_layers": decoder.num_hidden_layers,
+            "hidden_scale": decoder.ffn_dim // decoder.hidden_size,
+            "n_q": decoder.num_codebooks,
+            "card": decoder.vocab_size,
+            "dropout": 0.0,
+            "emb_lr": None,
+            "activation": "gelu",
+            "norm_first": True,
+            "bias_ff": False,
+            "bias_attn": False,
+            "bias_proj": False,
+            "past_context": None,
+            "causal": True,
+            "custom": False,
+            "memory_efficient": True,
+            "attention_as_float32": False,
+            "layer_scale": None,
+            "positional_embedding": "sin",
+            "xpos": False,
+            "checkpointing": "none",
+            "weight_init": "gaussian",
+            "depthwise_init": "current",
+            "zero_bias_init": True,
+            "norm": "layer_norm",
+            "cross_attention": False,
+            "qk_layer_norm": False,
+            "qk_layer_norm_cross": False,
+            "attention_dropout": None,
+            "kv_repeat": 1,
+            "two_step_cfg": False,
+        },
+        "classifier_free_guidance": {
+            "training_dropout": 0.2 if melody else 0.3,
+            "inference_coef": guidance_scale,
+        },
         "attribute_dropout": {},
-        "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": [],
-                  "prepend": ["self_wav", "description"] if melody else [],
-                  "cross": [] if melody else ["description"], "input_interpolate": []},
+        "fuser": {
+            "cross_attention_pos_emb": False,
+            "cross_attention_pos_emb_scale": 1,
+            "sum": [],
+            "prepend": ["self_wav", "description"] if melody else [],
+            "cross": [] if melody else ["description"],
+            "input_interpolate": [],
+        },
         "conditioners": conditioners,
         "generate": {"lm": {"use_sampling": True, "top_k": 250, "top_p": 0.0}},
     }
@@ -405,22 +557,50 @@ def audiocraft_encodec_cfg(config: Any) -> dict[str, Any]:
         "sample_rate": config.sampling_rate,
         "channels": config.audio_channels,
         "compression_model": "encodec",
-        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": config.sampling_rate,
-                    "channels": config.audio_channels, "causal": config.use_causal_conv, "renormalize": False},
+        "encodec": {
+            "autoencoder": "seanet",
+            "quantizer": "rvq",
+            "sample_rate": config.sampling_rate,
+            "channels": config.audio_channels,
+            "causal": config.use_causal_conv,
+            "renormalize": False,
+        },
         "seanet": {
-            "dimension": config.hidden_size, "channels": config.audio_channels, "causal": config.use_causal_conv,
-            "n_filters": config.num_filters, "n_residual_layers": config.num_residual_layers,
-            "ratios": list(config.upsampling_ratios), "activation": "ELU", "activation_params": {"alpha": 1.0},
-            "norm": "weight_norm", "norm_params": {}, "kernel_size": config.kernel_size,
-            "residual_kernel_size": config.residual_kernel_size, "last_kernel_size": config.last_kernel_size,
-            "dilation_base": config.dilation_growth_rate, "pad_mode": config.pad_mode,
-            "true_skip": not config.use_conv_shortcut, "compress": config.compress, "lstm": config.num_lstm_layers,
+            "dimension": config.hidden_size,
+            "channels": config.audio_channels,
+            "causal": config.use_causal_conv,
+            "n_filters": config.num_filters,
+            "n_residual_layers": config.num_residual_layers,
+            "ratios": list(config.upsampling_ratios),
+            "activation": "ELU",
+            "activation_params": {"alpha": 1.0},
+            "norm": "weight_norm",
+            "norm_params": {},
+            "kernel_size": config.kernel_size,
+            "residual_kernel_size": config.residual_kernel_size,
+            "last_kernel_size": config.last_kernel_size,
+            "dilation_base": config.dilation_growth_rate,
+            "pad_mode": config.pad_mode,
+            "true_skip": not config.use_conv_shortcut,
+            "compress": config.compress,
+            "lstm": config.num_lstm_layers,
             "disable_norm_outer_blocks": 0,
-            "decoder": {"trim_right_ratio": config.trim_right_ratio, "final_activation": None,
-                        "final_activation_params": None},
+            "decoder": {
+                "trim_right_ratio": config.trim_right_ratio,
+                "final_activation": None,
+                "final_activation_params": None,
+            },
             "encoder": {},
         },
-        "rvq": {"n_q": config.num_quantizers, "q_dropout": False, "bins": config.codebook_size, "decay": 0.99,
-                "kmeans_init": True, "kmeans_iters": 50, "threshold_ema_dead_code": 2,
-                "orthogonal_reg_weight": 0.0, "orthogonal_reg_active_codes_only": False},
+        "rvq": {
+            "n_q": config.num_quantizers,
+            "q_dropout": False,
+            "bins": config.codebook_size,
+            "decay": 0.99,
+            "kmeans_init": True,
+            "kmeans_iters": 50,
+            "threshold_ema_dead_code": 2,
+            "orthogonal_reg_weight": 0.0,
+            "orthogonal_reg_active_codes_only": False,
+        },
     }

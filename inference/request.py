@@ -83,7 +83,9 @@ class GenerationRequest:
         if self.output_format not in OUTPUT_FORMATS:
             raise RequestError(f"Unknown output format {self.output_format!r}: choose wav or mp3.")
         if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"The prompt is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS}).")
+            raise RequestError(
+                f"The prompt is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS})."
+            )
         if not MIN_DURATION_S <= self.duration <= MAX_DURATION_S:
             raise RequestError(
                 f"Duration must be between {MIN_DURATION_S} and {MAX_DURATION_S} seconds (got {self.duration})."
@@ -99,7 +101,9 @@ class GenerationRequest:
             raise RequestError("continuation_start cannot be negative.")
         if self.continuation_end is not None:
             if self.continuation_end < 0:
-                raise RequestError("continuation_end must be a positive number of seconds, or -1 for the end of the clip.")
+                raise RequestError(
+                    "continuation_end must be a positive number of seconds, or -1 for the end of the clip."
+                )
             if self.continuation_start >= self.continuation_end:
                 raise RequestError(
                     f"continuation_start ({self.continuation_start:g} s) must be before "
@@ -110,13 +114,17 @@ class GenerationRequest:
         if not 0.0 <= self.top_p <= 1.0:
             raise RequestError(f"top_p must be between 0 and 1 (got {self.top_p:g}); 0 means use top_k.")
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise RequestError(f"temperature must be between 0 and {MAX_TEMPERATURE:g} (got {self.temperature:g}).")
+            raise RequestError(
+                f"temperature must be between 0 and {MAX_TEMPERATURE:g} (got {self.temperature:g})."
+            )
         if not 0.0 <= self.classifier_free_guidance <= MAX_GUIDANCE:
             raise RequestError(
                 f"classifier_free_guidance must be between 0 and {MAX_GUIDANCE:g} (got {self.classifier_free_guidance:g})."
             )
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise RequestError(f"seed must be between 0 and {MAX_SEED}, or -1 for a random seed (got {self.seed}).")
+            raise RequestError(
+                f"seed must be between 0 and {MAX_SEED}, or -1 for a random seed (got {self.seed})."
+            )
         return self
 
     def check_input_length(self, input_seconds: float) -> None:

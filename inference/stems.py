@@ -89,7 +89,9 @@ def load_demucs(spec: str) -> torch.nn.Module:
     return model.eval()
 
 
-def melody_stems(wav: torch.Tensor, sample_rate: int, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+def melody_stems(
+    wav: torch.Tensor, sample_rate: int, model: torch.nn.Module, device: torch.device
+) -> torch.Tensor:
     """The vocals + other stems of `wav` [C, T] at `sample_rate`, mixed down to mono [1, T'] at `sample_rate`.
 
     `model` (float32, already on `device`) is a demucs model or anything with its interface
@@ -100,7 +102,9 @@ def melody_stems(wav: torch.Tensor, sample_rate: int, model: torch.nn.Module, de
     sources: list[str] = list(model.sources)  # type: ignore[arg-type]
     missing = [stem for stem in MELODY_STEMS if stem not in sources]
     if missing:
-        raise _unavailable(getattr(model, "name", type(model).__name__), f"it has no {', '.join(missing)} stem")
+        raise _unavailable(
+            getattr(model, "name", type(model).__name__), f"it has no {', '.join(missing)} stem"
+        )
     stem_indices = [sources.index(stem) for stem in MELODY_STEMS]
     demucs_rate = int(model.samplerate)  # type: ignore[arg-type]
     demucs_channels = int(model.audio_channels)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ process that imports the client never loads torch. The engine is imported inside
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import signal
 import threading
@@ -60,10 +61,12 @@ def main(conn: Connection, settings: EngineSettings) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the client decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s"
+        )
     try:
         engine, ready = _build_engine(settings)
-    except BaseException as exc:  # noqa: BLE001 - any failure here must reach the parent, not vanish
+    except BaseException as exc:
         logger.exception("worker failed to start")
         try:
             conn.send(StartupFailed(message=_short_message(exc), details=traceback.format_exc()))
@@ -192,10 +195,8 @@ class _WorkerLoop:
                 with self._state:
                     self._running_job_id = None
                     self._cancel_requested.discard(submit.job_id)
-        try:
+        with contextlib.suppress(OSError):
             self._conn.close()
-        except OSError:
-            pass
 
     def _is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancel_requested
@@ -224,6 +225,6 @@ class _WorkerLoop:
             return GenerationError(job_id, str(exc), kind="request")
         except GenerationCancelled:
             return GenerationError(job_id, "Cancelled.", kind="cancelled")
-        except Exception as exc:  # noqa: BLE001 - a failed job must never take the worker down
+        except Exception as exc:
             logger.exception("job %s failed", job_id)
             return GenerationError(job_id, _short_message(exc), kind="internal")

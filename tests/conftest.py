@@ -32,7 +32,9 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 @pytest.fixture(scope="session")
-def engine_settings(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> EngineSettings:
+def engine_settings(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> EngineSettings:
     """Settings pointing every model version at the tiny checkpoints, on CPU in float32.
 
     small/medium/large share the tiny small model, melody is the tiny melody model, the compression

@@ -69,7 +69,10 @@ class RecordingBot(commands.Bot):
         @self.tree.command(description="Turn a prompt into music")
         @app_commands.describe(prompt="What it should sound like")
         @app_commands.choices(
-            model=[app_commands.Choice(name="Small", value="small"), app_commands.Choice(name="Melody", value="melody")]
+            model=[
+                app_commands.Choice(name="Small", value="small"),
+                app_commands.Choice(name="Melody", value="melody"),
+            ]
         )
         async def generate(
             interaction: discord.Interaction,
@@ -102,8 +105,12 @@ class RecordingBot(commands.Bot):
                 await interaction.followup.send(f"Here is {prompt!r}", file=bot._output())
             except discord.HTTPException as error:
                 bot.errors.append(error)
-                if error.code == ErrorCode.INVALID_WEBHOOK_TOKEN and isinstance(interaction.channel, discord.abc.Messageable):
-                    await interaction.channel.send(f"{interaction.user.mention} here is {prompt!r}", file=bot._output())
+                if error.code == ErrorCode.INVALID_WEBHOOK_TOKEN and isinstance(
+                    interaction.channel, discord.abc.Messageable
+                ):
+                    await interaction.channel.send(
+                        f"{interaction.user.mention} here is {prompt!r}", file=bot._output()
+                    )
 
         @self.tree.command(description="Answer only to the caller")
         async def secret(interaction: discord.Interaction) -> None:
@@ -189,7 +196,9 @@ async def test_bot_logs_in_gets_ready_and_sees_its_guild(server: Server, bot: Re
     assert fake.gateway.heartbeat_count >= 1  # discord.py heartbeats right after HELLO
 
 
-async def test_tree_sync_stores_the_commands_and_counts_daily_creates(server: Server, bot: RecordingBot) -> None:
+async def test_tree_sync_stores_the_commands_and_counts_daily_creates(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     names = {c["name"] for c in fake.registered_commands()}
     assert names == {"generate", "secret", "late", "discuss", "progress", "queue", "Continue this audio"}
@@ -209,7 +218,9 @@ async def test_tree_sync_stores_the_commands_and_counts_daily_creates(server: Se
     assert fake.command_create_count(server.guild) == 7
 
 
-async def test_an_invalid_command_registration_is_refused_like_discord(server: Server, bot: RecordingBot) -> None:
+async def test_an_invalid_command_registration_is_refused_like_discord(
+    server: Server, bot: RecordingBot
+) -> None:
     assert bot.application_id is not None
     bad = [{"name": "Bad Name", "description": "", "type": 1, "options": []}]
     with pytest.raises(discord.HTTPException) as refused:
@@ -227,14 +238,24 @@ async def test_past_the_daily_create_limit_discord_answers_429() -> None:
             assert fake.registered_commands() == []
 
 
-async def test_slash_command_with_options_and_attachment_reaches_the_handler_typed(server: Server, bot: RecordingBot) -> None:
+async def test_slash_command_with_options_and_attachment_reaches_the_handler_typed(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     clip = fake.add_attachment("my clip.mp3", b"ID3" + bytes(500), content_type="audio/mpeg")
     interaction = await fake.invoke_slash_command(
         server.alice,
         server.channel,
         "generate",
-        {"prompt": "lofi beats", "duration": 3, "model": "Melody", "temperature": 0.5, "loop": True, "style": "jazzy", "input_audio": clip},
+        {
+            "prompt": "lofi beats",
+            "duration": 3,
+            "model": "Melody",
+            "temperature": 0.5,
+            "loop": True,
+            "style": "jazzy",
+            "input_audio": clip,
+        },
     )
     response = await interaction.wait_for_response()
     assert response.type == 5  # deferred: "MusicGen is thinking..."
@@ -265,7 +286,9 @@ async def test_slash_command_with_options_and_attachment_reaches_the_handler_typ
     assert any(m.id == final.id for m in bot.seen_messages)
 
 
-async def test_an_ephemeral_response_is_never_dispatched_to_the_bot(server: Server, bot: RecordingBot) -> None:
+async def test_an_ephemeral_response_is_never_dispatched_to_the_bot(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     interaction = await fake.invoke_slash_command(server.alice, server.channel, "secret")
     public = await interaction.wait_for_followup()
@@ -280,7 +303,9 @@ async def test_an_ephemeral_response_is_never_dispatched_to_the_bot(server: Serv
 async def test_a_file_over_the_servers_upload_limit_is_refused(server: Server, bot: RecordingBot) -> None:
     fake = server.fake
     bot.output_bytes = 1 * MIB + 1
-    interaction = await fake.invoke_slash_command(server.alice, server.channel, "generate", {"prompt": "huge"})
+    interaction = await fake.invoke_slash_command(
+        server.alice, server.channel, "generate", {"prompt": "huge"}
+    )
     await _eventually(lambda: bool(bot.errors))
     assert (bot.errors[0].status, bot.errors[0].code) == (413, ErrorCode.REQUEST_ENTITY_TOO_LARGE)
     assert interaction.original_message is not None and interaction.original_message.is_loading
@@ -294,15 +319,21 @@ async def test_a_file_over_the_servers_upload_limit_is_refused(server: Server, b
     assert exactly_at_limit.attachments[0].size == 1 * MIB
 
 
-async def test_after_the_token_expired_the_bot_posts_to_the_channel_instead(server: Server, bot: RecordingBot) -> None:
+async def test_after_the_token_expired_the_bot_posts_to_the_channel_instead(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     bot.hold = True
-    interaction = await fake.invoke_slash_command(server.alice, server.channel, "generate", {"prompt": "long queue"})
+    interaction = await fake.invoke_slash_command(
+        server.alice, server.channel, "generate", {"prompt": "long queue"}
+    )
     await interaction.wait_for_response()
     fake.expire_interaction(interaction)  # 15 minutes in the queue
     bot.release.set()
 
-    posted = await fake.wait_for_message(server.channel, lambda m: "long queue" in m.content and m.attachments)
+    posted = await fake.wait_for_message(
+        server.channel, lambda m: "long queue" in m.content and m.attachments
+    )
     assert (bot.errors[0].status, bot.errors[0].code) == (401, ErrorCode.INVALID_WEBHOOK_TOKEN)
     assert posted.webhook_id is None and posted.author is fake.bot_user
     assert server.alice.user in posted.mentions  # the requester is pinged
@@ -323,7 +354,10 @@ async def test_the_discord_client_refuses_invalid_option_values(server: Server, 
         ("generate", {"prompt": "x", "input_audio": "clip.mp3"}),  # attachment option
         ("generate", {"prompt": "x", "tempo": 120}),  # unknown option
         ("compose", {"prompt": "x"}),  # unknown command
-        ("generate", {"prompt": "x", "input_audio": fake.add_attachment("big.wav", bytes(1 * MIB + 1))}),  # over upload limit
+        (
+            "generate",
+            {"prompt": "x", "input_audio": fake.add_attachment("big.wav", bytes(1 * MIB + 1))},
+        ),  # over upload limit
     ]
     for name, options in refused:
         with pytest.raises(FakeDiscordValidationError):
@@ -351,7 +385,9 @@ async def test_late_and_repeated_callbacks_get_discords_errors(server: Server, b
             assert (await again.json())["code"] == ErrorCode.INTERACTION_ALREADY_ACKNOWLEDGED
 
 
-async def test_a_resumable_disconnect_resumes_and_replays_missed_events(server: Server, bot: RecordingBot) -> None:
+async def test_a_resumable_disconnect_resumes_and_replays_missed_events(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     await fake.drop_gateway(code=4000, wait_for_resume=False)
     missed = await fake.post_user_message(server.alice, server.channel, f"{fake.bot_mention} still there?")
@@ -365,15 +401,22 @@ async def test_a_resumable_disconnect_resumes_and_replays_missed_events(server: 
     await interaction.wait_for_followup()
 
 
-async def test_message_content_is_hidden_without_the_intent_unless_the_bot_is_mentioned(server: Server, bot: RecordingBot) -> None:
+async def test_message_content_is_hidden_without_the_intent_unless_the_bot_is_mentioned(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     clip = fake.add_attachment("voice.ogg", b"OggS" + bytes(100))
     plain = await fake.post_user_message(server.alice, server.channel, "just chatting", attachments=[clip])
-    pinged = await fake.post_user_message(server.alice, server.channel, f"{fake.bot_mention} continue this", attachments=[clip])
+    pinged = await fake.post_user_message(
+        server.alice, server.channel, f"{fake.bot_mention} continue this", attachments=[clip]
+    )
     await _eventually(lambda: len(bot.seen_messages) >= 2)
     seen = {m.id: m for m in bot.seen_messages}
     assert seen[plain.id].content == "" and seen[plain.id].attachments == []
-    assert seen[pinged.id].content.endswith("continue this") and seen[pinged.id].attachments[0].filename == "voice.ogg"
+    assert (
+        seen[pinged.id].content.endswith("continue this")
+        and seen[pinged.id].attachments[0].filename == "voice.ogg"
+    )
 
     # Mentioned, the bot replies; a reply pings the member it answers.
     reply = await fake.wait_for_message(server.channel, lambda m: m.content == "on it")
@@ -385,13 +428,19 @@ async def test_message_content_is_hidden_without_the_intent_unless_the_bot_is_me
     assert continued.content == "continuing voice.ogg (104 bytes)"
 
 
-async def test_a_progress_message_is_edited_in_place_then_completed_with_the_file(server: Server, bot: RecordingBot) -> None:
+async def test_a_progress_message_is_edited_in_place_then_completed_with_the_file(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     interaction = await fake.invoke_slash_command(server.alice, server.channel, "progress")
     await _eventually(lambda: bool(bot.calls))
     message = interaction.original_message
     assert message is not None and interaction.followups == []
-    assert [version.content for version in message.history] == ["progress 1/3", "progress 2/3", "progress 3/3"]
+    assert [version.content for version in message.history] == [
+        "progress 1/3",
+        "progress 2/3",
+        "progress 3/3",
+    ]
     assert bot.calls == [{"final": "done", "files": ["music.wav"]}]
     assert [a.data for a in message.attachments] == [b"R" * 1000]
 
@@ -407,7 +456,9 @@ async def test_a_button_under_a_message_reaches_its_view(server: Server, bot: Re
         await fake.click_button(server.alice, queued, "cancel-job")  # the button is gone
 
 
-async def test_a_thread_started_from_a_message_has_its_id_and_is_announced(server: Server, bot: RecordingBot) -> None:
+async def test_a_thread_started_from_a_message_has_its_id_and_is_announced(
+    server: Server, bot: RecordingBot
+) -> None:
     fake = server.fake
     interaction = await fake.invoke_slash_command(server.alice, server.channel, "discuss")
     first = await fake.wait_for_message(predicate=lambda m: m.content == "first!")
@@ -452,9 +503,12 @@ async def test_an_auto_sharded_bot_identifies_each_shard_and_gets_its_guilds() -
         async with running_bot(fake, client):
             await client.tree.sync()
             assert client.shard_count == 2
-            assert sorted((s.shard_id, s.shard_count) for s in fake.gateway.live_sessions()) == [(0, 2), (1, 2)]
+            assert sorted((s.shard_id, s.shard_count) for s in fake.gateway.live_sessions()) == [
+                (0, 2),
+                (1, 2),
+            ]
             assert {g.id for g in client.guilds} == {g.id for g in guilds}
-            for guild, channel, member in zip(guilds, channels, members):
+            for guild, channel, member in zip(guilds, channels, members, strict=False):
                 interaction = await fake.invoke_slash_command(member, channel, "shard")
                 reply = await interaction.wait_for_final(lambda m: m.content.startswith("shard"))
                 assert reply.content == f"shard {(guild.id >> 22) % 2}"

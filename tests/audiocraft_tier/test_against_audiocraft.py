@@ -26,18 +26,18 @@ import pytest
 
 pytest.importorskip("audiocraft")
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from transformers import AutoTokenizer, EncodecModel, MusicgenForConditionalGeneration, T5Config  # noqa: E402
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer, EncodecModel, MusicgenForConditionalGeneration, T5Config
 
-from inference.audio import measure_loudness, normalize_audio  # noqa: E402
-from inference.chroma import extract_chroma  # noqa: E402
-from inference.convert import COMPRESSION_STATE_FILE, LM_STATE_FILE, convert_audiocraft_checkpoint  # noqa: E402
-from inference.engine import MusicGenEngine  # noqa: E402
-from inference.models import LoadedMusicGen  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
-from inference.request import GenerationRequest  # noqa: E402
-from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+from inference.audio import measure_loudness, normalize_audio
+from inference.chroma import extract_chroma
+from inference.convert import COMPRESSION_STATE_FILE, LM_STATE_FILE, convert_audiocraft_checkpoint
+from inference.engine import MusicGenEngine
+from inference.models import LoadedMusicGen
+from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
+from inference.request import GenerationRequest
+from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
 
 pytestmark = pytest.mark.audiocraft
 
@@ -81,7 +81,9 @@ def _audiocraft_view(export: Path, destination: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def audiocraft_loader(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+def audiocraft_loader(
+    exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Any]:
     """Load an export's LM with audiocraft's own `loaders.load_lm_model` (builders + strict state dict)."""
     from audiocraft.models import loaders
     from audiocraft.modules import conditioners
@@ -101,7 +103,11 @@ def audiocraft_loader(exports: dict[str, Path], tmp_path_factory: pytest.TempPat
         t5 = conditioners.T5Conditioner
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(t5, "MODELS", [*t5.MODELS, text_encoder])
-            patch.setattr(t5, "MODELS_DIMS", {**t5.MODELS_DIMS, text_encoder: T5Config.from_pretrained(text_encoder).d_model})
+            patch.setattr(
+                t5,
+                "MODELS_DIMS",
+                {**t5.MODELS_DIMS, text_encoder: T5Config.from_pretrained(text_encoder).d_model},
+            )
             patch.setattr(conditioners, "T5Tokenizer", AutoTokenizer)
             return loaders.load_lm_model(str(view / LM_STATE_FILE), device="cpu")
 
@@ -115,7 +121,9 @@ def audiocraft_musicgen(exports: dict[str, Path], audiocraft_loader: Callable[[s
     from audiocraft.models import MusicGen
     from audiocraft.models.encodec import HFEncodecCompressionModel
 
-    compression = HFEncodecCompressionModel(EncodecModel.from_pretrained(exports["pointer"] / COMPRESSION_DIR)).eval()
+    compression = HFEncodecCompressionModel(
+        EncodecModel.from_pretrained(exports["pointer"] / COMPRESSION_DIR)
+    ).eval()
     return MusicGen("tier-test", compression, audiocraft_loader("pointer"), max_duration=30)
 
 
@@ -181,13 +189,16 @@ def test_converted_model_computes_audiocraft_logits(
 
         text = our_model.tokenizer([prompt], return_tensors="pt")
         logits = our_model.model(
-            input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
             decoder_input_ids=sequence.reshape(num_codebooks, steps),
         ).logits.reshape(1, num_codebooks, steps, -1)
 
     assert logits.shape == expected.shape
     difference = (logits - expected).abs().max().item()
-    print(f"\nlogits max abs diff ({prompt!r}): {difference:.3g} (logit scale {expected.abs().max().item():.3g})")
+    print(
+        f"\nlogits max abs diff ({prompt!r}): {difference:.3g} (logit scale {expected.abs().max().item():.3g})"
+    )
     assert difference < 1e-4
 
 
@@ -201,7 +212,9 @@ def test_audiocraft_decodes_our_embedded_encodec_export_like_our_conversion(
     export = exports["embedded"]
     theirs = loaders.load_compression_model(str(export / COMPRESSION_STATE_FILE), device="cpu").eval()
     converted = convert_audiocraft_checkpoint(
-        export, tmp_path / "converted", text_encoder=str(export / TEXT_ENCODER_DIR),
+        export,
+        tmp_path / "converted",
+        text_encoder=str(export / TEXT_ENCODER_DIR),
         compression=str(export / COMPRESSION_DIR),
     )
     ours = MusicgenForConditionalGeneration.from_pretrained(converted).audio_encoder.eval()
@@ -216,8 +229,10 @@ def test_audiocraft_decodes_our_embedded_encodec_export_like_our_conversion(
         our_codes = ours.encode(wav, bandwidth=ours.config.target_bandwidths[0]).audio_codes[0]
 
     difference = (our_audio - their_audio).abs().max().item()
-    print(f"\nEnCodec decode max abs diff: {difference:.3g}; encode codes equal: "
-          f"{(our_codes == their_codes).float().mean().item():.2%}")
+    print(
+        f"\nEnCodec decode max abs diff: {difference:.3g}; encode codes equal: "
+        f"{(our_codes == their_codes).float().mean().item():.2%}"
+    )
     assert difference < 1e-5
     assert torch.equal(our_codes, their_codes)
 
@@ -226,16 +241,25 @@ def test_audiocraft_decodes_our_embedded_encodec_export_like_our_conversion(
 
 
 @pytest.mark.parametrize(
-    ("prompt", "guidance"), [(PROMPT, 3.0), ("epic orchestral soundtrack with strings", 1.0)], ids=["cfg3", "cfg1"]
+    ("prompt", "guidance"),
+    [(PROMPT, 3.0), ("epic orchestral soundtrack with strings", 1.0)],
+    ids=["cfg3", "cfg1"],
 )
 def test_greedy_generation_gives_audiocraft_codes_and_audio(
-    prompt: str, guidance: float, audiocraft_musicgen: Any, our_engine: MusicGenEngine,
+    prompt: str,
+    guidance: float,
+    audiocraft_musicgen: Any,
+    our_engine: MusicGenEngine,
     decoded_codes: list[torch.Tensor],
 ) -> None:
     """temperature 0: the same codes, so the same audio, as audiocraft's MusicGen (with guidance 1 our
     engine skips the unconditional pass that audiocraft still runs; the result must not change)."""
     request = GenerationRequest(
-        model_version="finetuned", prompt=prompt, duration=1, temperature=0.0, classifier_free_guidance=guidance,
+        model_version="finetuned",
+        prompt=prompt,
+        duration=1,
+        temperature=0.0,
+        classifier_free_guidance=guidance,
         seed=5,
     )
     generated = our_engine.generate(request)
@@ -248,7 +272,9 @@ def test_greedy_generation_gives_audiocraft_codes_and_audio(
     assert our_codes[0].shape == their_codes.shape == (1, 4, 50)
     agreement = (our_codes[0] == their_codes).float().mean().item()
     difference = (generated.wav - their_wav[0]).abs().max().item()
-    print(f"\ngreedy cfg {guidance:g} ({prompt!r}): codes identical {agreement:.2%}, audio max abs diff {difference:.3g}")
+    print(
+        f"\ngreedy cfg {guidance:g} ({prompt!r}): codes identical {agreement:.2%}, audio max abs diff {difference:.3g}"
+    )
     assert agreement == 1.0
     assert generated.wav.shape == their_wav[0].shape
     assert difference < 1e-5
@@ -281,22 +307,35 @@ def test_sampling_draws_from_audiocraft_distributions(
     temperature, top_k, top_p, guidance = SAMPLING_CASES[case]
     recorded: list[torch.Tensor] = []
 
-    def recording_multinomial(probs: torch.Tensor, num_samples: int = 1, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def recording_multinomial(
+        probs: torch.Tensor, num_samples: int = 1, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         recorded.append(probs.detach().reshape(-1, probs.shape[-1]).clone())
         return probs.argmax(dim=-1, keepdim=True)
 
     monkeypatch.setattr(torch, "multinomial", recording_multinomial)
 
     request = GenerationRequest(
-        model_version="finetuned", prompt=PROMPT, duration=1, temperature=temperature, top_k=top_k, top_p=top_p,
-        classifier_free_guidance=guidance, seed=5,
+        model_version="finetuned",
+        prompt=PROMPT,
+        duration=1,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        classifier_free_guidance=guidance,
+        seed=5,
     )
     generated = our_engine.generate(request)
     ours = torch.stack(recorded)
     recorded.clear()
 
     audiocraft_musicgen.set_generation_params(
-        use_sampling=True, top_k=top_k, top_p=top_p, temperature=temperature, duration=1, cfg_coef=guidance,
+        use_sampling=True,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        duration=1,
+        cfg_coef=guidance,
     )
     with torch.no_grad():
         their_wav = audiocraft_musicgen.generate([PROMPT], progress=False)
@@ -314,9 +353,11 @@ def test_sampling_draws_from_audiocraft_distributions(
     assert (support_ours - support_theirs).abs().max().item() <= 1
     assert same_support.float().mean().item() >= 0.98
     difference = (ours - theirs)[same_support].abs().max().item()
-    print(f"\n{case}: {ours.shape[0]} steps, probability max abs diff {difference:.3g}, mean support "
-          f"{support_ours.float().mean().item():.1f} codes (audiocraft {support_theirs.float().mean().item():.1f}), "
-          f"rows with a boundary code on the other side {int((~same_support).sum())}/{same_support.numel()}")
+    print(
+        f"\n{case}: {ours.shape[0]} steps, probability max abs diff {difference:.3g}, mean support "
+        f"{support_ours.float().mean().item():.1f} codes (audiocraft {support_theirs.float().mean().item():.1f}), "
+        f"rows with a boundary code on the other side {int((~same_support).sum())}/{same_support.numel()}"
+    )
     assert difference < 1e-5
     assert (generated.wav - their_wav[0]).abs().max().item() < 1e-5
 
@@ -340,8 +381,12 @@ _HOT_LOUDNESS = pytest.mark.xfail(
     "we measure unclamped BS.1770 with pyloudnorm",
 )
 NORMALIZATION_CASES = [
-    pytest.param(strategy, amplitude, id=f"{strategy}-{name}",
-                 marks=[_HOT_LOUDNESS] if (strategy, name) == ("loudness", "clipping") else [])
+    pytest.param(
+        strategy,
+        amplitude,
+        id=f"{strategy}-{name}",
+        marks=[_HOT_LOUDNESS] if (strategy, name) == ("loudness", "clipping") else [],
+    )
     for strategy in ("peak", "clip", "rms", "loudness")
     for name, amplitude in (("quiet", 0.05), ("moderate", 0.4), ("clipping", 1.6))
 ]
@@ -356,8 +401,15 @@ def test_normalization_matches_audiocraft_audio_write(strategy: str, amplitude: 
     wav = _stereo_test_signal(amplitude=amplitude)
     ours = normalize_audio(wav, strategy, SAMPLE_RATE)
     theirs = audiocraft_normalize(
-        wav.clone(), normalize=True, strategy=strategy, peak_clip_headroom_db=1, rms_headroom_db=18,
-        loudness_headroom_db=14, loudness_compressor=False, log_clipping=False, sample_rate=SAMPLE_RATE,
+        wav.clone(),
+        normalize=True,
+        strategy=strategy,
+        peak_clip_headroom_db=1,
+        rms_headroom_db=18,
+        loudness_headroom_db=14,
+        loudness_compressor=False,
+        log_clipping=False,
+        sample_rate=SAMPLE_RATE,
     )
     difference = (ours - theirs).abs().max().item()
     detail = ""

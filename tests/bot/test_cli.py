@@ -38,7 +38,10 @@ def test_a_typo_in_the_config_is_reported_before_connecting(tmp_path: Path) -> N
 
 
 def test_a_default_model_that_cannot_make_music_is_refused_at_start(tmp_path: Path) -> None:
-    for default, reason in (("finetuned", "[models] finetuned is empty"), ("encode-decode", "only re-encodes")):
+    for default, reason in (
+        ("finetuned", "[models] finetuned is empty"),
+        ("encode-decode", "only re-encodes"),
+    ):
         config = write_config(tmp_path, f'[bot]\ndefault_model_version = "{default}"\n')
         result = CliRunner().invoke(main, ["--config", str(config), "run"], env={"DISCORD_TOKEN": "x"})
         assert result.exit_code != 0
@@ -59,7 +62,9 @@ def test_db_upgrade_applies_the_migrations_once_and_status_lists_them(tmp_path: 
 
 
 @pytest.mark.asyncio
-async def test_sigterm_stops_the_bot_its_worker_and_its_database_cleanly(tmp_path: Path, engine_settings: EngineSettings) -> None:
+async def test_sigterm_stops_the_bot_its_worker_and_its_database_cleanly(
+    tmp_path: Path, engine_settings: EngineSettings
+) -> None:
     async with FakeDiscord() as fake:
         fake.add_guild("Studio", channels=("music",))
         config = scenario_config(tmp_path / "data", engine_settings)

@@ -11,7 +11,9 @@ from bot.jobs import JobOrigin, JobStatus, JobStore
 from inference.request import GenerationRequest
 
 
-async def test_a_fresh_database_gets_every_migration_recorded_and_reopening_applies_nothing(tmp_path: Path) -> None:
+async def test_a_fresh_database_gets_every_migration_recorded_and_reopening_applies_nothing(
+    tmp_path: Path,
+) -> None:
     database = await Database.open(tmp_path / "bot.sqlite3")
     shipped = [m.version for m in discover_migrations()]
     assert shipped[0] == 1
@@ -26,7 +28,9 @@ async def test_a_fresh_database_gets_every_migration_recorded_and_reopening_appl
 async def test_migrations_run_in_version_order_and_a_broken_one_leaves_nothing_behind(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
-    (folder / "V1__first.sql").write_text("CREATE TABLE bot_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+    (folder / "V1__first.sql").write_text(
+        "CREATE TABLE bot_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    )
     (folder / "V10__tenth.sql").write_text("INSERT INTO bot_state VALUES ('order', 'ten');")
     (folder / "V2__second.sql").write_text("INSERT INTO bot_state VALUES ('order', 'two');")
     database = await Database.open(tmp_path / "bot.sqlite3", migrations_dir=folder, upgrade=False)
@@ -43,14 +47,16 @@ async def test_migrations_run_in_version_order_and_a_broken_one_leaves_nothing_b
     with pytest.raises(MigrationError, match="V11__broken"):
         await database.upgrade(folder)
     assert await database.applied_versions() == [1, 2, 10]
-    async with database.connection.execute("SELECT name FROM sqlite_master WHERE name = 'never_created'") as cursor:
+    async with database.connection.execute(
+        "SELECT name FROM sqlite_master WHERE name = 'never_created'"
+    ) as cursor:
         assert await cursor.fetchone() is None
     await database.close()
 
 
 def test_migration_files_must_be_named_by_version(tmp_path: Path) -> None:
     (tmp_path / "initial.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="V<number>__<name>.sql"):
+    with pytest.raises(MigrationError, match=r"V<number>__<name>\.sql"):
         discover_migrations(tmp_path)
 
 
@@ -58,11 +64,24 @@ async def test_a_job_row_keeps_every_input_and_moves_through_its_statuses_once(t
     database = await Database.open(tmp_path / "bot.sqlite3")
     store = JobStore(database)
     request = GenerationRequest(
-        model_version="melody", prompt="lofi piano", input_audio="/data/uploads/x.mp3", duration=5,
-        continuation=True, continuation_start=1.5, continuation_end=4.0, normalization_strategy="peak",
-        top_k=50, top_p=0.9, temperature=0.7, classifier_free_guidance=5.0, output_format="mp3", seed=1234,
+        model_version="melody",
+        prompt="lofi piano",
+        input_audio="/data/uploads/x.mp3",
+        duration=5,
+        continuation=True,
+        continuation_start=1.5,
+        continuation_end=4.0,
+        normalization_strategy="peak",
+        top_k=50,
+        top_p=0.9,
+        temperature=0.7,
+        classifier_free_guidance=5.0,
+        output_format="mp3",
+        seed=1234,
     )
-    job = await store.create(JobOrigin(guild_id=1, channel_id=2, user_id=3, interaction_id=4), request, seed_was_random=False)
+    job = await store.create(
+        JobOrigin(guild_id=1, channel_id=2, user_id=3, interaction_id=4), request, seed_was_random=False
+    )
     assert job.status is JobStatus.QUEUED and job.request == request and job.attempts == 0
 
     async with database.connection.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)) as cursor:
@@ -74,7 +93,9 @@ async def test_a_job_row_keeps_every_input_and_moves_through_its_statuses_once(t
     assert not await store.mark_running(job.id)  # only a queued job can start
     assert await store.requeue(job.id, error="worker crashed")
     assert await store.mark_running(job.id)
-    assert await store.mark_done(job.id, output_path="/out.mp3", seed=1234, posted_format="mp3", result_message_id=9)
+    assert await store.mark_done(
+        job.id, output_path="/out.mp3", seed=1234, posted_format="mp3", result_message_id=9
+    )
     assert not await store.mark_cancelled(job.id)  # finished jobs stay finished
     done = await store.get(job.id)
     assert done is not None
@@ -86,11 +107,15 @@ async def test_a_job_row_keeps_every_input_and_moves_through_its_statuses_once(t
 async def test_a_request_without_a_concrete_seed_is_not_stored(tmp_path: Path) -> None:
     database = await Database.open(tmp_path / "bot.sqlite3")
     with pytest.raises(ValueError):
-        await JobStore(database).create(JobOrigin(1, 2, 3), GenerationRequest(prompt="x"), seed_was_random=True)
+        await JobStore(database).create(
+            JobOrigin(1, 2, 3), GenerationRequest(prompt="x"), seed_was_random=True
+        )
     await database.close()
 
 
-async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_its_jobs_and_settings(tmp_path: Path) -> None:
+async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_its_jobs_and_settings(
+    tmp_path: Path,
+) -> None:
     # The bot as first released: only V1 existed.
     first_release = tmp_path / "v1-migrations"
     first_release.mkdir()
@@ -99,7 +124,9 @@ async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_
     old = await Database.open(path, migrations_dir=first_release)
     assert await old.applied_versions() == [1]
     request = GenerationRequest(model_version="small", prompt="kept across the upgrade", duration=3, seed=77)
-    queued = await JobStore(old).create(JobOrigin(guild_id=10, channel_id=20, user_id=30), request, seed_was_random=False)
+    queued = await JobStore(old).create(
+        JobOrigin(guild_id=10, channel_id=20, user_id=30), request, seed_was_random=False
+    )
     await JobStore(old).set_guild_limit(10, 4)
     await old.close()
 

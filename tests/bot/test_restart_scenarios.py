@@ -56,9 +56,13 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
     fake, alice = fake_discord, server["alice"]
     async with musicgen_bot(fake, config, inference_client) as first_run:
         first_run.dispatcher.pause()  # a busy evening: nothing gets to run before the restart
-        first_interaction = await run_command(fake, alice, server.channel, "generate", prompt="first", duration=1)
+        first_interaction = await run_command(
+            fake, alice, server.channel, "generate", prompt="first", duration=1
+        )
         first = await queued_job_id(first_interaction)
-        second_interaction = await run_command(fake, alice, server.channel, "generate", prompt="second", duration=1)
+        second_interaction = await run_command(
+            fake, alice, server.channel, "generate", prompt="second", duration=1
+        )
         second = await queued_job_id(second_interaction)
         await second_interaction.wait_for_final(lambda m: "position 2 in line" in m.content)
     command_syncs = len(fake.requests_to("PUT", "/applications/{application_id}/commands"))
@@ -77,7 +81,10 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
             await status_reads(fake, status, f"Job #{job_id} is done (seed `{row['seed']}`)")
             assert channel_edits_of(fake, status) >= 1
         # While it waited its turn, the second one said so (without an edit per place gained).
-        assert any("is queued; `/queue` shows its place" in version.content for version in second_interaction.original_message.history)
+        assert any(
+            "is queued; `/queue` shows its place" in version.content
+            for version in second_interaction.original_message.history
+        )
         assert await stuck_jobs(second_run) == []
     # The commands did not change, so the restart did not spend any of the daily command creates.
     assert len(fake.requests_to("PUT", "/applications/{application_id}/commands")) == command_syncs
@@ -95,7 +102,10 @@ async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_it
     database = await Database.open(config.database_path)
     interrupted = await JobStore(database).get(job_id)
     await database.close()
-    assert interrupted is not None and (interrupted.status.value, interrupted.error) == ("queued", "interrupted by a shutdown")
+    assert interrupted is not None and (interrupted.status.value, interrupted.error) == (
+        "queued",
+        "interrupted by a shutdown",
+    )
     status = interaction.original_message
     assert status is not None and "the bot is restarting; it will run when it is back" in status.content
     async with musicgen_bot(fake, config, inference_client) as second_run:
@@ -113,10 +123,16 @@ async def test_after_a_crash_a_running_job_is_retried_once_and_then_reported_fai
     database = await Database.open(config.database_path)
     store = JobStore(database)
     origin = JobOrigin(guild_id=server.guild.id, channel_id=server.channel.id, user_id=alice.id)
-    once = await store.create(origin, GenerationRequest(model_version="small", prompt="once", duration=1, seed=1), seed_was_random=False)
+    once = await store.create(
+        origin,
+        GenerationRequest(model_version="small", prompt="once", duration=1, seed=1),
+        seed_was_random=False,
+    )
     await store.mark_running(once.id)
     twice = await store.create(
-        JobOrigin(server.guild.id, server.channel.id, bob.id), GenerationRequest(model_version="small", prompt="twice", duration=1, seed=2), seed_was_random=False
+        JobOrigin(server.guild.id, server.channel.id, bob.id),
+        GenerationRequest(model_version="small", prompt="twice", duration=1, seed=2),
+        seed_was_random=False,
     )
     await store.mark_running(twice.id)
     await store.requeue(twice.id, error="worker crashed")
@@ -156,7 +172,9 @@ async def test_a_worker_crash_is_retried_once_then_the_member_is_told_and_the_qu
 ) -> None:
     fake, alice = fake_discord, server["alice"]
     async with musicgen_bot(fake, config, inference_client) as bot:
-        survivor_interaction = await run_command(fake, alice, server.channel, "generate", prompt="survivor", duration=30)
+        survivor_interaction = await run_command(
+            fake, alice, server.channel, "generate", prompt="survivor", duration=30
+        )
         survivor = await queued_job_id(survivor_interaction)
         await _kill_worker_while_generating(bot, inference_client, survivor)
 
@@ -164,7 +182,9 @@ async def test_a_worker_crash_is_retried_once_then_the_member_is_told_and_the_qu
         await posted_result(fake, server.channel, survivor)
         assert (await wait_for_status(bot, survivor, "done"))["attempts"] == 2
 
-        doomed_interaction = await run_command(fake, alice, server.channel, "generate", prompt="doomed", duration=30)
+        doomed_interaction = await run_command(
+            fake, alice, server.channel, "generate", prompt="doomed", duration=30
+        )
         doomed = await queued_job_id(doomed_interaction)
         await _kill_worker_while_generating(bot, inference_client, doomed)
         await _wait_for_attempt(bot, doomed, 2)

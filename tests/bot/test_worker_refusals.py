@@ -47,9 +47,15 @@ async def server(fake_discord: FakeDiscord) -> Server:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bot(
-    fake_discord: FakeDiscord, server: Server, inference_client: InferenceClient, engine_settings: EngineSettings, module_data_dir: Path
+    fake_discord: FakeDiscord,
+    server: Server,
+    inference_client: InferenceClient,
+    engine_settings: EngineSettings,
+    module_data_dir: Path,
 ) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(fake_discord, scenario_config(module_data_dir, engine_settings), inference_client) as running:
+    async with musicgen_bot(
+        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
+    ) as running:
         yield running
 
 
@@ -61,17 +67,30 @@ async def test_the_generator_refuses_a_melody_for_a_text_only_fine_tune_and_the_
     bot.dispatcher.pause()  # bob's job waits behind alice's, so it runs only if her failure frees the worker
     try:
         refused = await run_command(
-            fake, alice, server.channel, "generate", prompt="strings", model_version="finetuned", input_audio=tune, duration=1
+            fake,
+            alice,
+            server.channel,
+            "generate",
+            prompt="strings",
+            model_version="finetuned",
+            input_audio=tune,
+            duration=1,
         )
         refused_id = await queued_job_id(refused)  # the bot cannot tell; it queues the job
-        following = await run_command(fake, bob, server.channel, "generate", prompt="brass", model_version="finetuned", duration=1)
+        following = await run_command(
+            fake, bob, server.channel, "generate", prompt="brass", model_version="finetuned", duration=1
+        )
         following_id = await queued_job_id(following)
     finally:
         bot.dispatcher.resume()
 
-    explanation = await refused.wait_for_final(lambda m: m.is_ephemeral and "can't follow a melody" in m.content, timeout=30)
+    explanation = await refused.wait_for_final(
+        lambda m: m.is_ephemeral and "can't follow a melody" in m.content, timeout=30
+    )
     assert "choose model_version melody" in explanation.content
-    public_status = await refused.wait_for_final(lambda m: not m.is_ephemeral and "could not run" in m.content)
+    public_status = await refused.wait_for_final(
+        lambda m: not m.is_ephemeral and "could not run" in m.content
+    )
     assert "can't follow a melody" not in public_status.content  # the details went to alice alone
     failed = await wait_for_status(bot, refused_id, "failed")
     assert "can't follow a melody" in failed["error"] and failed["output_path"] is None
@@ -79,6 +98,8 @@ async def test_the_generator_refuses_a_melody_for_a_text_only_fine_tune_and_the_
     result = await posted_result(fake, server.channel, following_id)
     assert result.attachments[0].filename == f"musicgen-{following_id}.wav"
     assert (await wait_for_status(bot, following_id, "done"))["model_version"] == "finetuned"
-    assert not [m for m in fake.bot_messages(server.channel) if f"Job #{refused_id} " in str(m.embeds)]  # no result for alice
+    assert not [
+        m for m in fake.bot_messages(server.channel) if f"Job #{refused_id} " in str(m.embeds)
+    ]  # no result for alice
     assert await stuck_jobs(bot) == []
     assert (await job_row(bot, refused_id))["attempts"] == 1  # a refusal is not retried like a crash

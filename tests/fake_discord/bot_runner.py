@@ -47,7 +47,7 @@ async def running_bot(
                     task.result()  # re-raise why the bot stopped
                     raise RuntimeError("the bot stopped before it became ready")
                 if loop.time() > deadline:
-                    raise asyncio.TimeoutError(f"the bot was not ready within {ready_timeout}s")
+                    raise TimeoutError(f"the bot was not ready within {ready_timeout}s")
                 await asyncio.sleep(0.01)
             yield client
         except BaseException:

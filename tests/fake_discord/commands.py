@@ -102,16 +102,22 @@ def _check_option(option: dict[str, Any], path: dict[str, Any], *, depth: int) -
                 choice_errors["name"] = _error("BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
             value = choice.get("value")
             if option_type == OptionType.STRING and (not isinstance(value, str) or len(value) > 100):
-                choice_errors["value"] = _error("BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+                choice_errors["value"] = _error(
+                    "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+                )
             if option_type in (OptionType.INTEGER, OptionType.NUMBER) and not isinstance(value, (int, float)):
                 choice_errors["value"] = _error("NUMBER_TYPE_COERCE", "Value is not a number.")
             if choice_errors:
                 errors.setdefault("choices", {})[str(index)] = choice_errors
     if choices and option.get("autocomplete"):
-        errors["autocomplete"] = _error("APPLICATION_COMMAND_OPTION_CHOICES_AND_AUTOCOMPLETE", "Autocomplete cannot be used with choices")
+        errors["autocomplete"] = _error(
+            "APPLICATION_COMMAND_OPTION_CHOICES_AND_AUTOCOMPLETE", "Autocomplete cannot be used with choices"
+        )
     if option_type in (OptionType.SUB_COMMAND, OptionType.SUB_COMMAND_GROUP):
         if depth >= 2:
-            errors["type"] = _error("APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Sub-command groups can only be one level deep.")
+            errors["type"] = _error(
+                "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Sub-command groups can only be one level deep."
+            )
         _check_options(option.get("options") or [], errors, depth=depth + 1)
     if errors:
         path.update(errors)
@@ -131,12 +137,15 @@ def _check_options(options: list[dict[str, Any]], errors: dict[str, Any], *, dep
             if option.get("required"):
                 if seen_optional:
                     path["required"] = _error(
-                        "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID", "Required options must be placed before non-required options"
+                        "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                        "Required options must be placed before non-required options",
                     )
             else:
                 seen_optional = True
         if option.get("name") in names:
-            path["name"] = _error("APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", "Option names must be unique")
+            path["name"] = _error(
+                "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", "Option names must be unique"
+            )
         names.add(option.get("name", ""))
         if path:
             option_errors[str(index)] = path
@@ -163,11 +172,15 @@ def check_command_payloads(commands: list[dict[str, Any]], *, is_global: bool) -
             if not 1 <= len(name) <= 32:
                 path["name"] = _error("BASE_TYPE_BAD_LENGTH", "Must be between 1 and 32 in length.")
             if command.get("options"):
-                path["options"] = _error("APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Context menu commands cannot have options")
+                path["options"] = _error(
+                    "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Context menu commands cannot have options"
+                )
         else:
             path["type"] = _error("BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3}.")
         if (name, command_type) in seen:
-            path["name"] = _error("APPLICATION_COMMANDS_DUPLICATE_NAME", f"Application command names must be unique: {name}")
+            path["name"] = _error(
+                "APPLICATION_COMMANDS_DUPLICATE_NAME", f"Application command names must be unique: {name}"
+            )
         seen.add((name, command_type))
         if command_type in counts:
             counts[command_type] += 1
@@ -175,8 +188,13 @@ def check_command_payloads(commands: list[dict[str, Any]], *, is_global: bool) -
             errors[str(index)] = path
     if counts[CommandType.CHAT_INPUT] > Limit.GLOBAL_SLASH_COMMANDS:
         errors["_errors"] = [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 100 or fewer in length."}]
-    if counts[CommandType.MESSAGE] > Limit.MESSAGE_CONTEXT_COMMANDS or counts[CommandType.USER] > Limit.USER_CONTEXT_COMMANDS:
-        errors["_errors"] = [{"code": "APPLICATION_COMMAND_TOO_MANY", "message": "Too many context menu commands."}]
+    if (
+        counts[CommandType.MESSAGE] > Limit.MESSAGE_CONTEXT_COMMANDS
+        or counts[CommandType.USER] > Limit.USER_CONTEXT_COMMANDS
+    ):
+        errors["_errors"] = [
+            {"code": "APPLICATION_COMMAND_TOO_MANY", "message": "Too many context menu commands."}
+        ]
     if errors:
         raise CommandSchemaError(errors)
 
@@ -222,7 +240,12 @@ def build_invocation(
     walked = [command.name]
     for part in path:
         match = next(
-            (o for o in schema_options if o.get("name") == part and o.get("type") in (OptionType.SUB_COMMAND, OptionType.SUB_COMMAND_GROUP)),
+            (
+                o
+                for o in schema_options
+                if o.get("name") == part
+                and o.get("type") in (OptionType.SUB_COMMAND, OptionType.SUB_COMMAND_GROUP)
+            ),
             None,
         )
         if match is None:
@@ -238,14 +261,20 @@ def build_invocation(
     by_name = {o["name"]: o for o in schema_options}
     for name in values:
         if name not in by_name:
-            raise FakeDiscordValidationError(f"/{' '.join(walked)} has no option {name!r} (options: {sorted(by_name)})")
+            raise FakeDiscordValidationError(
+                f"/{' '.join(walked)} has no option {name!r} (options: {sorted(by_name)})"
+            )
     for option in schema_options:
         name = option["name"]
         if name not in values or values[name] is None:
             if option.get("required"):
-                raise FakeDiscordValidationError(f"/{' '.join(walked)}: the required option {name!r} is missing")
+                raise FakeDiscordValidationError(
+                    f"/{' '.join(walked)}: the required option {name!r} is missing"
+                )
             continue
-        value = _coerce_value(option, values[name], built, guild_members, channel_permissions, attachment_size_limit)
+        value = _coerce_value(
+            option, values[name], built, guild_members, channel_permissions, attachment_size_limit
+        )
         container.append({"name": name, "type": option["type"], "value": value})
     return built
 
@@ -287,11 +316,10 @@ def _coerce_value(
     if option_type in (OptionType.INTEGER, OptionType.NUMBER):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise refuse("must be a number")
-        if option_type == OptionType.INTEGER:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise refuse("must be a whole number")
-                value = int(value)
+        if option_type == OptionType.INTEGER and isinstance(value, float):
+            if not value.is_integer():
+                raise refuse("must be a whole number")
+            value = int(value)
         if abs(value) > _MAX_SAFE_INTEGER:
             raise refuse("is out of range")
         if "min_value" in option and option["min_value"] is not None and value < option["min_value"]:
@@ -336,7 +364,9 @@ def _coerce_value(
         if not isinstance(value, FakeAttachment):
             raise refuse("must be an attachment made with fake.add_attachment(...)")
         if value.size > attachment_size_limit:
-            raise refuse(f"the file is larger than this server's upload limit ({attachment_size_limit} bytes)")
+            raise refuse(
+                f"the file is larger than this server's upload limit ({attachment_size_limit} bytes)"
+            )
         built.resolved.setdefault("attachments", {})[str(value.id)] = value.to_payload()
         built.attachments.append(value)
         return str(value.id)

@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -126,32 +127,49 @@ class Gateway:
         session: GatewaySession | None = None
         try:
             await socket.send_str(
-                json.dumps({"op": GatewayOp.HELLO, "d": {"heartbeat_interval": self.fake.heartbeat_interval_ms}, "s": None, "t": None})
+                json.dumps(
+                    {
+                        "op": GatewayOp.HELLO,
+                        "d": {"heartbeat_interval": self.fake.heartbeat_interval_ms},
+                        "s": None,
+                        "t": None,
+                    }
+                )
             )
             async for message in socket:
                 if message.type != WSMsgType.TEXT:
                     if message.type == WSMsgType.BINARY:
-                        await socket.close(code=GatewayClose.DECODE_ERROR, message=b"Error while decoding payload.")
+                        await socket.close(
+                            code=GatewayClose.DECODE_ERROR, message=b"Error while decoding payload."
+                        )
                     break
                 try:
                     frame = json.loads(message.data)
                 except ValueError:
-                    await socket.close(code=GatewayClose.DECODE_ERROR, message=b"Error while decoding payload.")
+                    await socket.close(
+                        code=GatewayClose.DECODE_ERROR, message=b"Error while decoding payload."
+                    )
                     break
                 self.received.append(frame)
                 op = frame.get("op")
                 data = frame.get("d")
                 if op == GatewayOp.HEARTBEAT:
                     self.heartbeat_count += 1
-                    await socket.send_str(json.dumps({"op": GatewayOp.HEARTBEAT_ACK, "d": None, "s": None, "t": None}))
+                    await socket.send_str(
+                        json.dumps({"op": GatewayOp.HEARTBEAT_ACK, "d": None, "s": None, "t": None})
+                    )
                 elif op == GatewayOp.IDENTIFY:
                     if session is not None:
-                        await socket.close(code=GatewayClose.ALREADY_AUTHENTICATED, message=b"Already authenticated.")
+                        await socket.close(
+                            code=GatewayClose.ALREADY_AUTHENTICATED, message=b"Already authenticated."
+                        )
                         break
                     session = await self._identify(socket, data or {})
                 elif op == GatewayOp.RESUME:
                     if session is not None:
-                        await socket.close(code=GatewayClose.ALREADY_AUTHENTICATED, message=b"Already authenticated.")
+                        await socket.close(
+                            code=GatewayClose.ALREADY_AUTHENTICATED, message=b"Already authenticated."
+                        )
                         break
                     session = await self._resume(socket, data or {})
                 elif session is None:
@@ -236,7 +254,9 @@ class Gateway:
             await socket.close(code=GatewayClose.AUTHENTICATION_FAILED, message=b"Authentication failed.")
             return None
         if session is None or session.ended:
-            await socket.send_str(json.dumps({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None}))
+            await socket.send_str(
+                json.dumps({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None})
+            )
             return None
         session.socket = socket
         last_seen = data.get("seq") or 0
@@ -255,7 +275,10 @@ class Gateway:
             return
         members = list(guild.members.values())
         if data.get("user_ids"):
-            wanted = {int(x) for x in (data["user_ids"] if isinstance(data["user_ids"], list) else [data["user_ids"]])}
+            wanted = {
+                int(x)
+                for x in (data["user_ids"] if isinstance(data["user_ids"], list) else [data["user_ids"]])
+            }
             members = [m for m in members if m.id in wanted]
         elif data.get("query"):
             members = [m for m in members if m.name.lower().startswith(str(data["query"]).lower())]
@@ -291,7 +314,9 @@ class Gateway:
         """Send op 7 RECONNECT: the client closes and resumes."""
         for session in self.connected_sessions():
             assert session.socket is not None
-            await session.socket.send_str(json.dumps({"op": GatewayOp.RECONNECT, "d": None, "s": None, "t": None}))
+            await session.socket.send_str(
+                json.dumps({"op": GatewayOp.RECONNECT, "d": None, "s": None, "t": None})
+            )
 
     async def invalidate(self, *, resumable: bool = False) -> None:
         """Send op 9 INVALID_SESSION to every connected session."""
@@ -299,7 +324,9 @@ class Gateway:
             if not resumable:
                 session.ended = True
             assert session.socket is not None
-            await session.socket.send_str(json.dumps({"op": GatewayOp.INVALID_SESSION, "d": resumable, "s": None, "t": None}))
+            await session.socket.send_str(
+                json.dumps({"op": GatewayOp.INVALID_SESSION, "d": resumable, "s": None, "t": None})
+            )
 
     async def close_all(self) -> None:
         for socket in list(self.sockets):

@@ -154,7 +154,13 @@ class InjectedRateLimit:
 
 
 def rate_limit_response(
-    *, retry_after: float, is_global: bool, bucket: str, limit: int, scope: str, message: str = "You are being rate limited.",
+    *,
+    retry_after: float,
+    is_global: bool,
+    bucket: str,
+    limit: int,
+    scope: str,
+    message: str = "You are being rate limited.",
     code: int | None = None,
 ) -> web.Response:
     """A 429 exactly as Discord sends it (with ``Via`` so discord.py retries instead of assuming a ban)."""
@@ -186,7 +192,9 @@ class RateLimitBuckets:
     def bucket_hash(route_key: str) -> str:
         return hashlib.sha1(route_key.encode()).hexdigest()[:16]
 
-    def check(self, route_key: str, major: str, limit: int, period: float) -> tuple[bool, dict[str, str], float]:
+    def check(
+        self, route_key: str, major: str, limit: int, period: float
+    ) -> tuple[bool, dict[str, str], float]:
         """Record a request; returns (allowed, headers, retry_after)."""
         now = time.monotonic()
         hits = self._hits[f"{route_key}:{major}"]

@@ -10,8 +10,9 @@ import datetime
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .constants import (
     DISCORD_EPOCH_MS,
@@ -32,14 +33,18 @@ def new_snowflake() -> int:
     """A unique, increasing snowflake whose timestamp is now (so ``discord.utils.snowflake_time`` works)."""
     global _last_snowflake
     with _snowflake_lock:
-        candidate = ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (1 << 17) | (next(_snowflake_increment) % 4096)
+        candidate = (
+            ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22)
+            | (1 << 17)
+            | (next(_snowflake_increment) % 4096)
+        )
         _last_snowflake = max(candidate, _last_snowflake + 1)
         return _last_snowflake
 
 
 def iso_timestamp(moment: datetime.datetime | None = None) -> str:
     """Discord's ISO-8601 timestamp format."""
-    return (moment or datetime.datetime.now(datetime.timezone.utc)).isoformat()
+    return (moment or datetime.datetime.now(datetime.UTC)).isoformat()
 
 
 @dataclass(eq=False)
@@ -474,8 +479,15 @@ class FakeMessage:
             payload["application_id"] = str(self.application_id)
         if self.reactions:
             payload["reactions"] = [
-                {"emoji": {"id": None, "name": emoji}, "count": len(users), "me": False, "burst_colors": [],
-                 "count_details": {"burst": 0, "normal": len(users)}, "burst_count": 0, "me_burst": False}
+                {
+                    "emoji": {"id": None, "name": emoji},
+                    "count": len(users),
+                    "me": False,
+                    "burst_colors": [],
+                    "count_details": {"burst": 0, "normal": len(users)},
+                    "burst_count": 0,
+                    "me_burst": False,
+                }
                 for emoji, users in self.reactions.items()
                 if users
             ]
@@ -495,7 +507,9 @@ class FakeMessage:
                 "id": str(interaction.id),
                 "type": interaction.type,
                 "user": interaction.user.to_payload(),
-                "authorizing_integration_owners": {"0": str(interaction.guild.id)} if interaction.guild else {"1": str(interaction.user.id)},
+                "authorizing_integration_owners": {"0": str(interaction.guild.id)}
+                if interaction.guild
+                else {"1": str(interaction.user.id)},
             }
             if interaction.type == InteractionType.APPLICATION_COMMAND:
                 metadata["name"] = interaction.command_name
@@ -605,8 +619,8 @@ class FakeInteraction:
 
         try:
             await asyncio.wait_for(waiter(), timeout)
-        except asyncio.TimeoutError:
-            raise asyncio.TimeoutError(
+        except TimeoutError:
+            raise TimeoutError(
                 f"interaction {self.command_name!r} did not reach the expected state within {timeout}s; "
                 f"responses={[r.type for r in self.responses]}, original={self.original_message and self.original_message.text!r}, "
                 f"followups={[m.text for m in self.followups]!r}"
@@ -622,7 +636,9 @@ class FakeInteraction:
         await self.wait_until(lambda i: len(i.followups) >= count, timeout)
         return self.followups[count - 1]
 
-    async def wait_for_final(self, predicate: Callable[[FakeMessage], bool], timeout: float = 10.0) -> FakeMessage:
+    async def wait_for_final(
+        self, predicate: Callable[[FakeMessage], bool], timeout: float = 10.0
+    ) -> FakeMessage:
         """Wait until the original or a followup message satisfies ``predicate``; return that message."""
         await self.wait_until(lambda i: any(predicate(m) for m in i.messages), timeout)
         return next(m for m in self.messages if predicate(m))

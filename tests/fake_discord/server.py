@@ -162,7 +162,10 @@ class FakeDiscord:
         self.daily_command_create_limit = daily_command_create_limit
         self.enforce_rate_limits = enforce_rate_limits
 
-        self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user, self.owner_user.id: self.owner_user}
+        self.users: dict[int, FakeUser] = {
+            self.bot_user.id: self.bot_user,
+            self.owner_user.id: self.owner_user,
+        }
         self.guilds: dict[int, FakeGuild] = {}
         self.channels: dict[int, FakeChannel] = {}
         self.dm_channels: dict[int, FakeChannel] = {}
@@ -263,14 +266,22 @@ class FakeDiscord:
         import discord.gateway
         import discord.http
 
-        saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY, discord.asset.Asset.BASE)
+        saved = (
+            discord.http.Route.BASE,
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+            discord.asset.Asset.BASE,
+        )
         discord.http.Route.BASE = self.api_base
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url + "/")
         discord.asset.Asset.BASE = self.cdn_base
         try:
             yield self
         finally:
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY, discord.asset.Asset.BASE = saved
+            (
+                discord.http.Route.BASE,
+                discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+                discord.asset.Asset.BASE,
+            ) = saved
 
     # ======================================================================================
     # clock
@@ -308,19 +319,34 @@ class FakeDiscord:
             attachment_size_limit=attachment_size_limit,
             premium_tier=premium_tier,
         )
-        guild.roles[guild.id] = FakeRole(id=guild.id, guild_id=guild.id, name="@everyone", permissions=everyone_permissions)
-        bot_role = FakeRole(id=new_snowflake(), guild_id=guild.id, name=self.bot_user.username, permissions=bot_permissions, position=1, managed=True)
+        guild.roles[guild.id] = FakeRole(
+            id=guild.id, guild_id=guild.id, name="@everyone", permissions=everyone_permissions
+        )
+        bot_role = FakeRole(
+            id=new_snowflake(),
+            guild_id=guild.id,
+            name=self.bot_user.username,
+            permissions=bot_permissions,
+            position=1,
+            managed=True,
+        )
         guild.roles[bot_role.id] = bot_role
         guild.members[self.owner_user.id] = FakeMember(user=self.owner_user, guild=guild)
         guild.members[self.bot_user.id] = FakeMember(user=self.bot_user, guild=guild, roles=[bot_role])
         self.guilds[guild.id] = guild
         for channel_name in channels:
             self._new_channel(guild, channel_name)
-        self._soon(self.gateway.send_event("GUILD_CREATE", lambda s: guild.to_create_payload(), guild_id=guild.id, intent=Intent.GUILDS))
+        self._soon(
+            self.gateway.send_event(
+                "GUILD_CREATE", lambda s: guild.to_create_payload(), guild_id=guild.id, intent=Intent.GUILDS
+            )
+        )
         return guild
 
     def _new_channel(self, guild: FakeGuild, name: str, *, type: int = ChannelType.GUILD_TEXT) -> FakeChannel:
-        channel = FakeChannel(id=new_snowflake(), name=name, type=type, guild=guild, position=len(guild.channels))
+        channel = FakeChannel(
+            id=new_snowflake(), name=name, type=type, guild=guild, position=len(guild.channels)
+        )
         guild.channels[channel.id] = channel
         self.channels[channel.id] = channel
         self._channel_messages[channel.id] = []
@@ -341,13 +367,30 @@ class FakeDiscord:
             channel.overwrites.append((guild.id, 0, 0, everyone_denied))
         if bot_denied:
             channel.overwrites.append((self.bot_user.id, 1, 0, bot_denied))
-        self._soon(self.gateway.send_event("CHANNEL_CREATE", channel.to_payload(), guild_id=guild.id, intent=Intent.GUILDS))
+        self._soon(
+            self.gateway.send_event(
+                "CHANNEL_CREATE", channel.to_payload(), guild_id=guild.id, intent=Intent.GUILDS
+            )
+        )
         return channel
 
     def add_role(self, guild: FakeGuild, name: str, permissions: int) -> FakeRole:
-        role = FakeRole(id=new_snowflake(), guild_id=guild.id, name=name, permissions=permissions, position=len(guild.roles))
+        role = FakeRole(
+            id=new_snowflake(),
+            guild_id=guild.id,
+            name=name,
+            permissions=permissions,
+            position=len(guild.roles),
+        )
         guild.roles[role.id] = role
-        self._soon(self.gateway.send_event("GUILD_ROLE_CREATE", {"guild_id": str(guild.id), "role": role.to_payload()}, guild_id=guild.id, intent=Intent.GUILDS))
+        self._soon(
+            self.gateway.send_event(
+                "GUILD_ROLE_CREATE",
+                {"guild_id": str(guild.id), "role": role.to_payload()},
+                guild_id=guild.id,
+                intent=Intent.GUILDS,
+            )
+        )
         return role
 
     def allow_command(self, guild: FakeGuild, command_name: str, who: FakeMember | FakeRole) -> None:
@@ -379,7 +422,10 @@ class FakeDiscord:
         guild.members[user.id] = member
         self._soon(
             self.gateway.send_event(
-                "GUILD_MEMBER_ADD", {**member.to_payload(), "guild_id": str(guild.id)}, guild_id=guild.id, intent=Intent.GUILD_MEMBERS
+                "GUILD_MEMBER_ADD",
+                {**member.to_payload(), "guild_id": str(guild.id)},
+                guild_id=guild.id,
+                intent=Intent.GUILD_MEMBERS,
             )
         )
         return member
@@ -395,7 +441,9 @@ class FakeDiscord:
         waveform: str | None = None,
     ) -> FakeAttachment:
         """A file a member uploads (to use as a slash-command option or in ``post_user_message``); served by the CDN."""
-        return self._make_attachment("attachments", 0, filename, data, content_type, description, duration_secs, waveform)
+        return self._make_attachment(
+            "attachments", 0, filename, data, content_type, description, duration_secs, waveform
+        )
 
     def _make_attachment(
         self,
@@ -439,7 +487,11 @@ class FakeDiscord:
         found = [m for m in self._channel_messages.get(channel.id, []) if not m.deleted]
         if include_ephemeral:
             found += [
-                m for i in self.interactions.values() if i.channel is channel for m in i.messages if m.is_ephemeral and not m.deleted
+                m
+                for i in self.interactions.values()
+                if i.channel is channel
+                for m in i.messages
+                if m.is_ephemeral and not m.deleted
             ]
             found.sort(key=lambda m: m.id)
         return found
@@ -498,20 +550,26 @@ class FakeDiscord:
 
         try:
             return await asyncio.wait_for(waiter(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             seen = [m.text for m in self.messages_by_id.values() if channel is None or m.channel is channel]
-            raise asyncio.TimeoutError(f"no matching message within {timeout}s; messages seen: {seen!r}") from None
+            raise TimeoutError(f"no matching message within {timeout}s; messages seen: {seen!r}") from None
 
     async def wait_until_connected(self, timeout: float = 10.0) -> None:
         """Wait until every shard the bot identified is connected (e.g. after a drop)."""
         await self.gateway.wait_until(
-            lambda: bool(self.gateway.live_sessions()) and all(s.socket is not None for s in self.gateway.live_sessions()), timeout
+            lambda: (
+                bool(self.gateway.live_sessions())
+                and all(s.socket is not None for s in self.gateway.live_sessions())
+            ),
+            timeout,
         )
 
     # ======================================================================================
     # gateway controls
     # ======================================================================================
-    async def drop_gateway(self, code: int = 4000, *, wait_for_resume: bool = True, timeout: float = 15.0) -> None:
+    async def drop_gateway(
+        self, code: int = 4000, *, wait_for_resume: bool = True, timeout: float = 15.0
+    ) -> None:
         """Drop the bot's gateway connection(s); by default wait until it RESUMEs."""
         before = self.gateway.resume_count
         dropped = await self.gateway.drop(code)
@@ -524,7 +582,9 @@ class FakeDiscord:
     async def invalidate_sessions(self, *, resumable: bool = False) -> None:
         await self.gateway.invalidate(resumable=resumable)
 
-    async def dispatch(self, event: str, data: Any, *, guild: FakeGuild | None = None, intent: int | None = None) -> int:
+    async def dispatch(
+        self, event: str, data: Any, *, guild: FakeGuild | None = None, intent: int | None = None
+    ) -> int:
         """Send any gateway event to the bot (escape hatch)."""
         return await self.gateway.send_event(event, data, guild_id=guild.id if guild else None, intent=intent)
 
@@ -539,7 +599,9 @@ class FakeDiscord:
         scope: str = "user",
     ) -> None:
         """Answer the next ``times`` requests matching ``method`` and glob ``path`` (e.g. ``/channels/*/messages``) with 429."""
-        self._injected_rate_limits.append(InjectedRateLimit(method.upper(), path, retry_after, is_global, times, scope))
+        self._injected_rate_limits.append(
+            InjectedRateLimit(method.upper(), path, retry_after, is_global, times, scope)
+        )
 
     def _soon(self, coroutine: Awaitable[Any]) -> None:
         """Run a gateway send from sync test-setup code (no-op if nobody is connected)."""
@@ -555,7 +617,9 @@ class FakeDiscord:
     # ======================================================================================
     # member actions (what a person does in the Discord client)
     # ======================================================================================
-    def _find_command(self, guild: FakeGuild | None, name: str, command_type: int) -> RegisteredCommand | None:
+    def _find_command(
+        self, guild: FakeGuild | None, name: str, command_type: int
+    ) -> RegisteredCommand | None:
         scopes = ([guild.id] if guild else []) + [None]
         for scope in scopes:
             command = self.commands.get(scope, {}).get((name, command_type))
@@ -569,14 +633,22 @@ class FakeDiscord:
 
     def _check_can_use(self, command: RegisteredCommand, member: FakeMember, channel: FakeChannel) -> None:
         if channel.guild is not member.guild:
-            raise FakeDiscordValidationError(f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}")
+            raise FakeDiscordValidationError(
+                f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}"
+            )
         if not member_can_see(command, member):
-            raise FakeDiscordValidationError(f"{member.name} cannot see /{command.name}: it needs permissions {command.payload.get('default_member_permissions')}")
+            raise FakeDiscordValidationError(
+                f"{member.name} cannot see /{command.name}: it needs permissions {command.payload.get('default_member_permissions')}"
+            )
         contexts = command.payload.get("contexts")
         if contexts is not None and 0 not in contexts:
-            raise FakeDiscordValidationError(f"/{command.name} is not usable in servers (contexts={contexts})")
+            raise FakeDiscordValidationError(
+                f"/{command.name} is not usable in servers (contexts={contexts})"
+            )
         if not channel.permissions_for(member) & Permission.USE_APPLICATION_COMMANDS:
-            raise FakeDiscordValidationError(f"{member.name} may not use application commands in #{channel.name}")
+            raise FakeDiscordValidationError(
+                f"{member.name} may not use application commands in #{channel.name}"
+            )
 
     async def invoke_slash_command(
         self,
@@ -595,8 +667,15 @@ class FakeDiscord:
         guild = member.guild
         command = self._find_command(guild, command_name, CommandType.CHAT_INPUT)
         if command is None:
-            known = sorted(n for scope in (guild.id, None) for (n, t) in self.commands.get(scope, {}) if t == CommandType.CHAT_INPUT)
-            raise FakeDiscordValidationError(f"no slash command /{command_name} is registered (registered: {known})")
+            known = sorted(
+                n
+                for scope in (guild.id, None)
+                for (n, t) in self.commands.get(scope, {})
+                if t == CommandType.CHAT_INPUT
+            )
+            raise FakeDiscordValidationError(
+                f"no slash command /{command_name} is registered (registered: {known})"
+            )
         self._check_can_use(command, member, channel)
         built = build_invocation(
             command,
@@ -617,10 +696,17 @@ class FakeDiscord:
         if command.guild_id is not None:
             data["guild_id"] = str(command.guild_id)
         return await self._send_interaction(
-            InteractionType.APPLICATION_COMMAND, member, channel, data, command_name=" ".join([command_name, *path]), command_type=CommandType.CHAT_INPUT
+            InteractionType.APPLICATION_COMMAND,
+            member,
+            channel,
+            data,
+            command_name=" ".join([command_name, *path]),
+            command_type=CommandType.CHAT_INPUT,
         )
 
-    async def invoke_message_command(self, member: FakeMember, message: FakeMessage, name: str) -> FakeInteraction:
+    async def invoke_message_command(
+        self, member: FakeMember, message: FakeMessage, name: str
+    ) -> FakeInteraction:
         """Run the message context-menu command ``name`` on ``message`` (Apps > name)."""
         guild = member.guild
         command = self._find_command(guild, name, CommandType.MESSAGE)
@@ -640,10 +726,17 @@ class FakeDiscord:
         if command.guild_id is not None:
             data["guild_id"] = str(command.guild_id)
         return await self._send_interaction(
-            InteractionType.APPLICATION_COMMAND, member, message.channel, data, command_name=name, command_type=CommandType.MESSAGE
+            InteractionType.APPLICATION_COMMAND,
+            member,
+            message.channel,
+            data,
+            command_name=name,
+            command_type=CommandType.MESSAGE,
         )
 
-    async def invoke_user_command(self, member: FakeMember, target: FakeMember, name: str, channel: FakeChannel) -> FakeInteraction:
+    async def invoke_user_command(
+        self, member: FakeMember, target: FakeMember, name: str, channel: FakeChannel
+    ) -> FakeInteraction:
         """Run the user context-menu command ``name`` on ``target``."""
         command = self._find_command(member.guild, name, CommandType.USER)
         if command is None:
@@ -656,24 +749,35 @@ class FakeDiscord:
             "target_id": str(target.id),
             "resolved": {
                 "users": {str(target.id): target.user.to_payload()},
-                "members": {str(target.id): target.to_payload(with_user=False, with_permissions=target.permissions)},
+                "members": {
+                    str(target.id): target.to_payload(with_user=False, with_permissions=target.permissions)
+                },
             },
         }
         if command.guild_id is not None:
             data["guild_id"] = str(command.guild_id)
         return await self._send_interaction(
-            InteractionType.APPLICATION_COMMAND, member, channel, data, command_name=name, command_type=CommandType.USER
+            InteractionType.APPLICATION_COMMAND,
+            member,
+            channel,
+            data,
+            command_name=name,
+            command_type=CommandType.USER,
         )
 
     async def click_button(self, member: FakeMember, message: FakeMessage, custom_id: str) -> FakeInteraction:
         """Click the button ``custom_id`` on ``message`` (a component interaction)."""
         button = next((b for b in message.buttons() if b.get("custom_id") == custom_id), None)
         if button is None:
-            raise FakeDiscordValidationError(f"message {message.id} has no button {custom_id!r} (buttons: {[b.get('custom_id') for b in message.buttons()]})")
+            raise FakeDiscordValidationError(
+                f"message {message.id} has no button {custom_id!r} (buttons: {[b.get('custom_id') for b in message.buttons()]})"
+            )
         if button.get("disabled"):
             raise FakeDiscordValidationError(f"button {custom_id!r} is disabled")
         data = {"custom_id": custom_id, "component_type": 2}
-        return await self._send_interaction(InteractionType.MESSAGE_COMPONENT, member, message.channel, data, source_message=message)
+        return await self._send_interaction(
+            InteractionType.MESSAGE_COMPONENT, member, message.channel, data, source_message=message
+        )
 
     async def _send_interaction(
         self,
@@ -751,7 +855,9 @@ class FakeDiscord:
         """``member`` posts a message (MESSAGE_CREATE to the bot). ``reply_to`` makes it a reply that pings its
         author unless ``mention_author=False``. ``voice_message`` posts the single attachment as a voice message."""
         if channel.guild is not member.guild:
-            raise FakeDiscordValidationError(f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}")
+            raise FakeDiscordValidationError(
+                f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}"
+            )
         if not channel.permissions_for(member) & Permission.SEND_MESSAGES:
             raise FakeDiscordValidationError(f"{member.name} may not send messages in #{channel.name}")
         flags = 0
@@ -781,7 +887,10 @@ class FakeDiscord:
             type=MessageType.REPLY if reply_to else MessageType.DEFAULT,
             reference=reply_to,
         )
-        message.mentions = self._resolve_mentions(message, None if mention_author else {"parse": ["users", "roles", "everyone"], "replied_user": False})
+        message.mentions = self._resolve_mentions(
+            message,
+            None if mention_author else {"parse": ["users", "roles", "everyone"], "replied_user": False},
+        )
         await self._store_and_announce(message)
         return message
 
@@ -793,7 +902,9 @@ class FakeDiscord:
     # ======================================================================================
     # message plumbing
     # ======================================================================================
-    def _resolve_mentions(self, message: FakeMessage, allowed_mentions: dict[str, Any] | None) -> list[FakeUser]:
+    def _resolve_mentions(
+        self, message: FakeMessage, allowed_mentions: dict[str, Any] | None
+    ) -> list[FakeUser]:
         """Who a message pings, honouring ``allowed_mentions`` like Discord."""
         parse_all = allowed_mentions is None
         parse = set((allowed_mentions or {}).get("parse", []))
@@ -849,7 +960,10 @@ class FakeDiscord:
         guild = message.channel.guild
         intent = Intent.GUILD_MESSAGES if guild is not None else Intent.DIRECT_MESSAGES
         await self.gateway.send_event(
-            event, lambda session: self._event_payload(message, session), guild_id=guild.id if guild else None, intent=intent
+            event,
+            lambda session: self._event_payload(message, session),
+            guild_id=guild.id if guild else None,
+            intent=intent,
         )
 
     async def _announce_update(self, message: FakeMessage) -> None:
@@ -863,7 +977,10 @@ class FakeDiscord:
             if guild is not None:
                 data["guild_id"] = str(guild.id)
             await self.gateway.send_event(
-                "MESSAGE_DELETE", data, guild_id=guild.id if guild else None, intent=Intent.GUILD_MESSAGES if guild else Intent.DIRECT_MESSAGES
+                "MESSAGE_DELETE",
+                data,
+                guild_id=guild.id if guild else None,
+                intent=Intent.GUILD_MESSAGES if guild else Intent.DIRECT_MESSAGES,
             )
         await self._notify_world()
 
@@ -883,12 +1000,16 @@ class FakeDiscord:
                 data["member"] = guild.members[user.id].to_payload()
                 data["message_author_id"] = str(message.author.id)
         await self.gateway.send_event(
-            event, data, guild_id=guild.id if guild else None,
+            event,
+            data,
+            guild_id=guild.id if guild else None,
             intent=Intent.GUILD_MESSAGE_REACTIONS if guild else Intent.DIRECT_MESSAGE_REACTIONS,
         )
         await self._notify_world()
 
-    def _validate_message_payload(self, payload: dict[str, Any], uploads: list[Upload], *, creating: bool) -> None:
+    def _validate_message_payload(
+        self, payload: dict[str, Any], uploads: list[Upload], *, creating: bool
+    ) -> None:
         content = payload.get("content")
         if content is not None and not isinstance(content, str):
             content = str(content)
@@ -907,23 +1028,41 @@ class FakeDiscord:
                 value = embed.get(key) or ""
                 total += len(value)
                 if len(value) > limit:
-                    raise form_error(f"embeds.{index}.{key}", "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+                    raise form_error(
+                        f"embeds.{index}.{key}",
+                        "BASE_TYPE_MAX_LENGTH",
+                        f"Must be {limit} or fewer in length.",
+                    )
             fields = embed.get("fields") or []
             if len(fields) > Limit.EMBED_FIELDS:
-                raise form_error(f"embeds.{index}.fields", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+                raise form_error(
+                    f"embeds.{index}.fields", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+                )
             for field_index, embed_field in enumerate(fields):
                 name, value = embed_field.get("name") or "", embed_field.get("value") or ""
                 if not name or len(name) > Limit.EMBED_FIELD_NAME:
-                    raise form_error(f"embeds.{index}.fields.{field_index}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 256 in length.")
+                    raise form_error(
+                        f"embeds.{index}.fields.{field_index}.name",
+                        "BASE_TYPE_BAD_LENGTH",
+                        "Must be between 1 and 256 in length.",
+                    )
                 if not value or len(value) > Limit.EMBED_FIELD_VALUE:
-                    raise form_error(f"embeds.{index}.fields.{field_index}.value", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 1024 in length.")
+                    raise form_error(
+                        f"embeds.{index}.fields.{field_index}.value",
+                        "BASE_TYPE_BAD_LENGTH",
+                        "Must be between 1 and 1024 in length.",
+                    )
                 total += len(name) + len(value)
             footer = (embed.get("footer") or {}).get("text") or ""
             if len(footer) > Limit.EMBED_FOOTER:
-                raise form_error(f"embeds.{index}.footer.text", "BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length.")
+                raise form_error(
+                    f"embeds.{index}.footer.text", "BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length."
+                )
             author = (embed.get("author") or {}).get("name") or ""
             if len(author) > Limit.EMBED_AUTHOR_NAME:
-                raise form_error(f"embeds.{index}.author.name", "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length.")
+                raise form_error(
+                    f"embeds.{index}.author.name", "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length."
+                )
             total += len(footer) + len(author)
         if total > Limit.EMBED_TOTAL:
             raise form_error("embeds", "MAX_EMBED_SIZE_EXCEEDED", "Embed size exceeds maximum size of 6000")
@@ -933,15 +1072,27 @@ class FakeDiscord:
                 raise form_error("components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
             for row_index, row in enumerate(components):
                 if row.get("type") != 1:
-                    raise form_error(f"components.{row_index}.type", "UNION_TYPE_CHOICES", "Top-level components must be action rows.")
+                    raise form_error(
+                        f"components.{row_index}.type",
+                        "UNION_TYPE_CHOICES",
+                        "Top-level components must be action rows.",
+                    )
                 if not 1 <= len(row.get("components") or []) <= Limit.COMPONENTS_PER_ROW:
-                    raise form_error(f"components.{row_index}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+                    raise form_error(
+                        f"components.{row_index}.components",
+                        "BASE_TYPE_BAD_LENGTH",
+                        "Must be between 1 and 5 in length.",
+                    )
         if len(uploads) > Limit.FILES_PER_MESSAGE:
             raise form_error("files", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
-        if creating and not (content or embeds or uploads or components or payload.get("sticker_ids") or payload.get("poll")):
+        if creating and not (
+            content or embeds or uploads or components or payload.get("sticker_ids") or payload.get("poll")
+        ):
             raise DiscordHTTPError(400, ErrorCode.CANNOT_SEND_EMPTY_MESSAGE, "Cannot send an empty message")
 
-    def _attachments_from(self, message: FakeMessage, body: RequestBody, *, editing: bool) -> list[FakeAttachment]:
+    def _attachments_from(
+        self, message: FakeMessage, body: RequestBody, *, editing: bool
+    ) -> list[FakeAttachment]:
         """Map ``attachments`` entries and ``files[n]`` uploads to attachments (Discord v10 semantics)."""
         uploads_by_index = {u.field_index: u for u in body.uploads}
         described = body.payload.get("attachments")
@@ -961,20 +1112,30 @@ class FakeDiscord:
                     used.add(entry_id)
                     result.append(
                         self._make_attachment(
-                            "attachments", channel_id, entry.get("filename") or upload.filename, upload.data, None,
-                            description=entry.get("description"), duration_secs=entry.get("duration_secs"), waveform=entry.get("waveform"),
+                            "attachments",
+                            channel_id,
+                            entry.get("filename") or upload.filename,
+                            upload.data,
+                            None,
+                            description=entry.get("description"),
+                            duration_secs=entry.get("duration_secs"),
+                            waveform=entry.get("waveform"),
                         )
                     )
                 else:
                     raise form_error("attachments", "ATTACHMENT_NOT_FOUND", f"Unknown attachment {entry_id}")
         for upload in body.uploads:
             if upload.field_index not in used:
-                result.append(self._make_attachment("attachments", channel_id, upload.filename, upload.data, None))
+                result.append(
+                    self._make_attachment("attachments", channel_id, upload.filename, upload.data, None)
+                )
         if len(result) > Limit.FILES_PER_MESSAGE:
             raise form_error("attachments", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
         return result
 
-    def _apply_body(self, message: FakeMessage, body: RequestBody, *, editing: bool, allow_ephemeral: bool) -> None:
+    def _apply_body(
+        self, message: FakeMessage, body: RequestBody, *, editing: bool, allow_ephemeral: bool
+    ) -> None:
         payload = body.payload
         self._validate_message_payload(payload, body.uploads, creating=not editing)
         if editing:
@@ -989,9 +1150,13 @@ class FakeDiscord:
         message.attachments = self._attachments_from(message, body, editing=editing)
         flags = payload.get("flags")
         if flags is not None:
-            settable = MessageFlag.SETTABLE | (MessageFlag.EPHEMERAL if allow_ephemeral and not editing else 0)
+            settable = MessageFlag.SETTABLE | (
+                MessageFlag.EPHEMERAL if allow_ephemeral and not editing else 0
+            )
             if editing:
-                message.flags = (message.flags & ~MessageFlag.SUPPRESS_EMBEDS) | (int(flags) & MessageFlag.SUPPRESS_EMBEDS)
+                message.flags = (message.flags & ~MessageFlag.SUPPRESS_EMBEDS) | (
+                    int(flags) & MessageFlag.SUPPRESS_EMBEDS
+                )
             else:
                 message.flags |= int(flags) & settable
         if not editing:
@@ -1003,7 +1168,16 @@ class FakeDiscord:
     # ======================================================================================
     # REST routing
     # ======================================================================================
-    def _route(self, method: str, template: str, handler: Handler, *, auth: bool = True, limit: tuple[int, float] | None = (50, 1.0), major: str | None = None) -> None:
+    def _route(
+        self,
+        method: str,
+        template: str,
+        handler: Handler,
+        *,
+        auth: bool = True,
+        limit: tuple[int, float] | None = (50, 1.0),
+        major: str | None = None,
+    ) -> None:
         pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
         self._routes.append(_Route(method, template, pattern, handler, auth, limit, major))
 
@@ -1017,29 +1191,99 @@ class FakeDiscord:
         r("GET", "/oauth2/applications/@me", self._get_application)
         r("GET", "/applications/@me", self._get_application)
         r("GET", "/applications/{application_id}/emojis", self._list_app_emojis)
-        for prefix in ("/applications/{application_id}/commands", "/applications/{application_id}/guilds/{guild_id}/commands"):
+        for prefix in (
+            "/applications/{application_id}/commands",
+            "/applications/{application_id}/guilds/{guild_id}/commands",
+        ):
             r("GET", prefix, self._list_commands, major="guild_id")
             r("PUT", prefix, self._bulk_overwrite_commands, major="guild_id")
             r("POST", prefix, self._create_command, major="guild_id")
             r("GET", prefix + "/{command_id}", self._get_command, major="guild_id")
             r("PATCH", prefix + "/{command_id}", self._edit_command, major="guild_id")
             r("DELETE", prefix + "/{command_id}", self._delete_command, major="guild_id")
-        r("GET", "/applications/{application_id}/guilds/{guild_id}/commands/permissions", self._command_permissions)
-        r("POST", "/interactions/{interaction_id}/{token}/callback", self._interaction_callback, auth=False, limit=None)
-        r("POST", "/webhooks/{application_id}/{token}", self._webhook_execute, auth=False, limit=(5, 2.0), major="token")
-        r("GET", "/webhooks/{application_id}/{token}/messages/{message_id}", self._webhook_get_message, auth=False, limit=(5, 2.0), major="token")
-        r("PATCH", "/webhooks/{application_id}/{token}/messages/{message_id}", self._webhook_edit_message, auth=False, limit=(5, 2.0), major="token")
-        r("DELETE", "/webhooks/{application_id}/{token}/messages/{message_id}", self._webhook_delete_message, auth=False, limit=(5, 2.0), major="token")
+        r(
+            "GET",
+            "/applications/{application_id}/guilds/{guild_id}/commands/permissions",
+            self._command_permissions,
+        )
+        r(
+            "POST",
+            "/interactions/{interaction_id}/{token}/callback",
+            self._interaction_callback,
+            auth=False,
+            limit=None,
+        )
+        r(
+            "POST",
+            "/webhooks/{application_id}/{token}",
+            self._webhook_execute,
+            auth=False,
+            limit=(5, 2.0),
+            major="token",
+        )
+        r(
+            "GET",
+            "/webhooks/{application_id}/{token}/messages/{message_id}",
+            self._webhook_get_message,
+            auth=False,
+            limit=(5, 2.0),
+            major="token",
+        )
+        r(
+            "PATCH",
+            "/webhooks/{application_id}/{token}/messages/{message_id}",
+            self._webhook_edit_message,
+            auth=False,
+            limit=(5, 2.0),
+            major="token",
+        )
+        r(
+            "DELETE",
+            "/webhooks/{application_id}/{token}/messages/{message_id}",
+            self._webhook_delete_message,
+            auth=False,
+            limit=(5, 2.0),
+            major="token",
+        )
         r("GET", "/channels/{channel_id}", self._get_channel, major="channel_id")
         r("GET", "/channels/{channel_id}/messages", self._list_messages, major="channel_id")
         r("POST", "/channels/{channel_id}/messages", self._create_message, limit=(5, 5.0), major="channel_id")
         r("GET", "/channels/{channel_id}/messages/{message_id}", self._get_message, major="channel_id")
-        r("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message, limit=(5, 5.0), major="channel_id")
-        r("DELETE", "/channels/{channel_id}/messages/{message_id}", self._delete_message, limit=(5, 1.0), major="channel_id")
+        r(
+            "PATCH",
+            "/channels/{channel_id}/messages/{message_id}",
+            self._edit_message,
+            limit=(5, 5.0),
+            major="channel_id",
+        )
+        r(
+            "DELETE",
+            "/channels/{channel_id}/messages/{message_id}",
+            self._delete_message,
+            limit=(5, 1.0),
+            major="channel_id",
+        )
         r("POST", "/channels/{channel_id}/typing", self._typing, major="channel_id")
-        r("PUT", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", self._add_own_reaction, limit=(1, 0.25), major="channel_id")
-        r("DELETE", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", self._remove_own_reaction, limit=(1, 0.25), major="channel_id")
-        r("POST", "/channels/{channel_id}/messages/{message_id}/threads", self._thread_from_message, major="channel_id")
+        r(
+            "PUT",
+            "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+            self._add_own_reaction,
+            limit=(1, 0.25),
+            major="channel_id",
+        )
+        r(
+            "DELETE",
+            "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+            self._remove_own_reaction,
+            limit=(1, 0.25),
+            major="channel_id",
+        )
+        r(
+            "POST",
+            "/channels/{channel_id}/messages/{message_id}/threads",
+            self._thread_from_message,
+            major="channel_id",
+        )
         r("POST", "/channels/{channel_id}/threads", self._thread_without_message, major="channel_id")
         r("GET", "/guilds/{guild_id}", self._get_guild, major="guild_id")
         r("GET", "/guilds/{guild_id}/channels", self._get_guild_channels, major="guild_id")
@@ -1060,7 +1304,11 @@ class FakeDiscord:
                 continue
             context = RequestContext(request, found.groupdict(), route.template)
             response = await self._run_route(route, context, api_path)
-            self.requests.append(RequestRecord(request.method, api_path, route.template, response.status, self.clock(), context.payload))
+            self.requests.append(
+                RequestRecord(
+                    request.method, api_path, route.template, response.status, self.clock(), context.payload
+                )
+            )
             if response.status in (401, 403, 429):
                 self.invalid_request_count += 1
             return response
@@ -1078,19 +1326,27 @@ class FakeDiscord:
             if injected.times > 0 and injected.matches(request.method, api_path):
                 injected.times -= 1
                 return rate_limit_response(
-                    retry_after=injected.retry_after, is_global=injected.is_global, bucket=RateLimitBuckets.bucket_hash(route.template),
-                    limit=5, scope="global" if injected.is_global else injected.scope,
+                    retry_after=injected.retry_after,
+                    is_global=injected.is_global,
+                    bucket=RateLimitBuckets.bucket_hash(route.template),
+                    limit=5,
+                    scope="global" if injected.is_global else injected.scope,
                 )
         if route.auth and request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
         headers: dict[str, str] = {}
         if route.limit is not None and self.enforce_rate_limits:
             major = params.get(route.major, "") if route.major else ""
-            allowed, headers, retry_after = self._buckets.check(f"{request.method} {route.template}", major, *route.limit)
+            allowed, headers, retry_after = self._buckets.check(
+                f"{request.method} {route.template}", major, *route.limit
+            )
             if not allowed:
                 return rate_limit_response(
-                    retry_after=retry_after, is_global=False, bucket=RateLimitBuckets.bucket_hash(f"{request.method} {route.template}"),
-                    limit=route.limit[0], scope="user",
+                    retry_after=retry_after,
+                    is_global=False,
+                    bucket=RateLimitBuckets.bucket_hash(f"{request.method} {route.template}"),
+                    limit=route.limit[0],
+                    scope="user",
                 )
         try:
             response = await route.handler(ctx)
@@ -1106,7 +1362,15 @@ class FakeDiscord:
     # REST: identity, gateway, application
     # ======================================================================================
     async def _get_me(self, ctx: RequestContext) -> web.Response:
-        return json_response({**self.bot_user.to_payload(), "verified": True, "mfa_enabled": False, "email": None, "locale": "en-US"})
+        return json_response(
+            {
+                **self.bot_user.to_payload(),
+                "verified": True,
+                "mfa_enabled": False,
+                "email": None,
+                "locale": "en-US",
+            }
+        )
 
     async def _get_user(self, ctx: RequestContext) -> web.Response:
         user = self.users.get(int(ctx.params["user_id"])) if ctx.params["user_id"].isdigit() else None
@@ -1139,7 +1403,12 @@ class FakeDiscord:
             {
                 "url": self.gateway_url,
                 "shards": self.recommended_shards,
-                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1},
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 14_400_000,
+                    "max_concurrency": 1,
+                },
             }
         )
 
@@ -1162,7 +1431,10 @@ class FakeDiscord:
                 "redirect_uris": [],
                 "interactions_endpoint_url": None,
                 "tags": [],
-                "install_params": {"scopes": ["bot", "applications.commands"], "permissions": str(DEFAULT_BOT_PERMISSIONS)},
+                "install_params": {
+                    "scopes": ["bot", "applications.commands"],
+                    "permissions": str(DEFAULT_BOT_PERMISSIONS),
+                },
                 "integration_types_config": {"0": {}},
                 "approximate_guild_count": len(self.guilds),
             }
@@ -1201,11 +1473,17 @@ class FakeDiscord:
                 ErrorCode.MAX_DAILY_COMMAND_CREATES,
                 f"Max number of daily application command creates has been reached ({self.daily_command_create_limit})",
                 extra={"retry_after": retry_after, "global": False},
-                headers={"Via": "1.1 google", "Retry-After": str(int(retry_after)), "X-RateLimit-Scope": "shared"},
+                headers={
+                    "Via": "1.1 google",
+                    "Retry-After": str(int(retry_after)),
+                    "X-RateLimit-Scope": "shared",
+                },
             )
         self._command_creates[key] = used + new_names
 
-    def _store_command(self, scope: int | None, payload: dict[str, Any], existing: dict[tuple[str, int], RegisteredCommand]) -> RegisteredCommand:
+    def _store_command(
+        self, scope: int | None, payload: dict[str, Any], existing: dict[tuple[str, int], RegisteredCommand]
+    ) -> RegisteredCommand:
         key = (payload["name"], payload.get("type", CommandType.CHAT_INPUT))
         old = existing.get(key)
         return RegisteredCommand(
@@ -1284,29 +1562,51 @@ class FakeDiscord:
     # REST: interaction callbacks and webhooks
     # ======================================================================================
     async def _interaction_callback(self, ctx: RequestContext) -> web.Response:
-        interaction = self.interactions.get(int(ctx.params["interaction_id"])) if ctx.params["interaction_id"].isdigit() else None
+        interaction = (
+            self.interactions.get(int(ctx.params["interaction_id"]))
+            if ctx.params["interaction_id"].isdigit()
+            else None
+        )
         if interaction is None or interaction.token != ctx.params["token"]:
             raise not_found(ErrorCode.UNKNOWN_INTERACTION, "Unknown interaction")
         if interaction.responses:
-            raise DiscordHTTPError(400, ErrorCode.INTERACTION_ALREADY_ACKNOWLEDGED, "Interaction has already been acknowledged.")
+            raise DiscordHTTPError(
+                400, ErrorCode.INTERACTION_ALREADY_ACKNOWLEDGED, "Interaction has already been acknowledged."
+            )
         if self.clock() - interaction.created_at > self.response_deadline_s:
             raise not_found(ErrorCode.UNKNOWN_INTERACTION, "Unknown interaction")
         body = await ctx.body(file_size_limit=interaction.attachment_size_limit)
         callback_type = body.payload.get("type")
         data = body.payload.get("data") or {}
         allowed = {
-            InteractionType.APPLICATION_COMMAND: {CallbackType.CHANNEL_MESSAGE_WITH_SOURCE, CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE, CallbackType.MODAL},
+            InteractionType.APPLICATION_COMMAND: {
+                CallbackType.CHANNEL_MESSAGE_WITH_SOURCE,
+                CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE,
+                CallbackType.MODAL,
+            },
             InteractionType.MESSAGE_COMPONENT: {4, 5, 6, 7, 9},
             InteractionType.MODAL_SUBMIT: {4, 5, 6, 7},
         }[interaction.type]
         if callback_type not in allowed:
-            raise form_error("type", "INTERACTION_CALLBACK_TYPE_INVALID", f"Callback type {callback_type} is not valid for this interaction")
+            raise form_error(
+                "type",
+                "INTERACTION_CALLBACK_TYPE_INVALID",
+                f"Callback type {callback_type} is not valid for this interaction",
+            )
         record = CallbackRecord(type=callback_type, data=data)
         message: FakeMessage | None = None
-        if callback_type in (CallbackType.CHANNEL_MESSAGE_WITH_SOURCE, CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE):
+        if callback_type in (
+            CallbackType.CHANNEL_MESSAGE_WITH_SOURCE,
+            CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE,
+        ):
             message = self._interaction_message(interaction)
             if callback_type == CallbackType.CHANNEL_MESSAGE_WITH_SOURCE:
-                self._apply_body(message, RequestBody(payload=data, uploads=body.uploads), editing=False, allow_ephemeral=True)
+                self._apply_body(
+                    message,
+                    RequestBody(payload=data, uploads=body.uploads),
+                    editing=False,
+                    allow_ephemeral=True,
+                )
             else:
                 message.flags = MessageFlag.LOADING | (int(data.get("flags") or 0) & MessageFlag.EPHEMERAL)
                 interaction.deferred_pending = True
@@ -1317,7 +1617,9 @@ class FakeDiscord:
         elif callback_type == CallbackType.UPDATE_MESSAGE:
             assert interaction.source_message is not None
             message = interaction.source_message
-            self._apply_body(message, RequestBody(payload=data, uploads=body.uploads), editing=True, allow_ephemeral=False)
+            self._apply_body(
+                message, RequestBody(payload=data, uploads=body.uploads), editing=True, allow_ephemeral=False
+            )
             interaction.original_message = message
             interaction.responses.append(record)
             await self._announce_update(message)
@@ -1346,7 +1648,11 @@ class FakeDiscord:
 
     def _interaction_message(self, interaction: FakeInteraction) -> FakeMessage:
         if interaction.type == InteractionType.APPLICATION_COMMAND:
-            message_type = MessageType.CHAT_INPUT_COMMAND if interaction.command_type == CommandType.CHAT_INPUT else MessageType.CONTEXT_MENU_COMMAND
+            message_type = (
+                MessageType.CHAT_INPUT_COMMAND
+                if interaction.command_type == CommandType.CHAT_INPUT
+                else MessageType.CONTEXT_MENU_COMMAND
+            )
         else:
             message_type = MessageType.DEFAULT
         return FakeMessage(
@@ -1363,7 +1669,10 @@ class FakeDiscord:
         interaction = self._interactions_by_token.get(ctx.params["token"])
         if interaction is None or str(interaction.application_id) != ctx.params["application_id"]:
             raise not_found(ErrorCode.UNKNOWN_WEBHOOK, "Unknown Webhook")
-        if interaction.token_expired or self.clock() - interaction.created_at > Limit.INTERACTION_TOKEN_SECONDS:
+        if (
+            interaction.token_expired
+            or self.clock() - interaction.created_at > Limit.INTERACTION_TOKEN_SECONDS
+        ):
             interaction.token_expired = True
             raise DiscordHTTPError(401, ErrorCode.INVALID_WEBHOOK_TOKEN, "Invalid Webhook Token")
         return interaction
@@ -1435,7 +1744,9 @@ class FakeDiscord:
     # REST: channels and messages
     # ======================================================================================
     def _channel(self, ctx: RequestContext) -> FakeChannel:
-        channel = self.channels.get(int(ctx.params["channel_id"])) if ctx.params["channel_id"].isdigit() else None
+        channel = (
+            self.channels.get(int(ctx.params["channel_id"])) if ctx.params["channel_id"].isdigit() else None
+        )
         if channel is None:
             raise not_found(ErrorCode.UNKNOWN_CHANNEL, "Unknown Channel")
         return channel
@@ -1476,7 +1787,9 @@ class FakeDiscord:
         if "before" in ctx.query:
             history = [m for m in history if m.id < int(ctx.query["before"])]
         if "after" in ctx.query:
-            history = sorted((m for m in history if m.id > int(ctx.query["after"])), key=lambda m: m.id)[:limit]
+            history = sorted((m for m in history if m.id > int(ctx.query["after"])), key=lambda m: m.id)[
+                :limit
+            ]
             history.reverse()
         if "around" in ctx.query:
             around = int(ctx.query["around"])
@@ -1518,9 +1831,13 @@ class FakeDiscord:
         # The bot may edit any message it authored, interaction responses included (that is how a
         # response is still updated after its token expired).
         if message.author is not self.bot_user:
-            raise DiscordHTTPError(403, ErrorCode.CANNOT_EDIT_OTHERS_MESSAGE, "Cannot edit a message authored by another user")
+            raise DiscordHTTPError(
+                403, ErrorCode.CANNOT_EDIT_OTHERS_MESSAGE, "Cannot edit a message authored by another user"
+            )
         guild = channel.guild
-        body = await ctx.body(file_size_limit=guild.attachment_size_limit if guild else Limit.DEFAULT_ATTACHMENT_BYTES)
+        body = await ctx.body(
+            file_size_limit=guild.attachment_size_limit if guild else Limit.DEFAULT_ATTACHMENT_BYTES
+        )
         self._apply_body(message, body, editing=True, allow_ephemeral=False)
         await self._announce_update(message)
         return json_response(message.to_payload())
@@ -1536,7 +1853,9 @@ class FakeDiscord:
 
     async def _typing(self, ctx: RequestContext) -> web.Response:
         channel = self._channel(ctx)
-        self._require_bot_permissions(channel, Permission.SEND_MESSAGES_IN_THREADS if channel.is_thread else Permission.SEND_MESSAGES)
+        self._require_bot_permissions(
+            channel, Permission.SEND_MESSAGES_IN_THREADS if channel.is_thread else Permission.SEND_MESSAGES
+        )
         self.typing.append(channel)
         return no_content()
 
@@ -1558,20 +1877,36 @@ class FakeDiscord:
         await self._announce_reaction("MESSAGE_REACTION_REMOVE", message, self.bot_user, emoji)
         return no_content()
 
-    async def _create_thread(self, parent: FakeChannel, thread_id: int, name: str, thread_type: int) -> FakeChannel:
+    async def _create_thread(
+        self, parent: FakeChannel, thread_id: int, name: str, thread_type: int
+    ) -> FakeChannel:
         if not 1 <= len(name) <= 100:
             raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         assert parent.guild is not None
-        thread = FakeChannel(id=thread_id, name=name, type=thread_type, guild=parent.guild, parent_id=parent.id, owner_id=self.bot_user.id)
+        thread = FakeChannel(
+            id=thread_id,
+            name=name,
+            type=thread_type,
+            guild=parent.guild,
+            parent_id=parent.id,
+            owner_id=self.bot_user.id,
+        )
         parent.guild.channels[thread.id] = thread
         self.channels[thread.id] = thread
         self._channel_messages[thread.id] = []
         payload = {
             **thread.to_payload(),
             "newly_created": True,
-            "member": {"id": str(thread.id), "user_id": str(self.bot_user.id), "join_timestamp": iso_timestamp(), "flags": 0},
+            "member": {
+                "id": str(thread.id),
+                "user_id": str(self.bot_user.id),
+                "join_timestamp": iso_timestamp(),
+                "flags": 0,
+            },
         }
-        await self.gateway.send_event("THREAD_CREATE", payload, guild_id=parent.guild.id, intent=Intent.GUILDS)
+        await self.gateway.send_event(
+            "THREAD_CREATE", payload, guild_id=parent.guild.id, intent=Intent.GUILDS
+        )
         await self._notify_world()
         return thread
 
@@ -1585,7 +1920,9 @@ class FakeDiscord:
         self._require_bot_permissions(channel, Permission.CREATE_PUBLIC_THREADS)
         body = await ctx.json()
         # A thread started from a message has that message's id.
-        thread = await self._create_thread(channel, message.id, str(body.get("name", "")), ChannelType.PUBLIC_THREAD)
+        thread = await self._create_thread(
+            channel, message.id, str(body.get("name", "")), ChannelType.PUBLIC_THREAD
+        )
         message.thread = thread
         return json_response(thread.to_payload(), 201)
 
@@ -1596,7 +1933,10 @@ class FakeDiscord:
         body = await ctx.json()
         thread_type = int(body.get("type", ChannelType.PRIVATE_THREAD))
         self._require_bot_permissions(
-            channel, Permission.CREATE_PRIVATE_THREADS if thread_type == ChannelType.PRIVATE_THREAD else Permission.CREATE_PUBLIC_THREADS
+            channel,
+            Permission.CREATE_PRIVATE_THREADS
+            if thread_type == ChannelType.PRIVATE_THREAD
+            else Permission.CREATE_PUBLIC_THREADS,
         )
         thread = await self._create_thread(channel, new_snowflake(), str(body.get("name", "")), thread_type)
         return json_response(thread.to_payload(), 201)
@@ -1612,7 +1952,16 @@ class FakeDiscord:
 
     async def _get_guild(self, ctx: RequestContext) -> web.Response:
         payload = self._guild(ctx).to_create_payload()
-        for key in ("members", "channels", "threads", "presences", "voice_states", "member_count", "large", "joined_at"):
+        for key in (
+            "members",
+            "channels",
+            "threads",
+            "presences",
+            "voice_states",
+            "member_count",
+            "large",
+            "joined_at",
+        ):
             payload.pop(key, None)
         return json_response(payload)
 
@@ -1639,7 +1988,10 @@ class FakeDiscord:
             self.cdn_downloads.append(attachment)
             return web.Response(
                 body=attachment.data,
-                headers={"Content-Type": attachment.content_type or "application/octet-stream", "Content-Length": str(attachment.size)},
+                headers={
+                    "Content-Type": attachment.content_type or "application/octet-stream",
+                    "Content-Length": str(attachment.size),
+                },
             )
         if path.startswith(("/avatars/", "/embed/avatars/", "/icons/", "/app-icons/")):
             return web.Response(body=_TINY_PNG, headers={"Content-Type": "image/png"})

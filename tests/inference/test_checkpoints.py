@@ -44,7 +44,9 @@ def generate_one_second(loaded, prompt: str = "lofi beat", seed: int = 0) -> tor
     tokens = loaded.tokenizer([prompt], return_tensors="pt")
     torch.manual_seed(seed)
     with torch.no_grad():
-        return loaded.model.generate(**tokens, max_new_tokens=ONE_SECOND_TOKENS, do_sample=True, guidance_scale=3.0)
+        return loaded.model.generate(
+            **tokens, max_new_tokens=ONE_SECOND_TOKENS, do_sample=True, guidance_scale=3.0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +55,20 @@ def audiocraft_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     root = tmp_path_factory.mktemp("audiocraft")
     return {
         "pointer": make_test_model("small", root / "pointer", tiny=True, fmt="audiocraft", seed=3),
-        "embedded": make_test_model("small", root / "embedded", tiny=True, fmt="audiocraft", seed=4,
-                                    embedded_compression=True),
+        "embedded": make_test_model(
+            "small", root / "embedded", tiny=True, fmt="audiocraft", seed=4, embedded_compression=True
+        ),
         "melody": make_test_model("melody", root / "melody", tiny=True, fmt="audiocraft", seed=5),
     }
 
 
 def finetuned_settings(base: EngineSettings, folder: Path, cache_dir: Path) -> EngineSettings:
     return settings_with(
-        base, finetuned=str(folder), text_encoder=str(folder / TEXT_ENCODER_DIR),
-        compression=str(folder / COMPRESSION_DIR), conversion_cache=str(cache_dir),
+        base,
+        finetuned=str(folder),
+        text_encoder=str(folder / TEXT_ENCODER_DIR),
+        compression=str(folder / COMPRESSION_DIR),
+        conversion_cache=str(cache_dir),
     )
 
 
@@ -77,20 +83,29 @@ def sin_embedding(length: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
-def fused_attention(x: torch.Tensor, memory: torch.Tensor, in_proj: torch.Tensor, out_proj: torch.Tensor,
-                    heads: int, causal: bool) -> torch.Tensor:
+def fused_attention(
+    x: torch.Tensor,
+    memory: torch.Tensor,
+    in_proj: torch.Tensor,
+    out_proj: torch.Tensor,
+    heads: int,
+    causal: bool,
+) -> torch.Tensor:
     wq, wk, wv = in_proj.chunk(3, dim=0)
     b, t, d = x.shape
 
     def split(h: torch.Tensor) -> torch.Tensor:
         return h.view(b, h.shape[1], heads, d // heads).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(x @ wq.T), split(memory @ wk.T), split(memory @ wv.T), is_causal=causal)
+    out = F.scaled_dot_product_attention(
+        split(x @ wq.T), split(memory @ wk.T), split(memory @ wv.T), is_causal=causal
+    )
     return out.transpose(1, 2).reshape(b, t, d) @ out_proj.T
 
 
-def audiocraft_text_lm_logits(state: dict[str, torch.Tensor], codes: torch.Tensor, text_states: torch.Tensor,
-                              *, heads: int, layers: int) -> torch.Tensor:
+def audiocraft_text_lm_logits(
+    state: dict[str, torch.Tensor], codes: torch.Tensor, text_states: torch.Tensor, *, heads: int, layers: int
+) -> torch.Tensor:
     """audiocraft LMModel.forward (pre-norm, cross-attention to the projected T5 states) -> [B, K, T, card]."""
     num_codebooks, length = codes.shape[1], codes.shape[2]
     dim = state["emb.0.weight"].shape[1]
@@ -98,17 +113,32 @@ def audiocraft_text_lm_logits(state: dict[str, torch.Tensor], codes: torch.Tenso
     def norm(h: torch.Tensor, name: str) -> torch.Tensor:
         return F.layer_norm(h, (dim,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-5)
 
-    cross = F.linear(text_states, state["condition_provider.conditioners.description.output_proj.weight"],
-                     state["condition_provider.conditioners.description.output_proj.bias"])
+    cross = F.linear(
+        text_states,
+        state["condition_provider.conditioners.description.output_proj.weight"],
+        state["condition_provider.conditioners.description.output_proj.bias"],
+    )
     x = sum(F.embedding(codes[:, k], state[f"emb.{k}.weight"]) for k in range(num_codebooks))
     x = x + sin_embedding(length, dim)
     for i in range(layers):
         p = f"transformer.layers.{i}."
         h = norm(x, p + "norm1")
-        x = x + fused_attention(h, h, state[p + "self_attn.in_proj_weight"], state[p + "self_attn.out_proj.weight"],
-                                heads, causal=True)
-        x = x + fused_attention(norm(x, p + "norm_cross"), cross, state[p + "cross_attention.in_proj_weight"],
-                                state[p + "cross_attention.out_proj.weight"], heads, causal=False)
+        x = x + fused_attention(
+            h,
+            h,
+            state[p + "self_attn.in_proj_weight"],
+            state[p + "self_attn.out_proj.weight"],
+            heads,
+            causal=True,
+        )
+        x = x + fused_attention(
+            norm(x, p + "norm_cross"),
+            cross,
+            state[p + "cross_attention.in_proj_weight"],
+            state[p + "cross_attention.out_proj.weight"],
+            heads,
+            causal=False,
+        )
         h = norm(x, p + "norm2")
         x = x + F.linear(F.gelu(F.linear(h, state[p + "linear1.weight"])), state[p + "linear2.weight"])
     x = norm(x, "out_norm")
@@ -123,7 +153,10 @@ def test_tiny_small_model_saves_and_loads_with_its_tokenizer_and_parts(tiny_mode
     loaded = ModelCache(engine_settings).get("small")
     assert (loaded.sample_rate, loaded.frame_rate, loaded.audio_channels) == (32000, 50, 1)
     assert not loaded.supports_melody
-    assert loaded.model.config.decoder.num_codebooks == 4 and loaded.model.config.audio_encoder.codebook_size == 2048
+    assert (
+        loaded.model.config.decoder.num_codebooks == 4
+        and loaded.model.config.audio_encoder.codebook_size == 2048
+    )
 
     # What was saved is what the seeded builder makes: same weights, same logits after the reload.
     reference = build_random_musicgen("small", tiny=True, seed=0)
@@ -171,7 +204,11 @@ def test_real_architectures_have_the_published_sizes():
     decoder_params = {}
     for version in ("small", "melody"):
         config = musicgen_config(version)
-        model_class = MusicgenMelodyForConditionalGeneration if version == "melody" else MusicgenForConditionalGeneration
+        model_class = (
+            MusicgenMelodyForConditionalGeneration
+            if version == "melody"
+            else MusicgenForConditionalGeneration
+        )
         with torch.device("meta"):  # the shapes without allocating a few GB of weights
             model = model_class(config)
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
@@ -205,7 +242,9 @@ def test_device_and_dtype_follow_the_config():
 
 
 def test_bfloat16_setting_loads_bfloat16_weights(engine_settings):
-    settings = engine_settings.model_copy(update={"engine": engine_settings.engine.model_copy(update={"dtype": "bfloat16"})})
+    settings = engine_settings.model_copy(
+        update={"engine": engine_settings.engine.model_copy(update={"dtype": "bfloat16"})}
+    )
     loaded = ModelCache(settings).get("small")
     assert loaded.dtype == torch.bfloat16
     assert next(loaded.model.decoder.parameters()).dtype == torch.bfloat16
@@ -278,7 +317,9 @@ def test_audiocraft_melody_finetune_converts_to_a_melody_model(audiocraft_dirs, 
     torch.testing.assert_close(got, want)
 
 
-def test_conversion_happens_once_and_is_reused_by_later_workers(audiocraft_dirs, engine_settings, tmp_path, monkeypatch):
+def test_conversion_happens_once_and_is_reused_by_later_workers(
+    audiocraft_dirs, engine_settings, tmp_path, monkeypatch
+):
     folder = audiocraft_dirs["pointer"]
     settings = finetuned_settings(engine_settings, folder, tmp_path)
     first = ModelCache(settings).get("finetuned")
@@ -318,8 +359,9 @@ def test_conversion_happens_once_and_is_reused_by_later_workers(audiocraft_dirs,
 )
 def test_features_transformers_cannot_express_are_refused_by_name(tmp_path, override, named_in_message):
     model = build_random_musicgen("small", tiny=True, seed=0)
-    write_audiocraft_checkpoint(model, tmp_path, model_version="small", embedded_compression=False,
-                                cfg_overrides=override)
+    write_audiocraft_checkpoint(
+        model, tmp_path, model_version="small", embedded_compression=False, cfg_overrides=override
+    )
     with pytest.raises(UnsupportedCheckpoint, match="cannot express") as refused:
         convert_audiocraft_checkpoint(tmp_path, tmp_path / "out", text_encoder="unused", compression="unused")
     assert named_in_message in str(refused.value)
@@ -333,12 +375,15 @@ def test_a_text_encoder_of_the_wrong_width_is_refused(audiocraft_dirs, tmp_path)
     from inference.random_models import build_tokenizer
 
     wide = tmp_path / "t5-wide"
-    T5EncoderModel(T5Config(vocab_size=512, d_model=48, d_kv=8, d_ff=64, num_layers=1, num_heads=2)).save_pretrained(wide)
+    T5EncoderModel(
+        T5Config(vocab_size=512, d_model=48, d_kv=8, d_ff=64, num_layers=1, num_heads=2)
+    ).save_pretrained(wide)
     build_tokenizer(vocab_size=512).save_pretrained(wide)
     folder = audiocraft_dirs["pointer"]
     with pytest.raises(UnsupportedCheckpoint, match="d_model 48"):
-        convert_audiocraft_checkpoint(folder, tmp_path / "out", text_encoder=str(wide),
-                                      compression=str(folder / COMPRESSION_DIR))
+        convert_audiocraft_checkpoint(
+            folder, tmp_path / "out", text_encoder=str(wide), compression=str(folder / COMPRESSION_DIR)
+        )
 
 
 # --- the cache's memory budget -------------------------------------------------------------------
@@ -387,12 +432,16 @@ def test_an_embedded_encodec_export_uses_audiocraft_key_names(audiocraft_dirs):
     # so only the names themselves catch a mix-up).
     package = torch.load(audiocraft_dirs["embedded"] / "compression_state_dict.bin", weights_only=True)
     keys = set(package["best_state"])
-    decoder_upsampling = {key for key in keys if key.startswith("decoder.model.") and ".convtr.convtr." in key}
+    decoder_upsampling = {
+        key for key in keys if key.startswith("decoder.model.") and ".convtr.convtr." in key
+    }
     assert decoder_upsampling, "the decoder's transposed convolutions should be saved as convtr.convtr"
     for bias in (key for key in decoder_upsampling if key.endswith(".bias")):
         module = bias.removesuffix(".bias")
         assert {f"{module}.weight_g", f"{module}.weight_v"} <= keys, f"{module} lost its weight-norm weights"
-    assert not any(".convtr." in key for key in keys if key.startswith("encoder.")), "the encoder has no transposed convs"
+    assert not any(".convtr." in key for key in keys if key.startswith("encoder.")), (
+        "the encoder has no transposed convs"
+    )
     assert "encoder.model.0.conv.conv.weight_g" in keys
 
 
@@ -421,7 +470,9 @@ def test_a_hub_id_in_the_hugging_face_cache_is_sized_before_loading(
     assert cache._estimate_bytes("facebook/musicgen-large") == 0  # not downloaded: unknown
 
 
-def test_workers_meeting_a_new_checkpoint_at_once_convert_it_once(audiocraft_dirs, engine_settings, tmp_path, monkeypatch):
+def test_workers_meeting_a_new_checkpoint_at_once_convert_it_once(
+    audiocraft_dirs, engine_settings, tmp_path, monkeypatch
+):
     # Two worker processes (here: threads with caches of their own) ask for the same fresh fine-tune.
     settings = finetuned_settings(engine_settings, audiocraft_dirs["pointer"], tmp_path)
     conversions: list[Path] = []

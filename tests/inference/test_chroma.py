@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from inference.chroma import CHROMA_HOP_LENGTH, CHROMA_N_FFT, CHROMA_NOTE_NAMES, extract_chroma, power_spectrogram
+from inference.chroma import (
+    CHROMA_HOP_LENGTH,
+    CHROMA_N_FFT,
+    CHROMA_NOTE_NAMES,
+    extract_chroma,
+    power_spectrogram,
+)
 
 SAMPLE_RATE = 32_000
 

@@ -36,7 +36,9 @@ def run_cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_generate_writes_a_wav_of_the_asked_length_and_prints_the_seed(config_file: Path, tmp_path: Path) -> None:
+def test_generate_writes_a_wav_of_the_asked_length_and_prints_the_seed(
+    config_file: Path, tmp_path: Path
+) -> None:
     request_flags = [
         "--config", str(config_file), "--model-version", "small", "--prompt", "warm piano",
         "--duration", "2", "--top-k", "50", "--temperature", "0.9", "--no-progress",
@@ -83,7 +85,9 @@ def test_the_output_extension_picks_mp3(config_file: Path, tmp_path: Path) -> No
 
 def test_make_test_model_writes_a_folder_that_generate_can_load(config_file: Path, tmp_path: Path) -> None:
     folder = tmp_path / "my-tiny-small"
-    code, text = run_cli("make-test-model", "--model-version", "small", "--tiny", "--out", str(folder), "--seed", "7")
+    code, text = run_cli(
+        "make-test-model", "--model-version", "small", "--tiny", "--out", str(folder), "--seed", "7"
+    )
     assert code == 0, text
     assert (folder / "config.json").exists()
 

@@ -35,7 +35,9 @@ def engine(engine_settings: EngineSettings) -> MusicGenEngine:
 
 
 def text_request(**changes: object) -> GenerationRequest:
-    base = GenerationRequest(model_version="small", prompt="calm acoustic guitar melody", duration=1, seed=1234)
+    base = GenerationRequest(
+        model_version="small", prompt="calm acoustic guitar melody", duration=1, seed=1234
+    )
     return base.replace(**changes)
 
 
@@ -77,7 +79,9 @@ def test_a_text_prompt_gives_exactly_the_requested_seconds(engine: MusicGenEngin
     assert {"load", "prepare", "generate", "decode", "total"} <= set(result.timings)
 
 
-def test_the_same_seed_writes_identical_bytes_and_another_seed_does_not(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_the_same_seed_writes_identical_bytes_and_another_seed_does_not(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     first = engine.generate_to_file("a", text_request(seed=7), tmp_path)
     again = engine.generate_to_file("b", text_request(seed=7), tmp_path)
     other = engine.generate_to_file("c", text_request(seed=8), tmp_path)
@@ -155,7 +159,9 @@ def test_top_p_overrides_top_k_as_in_audiocraft(engine: MusicGenEngine) -> None:
 
 
 def test_temperature_changes_the_tokens_for_the_same_seed(engine: MusicGenEngine) -> None:
-    assert not same(engine.generate(text_request(temperature=1.0)), engine.generate(text_request(temperature=2.5)))
+    assert not same(
+        engine.generate(text_request(temperature=1.0)), engine.generate(text_request(temperature=2.5))
+    )
 
 
 def test_classifier_free_guidance_changes_the_music(engine: MusicGenEngine) -> None:
@@ -167,7 +173,9 @@ def test_classifier_free_guidance_changes_the_music(engine: MusicGenEngine) -> N
 def test_guidance_zero_ignores_the_prompt_as_audiocraft_does(engine: MusicGenEngine) -> None:
     # audiocraft: uncond + cfg * (cond - uncond); at 0 only the unconditional branch counts.
     a = engine.generate(text_request(temperature=0, classifier_free_guidance=0, prompt="jazz trio"))
-    b = engine.generate(text_request(temperature=0, classifier_free_guidance=0, prompt="dark techno at 130 bpm"))
+    b = engine.generate(
+        text_request(temperature=0, classifier_free_guidance=0, prompt="dark techno at 130 bpm")
+    )
     assert same(a, b)
     # Sampling (same seed) reacts to any change of the distribution, where argmax may not.
     unguided = engine.generate(text_request(classifier_free_guidance=0, prompt="jazz trio"))
@@ -176,8 +184,15 @@ def test_guidance_zero_ignores_the_prompt_as_audiocraft_does(engine: MusicGenEng
 
 
 def test_sampling_settings_reach_transformers_explicitly() -> None:
-    kwargs, processors = generation_kwargs(GenerationRequest(prompt="x", top_p=0.8, top_k=50, temperature=0.7))
-    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]) == (True, 0, 0.8, 0.7)
+    kwargs, processors = generation_kwargs(
+        GenerationRequest(prompt="x", top_p=0.8, top_k=50, temperature=0.7)
+    )
+    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]) == (
+        True,
+        0,
+        0.8,
+        0.7,
+    )
     assert kwargs["guidance_scale"] == 3.0 and processors == []
     kwargs, _ = generation_kwargs(GenerationRequest(prompt="x", temperature=0))
     assert kwargs["do_sample"] is False
@@ -203,7 +218,9 @@ def test_cancelling_stops_between_steps_and_raises(engine: MusicGenEngine) -> No
 
 
 # -- continuation ---------------------------------------------------------------------------------
-def test_continuation_returns_the_prompt_then_the_requested_new_seconds(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_continuation_returns_the_prompt_then_the_requested_new_seconds(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     clip = noise(1.5, seed=3)
     path = write_clip(tmp_path / "clip.wav", clip)
     result = engine.generate(text_request(input_audio=path, continuation=True, duration=1))
@@ -211,7 +228,9 @@ def test_continuation_returns_the_prompt_then_the_requested_new_seconds(engine: 
     assert result.wav.shape == (1, (prompt_frames + 50) * HOP)
     # The first part is the clip as the model's EnCodec re-decodes it (audiocraft returns it too).
     reference = encodec_round_trip(engine, "small", torch.from_numpy(clip)[None])
-    head = len(clip) - SAMPLE_RATE // 10  # the last frames feel the new codes through the decoder's convolutions
+    head = (
+        len(clip) - SAMPLE_RATE // 10
+    )  # the last frames feel the new codes through the decoder's convolutions
     assert torch.allclose(result.wav[:, :head], reference[:, :head], atol=1e-4)
     assert not torch.allclose(result.wav[:, len(clip) :], torch.zeros(1), atol=1e-3)
 
@@ -220,7 +239,9 @@ def test_continuation_trims_the_clip_to_start_and_end(engine: MusicGenEngine, tm
     first, second = noise(1.0, seed=10), noise(1.0, seed=11)
     path = write_clip(tmp_path / "two_parts.wav", np.concatenate([first, second, noise(1.0, seed=12)]))
     result = engine.generate(
-        text_request(input_audio=path, continuation=True, continuation_start=1.0, continuation_end=2.0, duration=1)
+        text_request(
+            input_audio=path, continuation=True, continuation_start=1.0, continuation_end=2.0, duration=1
+        )
     )
     assert result.wav.shape == (1, (50 + 50) * HOP)
     reference = encodec_round_trip(engine, "small", torch.from_numpy(second)[None])
@@ -263,13 +284,19 @@ def test_without_a_prompt_the_text_condition_is_null_so_guidance_has_nothing_to_
     )
 
 
-def test_continuation_on_the_melody_model_continues_without_a_melody(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_continuation_on_the_melody_model_continues_without_a_melody(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     path = write_clip(tmp_path / "clip.wav", noise(0.5, seed=5))
-    result = engine.generate(text_request(model_version="melody", input_audio=path, continuation=True, duration=1))
+    result = engine.generate(
+        text_request(model_version="melody", input_audio=path, continuation=True, duration=1)
+    )
     assert result.wav.shape == (1, (25 + 50) * HOP)
 
 
-def test_continuation_longer_than_30_seconds_in_total_is_refused(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_continuation_longer_than_30_seconds_in_total_is_refused(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     path = write_clip(tmp_path / "clip.wav", noise(2.0, seed=6))
     with pytest.raises(RequestError, match="30 s"):
         engine.generate(text_request(input_audio=path, continuation=True, duration=29))
@@ -297,7 +324,9 @@ def test_a_melody_conditions_the_melody_model(engine: MusicGenEngine, tmp_path: 
     assert not same(with_a, with_c)
 
 
-def test_melody_trimming_chooses_which_part_of_the_clip_is_followed(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_melody_trimming_chooses_which_part_of_the_clip_is_followed(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     path = write_clip(tmp_path / "two_notes.wav", np.concatenate([tone(440.0, 2.0), tone(261.63, 2.0)]))
     request = text_request(model_version="melody", input_audio=path, temperature=0)
     first_note = engine.generate(request.replace(continuation_end=2.0))
@@ -313,7 +342,9 @@ def test_a_melody_without_a_prompt_works(engine: MusicGenEngine, tmp_path: Path)
     assert result.wav.shape == (1, SAMPLE_RATE)
 
 
-def test_a_melody_on_a_model_that_cannot_follow_one_is_a_clear_error(engine: MusicGenEngine, tmp_path: Path) -> None:
+def test_a_melody_on_a_model_that_cannot_follow_one_is_a_clear_error(
+    engine: MusicGenEngine, tmp_path: Path
+) -> None:
     path = write_clip(tmp_path / "a.wav", tone(440.0, 1.0))
     with pytest.raises(RequestError, match="can't follow a melody; choose model_version melody"):
         engine.generate(text_request(model_version="small", input_audio=path))
@@ -335,13 +366,17 @@ class ToneSeparator(torch.nn.Module):
 
 
 def with_stem_separation(settings: EngineSettings, demucs_model: str = "htdemucs") -> EngineSettings:
-    return settings.model_copy(update={"melody": MelodyOptions(stem_separation=True, demucs_model=demucs_model)})
+    return settings.model_copy(
+        update={"melody": MelodyOptions(stem_separation=True, demucs_model=demucs_model)}
+    )
 
 
 def test_the_melody_comes_from_vocals_and_other_not_drums_and_bass(
     engine: MusicGenEngine, engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
-    separating = MusicGenEngine(with_stem_separation(engine_settings), engine.cache, stem_separator=ToneSeparator())
+    separating = MusicGenEngine(
+        with_stem_separation(engine_settings), engine.cache, stem_separator=ToneSeparator()
+    )
     c_clip = write_clip(tmp_path / "c.wav", tone(261.63, 2.0))
     a_clip = write_clip(tmp_path / "a.wav", tone(440.0, 2.0))
     request = text_request(model_version="melody", temperature=0)
@@ -358,16 +393,22 @@ def test_a_saved_demucs_model_file_separates_the_melody(
     from inference.stems import load_demucs
 
     torch.manual_seed(0)
-    tiny_demucs = Demucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=3, lstm_layers=0, segment=4)
+    tiny_demucs = Demucs(
+        sources=["drums", "bass", "other", "vocals"], channels=8, depth=3, lstm_layers=0, segment=4
+    )
     torch.save(tiny_demucs, tmp_path / "demucs.th")
     assert load_demucs(str(tmp_path / "demucs.th")).sources == ["drums", "bass", "other", "vocals"]
-    separating = MusicGenEngine(with_stem_separation(engine_settings, str(tmp_path / "demucs.th")), engine.cache)
+    separating = MusicGenEngine(
+        with_stem_separation(engine_settings, str(tmp_path / "demucs.th")), engine.cache
+    )
     path = write_clip(tmp_path / "a.wav", tone(440.0, 2.0) + noise(2.0, seed=1))
     result = separating.generate(text_request(model_version="melody", input_audio=path))
     assert result.wav.shape == (1, SAMPLE_RATE)
 
 
-def test_missing_demucs_weights_say_how_to_fix_the_config(engine_settings: EngineSettings, tmp_path: Path) -> None:
+def test_missing_demucs_weights_say_how_to_fix_the_config(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
     settings = with_stem_separation(engine_settings, str(tmp_path / "missing.th"))
     path = write_clip(tmp_path / "a.wav", tone(440.0, 1.0))
     with pytest.raises(RequestError, match="stem_separation = false"):
@@ -378,14 +419,18 @@ def test_missing_demucs_weights_say_how_to_fix_the_config(engine_settings: Engin
 def test_encode_decode_round_trips_the_clip_through_encodec(engine: MusicGenEngine, tmp_path: Path) -> None:
     clip = noise(1.3, seed=9)
     path = write_clip(tmp_path / "clip.wav", clip)
-    result = engine.generate(GenerationRequest(model_version="encode-decode", input_audio=path, duration=5, seed=1))
+    result = engine.generate(
+        GenerationRequest(model_version="encode-decode", input_audio=path, duration=5, seed=1)
+    )
     assert result.wav.shape == (1, len(clip))  # as long as the clip; duration does not apply
     codec = engine.cache.get_compression().model
     with torch.inference_mode():
         encoded = codec.encode(torch.from_numpy(clip)[None, None])
         reference = codec.decode(encoded.audio_codes, encoded.audio_scales).audio_values[0, :, : len(clip)]
     assert torch.allclose(result.wav, reference, atol=1e-5)
-    assert not torch.allclose(result.wav, torch.from_numpy(clip)[None], atol=1e-2)  # it really went through EnCodec
+    assert not torch.allclose(
+        result.wav, torch.from_numpy(clip)[None], atol=1e-2
+    )  # it really went through EnCodec
 
 
 def test_finetuned_without_a_configured_checkpoint_is_a_clear_error(engine: MusicGenEngine) -> None:

@@ -10,7 +10,9 @@ SAMPLE_RATE = 32_000
 
 
 @pytest.mark.parametrize(("start", "extra_seconds"), [(3.02, 1), (3.2, 1), (0.3, 1), (1.1, 2)])
-def test_a_trimmed_clip_plus_new_seconds_of_exactly_30_s_is_accepted(start: float, extra_seconds: int) -> None:
+def test_a_trimmed_clip_plus_new_seconds_of_exactly_30_s_is_accepted(
+    start: float, extra_seconds: int
+) -> None:
     # A member trims the clip so that it and the continuation fill the 30 s exactly. The engine sees
     # the clip end as start + samples / rate, and floating point must not turn 30 s into 30.000000000000004.
     clip_seconds = 30 - extra_seconds

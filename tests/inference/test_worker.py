@@ -18,8 +18,23 @@ import pytest_asyncio
 import soundfile
 
 from inference import worker as worker_module
-from inference.client import GenerationCancelled, GenerationFailed, InferenceClient, WorkerCrashed, WorkerStartError
-from inference.protocol import Cancel, GenerationError, GenerationResult, Progress, Ready, Shutdown, Started, Submit
+from inference.client import (
+    GenerationCancelled,
+    GenerationFailed,
+    InferenceClient,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from inference.protocol import (
+    Cancel,
+    GenerationError,
+    GenerationResult,
+    Progress,
+    Ready,
+    Shutdown,
+    Started,
+    Submit,
+)
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
@@ -33,7 +48,9 @@ LONG_DURATION_S = 30
 
 
 def short_request(**changes: object) -> GenerationRequest:
-    return GenerationRequest(model_version="small", prompt="calm acoustic guitar", duration=1).replace(**changes)
+    return GenerationRequest(model_version="small", prompt="calm acoustic guitar", duration=1).replace(
+        **changes
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -80,9 +97,13 @@ async def test_a_bad_request_is_the_person_s_error_and_the_same_worker_serves_th
     pids_before = client.worker_pids
     # 40 s bypasses GenerationRequest.validate() (the bot validates at the edge); the engine refuses.
     with pytest.raises(RequestError, match="30"):
-        await asyncio.wait_for(client.submit("job-too-long", short_request(duration=40), tmp_path), JOB_TIMEOUT_S)
+        await asyncio.wait_for(
+            client.submit("job-too-long", short_request(duration=40), tmp_path), JOB_TIMEOUT_S
+        )
 
-    result = await asyncio.wait_for(client.submit("job-after-bad", short_request(seed=5), tmp_path), JOB_TIMEOUT_S)
+    result = await asyncio.wait_for(
+        client.submit("job-after-bad", short_request(seed=5), tmp_path), JOB_TIMEOUT_S
+    )
     assert result.seed == 5
     assert client.worker_pids == pids_before
 
@@ -96,7 +117,9 @@ async def test_an_internal_failure_fails_only_that_job(client: InferenceClient, 
     with pytest.raises(GenerationFailed):
         await asyncio.wait_for(client.submit("job-unwritable", short_request(), not_a_folder), JOB_TIMEOUT_S)
 
-    result = await asyncio.wait_for(client.submit("job-after-failure", short_request(), tmp_path), JOB_TIMEOUT_S)
+    result = await asyncio.wait_for(
+        client.submit("job-after-failure", short_request(), tmp_path), JOB_TIMEOUT_S
+    )
     assert Path(result.output_path).exists()
     assert client.worker_pids == pids_before
 
@@ -115,13 +138,16 @@ async def test_cancelling_a_running_job_stops_it_and_the_worker_goes_on(
     long_job = short_request(duration=LONG_DURATION_S)
     with pytest.raises(GenerationCancelled):
         await asyncio.wait_for(
-            client.submit("job-cancel-me", long_job, tmp_path, on_progress=cancel_on_first_progress), JOB_TIMEOUT_S
+            client.submit("job-cancel-me", long_job, tmp_path, on_progress=cancel_on_first_progress),
+            JOB_TIMEOUT_S,
         )
     assert cancel_sent == [True]
     assert not list(tmp_path.glob("job-cancel-me*"))
     assert await client.cancel("job-cancel-me") is False  # finished jobs are unknown to the client
 
-    result = await asyncio.wait_for(client.submit("job-after-cancel", short_request(), tmp_path), JOB_TIMEOUT_S)
+    result = await asyncio.wait_for(
+        client.submit("job-after-cancel", short_request(), tmp_path), JOB_TIMEOUT_S
+    )
     assert Path(result.output_path).exists()
     assert client.worker_pids == pids_before
 
@@ -172,7 +198,9 @@ async def test_a_worker_killed_mid_job_fails_that_job_and_a_new_worker_takes_the
         )
 
     # The next job waits for the replacement worker, then runs on it.
-    result = await asyncio.wait_for(client.submit("job-on-new-worker", short_request(), tmp_path), JOB_TIMEOUT_S)
+    result = await asyncio.wait_for(
+        client.submit("job-on-new-worker", short_request(), tmp_path), JOB_TIMEOUT_S
+    )
     assert Path(result.output_path).exists()
     (new_pid,) = client.worker_pids
     assert new_pid != old_pid
@@ -191,7 +219,9 @@ async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
         started.set()
 
     job = asyncio.create_task(
-        own_client.submit("job-at-close", short_request(duration=LONG_DURATION_S), tmp_path, on_progress=on_progress)
+        own_client.submit(
+            "job-at-close", short_request(duration=LONG_DURATION_S), tmp_path, on_progress=on_progress
+        )
     )
     await asyncio.wait_for(started.wait(), JOB_TIMEOUT_S)
     await own_client.close()
@@ -206,7 +236,9 @@ async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
 
 
 @on_module_loop
-async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(engine_settings: EngineSettings) -> None:
+async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(
+    engine_settings: EngineSettings,
+) -> None:
     missing_gpu = engine_settings.model_copy(
         update={"engine": engine_settings.engine.model_copy(update={"device": "cuda:7"})}
     )
@@ -243,7 +275,9 @@ def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
             assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
             events.append(parent_conn.recv())
 
-        finished = [(e.job_id, type(e).__name__) for e in events if isinstance(e, GenerationResult | GenerationError)]
+        finished = [
+            (e.job_id, type(e).__name__) for e in events if isinstance(e, GenerationResult | GenerationError)
+        ]
         assert sorted(finished) == [
             ("first", "GenerationResult"),
             ("second", "GenerationError"),
