@@ -379,7 +379,7 @@ class ModelCache:
         total = 0
         for file in files:
             with safe_open(file, framework="pt") as handle:
-                for name in handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     tensor_slice = handle.get_slice(name)
                     numel = 1
                     for dim in tensor_slice.get_shape():
