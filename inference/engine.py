@@ -116,7 +116,7 @@ class _StepMonitor(StoppingCriteria):
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: Any
-    ) -> torch.BoolTensor:
+    ) -> torch.Tensor:
         self.steps_done += 1
         if self.is_cancelled is not None and self.is_cancelled():
             raise GenerationCancelled(
@@ -141,7 +141,7 @@ class _WeakGuidance(LogitsProcessor):
     def __init__(self, cfg: float, transformers_scale: float):
         self.ratio = cfg / transformers_scale
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         cond, uncond = scores.chunk(2, dim=0)
         return torch.cat([uncond + self.ratio * (cond - uncond), uncond], dim=0)
 

@@ -332,7 +332,7 @@ async def test_after_the_token_expired_the_bot_posts_to_the_channel_instead(
     bot.release.set()
 
     posted = await fake.wait_for_message(
-        server.channel, lambda m: "long queue" in m.content and m.attachments
+        server.channel, lambda m: "long queue" in m.content and bool(m.attachments)
     )
     assert (bot.errors[0].status, bot.errors[0].code) == (401, ErrorCode.INVALID_WEBHOOK_TOKEN)
     assert posted.webhook_id is None and posted.author is fake.bot_user
@@ -342,7 +342,7 @@ async def test_after_the_token_expired_the_bot_posts_to_the_channel_instead(
 
 async def test_the_discord_client_refuses_invalid_option_values(server: Server, bot: RecordingBot) -> None:
     fake = server.fake
-    refused = [
+    refused: list[tuple[str, dict[str, Any]]] = [
         ("generate", {"prompt": "x", "duration": 31}),  # above max_value
         ("generate", {"prompt": "x", "duration": 0}),  # below min_value
         ("generate", {"prompt": "x", "duration": 2.5}),  # integer option

@@ -430,10 +430,10 @@ def test_normalization_matches_audiocraft_audio_write(strategy: str, amplitude: 
 
 def _melody(seconds_per_note: float, notes_hz: list[float]) -> torch.Tensor:
     generator = torch.Generator().manual_seed(9)
-    parts = []
+    parts: list[torch.Tensor] = []
     for frequency in notes_hz:
         t = torch.arange(int(seconds_per_note * SAMPLE_RATE)) / SAMPLE_RATE
-        parts.append(sum(torch.sin(2 * math.pi * frequency * h * t) / h for h in (1, 2, 3)))
+        parts.append(torch.stack([torch.sin(2 * math.pi * frequency * h * t) / h for h in (1, 2, 3)]).sum(0))
     wav = torch.cat(parts)
     return (0.3 * wav + 0.01 * torch.randn(wav.shape, generator=generator))[None]  # [1, T]
 

@@ -86,6 +86,7 @@ async def test_a_job_row_keeps_every_input_and_moves_through_its_statuses_once(t
 
     async with database.connection.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)) as cursor:
         row = await cursor.fetchone()
+    assert row is not None
     for field, value in request.to_dict().items():
         assert row[field] == value, field
 

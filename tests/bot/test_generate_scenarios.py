@@ -94,6 +94,7 @@ async def test_a_member_asks_for_music_with_text_only_and_a_wav_appears_with_its
         studio["alice"].id,
     )
     assert row["result_message_id"] == result.id and row["posted_format"] == "wav"
+    assert interaction.original_message is not None
     assert (
         row["interaction_id"] == interaction.id
         and row["status_message_id"] == interaction.original_message.id
@@ -485,7 +486,7 @@ async def test_an_admin_caps_the_servers_queue_and_members_cannot_change_it(
         async with bot.database.connection.execute(
             "SELECT max_pending FROM guild_settings WHERE guild_id = ?", (studio.guild.id,)
         ) as cursor:
-            assert (await cursor.fetchone())[0] == 1  # kept across restarts
+            assert tuple(await cursor.fetchone() or ()) == (1,)  # kept across restarts
     finally:
         bot.dispatcher.resume()
         reset = await private_reply(

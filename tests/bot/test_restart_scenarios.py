@@ -81,6 +81,7 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
             await status_reads(fake, status, f"Job #{job_id} is done (seed `{row['seed']}`)")
             assert channel_edits_of(fake, status) >= 1
         # While it waited its turn, the second one said so (without an edit per place gained).
+        assert second_interaction.original_message is not None
         assert any(
             "is queued; `/queue` shows its place" in version.content
             for version in second_interaction.original_message.history
