@@ -116,7 +116,9 @@ def stitch_continuation(original: np.ndarray, generated: np.ndarray, new_samples
     if not 0 < new_samples <= generated.shape[0]:
         raise ValueError(f"new_samples {new_samples} is not within the generated {generated.shape[0]}")
     tail_samples = min(generated.shape[0] - new_samples, original.shape[0])
-    redecoded_tail = generated[generated.shape[0] - new_samples - tail_samples : generated.shape[0] - new_samples]
+    redecoded_tail = generated[
+        generated.shape[0] - new_samples - tail_samples : generated.shape[0] - new_samples
+    ]
     gain = level_match_gain(original[original.shape[0] - tail_samples :], redecoded_tail)
     new_part = np.clip(generated[generated.shape[0] - new_samples :] * gain, -1.0, 1.0)
     fade = min(round(CROSSFADE_S * SAMPLE_RATE), tail_samples)
