@@ -80,7 +80,12 @@ def test_stitching_files_writes_the_piece_and_the_new_part(tmp_path: Path) -> No
     generated_path = write_wav(generated, tmp_path / "out.wav")
 
     stitched = stitch_files(
-        original_path, generated_path, tmp_path / "out-piece.wav", new_seconds=2, timeout_s=30, max_seconds=600
+        original_path,
+        generated_path,
+        tmp_path / "out-piece.wav",
+        new_seconds=2,
+        timeout_s=30,
+        max_seconds=600,
     )
 
     piece = decode_clip(stitched.piece_path, channels=1, timeout_s=30, max_seconds=600)

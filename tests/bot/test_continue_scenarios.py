@@ -32,7 +32,7 @@ from tests.bot.scenario_harness import (
     stuck_jobs,
     wait_for_status,
 )
-from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMessage, MessageFlag
+from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage, MessageFlag
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -85,13 +85,15 @@ async def bot(
         yield running
 
 
-async def open_context_menu(fake: FakeDiscord, member, message: FakeMessage) -> FakeInteraction:  # type: ignore[no-untyped-def]
+async def open_context_menu(fake: FakeDiscord, member: FakeMember, message: FakeMessage) -> FakeInteraction:
     interaction = await fake.invoke_message_command(member, message, CONTEXT_MENU)
     await interaction.wait_for_response()
     return interaction
 
 
-async def submit(fake: FakeDiscord, member, opened: FakeInteraction, **values: str) -> FakeInteraction:  # type: ignore[no-untyped-def]
+async def submit(
+    fake: FakeDiscord, member: FakeMember, opened: FakeInteraction, **values: str
+) -> FakeInteraction:
     assert opened.response_type == 9, "the bot answered with a modal"
     submitted = await fake.submit_modal(member, opened, values)
     await submitted.wait_for_response()
@@ -188,7 +190,9 @@ async def test_several_clips_the_modal_says_the_first_is_used(
     assert (await job_row(bot, job_id))["input_audio_filename"] == "first.wav"
 
 
-async def generate_result(fake: FakeDiscord, server: Server, member, prompt: str = "drums") -> FakeMessage:  # type: ignore[no-untyped-def]
+async def generate_result(
+    fake: FakeDiscord, server: Server, member: FakeMember, prompt: str = "drums"
+) -> FakeMessage:
     interaction = await fake.invoke_slash_command(
         member, server.channel, "generate", {"prompt": prompt, "duration": 1}
     )
