@@ -135,7 +135,7 @@ class ResultPoster:
                     fitted.format,
                     (
                         f"The whole piece ({result.duration_s:.0f} s) does not fit this server's upload limit "
-                        f"({describe_size(limit)}) even as MP3, so here are the {job.request.duration} new seconds only."
+                        f"({describe_size(limit)}) even as MP3, so here is only the new part ({job.request.duration} s)."
                     ),
                 )
         return (

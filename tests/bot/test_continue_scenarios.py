@@ -77,12 +77,20 @@ def config(module_data_dir: Path, engine_settings: EngineSettings) -> BotConfig:
     return scenario_config(module_data_dir, engine_settings, max_attachment_mb=5, max_pending_per_user=3)
 
 
+def refused_requests(fake: FakeDiscord, since: int) -> list[str]:
+    return [f"{r.method} {r.path} → {r.status}" for r in fake.requests[since:] if r.status >= 400]
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def bot(
     fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
 ) -> AsyncIterator[MusicGenBot]:
+    first_request = len(fake_discord.requests)
     async with musicgen_bot(fake_discord, config, inference_client) as running:
         yield running
+    # Every request the bot made was one Discord accepts.
+    assert refused_requests(fake_discord, first_request) == []
+    assert not fake_discord.unhandled_requests
 
 
 async def open_context_menu(fake: FakeDiscord, member: FakeMember, message: FakeMessage) -> FakeInteraction:
@@ -325,3 +333,54 @@ async def test_reroll_continue_and_melody_buttons_keep_working_after_a_restart(
         assert melody["model_version"] == "melody" and melody["continuation"] == 0
         assert Path(melody["input_audio"]).read_bytes() == Path(original["output_path"]).read_bytes()
     assert not fake.unhandled_requests
+
+
+async def test_a_full_queue_refuses_the_buttons_and_the_context_menu_privately(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    result = await generate_result(fake, server, bob, "one")
+    job_id = int(result.embeds[0]["footer"]["text"].split("#")[1].split()[0])
+    bot.dispatcher.pause()
+    try:
+        for prompt in ("two", "three", "four"):  # bob's cap is 3 pending jobs
+            await queued_job_id(
+                await fake.invoke_slash_command(
+                    bob, server.channel, "generate", {"prompt": prompt, "duration": 1}
+                )
+            )
+        jobs_before = await job_count(bot)
+        for action in ("reroll", "continue", "melody"):
+            pressed = await fake.click_button(bob, result, f"musicgen:{action}:{job_id}")
+            assert "already have 3" in await private_reply(pressed)
+        assert "already have 3" in await private_reply(await open_context_menu(fake, bob, result))
+        assert await job_count(bot) == jobs_before
+    finally:
+        bot.dispatcher.resume()
+    for job in await bot.jobs.pending_in_guild(server.guild.id):
+        await wait_for_status(bot, job.id, "done")
+
+
+async def test_a_piece_too_large_even_as_mp3_is_posted_as_its_new_seconds_and_says_so(
+    fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    small_uploads = add_server(fake, "Small uploads", ("carol",), attachment_size_limit=100_000)
+    carol = small_uploads["carol"]
+    path = tmp_path / "long.mp3"
+    subprocess.run(
+        [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", "sine=frequency=220:duration=40", "-ac", "1", "-ar", "8000", "-b:a", "8k", str(path)],
+        check=True,
+    )  # fmt: skip
+    clip = fake.add_attachment("long.mp3", path.read_bytes())
+    message = await fake.post_user_message(carol, small_uploads.channel, attachments=[clip])
+    async with musicgen_bot(fake, config, inference_client) as bot:
+        submitted = await submit(fake, carol, await open_context_menu(fake, carol, message), seconds="1")
+        job_id = await queued_job_id(submitted)
+        result = await posted_result(fake, small_uploads.channel, job_id)
+        # 41 s of WAV is 2.6 MB, and even 32 kbit/s MP3 is 164 KB: over the 100 KB limit.
+        assert "here is only the new part (1 s)" in result.content
+        new_part = decoded(result.attachments[0].data, tmp_path, "new-part.wav")
+        assert new_part.shape[0] == SAMPLE_RATE
+        assert (await wait_for_status(bot, job_id, "done"))["posted_format"] == "wav"
