@@ -17,11 +17,13 @@ Everything here blocks (ffmpeg child processes, numpy): call it with `asyncio.to
 from __future__ import annotations
 
 import math
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bot.audio_files import encode_mp3
 from inference.ffmpeg import configure_pydub, decode_audio_file
 from inference.request import MAX_DURATION_S, RequestError
 
@@ -37,6 +39,7 @@ __all__ = [
     "level_match_gain",
     "stitch_continuation",
     "stitch_files",
+    "wav_seconds",
     "write_wav",
 ]
 
@@ -200,25 +203,27 @@ class FittedFile:
     bitrate_kbps: int | None = None
 
 
-def encode_to_fit(path: str | Path, limit_bytes: int) -> FittedFile | None:
-    """`path` itself if it fits `limit_bytes`, else the best MP3 that fits, else None.
+def wav_seconds(path: str | Path) -> float:
+    """Length of a WAV file, from its header."""
+    with wave.open(str(path)) as reader:
+        return reader.getnframes() / reader.getframerate()
 
-    The bitrate is estimated from the length (MP3 is constant bitrate here) and checked on the
+
+def encode_to_fit(path: str | Path, limit_bytes: int) -> FittedFile | None:
+    """The WAV at `path` itself if it fits `limit_bytes`, else the best MP3 that fits, else None.
+
+    The bitrate is estimated from the length (the MP3 is constant bitrate) and checked on the
     file written, stepping down while the file is still too large.
     """
     path = Path(path)
     if path.stat().st_size <= limit_bytes:
         return FittedFile(path, path.suffix.lstrip(".").lower() or "wav")
-    configure_pydub()
-    from pydub import AudioSegment
-
-    audio = AudioSegment.from_file(str(path))
-    seconds = max(len(audio) / 1000.0, 1e-3)
+    seconds = max(wav_seconds(path), 1e-3)
     # 3 % headroom for frame headers and the ID3 tag.
     affordable_kbps = limit_bytes * 8 * 0.97 / seconds / 1000
     mp3_path = path.with_suffix(".mp3")
     for kbps in (rate for rate in MP3_BITRATES_KBPS if rate <= affordable_kbps):
-        audio.export(str(mp3_path), format="mp3", bitrate=f"{kbps}k")
+        encode_mp3(path, mp3_path, bitrate=f"{kbps}k")
         if mp3_path.stat().st_size <= limit_bytes:
             return FittedFile(mp3_path, "mp3", kbps)
     mp3_path.unlink(missing_ok=True)

@@ -51,6 +51,11 @@ CONTEXT_MENU_HINT = (
 )
 
 
+def shown_filename(filename: str) -> str:
+    """A member's file name as the bot quotes it: cut, and with markdown and mentions escaped."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(filename[:100]))
+
+
 def modal_title(clip_count: int) -> str:
     """The modal must be the first response, so it is where a member learns which clip is used."""
     if clip_count > 1:
@@ -279,7 +284,8 @@ class ContinueAudioCog(commands.Cog):
                 source, clips[0], model_version, wanted.prompt, wanted.seconds
             )
         first_of = f" (the first of its {len(clips)} clips)" if len(clips) > 1 else ""
-        status = await self.answer_reply(message, f"🎼 Continuing {clips[0].filename}{first_of}: queueing…")
+        name = shown_filename(clips[0].filename)
+        status = await self.answer_reply(message, f"🎼 Continuing {name}{first_of}: queueing…")
         try:
             await self.generate.admit_and_queue(
                 JobOrigin(
