@@ -13,6 +13,7 @@ a member's clip is answered with how to use the context menu; the bot never fetc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -21,7 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.audio_edit import context_window
+from bot.audio_edit import clip_seconds, context_window
 from bot.continuation import (
     DEFAULT_NEW_SECONDS,
     audio_attachments,
@@ -206,8 +207,14 @@ class ContinueAudioCog(commands.Cog):
             raise RequestError(
                 f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})."
             )
-        stored, source_seconds = await self.generate.download_upload(clip)
+        stored, _probed_seconds = await self.generate.download_upload(clip)
         try:
+            source_seconds = await asyncio.to_thread(
+                clip_seconds,
+                stored,
+                timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
+                max_seconds=self.bot.config.limits.max_input_seconds,
+            )
             window = context_window(source_seconds, seconds, self.bot.config.limits.continuation_context_s)
             request = continuation_request(
                 model_version=model_version, prompt=prompt, source_path=stored, seconds=seconds, window=window
