@@ -228,6 +228,15 @@ async def test_a_reply_with_a_mention_continues_a_bot_result_without_the_content
     assert decoded(piece.attachments[0].data, tmp_path, "reply.wav").shape[0] == 3 * SAMPLE_RATE
     assert f"<@{alice.id}>" in piece.content
 
+    # Re-rolling the continuation continues the same clip again, with a new seed.
+    reroll = await fake.click_button(alice, piece, f"musicgen:reroll:{job_id}")
+    rerolled_id = await queued_job_id(reroll)
+    again = await posted_result(fake, server.channel, rerolled_id)
+    rerolled = await wait_for_status(bot, rerolled_id, "done")
+    assert rerolled["source_message_id"] == result.id and rerolled["context_s"] == row["context_s"]
+    assert rerolled["seed"] != row["seed"]
+    assert decoded(again.attachments[0].data, tmp_path, "again.wav").shape[0] == 3 * SAMPLE_RATE
+
 
 async def test_a_reply_to_a_members_clip_without_the_intent_explains_the_context_menu(
     fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
@@ -384,3 +393,29 @@ async def test_a_piece_too_large_even_as_mp3_is_posted_as_its_new_seconds_and_sa
         new_part = decoded(result.attachments[0].data, tmp_path, "new-part.wav")
         assert new_part.shape[0] == SAMPLE_RATE
         assert (await wait_for_status(bot, job_id, "done"))["posted_format"] == "wav"
+
+
+async def test_a_reply_queued_before_a_restart_is_made_after_it_and_its_status_reply_follows(
+    fake_discord: FakeDiscord,
+    server: Server,
+    config: BotConfig,
+    inference_client: InferenceClient,
+    tmp_path: Path,
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    async with musicgen_bot(fake, config, inference_client) as first_run:
+        result = await generate_result(fake, server, bob, "before")
+        first_run.dispatcher.pause()
+        reply = await fake.post_user_message(
+            bob, server.channel, f"{fake.bot_user.mention} 1s", reply_to=result
+        )
+        status = await fake.wait_for_message(
+            server.channel, lambda m: m.reference is reply and "is queued" in m.content
+        )
+        job_id = int(status.content.split("Job #", 1)[1].split()[0].rstrip(":.,;"))
+    async with musicgen_bot(fake, config, inference_client) as second_run:
+        piece = await posted_result(fake, server.channel, job_id)
+        row = await wait_for_status(second_run, job_id, "done")
+        assert row["status_message_id"] == status.id and row["source_message_id"] == result.id
+        assert decoded(piece.attachments[0].data, tmp_path, "after-restart.wav").shape[0] == 2 * SAMPLE_RATE
+        await fake.wait_for_message(server.channel, lambda m: m.id == status.id and "is done" in m.content)
