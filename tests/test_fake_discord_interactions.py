@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
 import pytest
-from discord import app_commands
 from discord.ext import commands
 
 from tests.fake_discord import (
@@ -214,5 +214,15 @@ async def test_without_the_guild_messages_intent_no_message_reaches_the_bot(fake
         assert bot.seen == []
 
 
-def test_app_commands_import_is_used() -> None:
-    assert app_commands.ContextMenu is not None
+async def test_an_embed_image_from_an_attached_file_is_resolved_to_its_cdn_url(fake: FakeDiscord) -> None:
+    bot, _guild, channel, _alice, _bob = await start(fake, no_content_intent())
+    async with running_bot(fake, bot):
+        embed = discord.Embed(title="picture").set_image(url="attachment://wave.png")
+        embed.set_thumbnail(url="attachment://missing.png")
+        sent = await bot.get_partial_messageable(channel.id).send(
+            embed=embed, file=discord.File(io.BytesIO(b"\x89PNG fake"), filename="wave.png")
+        )
+        stored = fake.messages_by_id[sent.id]
+        assert stored.embeds[0]["image"]["url"] == stored.attachments[0].url
+        assert sent.embeds[0].image.url == stored.attachments[0].url  # what discord.py got back
+        assert stored.embeds[0]["thumbnail"]["url"] == "attachment://missing.png"  # no such file: as written

@@ -135,7 +135,7 @@ async def test_the_context_menu_on_a_long_clip_posts_the_whole_piece_with_the_or
     # The picture: a PNG attached and shown in the embed.
     picture = result.attachments[1]
     assert picture.filename == f"musicgen-{job_id}.png"
-    assert result.embeds[0]["image"]["url"] == f"attachment://{picture.filename}"
+    assert result.embeds[0]["image"]["url"] == picture.url  # Discord resolves attachment://
     assert Image.open(io.BytesIO(picture.data)).size == (640, 120)
 
 

@@ -80,7 +80,7 @@ async def test_a_member_asks_for_music_with_text_only_and_a_wav_appears_with_its
     assert audio.filename == f"musicgen-{job_id}.wav" and audio.data[:4] == b"RIFF"
     # The waveform picture is attached and shown in the embed.
     assert picture.filename == f"musicgen-{job_id}.png" and picture.data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.embeds[0]["image"]["url"] == f"attachment://{picture.filename}"
+    assert result.embeds[0]["image"]["url"] == picture.url  # Discord resolves attachment://
     assert wav_seconds(audio.data) == pytest.approx(1.0, abs=0.05)
     assert f"<@{studio['alice'].id}>" in result.content
     embed = result.embeds[0]
