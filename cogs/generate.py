@@ -21,9 +21,10 @@ from discord import app_commands
 from discord.app_commands import Choice, Range
 from discord.ext import commands
 
+from bot.access import can_see_job
 from bot.audio_files import looks_like_audio, measure_upload
 from bot.jobs import Job, JobOrigin
-from bot.replies import defer_publicly
+from bot.replies import clip_text, defer_publicly, escape_member_text
 from inference.request import (
     MAX_DURATION_S,
     MAX_GUIDANCE,
@@ -52,6 +53,11 @@ MIB = 1024 * 1024
 
 def choices(values: tuple[str, ...]) -> list[Choice[str]]:
     return [Choice(name=value, value=value) for value in values]
+
+
+def shown_filename(attachment: discord.Attachment) -> str:
+    """The upload's name as a reply may quote it: the member chose it, so it is cut and escaped."""
+    return escape_member_text(clip_text(attachment.filename, 100))
 
 
 class GenerateCog(commands.Cog):
@@ -152,8 +158,13 @@ class GenerateCog(commands.Cog):
     ) -> None:
         self.check_accepting_jobs()
         original = await self.bot.jobs.get(job_id)
-        if original is None or original.guild_id != interaction.guild_id:
-            raise RequestError(f"There is no job #{job_id} in this server. `/history` lists yours.")
+        # Others' jobs only once posted in a channel the member can read: the same answer as for a
+        # job that does not exist, so job numbers reveal nothing about private channels.
+        if original is None or not can_see_job(interaction, original):
+            raise RequestError(
+                f"There is no job #{job_id} here that you can replay: your own jobs, and jobs posted in "
+                "channels you can read, can be replayed. `/history` lists yours."
+            )
         request = original.request
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
@@ -190,11 +201,11 @@ class GenerateCog(commands.Cog):
         max_mb = self.bot.config.limits.max_attachment_mb
         if attachment.size > max_mb * MIB:
             raise RequestError(
-                f"{attachment.filename} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
+                f"{shown_filename(attachment)} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
             )
         if not looks_like_audio(attachment.filename, attachment.content_type):
             raise RequestError(
-                f"{attachment.filename} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
+                f"{shown_filename(attachment)} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
             )
 
     def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
@@ -213,7 +224,9 @@ class GenerateCog(commands.Cog):
         try:
             await attachment.save(path)
             if path.stat().st_size > self.bot.config.limits.max_attachment_mb * MIB:
-                raise RequestError(f"{attachment.filename} is larger than it said it was; it was refused.")
+                raise RequestError(
+                    f"{shown_filename(attachment)} is larger than it said it was; it was refused."
+                )
             seconds = await asyncio.to_thread(
                 measure_upload,
                 path,
@@ -224,7 +237,7 @@ class GenerateCog(commands.Cog):
         except discord.HTTPException as error:
             path.unlink(missing_ok=True)
             raise RequestError(
-                f"I could not download {attachment.filename} from Discord ({error.status}). Try again."
+                f"I could not download {shown_filename(attachment)} from Discord ({error.status}). Try again."
             ) from error
         except BaseException:
             path.unlink(missing_ok=True)

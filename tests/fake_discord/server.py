@@ -360,11 +360,22 @@ class FakeDiscord:
         type: int = ChannelType.GUILD_TEXT,
         bot_denied: int = 0,
         everyone_denied: int = 0,
+        allowed: Sequence[FakeMember | FakeRole] = (),
+        allowed_permissions: int = Permission.VIEW_CHANNEL | Permission.READ_MESSAGE_HISTORY,
     ) -> FakeChannel:
-        """A text channel; ``bot_denied`` permission bits are denied to the bot by a member overwrite."""
+        """A text channel; ``bot_denied`` permission bits are denied to the bot by a member overwrite.
+
+        A private channel: ``everyone_denied=Permission.VIEW_CHANNEL`` and the members or roles in
+        ``allowed`` (and the bot) let back in by overwrites granting ``allowed_permissions``.
+        """
         channel = self._new_channel(guild, name, type=type)
         if everyone_denied:
             channel.overwrites.append((guild.id, 0, 0, everyone_denied))
+            if allowed:  # a private channel the bot works in
+                channel.overwrites.append((self.bot_user.id, 1, everyone_denied, 0))
+        for who in allowed:
+            kind = 0 if isinstance(who, FakeRole) else 1
+            channel.overwrites.append((who.id, kind, allowed_permissions, 0))
         if bot_denied:
             channel.overwrites.append((self.bot_user.id, 1, 0, bot_denied))
         self._soon(
