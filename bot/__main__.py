@@ -37,6 +37,15 @@ def read_config(path: Path | None) -> BotConfig:
         raise click.ClickException(f"invalid configuration:\n{error}") from None
 
 
+def take_token_from_environment() -> str:
+    """The bot token, removed from the environment as it is read.
+
+    Every child (the inference worker, ffmpeg on untrusted uploads, pydub) inherits os.environ: a
+    token no longer there cannot leak through any of them.
+    """
+    return os.environ.pop(TOKEN_ENV_VAR, "").strip()
+
+
 @click.group(invoke_without_command=True)
 @click.option(
     "--config",
@@ -60,7 +69,7 @@ def main(context: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def run(config_path: Path | None, force_sync: bool = False) -> None:
     """Run the bot (the token comes from $DISCORD_TOKEN)."""
-    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    token = take_token_from_environment()
     if not token:
         raise click.ClickException(
             f"{TOKEN_ENV_VAR} is not set. Put your bot's token (Discord developer portal → your application → "

@@ -17,6 +17,7 @@ import pyloudnorm
 import soundfile
 import torch
 
+from inference.environment import child_environment
 from inference.ffmpeg import (
     DEFAULT_MAX_SECONDS,
     AudioDecodeError,
@@ -218,6 +219,7 @@ def _encode_mp3(samples: np.ndarray, sample_rate: int, path: Path) -> None:
         input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
         capture_output=True,
         timeout=60.0 + audio_seconds,
+        env=child_environment(),
     )
     if result.returncode != 0:
         raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")

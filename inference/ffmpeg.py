@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.environment import child_environment
 from inference.request import RequestError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def _run_ffmpeg(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
+            env=child_environment(),
         )
 
         def kill_at_deadline() -> None:
@@ -306,6 +308,7 @@ def _mediainfo_from_ffmpeg(filepath: Any, read_ahead_limit: int = -1) -> dict[st
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=30,
+            env=child_environment(),
         )
     except subprocess.TimeoutExpired:
         return {}
