@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.request import MODEL_VERSIONS
-from inference.settings import EngineSettings, read_config_file
+from inference.settings import EngineSettings, read_config_file, with_input_limit
 
 
 class _Section(BaseModel):
@@ -44,6 +45,21 @@ class BotConfig(_Section):
     worker: WorkerOptions = WorkerOptions()
     engine_settings: EngineSettings = EngineSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_input_limit(cls, data: Any) -> Any:
+        """The worker decodes clips under the same `max_input_seconds` the bot admits them with."""
+        if not isinstance(data, dict):
+            return data
+        limits = data.get("limits", Limits())
+        limits = limits if isinstance(limits, Limits) else Limits(**limits)
+        settings = data.get("engine_settings", EngineSettings())
+        settings = settings if isinstance(settings, EngineSettings) else EngineSettings(**settings)
+        if settings.engine.max_input_seconds == limits.max_input_seconds:
+            return data
+        engine = settings.engine.model_copy(update={"max_input_seconds": limits.max_input_seconds})
+        return {**data, "engine_settings": settings.model_copy(update={"engine": engine})}
+
     def model_post_init(self, _context: object) -> None:
         # The default model is what every /generate without model_version runs: it must make music.
         default = self.bot.default_model_version
@@ -70,4 +86,6 @@ class BotConfig(_Section):
 def load_config(path: str | os.PathLike[str] | None = None) -> BotConfig:
     raw = read_config_file(path)
     engine_tables = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
-    return BotConfig(**raw, engine_settings=EngineSettings(**engine_tables))
+    return BotConfig(
+        **raw, engine_settings=EngineSettings(**with_input_limit(engine_tables, raw.get("limits")))
+    )
