@@ -85,7 +85,7 @@ class BotConfig(_Section):
 
 def load_config(path: str | os.PathLike[str] | None = None) -> BotConfig:
     raw = read_config_file(path)
-    engine_tables = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
+    engine_tables: dict[str, Any] = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
     return BotConfig(
         **raw, engine_settings=EngineSettings(**with_input_limit(engine_tables, raw.get("limits")))
     )

@@ -101,5 +101,5 @@ def with_input_limit(engine_tables: Mapping[str, Any], limits: Mapping[str, Any]
 
 def load_engine_settings(path: str | os.PathLike[str] | None = None) -> EngineSettings:
     raw = read_config_file(path)
-    tables = {k: raw[k] for k in ("models", "engine", "melody") if k in raw}
+    tables: dict[str, Any] = {k: raw[k] for k in ("models", "engine", "melody") if k in raw}
     return EngineSettings(**with_input_limit(tables, raw.get("limits")))
