@@ -21,6 +21,7 @@ from bot.config import BotConfig
 from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
+from bot.downloads import ClipIntake
 from bot.jobs import JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import FairScheduler, QueueLimits
@@ -75,6 +76,7 @@ class MusicGenBot(commands.AutoShardedBot):
     scheduler: FairScheduler
     inference: InferenceClient
     dispatcher: JobDispatcher
+    clip_intake: ClipIntake
 
     def __init__(
         self,
@@ -157,6 +159,9 @@ class MusicGenBot(commands.AutoShardedBot):
         self.database = await Database.open(self.config.database_path)
         self.jobs = JobStore(self.database)
         limits = self.config.limits
+        self.clip_intake = ClipIntake(
+            per_member=limits.max_concurrent_downloads_per_member, total=limits.max_concurrent_downloads
+        )
         self.scheduler = FairScheduler(
             QueueLimits(
                 max_pending_per_user=limits.max_pending_per_user,
@@ -201,6 +206,8 @@ class MusicGenBot(commands.AutoShardedBot):
         if self._given_inference is None and hasattr(self, "inference"):
             await self.inference.close()
         await super().close()
+        if hasattr(self, "clip_intake"):
+            await self.clip_intake.close()
         if hasattr(self, "database"):
             await self.database.close()
 

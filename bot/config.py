@@ -32,6 +32,9 @@ class Limits(_Section):
     max_attachment_mb: float = Field(default=25, gt=0)
     max_input_seconds: float = Field(default=600, gt=0)
     progress_interval_s: float = Field(default=2.5, ge=0)
+    # Attached clips being downloaded and probed at once, per member and for the whole bot.
+    max_concurrent_downloads_per_member: int = Field(default=1, ge=1)
+    max_concurrent_downloads: int = Field(default=4, ge=1)
 
 
 class WorkerOptions(_Section):

@@ -23,6 +23,7 @@ from discord.ext import commands
 
 from bot.access import can_see_job
 from bot.audio_files import looks_like_audio, measure_upload
+from bot.downloads import DownloadFailed, DownloadTooLarge
 from bot.jobs import Job, JobOrigin
 from bot.replies import clip_text, defer_publicly, escape_member_text
 from inference.request import (
@@ -138,7 +139,8 @@ class GenerateCog(commands.Cog):
         upload: Path | None = None
         try:
             if input_audio is not None:
-                upload = await self.download_and_measure(input_audio, request)
+                async with self.bot.clip_intake.slot(interaction.user.id):
+                    upload = await self.download_and_measure(input_audio, request)
                 request = request.replace(input_audio=str(upload))
             await self.queue_job(
                 interaction, request, input_audio_filename=input_audio.filename if input_audio else None
@@ -222,11 +224,19 @@ class GenerateCog(commands.Cog):
             suffix = ".audio"
         path = self.bot.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
         try:
-            await attachment.save(path)
-            if path.stat().st_size > self.bot.config.limits.max_attachment_mb * MIB:
+            try:
+                await self.bot.clip_intake.download(
+                    attachment.url, path, max_bytes=int(self.bot.config.limits.max_attachment_mb * MIB)
+                )
+            except DownloadTooLarge:
                 raise RequestError(
                     f"{shown_filename(attachment)} is larger than it said it was; it was refused."
-                )
+                ) from None
+            except DownloadFailed as error:
+                logger.warning("download of %s failed: %s", attachment.url, error)
+                raise RequestError(
+                    f"I could not download {shown_filename(attachment)} from Discord. Try again in a moment."
+                ) from error
             seconds = await asyncio.to_thread(
                 measure_upload,
                 path,
@@ -234,11 +244,6 @@ class GenerateCog(commands.Cog):
                 timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
             )
             request.check_input_length(seconds)
-        except discord.HTTPException as error:
-            path.unlink(missing_ok=True)
-            raise RequestError(
-                f"I could not download {shown_filename(attachment)} from Discord ({error.status}). Try again."
-            ) from error
         except BaseException:
             path.unlink(missing_ok=True)
             raise

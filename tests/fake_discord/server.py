@@ -181,6 +181,7 @@ class FakeDiscord:
         self.unhandled_requests: list[str] = []
         self.cdn_downloads: list[FakeAttachment] = []
         self.cdn_misses: list[str] = []
+        self._cdn_release: asyncio.Event | None = None  # set while downloads are held
         self.typing: list[FakeChannel] = []
         self.presence_updates: list[Any] = []
         self.invalid_request_count = 0
@@ -1992,11 +1993,39 @@ class FakeDiscord:
     # ======================================================================================
     # CDN
     # ======================================================================================
+    def hold_cdn_downloads(self) -> None:
+        """A slow network: attachment downloads send their first KiB, then stall until released."""
+        if self._cdn_release is None:
+            self._cdn_release = asyncio.Event()
+
+    def release_cdn_downloads(self) -> None:
+        if self._cdn_release is not None:
+            self._cdn_release.set()
+            self._cdn_release = None
+
+    async def _serve_slowly(
+        self, request: web.Request, attachment: FakeAttachment, release: asyncio.Event
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": attachment.content_type or "application/octet-stream",
+                "Content-Length": str(attachment.size),
+            }
+        )
+        await response.prepare(request)
+        await response.write(attachment.data[:1024])
+        await release.wait()
+        await response.write(attachment.data[1024:])
+        await response.write_eof()
+        return response
+
     async def _serve_cdn(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         attachment = self.attachments.get(path) or self.attachments.get(quote(path))
         if attachment is not None:
             self.cdn_downloads.append(attachment)
+            if self._cdn_release is not None:
+                return await self._serve_slowly(request, attachment, self._cdn_release)
             return web.Response(
                 body=attachment.data,
                 headers={
