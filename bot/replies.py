@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 
 import discord
+
+from inference.errors import OWNER_DETAILS_MARK
+
+logger = logging.getLogger(__name__)
 
 # interaction.extras key set when a command deferred publicly ("… is thinking" visible to all).
 PUBLIC_DEFER = "musicgen_public_defer"
@@ -135,3 +140,18 @@ def fit_embed(embed: discord.Embed) -> discord.Embed:
         embed.remove_field(len(embed.fields) - 1)
         excess = len(embed) - EMBED_TOTAL_LIMIT
     return embed
+
+
+def text_for_requester(text: str, interaction: discord.Interaction | None, job_id: int) -> str:
+    """What a member is told of a refusal from the worker.
+
+    Details meant for the bot owner (configuration, paths, exception text) go to the log, and to
+    the member only if they can manage the server; everyone else gets the short sentence.
+    """
+    member_text, _, owner_details = text.partition(OWNER_DETAILS_MARK)
+    if not owner_details:
+        return text
+    logger.warning("job %s was refused: %s", job_id, owner_details)
+    if interaction is not None and interaction.permissions.manage_guild:
+        return f"{member_text}\n(You can manage this server: {owner_details})"
+    return member_text

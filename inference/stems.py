@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from inference.errors import with_owner_details
 from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ class StemSeparationUnavailable(RequestError):
 
 def _unavailable(spec: str, reason: str) -> StemSeparationUnavailable:
     return StemSeparationUnavailable(
-        f"Melody stem separation is not available on this bot: the demucs model {spec!r} could not be loaded "
-        f"({reason}). The bot owner can set `[melody] stem_separation = false` in config.toml to take the "
-        "chroma from the full mix, or point `[melody] demucs_model` at a saved demucs model file."
+        with_owner_details(
+            "Following a melody is not available on this bot right now (its set-up needs fixing; "
+            "the owner can see why in the log). Set continuation to True to continue your clip instead.",
+            f"melody stem separation is not available: the demucs model {spec!r} could not be loaded "
+            f"({reason}). Set `[melody] stem_separation = false` in config.toml to take the chroma from "
+            "the full mix, or point `[melody] demucs_model` at a saved demucs model file.",
+        )
     )
 
 
