@@ -37,6 +37,15 @@ class Limits(_Section):
     max_concurrent_downloads: int = Field(default=4, ge=1)
 
 
+class StorageOptions(_Section):
+    # Uploads and generated audio older than this are deleted (jobs still waiting keep theirs).
+    keep_days: float = Field(default=30, gt=0)
+    # ... and the oldest go first while uploads + outputs take more than this.
+    max_gb: float = Field(default=20, gt=0)
+    # New jobs are refused while the data dir's disk has less free space than this.
+    min_free_mb: float = Field(default=500, ge=0)
+
+
 class WorkerOptions(_Section):
     processes: int = Field(default=1, ge=1)
     job_retries: int = Field(default=1, ge=0)
@@ -46,6 +55,7 @@ class BotConfig(_Section):
     bot: BotOptions = BotOptions()
     limits: Limits = Limits()
     worker: WorkerOptions = WorkerOptions()
+    storage: StorageOptions = StorageOptions()
     engine_settings: EngineSettings = EngineSettings()
 
     @model_validator(mode="before")

@@ -136,6 +136,8 @@ class GenerateCog(commands.Cog):
         self.check_admission(interaction)
 
         await defer_publicly(interaction)
+        # After the defer: acknowledging within 3 s never waits on the database.
+        await self.check_server_controls(interaction)
         upload: Path | None = None
         try:
             if input_audio is not None:
@@ -173,6 +175,7 @@ class GenerateCog(commands.Cog):
         self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
+        await self.check_server_controls(interaction)
         await self.queue_job(
             interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id
         )
@@ -183,6 +186,8 @@ class GenerateCog(commands.Cog):
             raise RequestError(
                 "The bot is restarting and is not taking new jobs right now. Try again in a minute."
             )
+        if (refusal := self.bot.low_disk_refusal()) is not None:
+            raise RequestError(refusal)
 
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
         if request.model_version == "finetuned" and not self.bot.finetuned_configured:
@@ -213,6 +218,16 @@ class GenerateCog(commands.Cog):
     def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
         assert interaction.guild_id is not None
         refusal = self.bot.scheduler.admission_refusal(interaction.guild_id, interaction.user.id)
+        if refusal is not None:
+            raise RequestError(refusal)
+
+    async def check_server_controls(self, interaction: discord.Interaction[MusicGenBot]) -> None:
+        """The server's own rules: the channels the bot works in, the daily quota per member."""
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        channel = interaction.channel
+        parent_id = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+        channel_ids = (interaction.channel_id,) + ((parent_id,) if parent_id else ())
+        refusal = await self.bot.controls.refusal_for(interaction.guild_id, channel_ids, interaction.user.id)
         if refusal is not None:
             raise RequestError(refusal)
 
@@ -266,6 +281,8 @@ class GenerateCog(commands.Cog):
             request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
         async with self.bot.admission_lock:
             self.check_admission(interaction)
+            # Again under the lock: two quick commands must not both take the member's last job of the day.
+            await self.check_server_controls(interaction)
             job = await self.bot.jobs.create(
                 JobOrigin(
                     guild_id=interaction.guild_id,
