@@ -452,7 +452,15 @@ async def test_a_running_job_can_be_cancelled(bot: MusicGenBot, world: World) ->
 
 async def test_slash_commands_are_registered_once(bot: MusicGenBot, world: World) -> None:
     names = sorted(command["name"] for command in world.fake.registered_commands())
-    assert names == ["cancel", "generate", "history", "musicgen-settings", "musicgen-status", "queue", "replay"]
+    assert names == [
+        "cancel",
+        "generate",
+        "history",
+        "musicgen-settings",
+        "musicgen-status",
+        "queue",
+        "replay",
+    ]
     generate = next(c for c in world.fake.registered_commands() if c["name"] == "generate")
     assert len(generate["options"]) == 14
     assert await bot.sync_commands_if_changed() == []  # unchanged: no second sync
