@@ -171,7 +171,8 @@ class GenerateCog(commands.Cog):
             )
         request = original.request
         if request.input_audio is not None and not Path(request.input_audio).is_file():
-            raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
+            await self.replay_from_discord(interaction, original)
+            return
         self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
@@ -179,6 +180,54 @@ class GenerateCog(commands.Cog):
         await self.queue_job(
             interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id
         )
+
+    async def replay_from_discord(self, interaction: discord.Interaction[MusicGenBot], original: Job) -> None:
+        """The job's upload was swept from the disk: post again the audio the bot posted for it then.
+
+        The same settings and seed make the same music, so that audio is what a replay would make.
+        """
+        await defer_publicly(interaction)  # fetching from Discord may take longer than the 3 s to answer
+        found = await self.posted_audio(original)
+        if found is None:
+            raise RequestError(
+                f"Job #{original.id}'s input audio is no longer stored and its result is not on Discord any "
+                "more, so it cannot be replayed."
+            )
+        message, audio = found
+        await self.check_server_controls(interaction)
+        path = self.bot.uploads_dir / f"replay-{uuid.uuid4().hex}{Path(audio.filename).suffix}"
+        try:
+            async with self.bot.clip_intake.slot(interaction.user.id):
+                try:
+                    await self.bot.clip_intake.download(audio.url, path, max_bytes=interaction.filesize_limit)
+                except (DownloadFailed, DownloadTooLarge) as error:
+                    logger.warning("replay of job %s: fetching %s failed: %s", original.id, audio.url, error)
+                    raise RequestError(
+                        f"Job #{original.id}'s input audio is no longer stored, and I could not fetch the audio "
+                        "I posted for it. Try again in a moment."
+                    ) from error
+            await interaction.followup.send(
+                f"{interaction.user.mention} here is job #{original.id} again. Its clip is no longer stored, so "
+                "this is the audio posted for it (the same settings and seed make the same music).",
+                file=discord.File(path, filename=audio.filename),
+                embeds=message.embeds[:1],
+                allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def posted_audio(self, job: Job) -> tuple[discord.Message, discord.Attachment] | None:
+        """The bot's own message with the job's audio, and that audio, if Discord still has them."""
+        if job.result_message_id is None:
+            return None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.fetch_message(job.result_message_id)
+        except discord.HTTPException as error:  # deleted, or the bot may no longer read the channel
+            logger.info("job %s: its result message cannot be fetched: %s", job.id, error)
+            return None
+        audio = [a for a in message.attachments if a.filename.startswith(f"musicgen-{job.id}.")]
+        return (message, audio[0]) if audio else None
 
     # -- checks ---------------------------------------------------------------------------------------
     def check_accepting_jobs(self) -> None:
