@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,39 @@ def test_the_worker_gets_the_bots_clip_length_limit(tmp_path: Path) -> None:
     from inference.settings import load_engine_settings
 
     assert load_engine_settings(config_file).engine.max_input_seconds == 90
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs), filled to the last byte; skipped where mounting needs root."""
+    mount_point = tmp_path / "full-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with (
+            (mount_point / "filler").open("wb", buffering=0) as file,
+            pytest.raises(OSError, match="No space"),
+        ):
+            while True:
+                file.write(b"\0" * 4096)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("output_format", ["wav", "mp3"])
+def test_a_result_written_to_a_full_disk_fails_and_leaves_no_partial_file(
+    full_disk: Path, output_format: str
+) -> None:
+    import torch
+
+    from inference.audio import write_audio
+
+    wav = torch.zeros(1, 32000)
+    with pytest.raises((OSError, RuntimeError)):
+        write_audio(wav, 32000, full_disk / "outputs" / "job-1", output_format)
+    assert not list((full_disk / "outputs").glob("job-1*"))
