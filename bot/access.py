@@ -36,9 +36,8 @@ def can_see_job(interaction: discord.Interaction, job: Job) -> bool:
         return False
     if job.user_id == interaction.user.id:
         return True
-    return job.status is JobStatus.DONE and can_read_channel(
-        interaction.user, interaction.guild, job.channel_id
-    )
+    posted = job.status is JobStatus.DONE and job.result_message_id is not None
+    return posted and can_read_channel(interaction.user, interaction.guild, job.channel_id)
 
 
 def can_see_channel_of(interaction: discord.Interaction, job: Job) -> bool:

@@ -444,5 +444,5 @@ def configure_pydub() -> None:
 
     pydub.audio_segment.AudioSegment.converter = ffmpeg_executable()
     if not (shutil.which("ffprobe") or shutil.which("avprobe")):
-        pydub.audio_segment.mediainfo_json = _mediainfo_from_ffmpeg  # type: ignore[assignment]
-        pydub.utils.mediainfo_json = _mediainfo_from_ffmpeg  # type: ignore[assignment]
+        pydub.audio_segment.mediainfo_json = _mediainfo_from_ffmpeg
+        pydub.utils.mediainfo_json = _mediainfo_from_ffmpeg

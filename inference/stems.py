@@ -114,6 +114,7 @@ def melody_stems(
     demucs_rate = int(model.samplerate)  # type: ignore[arg-type]
     demucs_channels = int(model.audio_channels)  # type: ignore[arg-type]
     mix = convert_audio(wav.float().cpu(), sample_rate, demucs_rate, demucs_channels)
-    stems = apply_model(model, mix[None], device=device)  # [1, sources, channels, T]; shifts use `random`
+    # [1, sources, channels, T]; shifts use `random`. Any module with the demucs interface will do.
+    stems = apply_model(model, mix[None], device=device)  # type: ignore[arg-type]
     melody = stems[0, stem_indices].sum(0)  # [channels, T]
     return convert_audio(melody, demucs_rate, sample_rate, 1)
