@@ -64,7 +64,7 @@ async def _audit(bot: MusicGenBot) -> list[tuple[int, str, str, str]]:
     async with bot.database.connection.execute(
         "SELECT user_id, setting, old_value, new_value FROM settings_audit ORDER BY id"
     ) as cursor:
-        return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+        return [(row[0], row[1], row[2], row[3]) for row in await cursor.fetchall()]
 
 
 async def test_the_bot_works_only_in_the_channels_an_admin_lists(
