@@ -7,6 +7,7 @@ musicgen-bot db upgrade | db status                          # apply / list the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import click
 import discord
 from pydantic import ValidationError
@@ -25,6 +27,7 @@ from inference.settings import CONFIG_ENV_VAR
 logger = logging.getLogger("bot")
 
 TOKEN_ENV_VAR = "DISCORD_TOKEN"
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30)
 T = TypeVar("T")
 
 
@@ -35,6 +38,15 @@ def read_config(path: Path | None) -> BotConfig:
         raise click.ClickException(f"config file not found: {error.filename}") from None
     except (ValidationError, ValueError) as error:
         raise click.ClickException(f"invalid configuration:\n{error}") from None
+
+
+def take_token_from_environment() -> str:
+    """The bot token, removed from the environment as it is read.
+
+    Every child (the inference worker, ffmpeg on untrusted uploads, pydub) inherits os.environ: a
+    token no longer there cannot leak through any of them.
+    """
+    return os.environ.pop(TOKEN_ENV_VAR, "").strip()
 
 
 @click.group(invoke_without_command=True)
@@ -60,7 +72,7 @@ def main(context: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def run(config_path: Path | None, force_sync: bool = False) -> None:
     """Run the bot (the token comes from $DISCORD_TOKEN)."""
-    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    token = take_token_from_environment()
     if not token:
         raise click.ClickException(
             f"{TOKEN_ENV_VAR} is not set. Put your bot's token (Discord developer portal → your application → "
@@ -72,8 +84,12 @@ def run(config_path: Path | None, force_sync: bool = False) -> None:
         asyncio.run(run_until_stopped(config, token, force_command_sync=force_sync))
     except discord.LoginFailure:
         raise click.ClickException(
-            f"Discord refused the token in {TOKEN_ENV_VAR}: check that it is current."
+            f"Discord refused the token in {TOKEN_ENV_VAR}: check that it is current "
+            "(developer portal → your application → Bot → Reset Token)."
         ) from None
+    except (OSError, aiohttp.ClientError, TimeoutError) as error:
+        # Reachable at start-up, lost during log-in: say so in one line, no traceback.
+        raise click.ClickException(f"Discord could not be reached: {describe_network_error(error)}") from None
     except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
         raise click.ClickException(
             "Discord refused a privileged intent; this bot should need none."
@@ -91,17 +107,61 @@ async def run_until_stopped(config: BotConfig, token: str, *, force_command_sync
     try:
         bot = MusicGenBot(config, force_command_sync=force_command_sync)
         async with bot:
-            running = asyncio.create_task(bot.start(token), name="discord-client")
+            running = asyncio.create_task(start_when_reachable(bot, token), name="discord-client")
             stopping = asyncio.create_task(stop_requested.wait(), name="stop-signal")
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
                 logger.info("stop requested: finishing up (running jobs go back to the queue)")
                 await bot.close()
+                running.cancel()  # only does something while still waiting for Discord to answer
             stopping.cancel()
-            await running  # re-raises start-up errors such as a bad token
+            with contextlib.suppress(asyncio.CancelledError):
+                await running  # re-raises start-up errors such as a bad token
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def describe_network_error(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+async def wait_until_discord_answers(
+    token: str, *, first_delay_s: float = 1.0, max_delay_s: float = 60.0
+) -> None:
+    """Ask Discord who we are until it answers; retry with backoff while it cannot be reached.
+
+    A machine that boots before its network, or a Discord outage, is logged as one line per try
+    (not a traceback) and waited out. A refused token raises LoginFailure at once: retrying
+    cannot fix it, and every 401 counts towards Discord's invalid-request ban.
+    """
+    delay_s = first_delay_s
+    url = f"{discord.http.Route.BASE}/users/@me"
+    headers = {
+        "Authorization": f"Bot {token}",
+        "User-Agent": f"DiscordBot (https://github.com/Rapptz/discord.py {discord.__version__})",
+    }
+    while True:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session,
+                session.get(url, headers=headers) as reply,
+            ):
+                if reply.status == 401:
+                    raise discord.LoginFailure("Improper token has been passed.")
+                if reply.status < 500:
+                    return  # reachable; anything else is for discord.py's own log-in to report
+                reason = f"Discord answered {reply.status}"
+        except (OSError, aiohttp.ClientError, TimeoutError) as error:
+            reason = describe_network_error(error)
+        logger.warning("Discord cannot be reached (%s); trying again in %.0f s", reason, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, max_delay_s)
+
+
+async def start_when_reachable(bot: discord.Client, token: str) -> None:
+    await wait_until_discord_answers(token)
+    await bot.start(token)
 
 
 @main.group()

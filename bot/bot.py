@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,26 @@ from bot.continuation import finish_continuation
 from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
+from bot.downloads import ClipIntake
 from bot.jobs import Job, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import FairScheduler, QueueLimits
+from bot.server_controls import ServerControls
+from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, low_disk_refusal
 from inference.client import InferenceClient
 from inference.protocol import GenerationResult
 from inference.request import MODEL_VERSIONS, RequestError
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.queue", "cogs.settings", "cogs.continue_audio", "cogs.result_buttons")
+EXTENSIONS = (
+    "cogs.generate",
+    "cogs.queue",
+    "cogs.settings",
+    "cogs.status",
+    "cogs.continue_audio",
+    "cogs.result_buttons",
+)
 
 
 def bot_intents(*, message_content: bool = False) -> discord.Intents:
@@ -80,6 +91,9 @@ class MusicGenBot(commands.AutoShardedBot):
     scheduler: FairScheduler
     inference: InferenceClient
     dispatcher: JobDispatcher
+    clip_intake: ClipIntake
+    controls: ServerControls
+    janitor: StorageJanitor
 
     def __init__(
         self,
@@ -105,6 +119,7 @@ class MusicGenBot(commands.AutoShardedBot):
         # one member cannot both slip under the per-user cap.
         self.admission_lock = asyncio.Lock()
         self._shutdown: asyncio.Task[None] | None = None
+        self.started_at = time.time()
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -175,7 +190,11 @@ class MusicGenBot(commands.AutoShardedBot):
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.database = await Database.open(self.config.database_path)
         self.jobs = JobStore(self.database)
+        self.controls = ServerControls(self.database)
         limits = self.config.limits
+        self.clip_intake = ClipIntake(
+            per_member=limits.max_concurrent_downloads_per_member, total=limits.max_concurrent_downloads
+        )
         self.scheduler = FairScheduler(
             QueueLimits(
                 max_pending_per_user=limits.max_pending_per_user,
@@ -207,6 +226,24 @@ class MusicGenBot(commands.AutoShardedBot):
         await self.sync_commands_if_changed(force=self._force_command_sync)
         await self.dispatcher.resume_from_database()
         self.dispatcher.start()
+        storage = self.config.storage
+        self.janitor = StorageJanitor(
+            [self.uploads_dir, self.outputs_dir],
+            RetentionPolicy(keep_days=storage.keep_days, max_bytes=int(storage.max_gb * GIB)),
+            self.files_in_use,
+        )
+        self.janitor.start()
+
+    async def files_in_use(self) -> set[Path]:
+        """Uploads that queued or running jobs still need (the storage sweep leaves them alone)."""
+        async with self.database.connection.execute(
+            "SELECT input_audio FROM jobs WHERE status IN ('queued', 'running') AND input_audio IS NOT NULL"
+        ) as cursor:
+            return {Path(row[0]) for row in await cursor.fetchall()}
+
+    def low_disk_refusal(self) -> str | None:
+        """Why no new job can be taken while the disk is nearly full, or None."""
+        return low_disk_refusal(self.data_dir, int(self.config.storage.min_free_mb * MIB))
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""
@@ -216,11 +253,15 @@ class MusicGenBot(commands.AutoShardedBot):
         await asyncio.shield(self._shutdown)
 
     async def _shut_down(self) -> None:
+        if hasattr(self, "janitor"):
+            await self.janitor.stop()
         if hasattr(self, "dispatcher"):
             await self.dispatcher.stop()
         if self._given_inference is None and hasattr(self, "inference"):
             await self.inference.close()
         await super().close()
+        if hasattr(self, "clip_intake"):
+            await self.clip_intake.close()
         if hasattr(self, "database"):
             await self.database.close()
 

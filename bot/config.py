@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.request import MODEL_VERSIONS
-from inference.settings import EngineSettings, read_config_file
+from inference.settings import EngineSettings, read_config_file, with_input_limit
 
 
 class _Section(BaseModel):
@@ -34,6 +35,18 @@ class Limits(_Section):
     max_input_seconds: float = Field(default=600, gt=0)
     progress_interval_s: float = Field(default=2.5, ge=0)
     continuation_context_s: float = Field(default=10, ge=0.02, le=29)
+    # Attached clips being downloaded and probed at once, per member and for the whole bot.
+    max_concurrent_downloads_per_member: int = Field(default=1, ge=1)
+    max_concurrent_downloads: int = Field(default=4, ge=1)
+
+
+class StorageOptions(_Section):
+    # Uploads and generated audio older than this are deleted (jobs still waiting keep theirs).
+    keep_days: float = Field(default=30, gt=0)
+    # ... and the oldest go first while uploads + outputs take more than this.
+    max_gb: float = Field(default=20, gt=0)
+    # New jobs are refused while the data dir's disk has less free space than this.
+    min_free_mb: float = Field(default=500, ge=0)
 
 
 class WorkerOptions(_Section):
@@ -45,7 +58,23 @@ class BotConfig(_Section):
     bot: BotOptions = BotOptions()
     limits: Limits = Limits()
     worker: WorkerOptions = WorkerOptions()
+    storage: StorageOptions = StorageOptions()
     engine_settings: EngineSettings = EngineSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_input_limit(cls, data: Any) -> Any:
+        """The worker decodes clips under the same `max_input_seconds` the bot admits them with."""
+        if not isinstance(data, dict):
+            return data
+        limits = data.get("limits", Limits())
+        limits = limits if isinstance(limits, Limits) else Limits(**limits)
+        settings = data.get("engine_settings", EngineSettings())
+        settings = settings if isinstance(settings, EngineSettings) else EngineSettings(**settings)
+        if settings.engine.max_input_seconds == limits.max_input_seconds:
+            return data
+        engine = settings.engine.model_copy(update={"max_input_seconds": limits.max_input_seconds})
+        return {**data, "engine_settings": settings.model_copy(update={"engine": engine})}
 
     def model_post_init(self, _context: object) -> None:
         # The default model is what every /generate without model_version runs: it must make music.
@@ -72,5 +101,7 @@ class BotConfig(_Section):
 
 def load_config(path: str | os.PathLike[str] | None = None) -> BotConfig:
     raw = read_config_file(path)
-    engine_tables = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
-    return BotConfig(**raw, engine_settings=EngineSettings(**engine_tables))
+    engine_tables: dict[str, Any] = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
+    return BotConfig(
+        **raw, engine_settings=EngineSettings(**with_input_limit(engine_tables, raw.get("limits")))
+    )

@@ -19,6 +19,7 @@ import discord
 
 from bot.audio_edit import encode_to_fit, new_part_path_for
 from bot.jobs import Job
+from bot.replies import clip_text, escape_member_text, fit_embed
 from bot.status_message import is_dead_token_error
 from bot.waveform import MarkedPart, waveform_png_of_file
 from inference.protocol import GenerationResult
@@ -45,10 +46,11 @@ def describe_size(size_bytes: int) -> str:
 def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
     """Prompt, model, duration, seed, the other non-default settings and who asked."""
     request = job.request
-    title = request.prompt or "Music from your clip"
-    embed = discord.Embed(title=title[:256], colour=EMBED_COLOUR)
-    if request.prompt and len(request.prompt) > 256:
-        embed.description = request.prompt[:4096]
+    # The prompt is the member's text: escaped, so it cannot pass a masked link off as the bot's.
+    prompt = escape_member_text(request.prompt) if request.prompt else None
+    embed = discord.Embed(title=clip_text(prompt or "Music from your clip", 256), colour=EMBED_COLOUR)
+    if prompt and len(prompt) > 256:
+        embed.description = prompt
     embed.add_field(name="Model", value=request.model_version)
     if job.continues is not None:
         embed.add_field(
@@ -70,7 +72,7 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
         )
     elif job.input_audio_filename:
         role = "continued" if request.continuation else "melody"
-        embed.add_field(name="Input audio", value=f"{job.input_audio_filename} ({role})")
+        embed.add_field(name="Input audio", value=f"{escape_member_text(job.input_audio_filename)} ({role})")
     others = {k: v for k, v in request.non_default_fields().items() if k not in _FIELDS_SHOWN_SEPARATELY}
     if others:
         embed.add_field(
@@ -81,7 +83,7 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>", inline=False)
     replay = f" · replay of #{job.replay_of}" if job.replay_of else ""
     embed.set_footer(text=f"Job #{job.id}{replay} · /replay {job.id} makes it again")
-    return embed
+    return fit_embed(embed)
 
 
 class ResultPoster:

@@ -17,7 +17,7 @@ import discord
 
 from bot.delivery import ResultPoster
 from bot.jobs import Job, JobStatus, JobStore
-from bot.replies import INTERNAL_ERROR_TEXT
+from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
 from inference.client import InferenceClient
@@ -257,7 +257,9 @@ class JobDispatcher:
         except WorkerCrashed as crash:
             await self._after_crash(job, crash)
         except RequestError as error:
-            await self._fail(job, str(error), ephemeral=True)
+            await self._fail(
+                job, text_for_requester(str(error), self._interactions.get(job_id), job_id), ephemeral=True
+            )
         except GenerationFailed as error:
             logger.error("job %s failed in the engine: %s", job_id, error)
             await self._fail(job, "The generator hit an internal error on this request. Please try again.")

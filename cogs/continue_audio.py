@@ -174,7 +174,9 @@ class ContinueAudioCog(commands.Cog):
         self.generate.check_admission(interaction)
         model_version = await self.bot.default_model_for(interaction.guild_id)
         await defer_publicly(interaction)
-        request, continues, stored = await self.prepare(source, clip, model_version, prompt, seconds)
+        await self.generate.check_server_controls(interaction)
+        async with self.bot.clip_intake.slot(interaction.user.id):
+            request, continues, stored = await self.prepare(source, clip, model_version, prompt, seconds)
         try:
             return await self.generate.admit_and_queue(
                 JobOrigin(
@@ -233,6 +235,11 @@ class ContinueAudioCog(commands.Cog):
         # Only a mention typed in the text counts: a reply pings the bot by default without one.
         if not mentions_bot(message.content, me.id):
             return
+        if not await self.bot.controls.feature_enabled(message.guild.id, "replies"):
+            await self.answer_reply(
+                message, "Continuing by reply is switched off on this server; the context menu still works."
+            )
+            return
         try:
             await self.continue_from_reply(message)
         except RequestError as error:
@@ -286,7 +293,7 @@ class ContinueAudioCog(commands.Cog):
         self.generate.check_accepting_jobs()
         self.generate.check_member_admission(message.guild.id, message.author.id)
         model_version = await self.bot.default_model_for(message.guild.id)
-        async with message.channel.typing():
+        async with message.channel.typing(), self.bot.clip_intake.slot(message.author.id):
             request, continues, stored = await self.prepare(
                 source, clips[0], model_version, wanted.prompt, wanted.seconds
             )

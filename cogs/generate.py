@@ -21,9 +21,11 @@ from discord import app_commands
 from discord.app_commands import Choice, Range
 from discord.ext import commands
 
+from bot.access import can_see_job
 from bot.audio_files import looks_like_audio, measure_upload
+from bot.downloads import DownloadFailed, DownloadTooLarge
 from bot.jobs import ContinuationSource, Job, JobOrigin
-from bot.replies import defer_publicly
+from bot.replies import clip_text, defer_publicly, escape_member_text
 from inference.request import (
     MAX_DURATION_S,
     MAX_GUIDANCE,
@@ -52,6 +54,11 @@ MIB = 1024 * 1024
 
 def choices(values: tuple[str, ...]) -> list[Choice[str]]:
     return [Choice(name=value, value=value) for value in values]
+
+
+def shown_filename(attachment: discord.Attachment) -> str:
+    """The upload's name as a reply may quote it: the member chose it, so it is cut and escaped."""
+    return escape_member_text(clip_text(attachment.filename, 100))
 
 
 class GenerateCog(commands.Cog):
@@ -129,10 +136,13 @@ class GenerateCog(commands.Cog):
         self.check_admission(interaction)
 
         await defer_publicly(interaction)
+        # After the defer: acknowledging within 3 s never waits on the database.
+        await self.check_server_controls(interaction)
         upload: Path | None = None
         try:
             if input_audio is not None:
-                upload = await self.download_and_measure(input_audio, request)
+                async with self.bot.clip_intake.slot(interaction.user.id):
+                    upload = await self.download_and_measure(input_audio, request)
                 request = request.replace(input_audio=str(upload))
             await self.queue_job(
                 interaction, request, input_audio_filename=input_audio.filename if input_audio else None
@@ -152,14 +162,21 @@ class GenerateCog(commands.Cog):
     ) -> None:
         self.check_accepting_jobs()
         original = await self.bot.jobs.get(job_id)
-        if original is None or original.guild_id != interaction.guild_id:
-            raise RequestError(f"There is no job #{job_id} in this server. `/history` lists yours.")
+        # Others' jobs only once posted in a channel the member can read: the same answer as for a
+        # job that does not exist, so job numbers reveal nothing about private channels.
+        if original is None or not can_see_job(interaction, original):
+            raise RequestError(
+                f"There is no job #{job_id} here that you can replay: your own jobs, and jobs posted in "
+                "channels you can read, can be replayed. `/history` lists yours."
+            )
         request = original.request
         if request.input_audio is not None and not Path(request.input_audio).is_file():
-            raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
+            await self.replay_from_discord(interaction, original)
+            return
         self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
+        await self.check_server_controls(interaction)
         await self.queue_job(
             interaction,
             request,
@@ -168,12 +185,62 @@ class GenerateCog(commands.Cog):
             continues=original.continues,
         )
 
+    async def replay_from_discord(self, interaction: discord.Interaction[MusicGenBot], original: Job) -> None:
+        """The job's upload was swept from the disk: post again the audio the bot posted for it then.
+
+        The same settings and seed make the same music, so that audio is what a replay would make.
+        """
+        await defer_publicly(interaction)  # fetching from Discord may take longer than the 3 s to answer
+        found = await self.posted_audio(original)
+        if found is None:
+            raise RequestError(
+                f"Job #{original.id}'s input audio is no longer stored and its result is not on Discord any "
+                "more, so it cannot be replayed."
+            )
+        message, audio = found
+        await self.check_server_controls(interaction)
+        path = self.bot.uploads_dir / f"replay-{uuid.uuid4().hex}{Path(audio.filename).suffix}"
+        try:
+            async with self.bot.clip_intake.slot(interaction.user.id):
+                try:
+                    await self.bot.clip_intake.download(audio.url, path, max_bytes=interaction.filesize_limit)
+                except (DownloadFailed, DownloadTooLarge) as error:
+                    logger.warning("replay of job %s: fetching %s failed: %s", original.id, audio.url, error)
+                    raise RequestError(
+                        f"Job #{original.id}'s input audio is no longer stored, and I could not fetch the audio "
+                        "I posted for it. Try again in a moment."
+                    ) from error
+            await interaction.followup.send(
+                f"{interaction.user.mention} here is job #{original.id} again. Its clip is no longer stored, so "
+                "this is the audio posted for it (the same settings and seed make the same music).",
+                file=discord.File(path, filename=audio.filename),
+                embeds=message.embeds[:1],
+                allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def posted_audio(self, job: Job) -> tuple[discord.Message, discord.Attachment] | None:
+        """The bot's own message with the job's audio, and that audio, if Discord still has them."""
+        if job.result_message_id is None:
+            return None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.fetch_message(job.result_message_id)
+        except discord.HTTPException as error:  # deleted, or the bot may no longer read the channel
+            logger.info("job %s: its result message cannot be fetched: %s", job.id, error)
+            return None
+        audio = [a for a in message.attachments if a.filename.startswith(f"musicgen-{job.id}.")]
+        return (message, audio[0]) if audio else None
+
     # -- checks ---------------------------------------------------------------------------------------
     def check_accepting_jobs(self) -> None:
         if not self.bot.accepting_jobs:
             raise RequestError(
                 "The bot is restarting and is not taking new jobs right now. Try again in a minute."
             )
+        if (refusal := self.bot.low_disk_refusal()) is not None:
+            raise RequestError(refusal)
 
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
         if request.model_version == "finetuned" and not self.bot.finetuned_configured:
@@ -194,11 +261,11 @@ class GenerateCog(commands.Cog):
         max_mb = self.bot.config.limits.max_attachment_mb
         if attachment.size > max_mb * MIB:
             raise RequestError(
-                f"{attachment.filename} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
+                f"{shown_filename(attachment)} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
             )
         if not looks_like_audio(attachment.filename, attachment.content_type):
             raise RequestError(
-                f"{attachment.filename} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
+                f"{shown_filename(attachment)} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
             )
 
     def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
@@ -208,6 +275,23 @@ class GenerateCog(commands.Cog):
     def check_member_admission(self, guild_id: int, user_id: int) -> None:
         """The per-member and per-server caps (a full queue is refused with what to do)."""
         refusal = self.bot.scheduler.admission_refusal(guild_id, user_id)
+        if refusal is not None:
+            raise RequestError(refusal)
+
+    async def check_server_controls(self, interaction: discord.Interaction[MusicGenBot]) -> None:
+        """The server's own rules: the channels the bot works in, the daily quota per member."""
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        await self.check_channel_controls(
+            interaction.guild_id, interaction.channel_id, interaction.channel, interaction.user.id
+        )
+
+    async def check_channel_controls(
+        self, guild_id: int, channel_id: int, channel: object | None, user_id: int
+    ) -> None:
+        """`check_server_controls` for a job without an interaction (a reply, a jam turn)."""
+        parent_id = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+        channel_ids = (channel_id,) + ((parent_id,) if parent_id else ())
+        refusal = await self.bot.controls.refusal_for(guild_id, channel_ids, user_id)
         if refusal is not None:
             raise RequestError(refusal)
 
@@ -230,20 +314,25 @@ class GenerateCog(commands.Cog):
             suffix = ".audio"
         path = self.bot.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
         try:
-            await attachment.save(path)
-            if path.stat().st_size > self.bot.config.limits.max_attachment_mb * MIB:
-                raise RequestError(f"{attachment.filename} is larger than it said it was; it was refused.")
+            try:
+                await self.bot.clip_intake.download(
+                    attachment.url, path, max_bytes=int(self.bot.config.limits.max_attachment_mb * MIB)
+                )
+            except DownloadTooLarge:
+                raise RequestError(
+                    f"{shown_filename(attachment)} is larger than it said it was; it was refused."
+                ) from None
+            except DownloadFailed as error:
+                logger.warning("download of %s failed: %s", attachment.url, error)
+                raise RequestError(
+                    f"I could not download {shown_filename(attachment)} from Discord. Try again in a moment."
+                ) from error
             seconds = await asyncio.to_thread(
                 measure_upload,
                 path,
                 max_seconds=self.bot.config.limits.max_input_seconds,
                 timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
             )
-        except discord.HTTPException as error:
-            path.unlink(missing_ok=True)
-            raise RequestError(
-                f"I could not download {attachment.filename} from Discord ({error.status}). Try again."
-            ) from error
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -294,6 +383,11 @@ class GenerateCog(commands.Cog):
             request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
         async with self.bot.admission_lock:
             self.check_member_admission(origin.guild_id, origin.user_id)
+            # Again under the lock: two quick commands must not both take the member's last job of the day.
+            channel = (
+                interaction.channel if interaction is not None else self.bot.get_channel(origin.channel_id)
+            )
+            await self.check_channel_controls(origin.guild_id, origin.channel_id, channel, origin.user_id)
             job = await self.bot.jobs.create(
                 origin,
                 request,

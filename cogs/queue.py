@@ -9,7 +9,9 @@ from discord import app_commands
 from discord.app_commands import Range
 from discord.ext import commands
 
+from bot.access import can_see_channel_of
 from bot.jobs import Job, JobStatus
+from bot.replies import clip_text, escape_member_text, join_lines_within
 from inference.request import RequestError
 
 if TYPE_CHECKING:
@@ -27,9 +29,12 @@ STATUS_ICONS = {
 
 
 def short_prompt(job: Job, limit: int = 60) -> str:
-    prompt = job.request.prompt or (f"🎵 {job.input_audio_filename}" if job.input_audio_filename else "—")
-    prompt = prompt.replace("`", "'")
-    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+    """The job's prompt (or clip name), cut to `limit` characters and escaped for display."""
+    if job.request.prompt:
+        return escape_member_text(clip_text(job.request.prompt, limit))
+    if job.input_audio_filename:
+        return "🎵 " + escape_member_text(clip_text(job.input_audio_filename, limit))
+    return "—"
 
 
 class QueueCog(commands.Cog):
@@ -70,13 +75,17 @@ class QueueCog(commands.Cog):
         )
         for job in ordered[:QUEUE_LINES_SHOWN]:
             request = job.request
+            # Who asked for what is shown only to those who can read the channel it was asked in.
+            if can_see_channel_of(interaction, job):
+                who, what = f"<@{job.user_id}>", f" · {short_prompt(job)}"
+            else:
+                who, what = "in a channel you cannot see", ""
             lines.append(
-                f"{STATUS_ICONS[job.status]} #{job.id} · <@{job.user_id}> · {request.model_version}, "
-                f"{request.duration} s · `{short_prompt(job)}` · {where(job)}"
+                f"{STATUS_ICONS[job.status]} #{job.id} · {who} · {request.model_version}, "
+                f"{request.duration} s{what} · {where(job)}"
             )
-        if len(ordered) > QUEUE_LINES_SHOWN:
-            lines.append(f"… and {len(ordered) - QUEUE_LINES_SHOWN} more.")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        hidden = max(len(ordered) - QUEUE_LINES_SHOWN, 0)
+        await interaction.response.send_message(join_lines_within(lines, hidden=hidden), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your job (Manage Server: anyone's).")
     @app_commands.guild_only()
@@ -100,6 +109,8 @@ class QueueCog(commands.Cog):
                 raise RequestError(f"There is no job #{job_id} in this server.")
             job = found
         permissions = interaction.permissions
+        if not permissions.manage_guild and not can_see_channel_of(interaction, job):
+            raise RequestError(f"There is no job #{job_id} in this server.")
         if job.user_id != interaction.user.id and not permissions.manage_guild:
             raise RequestError(
                 f"Job #{job.id} is <@{job.user_id}>'s; only they or someone with Manage Server can cancel it."
@@ -133,12 +144,12 @@ class QueueCog(commands.Cog):
             request = job.request
             line = (
                 f"{STATUS_ICONS[job.status]} #{job.id} · {job.status.value} · <t:{int(job.created_at)}:R> · "
-                f"{request.model_version}, {request.duration} s · seed `{job.seed}` · `{short_prompt(job)}`"
+                f"{request.model_version}, {request.duration} s · seed `{job.seed}` · {short_prompt(job)}"
             )
             if job.status is JobStatus.FAILED and job.error:
-                line += f"\n  ↳ {job.error[:150]}"
+                line += f"\n  ↳ {escape_member_text(clip_text(job.error, 150))}"
             lines.append(line)
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        await interaction.response.send_message(join_lines_within(lines), ephemeral=True)
 
 
 async def setup(bot: MusicGenBot) -> None:

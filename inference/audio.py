@@ -17,6 +17,7 @@ import pyloudnorm
 import soundfile
 import torch
 
+from inference.environment import child_environment
 from inference.ffmpeg import (
     DEFAULT_MAX_SECONDS,
     AudioDecodeError,
@@ -25,7 +26,7 @@ from inference.ffmpeg import (
     ffmpeg_executable,
     probe_duration,
 )
-from inference.request import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, RequestError
+from inference.request import MAX_DURATION_S, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, RequestError
 
 __all__ = [
     "AudioDecodeError",
@@ -44,6 +45,8 @@ LOUDNESS_TARGET_LUFS = -14.0
 # Below this RMS, loudness normalization leaves the signal alone instead of boosting noise.
 LOUDNESS_ENERGY_FLOOR = 2e-3
 MP3_BITRATE = "320k"
+# The most input audio any request uses, counted from continuation_start (see `load_audio`).
+INPUT_WINDOW_S = float(MAX_DURATION_S)
 # BS.1770 gates 400 ms blocks; pyloudnorm refuses shorter signals.
 _LOUDNESS_BLOCK_S = 0.4
 
@@ -60,35 +63,36 @@ def load_audio(
     end_s: float | None = None,
     timeout_s: float = 30.0,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    window_s: float = INPUT_WINDOW_S,
 ) -> torch.Tensor:
     """Decode an upload of any common format into float32 [channels, samples] at `sample_rate`.
 
     The audio is resampled by ffmpeg, mixed like audiocraft's `convert_audio_channels` (mono = mean
     of the channels, mono to stereo = the same signal on both), then trimmed to
     `[round(start_s*sr) : round(end_s*sr)]` in the output rate; `end_s=None` means the end of the
-    clip. Raises AudioDecodeError (a RequestError) for unreadable, empty, too slow or too long
-    audio, and RequestError for a trim window outside the clip.
+    clip. At most `window_s` seconds from `start_s` are decoded (no input of the model uses more:
+    a continuation prompt plus its new audio fit in 30 s, a melody is followed for the 30 s
+    generated, encode-decode returns at most 30 s). Raises AudioDecodeError (a RequestError) for
+    unreadable, empty, too slow or too long audio, and RequestError for a trim window outside the clip.
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
-    if start_s < 0:
+    if not math.isfinite(start_s) or start_s < 0:
         raise RequestError(f"The start time must be 0 s or later, not {start_s:g} s.")
+    if end_s is not None and not math.isfinite(end_s):
+        raise RequestError(f"The end time must be a number of seconds, not {end_s:g}.")
     if end_s is not None and end_s <= start_s:
         raise RequestError(f"The end time ({end_s:g} s) must come after the start time ({start_s:g} s).")
+    window_end_s = start_s + window_s
     decoded = decode_audio_file(
-        path, sample_rate=sample_rate, timeout_s=timeout_s, max_seconds=max_seconds, end_s=end_s
+        path,
+        sample_rate=sample_rate,
+        timeout_s=timeout_s,
+        max_seconds=max_seconds,
+        start_s=start_s,
+        end_s=window_end_s if end_s is None else min(end_s, window_end_s),
     )
-    wav = _convert_channels(torch.from_numpy(decoded.T.copy()), channels)
-    total_samples = wav.shape[-1]
-    # round(), not int(): 0.29 s * 32000 is 9279.999... in floating point and means sample 9280.
-    first_sample = round(start_s * sample_rate)
-    last_sample = total_samples if end_s is None else min(round(end_s * sample_rate), total_samples)
-    if first_sample >= total_samples:
-        raise RequestError(
-            f"The start time ({start_s:g} s) is past the end of the clip "
-            f"({total_samples / sample_rate:.2f} s long)."
-        )
-    return wav[:, first_sample:last_sample].contiguous()
+    return _convert_channels(torch.from_numpy(decoded.T.copy()), channels).contiguous()
 
 
 def _convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
@@ -218,6 +222,7 @@ def _encode_mp3(samples: np.ndarray, sample_rate: int, path: Path) -> None:
         input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
         capture_output=True,
         timeout=60.0 + audio_seconds,
+        env=child_environment(),
     )
     if result.returncode != 0:
         raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")

@@ -389,6 +389,7 @@ class MusicGenEngine:
             start_s=request.continuation_start,
             end_s=request.continuation_end,
             timeout_s=self.settings.engine.decode_timeout_s,
+            max_seconds=self.settings.engine.max_input_seconds,
         )
         if clip.shape[-1] == 0:
             raise RequestError("The trimmed clip is empty: check continuation_start and continuation_end.")

@@ -21,3 +21,15 @@ class WorkerStartError(RuntimeError):
 
 class GenerationFailed(RuntimeError):
     """The engine failed on a job for a reason that is not the request's fault (a bug, a full disk)."""
+
+
+# A refusal can carry details meant for the bot owner (configuration keys, paths, exception text)
+# after this mark. Its text crosses the process boundary as is; the bot shows the part before the
+# mark to members and the whole to the log and to members who run the server. The CLI, used by
+# the owner, prints it whole.
+OWNER_DETAILS_MARK = "\n\nFor the bot owner: "
+
+
+def with_owner_details(member_text: str, owner_details: str) -> str:
+    """One message: a short sentence for the member, then the details the owner needs to fix it."""
+    return f"{member_text}{OWNER_DETAILS_MARK}{owner_details}"

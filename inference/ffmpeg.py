@@ -10,9 +10,11 @@ bot or the inference worker that asked for the audio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import resource
 import shutil
 import struct
 import subprocess
@@ -21,15 +23,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from inference.environment import child_environment
 from inference.request import RequestError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SECONDS = 600.0
+# Address space an ffmpeg child may map. Decoding a few minutes of audio needs well under this; a
+# file built to make the decoder allocate without end hits this wall instead of the host's memory.
+FFMPEG_MEMORY_LIMIT_BYTES = 2 << 30
 # Decoding stops this far past the last second we need, so "longer than the limit" is detectable
 # without decoding the rest of a huge file.
 _DECODE_MARGIN_S = 1.0
@@ -83,15 +89,44 @@ class _FfmpegRun:
     stderr: str
     timed_out: bool
     over_limit: bool
+    # The reader had all it needed and stopped ffmpeg early: its exit status means nothing.
+    stopped_early: bool = False
+
+
+class _OutputSink(Protocol):
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next bytes of ffmpeg's output; False when nothing more is needed."""
+
+
+def _limit_memory(pid: int) -> None:
+    """Cap the child's address space, so a file crafted to make the decoder allocate without end
+    meets a failed allocation (ffmpeg exits with an error) instead of the host's OOM killer.
+
+    Set from outside with prlimit rather than in a preexec_fn, which is unsafe in a process with
+    threads (the bot decodes from worker threads). The cap binds every allocation after the first
+    instants of start-up, which is all of decoding.
+    """
+    with contextlib.suppress(ProcessLookupError):  # already gone: nothing left to bound
+        resource.prlimit(pid, resource.RLIMIT_AS, (FFMPEG_MEMORY_LIMIT_BYTES, FFMPEG_MEMORY_LIMIT_BYTES))
 
 
 def _run_ffmpeg(
-    args: list[str], *, timeout_s: float, output_limit_bytes: int, keep_output: bool
+    args: list[str],
+    *,
+    timeout_s: float,
+    output_limit_bytes: int,
+    keep_output: bool,
+    sink: _OutputSink | None = None,
 ) -> _FfmpegRun:
-    """Run ffmpeg with `args`, reading its stdout; kill it at the deadline or past the byte limit."""
+    """Run ffmpeg with `args`, reading its stdout; kill it at the deadline or past the byte limit.
+
+    The output is kept whole (`keep_output`), or handed to `sink` chunk by chunk (which may stop
+    the run once it has what it needs), or only counted.
+    """
     output = bytearray()
     output_bytes = 0
     over_limit = False
+    stopped_early = False
     reached_end = False
     timed_out = threading.Event()
     started = time.monotonic()
@@ -102,7 +137,9 @@ def _run_ffmpeg(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
+            env=child_environment(),
         )
+        _limit_memory(process.pid)
 
         def kill_at_deadline() -> None:
             timed_out.set()
@@ -117,6 +154,9 @@ def _run_ffmpeg(
                 output_bytes += len(chunk)
                 if output_bytes > output_limit_bytes:
                     over_limit = True
+                    break
+                if sink is not None and not sink.feed(chunk):
+                    stopped_early = True
                     break
                 if keep_output:
                     output += chunk
@@ -135,7 +175,7 @@ def _run_ffmpeg(
                 returncode = process.wait()
         stderr_file.seek(0)
         stderr = stderr_file.read(64 * 1024).decode("utf-8", "replace")
-    return _FfmpegRun(returncode, output, output_bytes, stderr, timed_out.is_set(), over_limit)
+    return _FfmpegRun(returncode, output, output_bytes, stderr, timed_out.is_set(), over_limit, stopped_early)
 
 
 def _input_args(path: Path) -> list[str]:
@@ -157,6 +197,8 @@ def _check_readable(path: Path) -> None:
 
 
 def _raise_for_failure(run: _FfmpegRun, *, timeout_s: float, path: Path) -> None:
+    if run.stopped_early and not run.timed_out:
+        return
     if run.timed_out:
         raise AudioDecodeError(
             f"Couldn't read that audio file: decoding it took longer than {timeout_s:g} s, so I "
@@ -186,20 +228,68 @@ def _too_long_error(max_seconds: float) -> AudioDecodeError:
 # -- public functions --------------------------------------------------------------------------
 
 
+class _AuWindow:
+    """Reads ffmpeg's AU stream and keeps only the sample frames [first, last): the rest of the file
+    is counted, never stored, so memory is bounded by the window, not by the upload."""
+
+    def __init__(self, first_frame: int, last_frame: int | None) -> None:
+        self.first_frame = first_frame
+        self.last_frame = last_frame
+        self.frames_seen = 0
+        self.channels = 0
+        self.kept = bytearray()
+        self._head = bytearray()  # the header and any bytes before the samples, until parsed
+        self._frame_bytes = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bool:
+        if not self._frame_bytes:
+            self._head += chunk
+            if len(self._head) < _AU_HEADER.size:
+                return True
+            magic, data_offset, _size, encoding, _rate, channels = _AU_HEADER.unpack_from(self._head)
+            if magic != b".snd" or encoding != _AU_FLOAT32 or channels not in (1, 2):
+                # Only our own ffmpeg command writes this stream, so this is a bug, not a bad upload.
+                raise RuntimeError(f"Unexpected ffmpeg output header {magic!r} {encoding} {channels}")
+            if len(self._head) < data_offset:
+                return True
+            self.channels, self._frame_bytes = channels, 4 * channels
+            chunk, self._head = bytes(self._head[data_offset:]), bytearray()
+        data = self._partial + chunk
+        usable = len(data) - len(data) % self._frame_bytes
+        self._partial = data[usable:]
+        frames = usable // self._frame_bytes
+        start = self.frames_seen
+        self.frames_seen += frames
+        keep_from = max(self.first_frame - start, 0)
+        keep_to = frames if self.last_frame is None else min(self.last_frame - start, frames)
+        if keep_to > keep_from:
+            self.kept += data[keep_from * self._frame_bytes : keep_to * self._frame_bytes]
+        return self.last_frame is None or self.frames_seen < self.last_frame
+
+    def samples(self) -> np.ndarray:
+        if not self.channels:
+            return np.zeros((0, 1), dtype=np.float32)
+        return np.frombuffer(bytes(self.kept), dtype=">f4").reshape(-1, self.channels).astype(np.float32)
+
+
 def decode_audio_file(
     path: str | os.PathLike[str],
     *,
     sample_rate: int,
     timeout_s: float = 30.0,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    start_s: float = 0.0,
     end_s: float | None = None,
 ) -> np.ndarray:
     """Decode any audio file into float32 [samples, channels] at `sample_rate`, in a child process.
 
     Channels are the file's own for mono and stereo; files with more channels come back as
-    ffmpeg's stereo down-mix. Only audio up to `end_s` (plus a small margin) is decoded when given.
-    Raises AudioDecodeError for anything unreadable, empty, slower than `timeout_s`, or longer
-    than `max_seconds` (when the audio past `max_seconds` is needed).
+    ffmpeg's stereo down-mix. Only the samples [round(start_s*sr), round(end_s*sr)) are kept
+    (`end_s=None`: to the end), and decoding stops at `end_s`: a long upload costs decoding time
+    up to the window, never memory beyond it. Raises AudioDecodeError for anything unreadable,
+    empty, slower than `timeout_s`, or longer than `max_seconds` (when audio past `max_seconds` is
+    needed), and RequestError when `start_s` is past the end of the audio.
     """
     path = Path(path)
     _check_readable(path)
@@ -220,29 +310,32 @@ def decode_audio_file(
         "-af", "aformat=channel_layouts=mono|stereo",
         "-c:a", "pcm_f32be", "-f", "au", "pipe:1",
     ]  # fmt: skip
-    run = _run_ffmpeg(args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=True)
+    # round(), not int(): 0.29 s * 32000 is 9279.999... in floating point and means sample 9280.
+    first_frame = round(start_s * sample_rate)
+    last_frame = None if end_s is None else round(end_s * sample_rate)
+    if needed_until_s > max_seconds:
+        # Read just past the limit, so that "longer than allowed" is seen.
+        last_frame = None
+    window = _AuWindow(first_frame, last_frame)
+    run = _run_ffmpeg(
+        args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=False, sink=window
+    )
     if run.over_limit:
         raise _too_long_error(max_seconds)
     _raise_for_failure(run, timeout_s=timeout_s, path=path)
-    samples = _parse_au(run.output, stderr=run.stderr)
-    if samples.shape[0] == 0:
-        raise AudioDecodeError("Couldn't read that audio file: it contains no audio.")
-    if needed_until_s > max_seconds and samples.shape[0] > max_seconds * sample_rate:
+    if window.frames_seen == 0:
+        raise AudioDecodeError("Couldn't read that audio file: it contains no audio.", details=run.stderr)
+    if needed_until_s > max_seconds and window.frames_seen > max_seconds * sample_rate:
         raise _too_long_error(max_seconds)
+    if first_frame >= window.frames_seen:
+        raise RequestError(
+            f"The start time ({start_s:g} s) is past the end of the clip "
+            f"({window.frames_seen / sample_rate:.2f} s long)."
+        )
+    samples = window.samples()
+    if end_s is not None:
+        samples = samples[: max(round(end_s * sample_rate) - first_frame, 0)]
     return samples
-
-
-def _parse_au(data: bytearray, *, stderr: str) -> np.ndarray:
-    if len(data) < _AU_HEADER.size:
-        raise AudioDecodeError("Couldn't read that audio file: it contains no audio.", details=stderr)
-    magic, data_offset, _size, encoding, _rate, channels = _AU_HEADER.unpack_from(data)
-    if magic != b".snd" or encoding != _AU_FLOAT32 or channels not in (1, 2):
-        # Only our own ffmpeg command writes this stream, so this is a bug, not a bad upload.
-        raise RuntimeError(f"Unexpected ffmpeg output header {magic!r} {encoding} {channels}")
-    payload = memoryview(data)[data_offset:]
-    usable = len(payload) - len(payload) % (4 * channels)
-    samples = np.frombuffer(payload[:usable], dtype=">f4").reshape(-1, channels)
-    return samples.astype(np.float32)
 
 
 def probe_duration(
@@ -306,6 +399,7 @@ def _mediainfo_from_ffmpeg(filepath: Any, read_ahead_limit: int = -1) -> dict[st
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=30,
+            env=child_environment(),
         )
     except subprocess.TimeoutExpired:
         return {}

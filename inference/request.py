@@ -7,6 +7,7 @@ unchanged. The semantics of every field are audiocraft's MusicGen (see DESIGN.md
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -71,6 +72,7 @@ class GenerationRequest:
     # -- validation -----------------------------------------------------------------------------
     def validate(self) -> GenerationRequest:
         """Check everything that can be checked without the model or the audio; returns self."""
+        self._check_number_types()
         if self.model_version not in MODEL_VERSIONS:
             raise RequestError(
                 f"Unknown model version {self.model_version!r}: choose one of {', '.join(MODEL_VERSIONS)}."
@@ -127,6 +129,23 @@ class GenerationRequest:
             )
         return self
 
+    def _check_number_types(self) -> None:
+        """Whole numbers where whole numbers belong, and no NaN or infinity anywhere.
+
+        NaN slips through every range check (all its comparisons are false), and a float duration or
+        top_k would reach the model as a float: both are refused here, whatever the front end.
+        """
+        for name in _WHOLE_NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RequestError(f"{name} must be a whole number (got {value!r}).")
+        for name in _REAL_NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RequestError(f"{name} must be a finite number (got {value!r}).")
+
     def check_input_length(self, input_seconds: float) -> None:
         """Checks that need the decoded length of the input audio (trimming, the 30 s budget)."""
         if self.input_audio is None:
@@ -166,6 +185,15 @@ class GenerationRequest:
             if getattr(self, f.name) != getattr(REQUEST_DEFAULTS, f.name)
         }
 
+
+_WHOLE_NUMBER_FIELDS = ("duration", "top_k", "seed")
+_REAL_NUMBER_FIELDS = (
+    "continuation_start",
+    "continuation_end",
+    "top_p",
+    "temperature",
+    "classifier_free_guidance",
+)
 
 # Every input's default, for the front ends (slash command options, CLI flags) to show and use.
 REQUEST_DEFAULTS = GenerationRequest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,9 @@ class EngineOptions(_Section):
     model_cache_gb: float = Field(default=16.0, gt=0)
     # Decoding of uploads runs in a subprocess with this timeout (hostile or broken files).
     decode_timeout_s: float = Field(default=30.0, gt=0)
+    # Longest input clip, in seconds. Not an [engine] key: it is `[limits] max_input_seconds`, copied
+    # here (by `load_engine_settings` and the bot's config) so the worker and the bot use one limit.
+    max_input_seconds: float = Field(default=600.0, gt=0)
 
 
 class MelodyOptions(_Section):
@@ -87,6 +91,15 @@ def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         return tomllib.load(f)
 
 
+def with_input_limit(engine_tables: Mapping[str, Any], limits: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The engine tables with `[limits] max_input_seconds` copied into `engine` (when it is set)."""
+    if not limits or "max_input_seconds" not in limits:
+        return dict(engine_tables)
+    engine = {**engine_tables.get("engine", {}), "max_input_seconds": limits["max_input_seconds"]}
+    return {**engine_tables, "engine": engine}
+
+
 def load_engine_settings(path: str | os.PathLike[str] | None = None) -> EngineSettings:
     raw = read_config_file(path)
-    return EngineSettings(**{k: raw[k] for k in ("models", "engine", "melody") if k in raw})
+    tables: dict[str, Any] = {k: raw[k] for k in ("models", "engine", "melody") if k in raw}
+    return EngineSettings(**with_input_limit(tables, raw.get("limits")))

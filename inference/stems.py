@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from inference.errors import with_owner_details
 from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ class StemSeparationUnavailable(RequestError):
 
 def _unavailable(spec: str, reason: str) -> StemSeparationUnavailable:
     return StemSeparationUnavailable(
-        f"Melody stem separation is not available on this bot: the demucs model {spec!r} could not be loaded "
-        f"({reason}). The bot owner can set `[melody] stem_separation = false` in config.toml to take the "
-        "chroma from the full mix, or point `[melody] demucs_model` at a saved demucs model file."
+        with_owner_details(
+            "Following a melody is not available on this bot right now (its set-up needs fixing; "
+            "the owner can see why in the log). Set continuation to True to continue your clip instead.",
+            f"melody stem separation is not available: the demucs model {spec!r} could not be loaded "
+            f"({reason}). Set `[melody] stem_separation = false` in config.toml to take the chroma from "
+            "the full mix, or point `[melody] demucs_model` at a saved demucs model file.",
+        )
     )
 
 
@@ -109,6 +114,7 @@ def melody_stems(
     demucs_rate = int(model.samplerate)  # type: ignore[arg-type]
     demucs_channels = int(model.audio_channels)  # type: ignore[arg-type]
     mix = convert_audio(wav.float().cpu(), sample_rate, demucs_rate, demucs_channels)
-    stems = apply_model(model, mix[None], device=device)  # [1, sources, channels, T]; shifts use `random`
+    # [1, sources, channels, T]; shifts use `random`. Any module with the demucs interface will do.
+    stems = apply_model(model, mix[None], device=device)
     melody = stems[0, stem_indices].sum(0)  # [channels, T]
     return convert_audio(melody, demucs_rate, sample_rate, 1)

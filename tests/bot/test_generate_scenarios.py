@@ -462,6 +462,7 @@ async def test_slash_commands_are_registered_once(bot: MusicGenBot, world: World
         "generate",
         "history",
         "musicgen-settings",
+        "musicgen-status",
         "queue",
         "replay",
     ]

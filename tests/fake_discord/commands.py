@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,8 @@ def _coerce_value(
         return value
     if option_type in (OptionType.INTEGER, OptionType.NUMBER):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("must be a number")
+        if not math.isfinite(value):  # the client cannot type NaN or infinity, nor can JSON carry them
             raise refuse("must be a number")
         if option_type == OptionType.INTEGER and isinstance(value, float):
             if not value.is_integer():

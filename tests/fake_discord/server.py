@@ -203,6 +203,7 @@ class FakeDiscord:
         self.unhandled_requests: list[str] = []
         self.cdn_downloads: list[FakeAttachment] = []
         self.cdn_misses: list[str] = []
+        self._cdn_release: asyncio.Event | None = None  # set while downloads are held
         self.typing: list[FakeChannel] = []
         self.presence_updates: list[Any] = []
         self.invalid_request_count = 0
@@ -382,11 +383,22 @@ class FakeDiscord:
         type: int = ChannelType.GUILD_TEXT,
         bot_denied: int = 0,
         everyone_denied: int = 0,
+        allowed: Sequence[FakeMember | FakeRole] = (),
+        allowed_permissions: int = Permission.VIEW_CHANNEL | Permission.READ_MESSAGE_HISTORY,
     ) -> FakeChannel:
-        """A text channel; ``bot_denied`` permission bits are denied to the bot by a member overwrite."""
+        """A text channel; ``bot_denied`` permission bits are denied to the bot by a member overwrite.
+
+        A private channel: ``everyone_denied=Permission.VIEW_CHANNEL`` and the members or roles in
+        ``allowed`` (and the bot) let back in by overwrites granting ``allowed_permissions``.
+        """
         channel = self._new_channel(guild, name, type=type)
         if everyone_denied:
             channel.overwrites.append((guild.id, 0, 0, everyone_denied))
+            if allowed:  # a private channel the bot works in
+                channel.overwrites.append((self.bot_user.id, 1, everyone_denied, 0))
+        for who in allowed:
+            kind = 0 if isinstance(who, FakeRole) else 1
+            channel.overwrites.append((who.id, kind, allowed_permissions, 0))
         if bot_denied:
             channel.overwrites.append((self.bot_user.id, 1, 0, bot_denied))
         self._soon(
@@ -2063,11 +2075,39 @@ class FakeDiscord:
     # ======================================================================================
     # CDN
     # ======================================================================================
+    def hold_cdn_downloads(self) -> None:
+        """A slow network: attachment downloads send their first KiB, then stall until released."""
+        if self._cdn_release is None:
+            self._cdn_release = asyncio.Event()
+
+    def release_cdn_downloads(self) -> None:
+        if self._cdn_release is not None:
+            self._cdn_release.set()
+            self._cdn_release = None
+
+    async def _serve_slowly(
+        self, request: web.Request, attachment: FakeAttachment, release: asyncio.Event
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": attachment.content_type or "application/octet-stream",
+                "Content-Length": str(attachment.size),
+            }
+        )
+        await response.prepare(request)
+        await response.write(attachment.data[:1024])
+        await release.wait()
+        await response.write(attachment.data[1024:])
+        await response.write_eof()
+        return response
+
     async def _serve_cdn(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         attachment = self.attachments.get(path) or self.attachments.get(quote(path))
         if attachment is not None:
             self.cdn_downloads.append(attachment)
+            if self._cdn_release is not None:
+                return await self._serve_slowly(request, attachment, self._cdn_release)
             return web.Response(
                 body=attachment.data,
                 headers={

@@ -1,0 +1,158 @@
+"""Members who run a server decide where the bot works, which features are on and how much one
+member may make per day, and see how the bot is doing; every change is recorded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.bot import MusicGenBot
+from inference.client import InferenceClient
+from inference.settings import EngineSettings
+from tests.bot.scenario_harness import (
+    Server,
+    add_server,
+    job_count,
+    musicgen_bot,
+    private_reply,
+    queued_job_id,
+    run_command,
+    scenario_config,
+    wait_for_status,
+)
+from tests.fake_discord import FakeDiscord, FakeDiscordValidationError, Permission
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(fake_discord: FakeDiscord) -> Server:
+    server = add_server(fake_discord, "Controlled", ("alice", "bob"))
+    server.members["admin"] = fake_discord.add_member(
+        server.guild, "admin", permissions=Permission.MANAGE_GUILD
+    )
+    return server
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(
+    fake_discord: FakeDiscord,
+    server: Server,
+    inference_client: InferenceClient,
+    engine_settings: EngineSettings,
+    module_data_dir: Path,
+) -> AsyncIterator[MusicGenBot]:
+    async with musicgen_bot(
+        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
+    ) as running:
+        yield running
+
+
+async def _channel_setting(fake: FakeDiscord, server: Server, channel: object, allowed: bool) -> str:
+    # Not run_command: this command's option is itself called "channel".
+    interaction = await fake.invoke_slash_command(
+        server["admin"], server.channel, "musicgen-settings channel", {"channel": channel, "allowed": allowed}
+    )
+    await interaction.wait_for_response(timeout=10)
+    return await private_reply(interaction)
+
+
+async def _audit(bot: MusicGenBot) -> list[tuple[int, str, str, str]]:
+    async with bot.database.connection.execute(
+        "SELECT user_id, setting, old_value, new_value FROM settings_audit ORDER BY id"
+    ) as cursor:
+        return [(row[0], row[1], row[2], row[3]) for row in await cursor.fetchall()]
+
+
+async def test_the_bot_works_only_in_the_channels_an_admin_lists(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    admin, alice = server["admin"], server["alice"]
+    lounge = fake_discord.add_channel(server.guild, "lounge")
+    with pytest.raises(FakeDiscordValidationError):  # hidden from members without Manage Server
+        await fake_discord.invoke_slash_command(
+            alice, server.channel, "musicgen-settings channel", {"channel": server.channel, "allowed": True}
+        )
+    set_reply = await _channel_setting(fake_discord, server, server.channel, True)
+    assert f"now works in <#{server.channel.id}>" in set_reply
+    try:
+        rows_before = await job_count(bot)
+        refused = await run_command(fake_discord, alice, lounge, "generate", prompt="x", duration=1)
+        assert f"only in <#{server.channel.id}>" in await private_reply(refused)
+        assert await job_count(bot) == rows_before
+        allowed = await run_command(fake_discord, alice, server.channel, "generate", prompt="x", duration=1)
+        await wait_for_status(bot, await queued_job_id(allowed), "done")
+    finally:
+        await _channel_setting(fake_discord, server, server.channel, False)
+    assert (await _audit(bot))[-2:] == [
+        (admin.id, "channels", "everywhere", str(server.channel.id)),
+        (admin.id, "channels", str(server.channel.id), "everywhere"),
+    ]
+
+
+async def test_a_daily_quota_stops_a_member_and_other_members_go_on(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    admin, alice, bob = server["admin"], server["alice"], server["bob"]
+    made_today = await bot.controls.jobs_today(server.guild.id, alice.id)
+    await run_command(
+        fake_discord, admin, server.channel, "musicgen-settings daily_quota", limit=made_today + 1
+    )
+    try:
+        last = await run_command(
+            fake_discord, alice, server.channel, "generate", prompt="one more", duration=1
+        )
+        await wait_for_status(bot, await queued_job_id(last), "done")
+        over = await run_command(
+            fake_discord, alice, server.channel, "generate", prompt="and another", duration=1
+        )
+        assert "this server's daily limit" in await private_reply(over)
+        replay = await run_command(fake_discord, alice, server.channel, "replay", job_id=1)
+        assert "this server's daily limit" in await private_reply(replay)
+        bobs = await run_command(fake_discord, bob, server.channel, "generate", prompt="mine", duration=1)
+        await wait_for_status(bot, await queued_job_id(bobs), "done")
+    finally:
+        await run_command(fake_discord, admin, server.channel, "musicgen-settings daily_quota")
+    assert (await _audit(bot))[-2:] == [
+        (admin.id, "daily_quota", "none", str(made_today + 1)),
+        (admin.id, "daily_quota", str(made_today + 1), "none"),
+    ]
+
+
+async def test_replies_and_jams_switches_are_kept_and_readable_by_other_cogs(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    admin, guild_id = server["admin"], server.guild.id
+    assert await bot.controls.feature_enabled(guild_id, "jams") and await bot.controls.feature_enabled(
+        guild_id, "replies"
+    )
+    reply = await private_reply(
+        await run_command(fake_discord, admin, server.channel, "musicgen-settings jams", enabled=False)
+    )
+    assert "Jams are now off" in reply
+    assert not await bot.controls.feature_enabled(guild_id, "jams")
+    assert await bot.controls.feature_enabled(guild_id, "replies")
+    await run_command(fake_discord, admin, server.channel, "musicgen-settings replies", enabled=False)
+    assert not await bot.controls.feature_enabled(guild_id, "replies")
+    assert (await _audit(bot))[-2:] == [(admin.id, "jams", "on", "off"), (admin.id, "replies", "on", "off")]
+
+
+async def test_an_admin_reads_the_bots_status_and_members_cannot(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    with pytest.raises(FakeDiscordValidationError):
+        await fake_discord.invoke_slash_command(server["alice"], server.channel, "musicgen-status", {})
+    await run_command(fake_discord, server["admin"], server.channel, "musicgen-settings max_pending", limit=7)
+    status = await private_reply(
+        await run_command(fake_discord, server["admin"], server.channel, "musicgen-status")
+    )
+    assert "**Up for**" in status
+    assert "**This server:** 0 queued, 0 running (limit 7)" in status
+    assert "**Workers:** 1 configured" in status
+    assert "**Models run since start:** small" in status
+    assert "**Last error here:** none" in status
+    assert "jams off" in status and "replies off" in status
+    assert f"<@{server['admin'].id}> set max_pending: 20 → 7" in status
