@@ -18,25 +18,30 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import BotConfig
+from bot.continuation import finish_continuation
 from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
-from bot.jobs import JobStore
+from bot.jobs import Job, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import FairScheduler, QueueLimits
 from inference.client import InferenceClient
+from inference.protocol import GenerationResult
 from inference.request import MODEL_VERSIONS, RequestError
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.queue", "cogs.settings")
+EXTENSIONS = ("cogs.generate", "cogs.queue", "cogs.settings", "cogs.continue_audio", "cogs.result_buttons")
 
 
-def bot_intents() -> discord.Intents:
-    """Only the guilds intent: slash commands carry their member, options and attachments themselves,
-    so the privileged message-content and members intents are not needed."""
+def bot_intents(*, message_content: bool = False) -> discord.Intents:
+    """Guilds, and guild messages for replies that mention the bot. Slash commands, context menus and
+    buttons carry what they need themselves; a reply that mentions the bot is readable without the
+    privileged message-content intent, which is asked for only when the config says so."""
     intents = discord.Intents.none()
     intents.guilds = True
+    intents.guild_messages = True
+    intents.message_content = message_content
     return intents
 
 
@@ -86,7 +91,7 @@ class MusicGenBot(commands.AutoShardedBot):
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=bot_intents(),
+            intents=bot_intents(message_content=config.bot.message_content_intent),
             help_command=None,
             tree_cls=MusicGenCommandTree,
             allowed_mentions=discord.AllowedMentions.none(),
@@ -150,6 +155,20 @@ class MusicGenBot(commands.AutoShardedBot):
             return chosen
         return self.config.bot.default_model_version
 
+    async def prepare_result(self, job: Job, result: GenerationResult) -> GenerationResult:
+        """What is posted for a finished job: a continuation of posted audio becomes the whole piece."""
+        if job.continues is None or job.request.input_audio is None:
+            return result
+        return await finish_continuation(
+            job,
+            result,
+            timeout_s=self.config.engine_settings.engine.decode_timeout_s,
+            max_seconds=self.config.limits.max_input_seconds,
+        )
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: messages are read only by the cogs' listeners (replies that mention the bot)."""
+
     # -- start and stop ---------------------------------------------------------------------------
     async def setup_hook(self) -> None:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +200,7 @@ class MusicGenBot(commands.AutoShardedBot):
             worker_slots=self.config.worker.processes,
             job_retries=self.config.worker.job_retries,
             progress_interval_s=limits.progress_interval_s,
+            prepare_result=self.prepare_result,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)

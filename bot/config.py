@@ -19,6 +19,8 @@ class BotOptions(_Section):
     default_model_version: str = "small"
     data_dir: str = "data"
     command_guilds: list[int] = Field(default_factory=list)
+    # The privileged intent: without it, replies only continue the bot's own results.
+    message_content_intent: bool = False
 
     def model_post_init(self, _context: object) -> None:
         if self.default_model_version not in MODEL_VERSIONS:
@@ -31,6 +33,7 @@ class Limits(_Section):
     max_attachment_mb: float = Field(default=25, gt=0)
     max_input_seconds: float = Field(default=600, gt=0)
     progress_interval_s: float = Field(default=2.5, ge=0)
+    continuation_context_s: float = Field(default=10, ge=0.02, le=29)
 
 
 class WorkerOptions(_Section):

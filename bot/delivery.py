@@ -8,6 +8,7 @@ over the upload limit is re-encoded as MP3; if that is still too big, the messag
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from typing import Any
 
 import discord
 
-from bot.audio_files import encode_mp3
+from bot.audio_edit import encode_to_fit, new_part_path_for
 from bot.jobs import Job
 from bot.status_message import is_dead_token_error
+from bot.waveform import MarkedPart, waveform_png_of_file
 from inference.protocol import GenerationResult
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,25 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
     if request.prompt and len(request.prompt) > 256:
         embed.description = request.prompt[:4096]
     embed.add_field(name="Model", value=request.model_version)
-    embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
+    if job.continues is not None:
+        embed.add_field(
+            name="Duration",
+            value=f"{result.duration_s:.1f} s ({job.continues.source_seconds:.1f} s + {request.duration} s new)",
+        )
+    else:
+        embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
     embed.add_field(name="Seed", value=f"`{result.seed}`")
-    if job.input_audio_filename:
+    if job.continues is not None:
+        source = job.input_audio_filename or "the clip"
+        if job.continues.message_id is not None and job.continues.channel_id is not None:
+            link = f"https://discord.com/channels/{job.guild_id}/{job.continues.channel_id}/{job.continues.message_id}"
+            source = f"[{source}]({link})"
+        embed.add_field(
+            name="Continues",
+            value=f"{source}, from its last {job.continues.context_s:.1f} s"[:1024],
+            inline=False,
+        )
+    elif job.input_audio_filename:
         role = "continued" if request.continuation else "melody"
         embed.add_field(name="Input audio", value=f"{job.input_audio_filename} ({role})")
     others = {k: v for k, v in request.non_default_fields().items() if k not in _FIELDS_SHOWN_SEPARATELY}
@@ -71,6 +89,8 @@ class ResultPoster:
 
     def __init__(self, client: discord.Client) -> None:
         self._client = client
+        # The buttons under every result (set by the cog that answers them).
+        self.view_for: Callable[[Job], discord.ui.View] | None = None
         # Features that post some jobs their own way (a jam turn, in its thread): each returns what
         # it posted, or None when the job is not one of its own.
         self.custom_posts: list[
@@ -90,25 +110,39 @@ class ResultPoster:
     async def choose_file(
         self, job: Job, result: GenerationResult, limit: int
     ) -> tuple[Path | None, str, str]:
-        """The file to attach, its format, and a note for the message (why it is MP3, or why there is none)."""
+        """The file to attach, its format, and a note for the message (why it is MP3, or why there is none).
+
+        A WAV over the limit becomes an MP3 at the best bitrate that fits; the whole piece of a
+        continuation that fits in no format is replaced by its new seconds alone.
+        """
         path = Path(result.output_path)
         size = path.stat().st_size
         if size <= limit:
             return path, result.output_format, ""
-        if result.output_format == "wav":
-            mp3_path = path.with_suffix(".mp3")
-            await asyncio.to_thread(encode_mp3, path, mp3_path)
-            mp3_size = mp3_path.stat().st_size
-            if mp3_size <= limit:
+        fitted = (
+            await asyncio.to_thread(encode_to_fit, path, limit) if result.output_format == "wav" else None
+        )
+        if fitted is not None:
+            return (
+                fitted.path,
+                fitted.format,
+                (
+                    f"The WAV ({describe_size(size)}) is over this server's upload limit "
+                    f"({describe_size(limit)}), so here it is as MP3 ({fitted.bitrate_kbps} kbit/s)."
+                ),
+            )
+        new_part = new_part_path_for(path)
+        if job.continues is not None and new_part.is_file():
+            fitted = await asyncio.to_thread(encode_to_fit, new_part, limit)
+            if fitted is not None:
                 return (
-                    mp3_path,
-                    "mp3",
+                    fitted.path,
+                    fitted.format,
                     (
-                        f"The WAV ({describe_size(size)}) is over this server's upload limit "
-                        f"({describe_size(limit)}), so here it is as MP3."
+                        f"The whole piece ({result.duration_s:.0f} s) does not fit this server's upload limit "
+                        f"({describe_size(limit)}) even as MP3, so here are the {job.request.duration} new seconds only."
                     ),
                 )
-            size = mp3_size
         return (
             None,
             "none",
@@ -117,6 +151,18 @@ class ResultPoster:
                 "so I could not attach it. Try a shorter duration or output_format mp3."
             ),
         )
+
+    async def picture(self, job: Job, result: GenerationResult) -> bytes | None:
+        """The waveform PNG for the embed (None if it cannot be drawn: the music is posted anyway)."""
+        parts: list[MarkedPart] = []
+        if job.continues is not None:
+            original = job.continues.source_seconds
+            parts = [MarkedPart(0.0, original, "original"), MarkedPart(original, result.duration_s, "new")]
+        try:
+            return await asyncio.to_thread(waveform_png_of_file, result.output_path, parts=parts)
+        except Exception:
+            logger.warning("job %s: could not draw the waveform", job.id, exc_info=True)
+            return None
 
     async def post_result(
         self, job: Job, result: GenerationResult, interaction: discord.Interaction | None
@@ -127,6 +173,10 @@ class ResultPoster:
                 return posted
         path, posted_format, note = await self.choose_file(job, result, self.upload_limit(job, interaction))
         embed = result_embed(job, result)
+        picture = await self.picture(job, result)
+        picture_name = f"musicgen-{job.id}.png"
+        if picture is not None:
+            embed.set_image(url=f"attachment://{picture_name}")
 
         def message(content: str) -> dict[str, Any]:
             # A discord.File is consumed by one upload: build a fresh one per attempt.
@@ -135,8 +185,15 @@ class ResultPoster:
                 "embed": embed,
                 "allowed_mentions": discord.AllowedMentions(users=[discord.Object(job.user_id)]),
             }
+            files = []
             if path is not None:
-                kwargs["file"] = discord.File(path, filename=f"musicgen-{job.id}.{posted_format}")
+                files.append(discord.File(path, filename=f"musicgen-{job.id}.{posted_format}"))
+            if picture is not None:
+                files.append(discord.File(io.BytesIO(picture), filename=picture_name))
+            if files:
+                kwargs["files"] = files
+            if self.view_for is not None:
+                kwargs["view"] = self.view_for(job)
             return kwargs
 
         sent = await self._send(

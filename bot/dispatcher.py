@@ -60,6 +60,7 @@ class JobDispatcher:
         worker_slots: int,
         job_retries: int,
         progress_interval_s: float,
+        prepare_result: Callable[[Job, GenerationResult], Awaitable[GenerationResult]] | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -69,6 +70,8 @@ class JobDispatcher:
         self.worker_slots = worker_slots
         self.job_retries = job_retries
         self.progress_interval_s = progress_interval_s
+        # Turns the worker's file into what is posted (a continuation becomes the whole piece).
+        self.prepare_result = prepare_result
         # Interaction tokens are credentials that live 15 minutes: memory only, never the database.
         self._interactions: dict[int, discord.Interaction] = {}
         self._status: dict[int, StatusMessage] = {}
@@ -154,8 +157,18 @@ class JobDispatcher:
         return resumed
 
     # -- used by the cogs -------------------------------------------------------------------------
-    def add(self, job: Job, interaction: discord.Interaction | None) -> None:
-        """Queue a job whose row exists; its status message shows the place in line from now on."""
+    def add(
+        self, job: Job, interaction: discord.Interaction | None, *, status_message_id: int | None = None
+    ) -> None:
+        """Queue a job whose row exists; its status message shows the place in line from now on.
+
+        Without an interaction (a reply that mentions the bot), `status_message_id` is a message the
+        bot posted in the job's channel, edited through the channel.
+        """
+        if interaction is None and status_message_id is not None:
+            self._status[job.id] = StatusMessage(
+                self.poster.channel(job), message_id=status_message_id, interval_s=self.progress_interval_s
+            )
         if interaction is not None:
             self._interactions[job.id] = interaction
             self._status[job.id] = StatusMessage(
@@ -301,6 +314,8 @@ class JobDispatcher:
 
     async def _deliver(self, job: Job, result: GenerationResult) -> None:
         interaction = self._interactions.get(job.id)
+        if self.prepare_result is not None:
+            result = await self.prepare_result(job, result)
         # The status message is finished first: until the deferred response has been edited once,
         # a followup would replace it instead of arriving as a new message.
         await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")

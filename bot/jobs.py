@@ -43,6 +43,20 @@ class JobOrigin:
 
 
 @dataclass(frozen=True)
+class ContinuationSource:
+    """A job that continues audio posted on Discord, and the context window the model was given.
+
+    Its result is posted as the whole piece: the full source, then the new seconds.
+    """
+
+    message_id: int | None
+    channel_id: int | None
+    source_seconds: float
+    context_start_s: float
+    context_s: float
+
+
+@dataclass(frozen=True)
 class Job:
     """One row of the jobs table."""
 
@@ -66,6 +80,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    continues: ContinuationSource | None = None
 
     @property
     def is_pending(self) -> bool:
@@ -100,6 +115,15 @@ class Job:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            continues=None
+            if row["context_s"] is None
+            else ContinuationSource(
+                message_id=row["source_message_id"],
+                channel_id=row["source_channel_id"],
+                source_seconds=row["source_seconds"],
+                context_start_s=row["context_start_s"],
+                context_s=row["context_s"],
+            ),
         )
 
 
@@ -121,6 +145,7 @@ class JobStore:
         seed_was_random: bool,
         input_audio_filename: str | None = None,
         replay_of: int | None = None,
+        continues: ContinuationSource | None = None,
     ) -> Job:
         """Insert a queued job; the request must carry its concrete seed."""
         if request.seed is None:
@@ -139,6 +164,14 @@ class JobStore:
             request_json=json.dumps(request.to_dict()),
             created_at=time.time(),
         )
+        if continues is not None:
+            fields.update(
+                source_message_id=continues.message_id,
+                source_channel_id=continues.channel_id,
+                source_seconds=continues.source_seconds,
+                context_start_s=continues.context_start_s,
+                context_s=continues.context_s,
+            )
         columns = ", ".join(fields)
         placeholders = ", ".join("?" for _ in fields)
         cursor = await self._db.execute(

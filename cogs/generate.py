@@ -22,7 +22,7 @@ from discord.app_commands import Choice, Range
 from discord.ext import commands
 
 from bot.audio_files import looks_like_audio, measure_upload
-from bot.jobs import Job, JobOrigin
+from bot.jobs import ContinuationSource, Job, JobOrigin
 from bot.replies import defer_publicly
 from inference.request import (
     MAX_DURATION_S,
@@ -161,7 +161,11 @@ class GenerateCog(commands.Cog):
         self.check_admission(interaction)
         await defer_publicly(interaction)
         await self.queue_job(
-            interaction, request, input_audio_filename=original.input_audio_filename, replay_of=original.id
+            interaction,
+            request,
+            input_audio_filename=original.input_audio_filename,
+            replay_of=original.id,
+            continues=original.continues,
         )
 
     # -- checks ---------------------------------------------------------------------------------------
@@ -199,13 +203,28 @@ class GenerateCog(commands.Cog):
 
     def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
         assert interaction.guild_id is not None
-        refusal = self.bot.scheduler.admission_refusal(interaction.guild_id, interaction.user.id)
+        self.check_member_admission(interaction.guild_id, interaction.user.id)
+
+    def check_member_admission(self, guild_id: int, user_id: int) -> None:
+        """The per-member and per-server caps (a full queue is refused with what to do)."""
+        refusal = self.bot.scheduler.admission_refusal(guild_id, user_id)
         if refusal is not None:
             raise RequestError(refusal)
 
     # -- after deferring --------------------------------------------------------------------------
     async def download_and_measure(self, attachment: discord.Attachment, request: GenerationRequest) -> Path:
         """Store the upload in the data dir (kept for /replay) and check it decodes and fits."""
+        path, seconds = await self.download_upload(attachment)
+        try:
+            request.check_input_length(seconds)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def download_upload(self, attachment: discord.Attachment) -> tuple[Path, float]:
+        """Store an attachment in the data dir (kept for /replay); returns it and its seconds of audio."""
+        self.check_attachment_before_download(attachment)
         suffix = Path(attachment.filename).suffix.lower()
         if not suffix[1:].isalnum():
             suffix = ".audio"
@@ -220,7 +239,6 @@ class GenerateCog(commands.Cog):
                 max_seconds=self.bot.config.limits.max_input_seconds,
                 timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
             )
-            request.check_input_length(seconds)
         except discord.HTTPException as error:
             path.unlink(missing_ok=True)
             raise RequestError(
@@ -229,7 +247,7 @@ class GenerateCog(commands.Cog):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        return path, seconds
 
     async def queue_job(
         self,
@@ -238,30 +256,55 @@ class GenerateCog(commands.Cog):
         *,
         input_audio_filename: str | None,
         replay_of: int | None = None,
+        continues: ContinuationSource | None = None,
     ) -> Job:
         """Insert the job row and queue it (re-checking the caps: the download gave others time to queue)."""
         assert interaction.guild_id is not None and interaction.channel_id is not None
+        return await self.admit_and_queue(
+            JobOrigin(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                application_id=interaction.application_id,
+                interaction_id=interaction.id,
+            ),
+            request,
+            interaction=interaction,
+            input_audio_filename=input_audio_filename,
+            replay_of=replay_of,
+            continues=continues,
+        )
+
+    async def admit_and_queue(
+        self,
+        origin: JobOrigin,
+        request: GenerationRequest,
+        *,
+        interaction: discord.Interaction[MusicGenBot] | None,
+        input_audio_filename: str | None,
+        replay_of: int | None = None,
+        continues: ContinuationSource | None = None,
+        status_message_id: int | None = None,
+    ) -> Job:
+        """Check the caps, insert the row and queue it, under the admission lock (with or without an interaction)."""
         seed_was_random = request.seed is None
         if seed_was_random:
             # Chosen here, not in the worker, so the row records it before the job runs and a retry
             # after a crash or restart makes the same music.
             request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
         async with self.bot.admission_lock:
-            self.check_admission(interaction)
+            self.check_member_admission(origin.guild_id, origin.user_id)
             job = await self.bot.jobs.create(
-                JobOrigin(
-                    guild_id=interaction.guild_id,
-                    channel_id=interaction.channel_id,
-                    user_id=interaction.user.id,
-                    application_id=interaction.application_id,
-                    interaction_id=interaction.id,
-                ),
+                origin,
                 request,
                 seed_was_random=seed_was_random,
                 input_audio_filename=input_audio_filename,
                 replay_of=replay_of,
+                continues=continues,
             )
-            self.bot.dispatcher.add(job, interaction)
+            if status_message_id is not None:
+                await self.bot.jobs.set_status_message(job.id, status_message_id)
+            self.bot.dispatcher.add(job, interaction, status_message_id=status_message_id)
         return job
 
 

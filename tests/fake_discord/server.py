@@ -26,6 +26,7 @@ from .commands import (
     check_command_payloads,
     member_can_see,
 )
+from .components import modal_text_inputs, validate_buttons, validate_modal
 from .constants import (
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_MEMBER_PERMISSIONS,
@@ -720,8 +721,9 @@ class FakeDiscord:
             "name": command.name,
             "type": CommandType.MESSAGE,
             "target_id": str(message.id),
-            # The target of a message command always carries its content, even without the content intent.
-            "resolved": {"messages": {str(message.id): message.to_payload()}},
+            # The target of a message command always carries its content, even without the content intent
+            # (the message it replies to is blanked by its own rules).
+            "resolved": {"messages": {str(message.id): self._command_target_payload(message)}},
         }
         if command.guild_id is not None:
             data["guild_id"] = str(command.guild_id)
@@ -732,6 +734,53 @@ class FakeDiscord:
             data,
             command_name=name,
             command_type=CommandType.MESSAGE,
+        )
+
+    def _command_target_payload(self, message: FakeMessage) -> dict[str, Any]:
+        payload = message.to_payload()
+        if message.reference is not None and "referenced_message" in payload:
+            payload["referenced_message"] = message.reference.to_payload(
+                strip_content=self._rest_hides_content(message.reference), include_reference=False
+            )
+        return payload
+
+    async def submit_modal(
+        self, member: FakeMember, opened_by: FakeInteraction, values: dict[str, str]
+    ) -> FakeInteraction:
+        """``member`` fills in and submits the modal the bot opened in answer to ``opened_by``.
+
+        ``values`` maps text-input custom ids to what the member typed; inputs left out keep the
+        bot's pre-filled value. Refused like the Discord client: a required input left empty, a value
+        outside min_length/max_length, an unknown input.
+        """
+        modal = opened_by.modal
+        if modal is None:
+            raise FakeDiscordValidationError("the bot did not answer that interaction with a modal")
+        if member.user is not opened_by.user:
+            raise FakeDiscordValidationError("only the member who opened a modal can submit it")
+        inputs = modal_text_inputs(modal)
+        unknown = set(values) - {text_input["custom_id"] for text_input in inputs}
+        if unknown:
+            raise FakeDiscordValidationError(f"the modal has no text input(s) {sorted(unknown)}")
+        rows = []
+        for text_input in inputs:
+            value = values.get(text_input["custom_id"], text_input.get("value", ""))
+            if text_input.get("required", True) and not value:
+                raise FakeDiscordValidationError(f"{text_input['label']!r} is required")
+            if value and not text_input.get("min_length", 0) <= len(value) <= text_input.get(
+                "max_length", 4000
+            ):
+                raise FakeDiscordValidationError(f"{text_input['label']!r} is outside its length limits")
+            rows.append(
+                {"type": 1, "components": [{"type": 4, "custom_id": text_input["custom_id"], "value": value}]}
+            )
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        return await self._send_interaction(
+            InteractionType.MODAL_SUBMIT,
+            member,
+            opened_by.channel,
+            data,
+            source_message=opened_by.source_message,
         )
 
     async def invoke_user_command(
@@ -1083,6 +1132,7 @@ class FakeDiscord:
                         "BASE_TYPE_BAD_LENGTH",
                         "Must be between 1 and 5 in length.",
                     )
+            validate_buttons(components)
         if len(uploads) > Limit.FILES_PER_MESSAGE:
             raise form_error("files", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
         if creating and not (
@@ -1628,6 +1678,7 @@ class FakeDiscord:
             interaction.original_message = interaction.source_message
             interaction.responses.append(record)
         elif callback_type == CallbackType.MODAL:
+            validate_modal(data)
             interaction.modal = data
             interaction.responses.append(record)
         await interaction._notify()
@@ -1770,14 +1821,23 @@ class FakeDiscord:
             raise not_found(ErrorCode.UNKNOWN_MESSAGE, "Unknown Message")
         return message
 
-    def _rest_message_payload(self, message: FakeMessage) -> dict[str, Any]:
-        hidden = (
+    def _rest_hides_content(self, message: FakeMessage) -> bool:
+        """REST follows the app's portal switch, not the intents a gateway session asked for."""
+        return (
             "message_content" not in self.privileged_intents
             and message.author is not self.bot_user
             and message.channel.type != ChannelType.DM
             and self.bot_user not in message.mentions
         )
-        return message.to_payload(strip_content=hidden)
+
+    def _rest_message_payload(self, message: FakeMessage) -> dict[str, Any]:
+        payload = message.to_payload(strip_content=self._rest_hides_content(message))
+        if message.reference is not None and "referenced_message" in payload:
+            # The replied-to message is a message of its own: blanked by its own rules.
+            payload["referenced_message"] = message.reference.to_payload(
+                strip_content=self._rest_hides_content(message.reference), include_reference=False
+            )
+        return payload
 
     async def _get_channel(self, ctx: RequestContext) -> web.Response:
         return json_response(self._channel(ctx).to_payload())

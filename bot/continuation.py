@@ -1,0 +1,136 @@
+"""Continuing audio posted on Discord: which clip, how many seconds, the request, and the whole piece.
+
+Shared by every way of asking (the message context menu, a reply that mentions the bot, the
+Continue button under a result, jam turns): they all build the request with `continuation_request`
+and their finished job becomes the whole piece through `finish_continuation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+
+from bot.audio_edit import ContextWindow, stitch_files
+from bot.audio_files import looks_like_audio
+from bot.jobs import ContinuationSource, Job
+from inference.protocol import GenerationResult
+from inference.request import MAX_DURATION_S, MIN_DURATION_S, GenerationRequest, RequestError
+
+DEFAULT_NEW_SECONDS = 8
+
+# "12s", "12 s", "12 sec", "12 secs", "12 second(s)"; a number alone is part of the prompt.
+_DURATION = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s*(?:seconds|second|secs|sec|s)\b", re.IGNORECASE)
+
+
+def audio_attachments(message: discord.Message) -> list[discord.Attachment]:
+    """The message's attachments that look like audio (voice messages included), in order."""
+    return [a for a in message.attachments if looks_like_audio(a.filename, a.content_type)]
+
+
+def parse_seconds(text: str | None) -> int:
+    """The seconds to add, as typed in a modal ("8", "8s", "8 seconds"); empty means the default."""
+    text = (text or "").strip()
+    if not text:
+        return DEFAULT_NEW_SECONDS
+    match = re.fullmatch(r"([^\s]+?)\s*(?:seconds|second|secs|sec|s)?", text, re.IGNORECASE)
+    value = match.group(1) if match else text
+    try:
+        number = float(value.replace(",", "."))
+    except ValueError:
+        raise RequestError(
+            f"seconds must be a whole number of seconds, like 8 (not {text[:20]!r})."
+        ) from None
+    return _whole_seconds(number, text)
+
+
+def _whole_seconds(number: float, typed: str) -> int:
+    if not math.isfinite(number) or number != int(number):
+        raise RequestError(f"seconds must be a whole number of seconds, like 8 (not {typed[:20]!r}).")
+    if not MIN_DURATION_S <= number <= MAX_DURATION_S:
+        raise RequestError(
+            f"seconds must be between {MIN_DURATION_S} and {MAX_DURATION_S} (got {int(number)}): "
+            f"the model makes at most {MAX_DURATION_S} s at a time."
+        )
+    return int(number)
+
+
+@dataclass(frozen=True)
+class MentionRequest:
+    """What a reply that mentions the bot asks for: "@bot 12s add brass and drums"."""
+
+    prompt: str | None
+    seconds: int
+
+
+def mentions_bot(content: str, bot_user_id: int) -> bool:
+    """A mention typed in the text (the automatic ping of a reply puts none there)."""
+    return re.search(rf"<@!?{bot_user_id}>", content) is not None
+
+
+def parse_mention_request(content: str, bot_user_id: int) -> MentionRequest:
+    """The prompt and seconds of "@bot [prompt] [10s]" (the duration anywhere, default 8 s)."""
+    text = re.sub(rf"<@!?{bot_user_id}>", " ", content)
+    seconds = DEFAULT_NEW_SECONDS
+    match = _DURATION.search(text)
+    if match is not None:
+        seconds = _whole_seconds(float(match.group(1).replace(",", ".")), match.group(0))
+        text = text[: match.start()] + " " + text[match.end() :]
+    prompt = " ".join(text.split()) or None
+    return MentionRequest(prompt=prompt, seconds=seconds)
+
+
+def continuation_request(
+    *,
+    model_version: str,
+    prompt: str | None,
+    source_path: Path,
+    seconds: int,
+    window: ContextWindow,
+) -> GenerationRequest:
+    """The job's request: continue the stored source from the start of its context window."""
+    return GenerationRequest(
+        model_version=model_version,  # type: ignore[arg-type]
+        prompt=prompt,
+        input_audio=str(source_path),
+        duration=seconds,
+        continuation=True,
+        continuation_start=window.start_s,
+        continuation_end=None,
+    ).validate()
+
+
+def continuation_source(message: discord.Message | None, window: ContextWindow) -> ContinuationSource:
+    """What the job row records about the source message and the context window."""
+    return ContinuationSource(
+        message_id=message.id if message is not None else None,
+        channel_id=message.channel.id if message is not None else None,
+        source_seconds=window.source_seconds,
+        context_start_s=window.start_s,
+        context_s=window.seconds,
+    )
+
+
+async def finish_continuation(
+    job: Job, result: GenerationResult, *, timeout_s: float, max_seconds: float
+) -> GenerationResult:
+    """The whole piece (source + new seconds, as WAV) in place of the model's output."""
+    assert job.continues is not None and job.request.input_audio is not None
+    output = Path(result.output_path)
+    stitched = await asyncio.to_thread(
+        stitch_files,
+        job.request.input_audio,
+        output,
+        output.with_name(f"{output.stem}-piece.wav"),
+        new_seconds=job.request.duration,
+        timeout_s=timeout_s,
+        max_seconds=max_seconds,
+    )
+    return dataclasses.replace(
+        result, output_path=str(stitched.piece_path), output_format="wav", duration_s=stitched.seconds
+    )

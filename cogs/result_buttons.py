@@ -1,0 +1,241 @@
+"""The buttons under every result: Re-roll, Continue, Use as melody, Details.
+
+They are persistent: each button's custom id carries the action and the job id
+(`musicgen:reroll:42`), and the bot registers the pattern at start (a `DynamicItem`), so buttons
+posted before a restart keep working. Every request they make goes through the same checks as
+/generate (caps, a model that is not configured, a restarting bot); refusals are ephemeral.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord.ext import commands
+
+from bot.jobs import Job
+from bot.replies import defer_publicly
+from cogs.continue_audio import answer_error
+from inference.request import (
+    MAX_PROMPT_CHARS,
+    REQUEST_DEFAULTS,
+    GenerationRequest,
+    ModelVersion,
+    RequestError,
+)
+
+if TYPE_CHECKING:
+    from bot.bot import MusicGenBot
+    from cogs.continue_audio import ContinueAudioCog
+    from cogs.generate import GenerateCog
+
+logger = logging.getLogger(__name__)
+
+# label, emoji, style of each action, in the order they appear.
+ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+    "reroll": ("Re-roll", "🎲", discord.ButtonStyle.primary),
+    "continue": ("Continue", "➕", discord.ButtonStyle.secondary),
+    "melody": ("Use as melody", "🎼", discord.ButtonStyle.secondary),
+    "details": ("Details", "ℹ️", discord.ButtonStyle.secondary),
+}
+MELODY_MODEL: ModelVersion = "melody"
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"musicgen:(?P<action>reroll|continue|melody|details):(?P<job_id>[0-9]{1,19})",
+):
+    """One button under a result; the custom id says which action on which job."""
+
+    def __init__(self, action: str, job_id: int) -> None:
+        label, emoji, style = ACTIONS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"musicgen:{action}:{job_id}")
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(  # type: ignore[override]
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str]
+    ) -> ResultButton:
+        return cls(match["action"], int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = cast("ResultButtonsCog | None", interaction.client.get_cog("ResultButtonsCog"))  # type: ignore[attr-defined]
+        try:
+            if cog is None:
+                raise RequestError("The bot is starting up; try again in a moment.")
+            await cog.press(self.action, self.job_id, cast("discord.Interaction[MusicGenBot]", interaction))
+        except Exception as error:
+            await answer_error(interaction, error)
+
+
+def result_view(job: Job) -> discord.ui.View:
+    """The persistent view posted with a job's result."""
+    view = discord.ui.View(timeout=None)
+    for action in ACTIONS:
+        view.add_item(ResultButton(action, job.id))
+    return view
+
+
+class MelodyModal(discord.ui.Modal, title="Use as melody"):
+    """A new prompt for a melody-model job that follows this result."""
+
+    prompt: discord.ui.TextInput[MelodyModal] = discord.ui.TextInput(
+        label="prompt",
+        custom_id="prompt",
+        style=discord.TextStyle.paragraph,
+        required=True,
+        max_length=MAX_PROMPT_CHARS,
+        placeholder="What to play over this melody",
+    )
+
+    def __init__(self, cog: ResultButtonsCog, job: Job) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.job = job
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.cog.queue_melody(
+            cast("discord.Interaction[MusicGenBot]", interaction), self.job, self.prompt.value
+        )
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
+        await answer_error(interaction, error)
+
+
+def _timestamp(seconds: float | None) -> str:
+    return "—" if seconds is None else f"<t:{int(seconds)}:T>"
+
+
+def details_embed(job: Job) -> discord.Embed:
+    """Every parameter of the job, its seed, its timings and who asked."""
+    request = job.request
+    embed = discord.Embed(title=f"Job #{job.id}", colour=discord.Colour.blurple())
+    lines = []
+    for name, value in request.to_dict().items():
+        if name == "input_audio":
+            value = job.input_audio_filename if value is not None else None
+        lines.append(f"{name} = `{value}`")
+    embed.add_field(name="Parameters", value="\n".join(lines)[:1024], inline=False)
+    embed.add_field(name="Seed", value=f"`{job.seed}`" + (" (random)" if job.seed_was_random else ""))
+    embed.add_field(name="Status", value=job.status.value)
+    embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
+    timings = [f"asked {_timestamp(job.created_at)}", f"started {_timestamp(job.started_at)}"]
+    if job.started_at is not None:
+        timings.append(f"waited {job.started_at - job.created_at:.1f} s")
+    if job.finished_at is not None and job.started_at is not None:
+        timings.append(f"made in {job.finished_at - job.started_at:.1f} s")
+    embed.add_field(name="Timings", value=", ".join(timings), inline=False)
+    if job.continues is not None:
+        embed.add_field(
+            name="Continuation",
+            value=(
+                f"source {job.continues.source_seconds:.2f} s, context from {job.continues.context_start_s:.2f} s "
+                f"({job.continues.context_s:.2f} s), {request.duration} s new"
+            ),
+            inline=False,
+        )
+    if job.replay_of is not None:
+        embed.add_field(name="Replay of", value=f"#{job.replay_of}")
+    return embed
+
+
+class ResultButtonsCog(commands.Cog):
+    """Answers the buttons under results, and gives the poster the view to attach."""
+
+    def __init__(self, bot: MusicGenBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ResultButton)
+        self.bot.dispatcher.poster.view_for = result_view
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ResultButton)
+        self.bot.dispatcher.poster.view_for = None
+
+    @property
+    def generate(self) -> GenerateCog:
+        return cast("GenerateCog", self.bot.get_cog("GenerateCog"))
+
+    async def job_here(self, job_id: int, interaction: discord.Interaction[MusicGenBot]) -> Job:
+        job = await self.bot.jobs.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            raise RequestError(f"Job #{job_id} is not known here any more.")
+        return job
+
+    async def press(self, action: str, job_id: int, interaction: discord.Interaction[MusicGenBot]) -> None:
+        job = await self.job_here(job_id, interaction)
+        if action == "details":
+            await interaction.response.send_message(embed=details_embed(job), ephemeral=True)
+        elif action == "reroll":
+            await self.reroll(job, interaction)
+        elif action == "continue":
+            if not isinstance(interaction.message, discord.Message):
+                raise RequestError("I can't see that result's message any more.")
+            continue_cog = cast("ContinueAudioCog", self.bot.get_cog("ContinueAudioCog"))
+            await continue_cog.open_modal(interaction, interaction.message)
+        else:
+            self.check_melody_source(job)
+            self.generate.check_accepting_jobs()
+            self.generate.check_admission(interaction)
+            await interaction.response.send_modal(MelodyModal(self, job))
+
+    async def reroll(self, job: Job, interaction: discord.Interaction[MusicGenBot]) -> None:
+        """The same parameters with a new random seed (a continuation continues the same clip)."""
+        request = job.request.replace(seed=None)
+        if request.input_audio is not None and not Path(request.input_audio).is_file():
+            raise RequestError(f"Job #{job.id}'s input audio is no longer stored, so it cannot be re-rolled.")
+        assert interaction.guild_id is not None
+        self.generate.check_accepting_jobs()
+        self.generate.check_model_available(request, await self.bot.default_model_for(interaction.guild_id))
+        self.generate.check_admission(interaction)
+        await defer_publicly(interaction)
+        await self.generate.queue_job(
+            interaction, request, input_audio_filename=job.input_audio_filename, continues=job.continues
+        )
+
+    def check_melody_source(self, job: Job) -> None:
+        if job.output_path is None or not Path(job.output_path).is_file():
+            raise RequestError(
+                f"Job #{job.id}'s audio is no longer stored, so it cannot be used as a melody."
+            )
+
+    async def queue_melody(
+        self, interaction: discord.Interaction[MusicGenBot], job: Job, prompt: str
+    ) -> None:
+        """A melody-model job that follows this result (a stored copy, kept for /replay)."""
+        assert interaction.guild_id is not None
+        self.check_melody_source(job)
+        assert job.output_path is not None
+        request = GenerationRequest(
+            model_version=MELODY_MODEL,
+            prompt=prompt,
+            input_audio="pending-copy",
+            duration=REQUEST_DEFAULTS.duration,
+        ).validate()
+        self.generate.check_accepting_jobs()
+        self.generate.check_model_available(request, await self.bot.default_model_for(interaction.guild_id))
+        self.generate.check_admission(interaction)
+        await defer_publicly(interaction)
+        source = Path(job.output_path)
+        copy = self.bot.uploads_dir / f"{uuid.uuid4().hex}{source.suffix}"
+        shutil.copyfile(source, copy)
+        try:
+            await self.generate.queue_job(
+                interaction, request.replace(input_audio=str(copy)), input_audio_filename=f"job #{job.id}"
+            )
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+
+
+async def setup(bot: MusicGenBot) -> None:
+    await bot.add_cog(ResultButtonsCog(bot))
