@@ -38,6 +38,7 @@ from inference.request import MAX_PROMPT_CHARS, GenerationRequest, RequestError
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
     from cogs.generate import GenerateCog
+    from cogs.jam import JamCog
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,10 @@ class ContinueAudioCog(commands.Cog):
         if not mentions_bot(message.content, me.id):
             return
         try:
-            await self.continue_from_reply(message)
+            # In a jam's thread, a mention takes a turn in the jam instead.
+            jams = cast("JamCog | None", self.bot.get_cog("JamCog"))
+            if jams is None or not await jams.take_turn_from_message(message):
+                await self.continue_from_reply(message)
         except RequestError as error:
             await self.answer_reply(message, str(error))
         except Exception:

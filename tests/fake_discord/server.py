@@ -907,8 +907,12 @@ class FakeDiscord:
             raise FakeDiscordValidationError(
                 f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}"
             )
-        if not channel.permissions_for(member) & Permission.SEND_MESSAGES:
+        needed = Permission.SEND_MESSAGES_IN_THREADS if channel.is_thread else Permission.SEND_MESSAGES
+        if not channel.permissions_for(member) & needed:
             raise FakeDiscordValidationError(f"{member.name} may not send messages in #{channel.name}")
+        locked = channel.is_thread and channel.archived and channel.locked
+        if locked and not channel.permissions_for(member) & Permission.MANAGE_THREADS:
+            raise FakeDiscordValidationError(f"#{channel.name} is locked: only moderators may post")
         flags = 0
         if voice_message:
             if len(attachments) != 1:
@@ -940,6 +944,10 @@ class FakeDiscord:
             message,
             None if mention_author else {"parse": ["users", "roles", "everyone"], "replied_user": False},
         )
+        if channel.is_thread and channel.archived:
+            # Sending a message in an archived thread unarchives it.
+            channel.archived = False
+            await self._announce_thread_update(channel)
         await self._store_and_announce(message)
         return message
 
