@@ -17,11 +17,13 @@ Everything here blocks (ffmpeg child processes, numpy): call it with `asyncio.to
 from __future__ import annotations
 
 import math
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bot.audio_files import encode_mp3
 from inference.ffmpeg import configure_pydub, decode_audio_file
 from inference.request import MAX_DURATION_S, RequestError
 
@@ -31,12 +33,14 @@ __all__ = [
     "ContextWindow",
     "FittedFile",
     "StitchedPiece",
+    "clip_seconds",
     "context_window",
     "decode_clip",
     "encode_to_fit",
     "level_match_gain",
     "stitch_continuation",
     "stitch_files",
+    "wav_seconds",
     "write_wav",
 ]
 
@@ -92,6 +96,16 @@ def decode_clip(path: str | Path, *, channels: int, timeout_s: float, max_second
     return np.repeat(samples[:, :1], channels, axis=1)
 
 
+def clip_seconds(path: str | Path, *, timeout_s: float, max_seconds: float) -> float:
+    """The exact length of a clip once decoded at 32 kHz, as the worker will decode it.
+
+    (A probe at a lower rate can be a few samples off, and the context window must end exactly
+    where the clip does to be whole frames.)
+    """
+    samples = decode_audio_file(path, sample_rate=SAMPLE_RATE, timeout_s=timeout_s, max_seconds=max_seconds)
+    return samples.shape[0] / SAMPLE_RATE
+
+
 def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
 
@@ -104,21 +118,27 @@ def level_match_gain(original_tail: np.ndarray, redecoded_tail: np.ndarray) -> f
     return original_rms / redecoded_rms
 
 
-def stitch_continuation(original: np.ndarray, generated: np.ndarray, new_samples: int) -> np.ndarray:
+def stitch_continuation(
+    original: np.ndarray, generated: np.ndarray, new_samples: int, *, context_samples: int | None = None
+) -> np.ndarray:
     """The whole piece: `original` [T, C], then the last `new_samples` of `generated` at the original's level.
 
     `generated` is the model's output (the re-decoded tail, then the new samples). The last
     ≤ 20 ms of the original crossfade linearly into the re-decoded tail, which is the same music,
     so the join has neither a click nor a jump in loudness; the rest of the original is untouched.
+    `context_samples`: how much of the original's end the model was given, when it was not a whole
+    number of frames (EnCodec then decoded padding after it, which lies between the two parts
+    and is left out); by default all of `generated` before the new samples.
     """
     if generated.shape[1] != original.shape[1]:
         raise ValueError("the original and the generated audio must have the same channels")
     if not 0 < new_samples <= generated.shape[0]:
         raise ValueError(f"new_samples {new_samples} is not within the generated {generated.shape[0]}")
-    tail_samples = min(generated.shape[0] - new_samples, original.shape[0])
-    redecoded_tail = generated[
-        generated.shape[0] - new_samples - tail_samples : generated.shape[0] - new_samples
-    ]
+    decoded_context = generated.shape[0] - new_samples
+    # The original's last sample lines up with the end of the context in the model's output.
+    aligned_end = decoded_context if context_samples is None else min(context_samples, decoded_context)
+    tail_samples = min(aligned_end, original.shape[0])
+    redecoded_tail = generated[aligned_end - tail_samples : aligned_end]
     gain = level_match_gain(original[original.shape[0] - tail_samples :], redecoded_tail)
     new_part = np.clip(generated[generated.shape[0] - new_samples :] * gain, -1.0, 1.0)
     fade = min(round(CROSSFADE_S * SAMPLE_RATE), tail_samples)
@@ -169,10 +189,15 @@ def stitch_files(
     piece_path: str | Path,
     *,
     new_seconds: int,
+    context_start_s: float | None = None,
     timeout_s: float,
     max_seconds: float,
 ) -> StitchedPiece:
-    """Decode the source and the model's output, stitch them, and write the piece and the new part as WAV."""
+    """Decode the source and the model's output, stitch them, and write the piece and the new part as WAV.
+
+    `context_start_s`: where the model's context began in the source (the request's
+    continuation_start), so the parts line up even if the context was not whole frames.
+    """
     generated = decode_audio_file(
         generated_path, sample_rate=SAMPLE_RATE, timeout_s=timeout_s, max_seconds=MAX_DURATION_S + 1
     )
@@ -180,7 +205,10 @@ def stitch_files(
         original_path, channels=generated.shape[1], timeout_s=timeout_s, max_seconds=max_seconds
     )
     new_samples = min(new_seconds * SAMPLE_RATE, generated.shape[0])
-    piece = stitch_continuation(original, generated, new_samples)
+    context_samples = (
+        None if context_start_s is None else original.shape[0] - round(context_start_s * SAMPLE_RATE)
+    )
+    piece = stitch_continuation(original, generated, new_samples, context_samples=context_samples)
     piece_path = write_wav(piece, piece_path)
     new_part_path = write_wav(piece[original.shape[0] :], new_part_path_for(piece_path))
     return StitchedPiece(
@@ -200,25 +228,27 @@ class FittedFile:
     bitrate_kbps: int | None = None
 
 
-def encode_to_fit(path: str | Path, limit_bytes: int) -> FittedFile | None:
-    """`path` itself if it fits `limit_bytes`, else the best MP3 that fits, else None.
+def wav_seconds(path: str | Path) -> float:
+    """Length of a WAV file, from its header."""
+    with wave.open(str(path)) as reader:
+        return reader.getnframes() / reader.getframerate()
 
-    The bitrate is estimated from the length (MP3 is constant bitrate here) and checked on the
+
+def encode_to_fit(path: str | Path, limit_bytes: int) -> FittedFile | None:
+    """The WAV at `path` itself if it fits `limit_bytes`, else the best MP3 that fits, else None.
+
+    The bitrate is estimated from the length (the MP3 is constant bitrate) and checked on the
     file written, stepping down while the file is still too large.
     """
     path = Path(path)
     if path.stat().st_size <= limit_bytes:
         return FittedFile(path, path.suffix.lstrip(".").lower() or "wav")
-    configure_pydub()
-    from pydub import AudioSegment
-
-    audio = AudioSegment.from_file(str(path))
-    seconds = max(len(audio) / 1000.0, 1e-3)
+    seconds = max(wav_seconds(path), 1e-3)
     # 3 % headroom for frame headers and the ID3 tag.
     affordable_kbps = limit_bytes * 8 * 0.97 / seconds / 1000
     mp3_path = path.with_suffix(".mp3")
     for kbps in (rate for rate in MP3_BITRATES_KBPS if rate <= affordable_kbps):
-        audio.export(str(mp3_path), format="mp3", bitrate=f"{kbps}k")
+        encode_mp3(path, mp3_path, bitrate=f"{kbps}k")
         if mp3_path.stat().st_size <= limit_bytes:
             return FittedFile(mp3_path, "mp3", kbps)
     mp3_path.unlink(missing_ok=True)

@@ -128,6 +128,7 @@ async def finish_continuation(
         output,
         output.with_name(f"{output.stem}-piece.wav"),
         new_seconds=job.request.duration,
+        context_start_s=job.request.continuation_start,
         timeout_s=timeout_s,
         max_seconds=max_seconds,
     )

@@ -59,7 +59,7 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
         embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
     embed.add_field(name="Seed", value=f"`{result.seed}`")
     if job.continues is not None:
-        source = job.input_audio_filename or "the clip"
+        source = discord.utils.escape_markdown((job.input_audio_filename or "the clip")[:100])
         if job.continues.message_id is not None and job.continues.channel_id is not None:
             link = f"https://discord.com/channels/{job.guild_id}/{job.continues.channel_id}/{job.continues.message_id}"
             source = f"[{source}]({link})"
@@ -140,7 +140,7 @@ class ResultPoster:
                     fitted.format,
                     (
                         f"The whole piece ({result.duration_s:.0f} s) does not fit this server's upload limit "
-                        f"({describe_size(limit)}) even as MP3, so here are the {job.request.duration} new seconds only."
+                        f"({describe_size(limit)}) even as MP3, so here is only the new part ({job.request.duration} s)."
                     ),
                 )
         return (

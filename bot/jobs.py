@@ -115,8 +115,9 @@ class Job:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            # (A database not yet migrated to V3 has no such columns.)
             continues=None
-            if row["context_s"] is None
+            if "context_s" not in row.keys() or row["context_s"] is None  # noqa: SIM118 (sqlite3.Row: `in` looks at values)
             else ContinuationSource(
                 message_id=row["source_message_id"],
                 channel_id=row["source_channel_id"],

@@ -13,6 +13,7 @@ a member's clip is answered with how to use the context menu; the bot never fetc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -21,7 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.audio_edit import context_window
+from bot.audio_edit import clip_seconds, context_window
 from bot.continuation import (
     DEFAULT_NEW_SECONDS,
     audio_attachments,
@@ -50,6 +51,11 @@ CONTEXT_MENU_HINT = (
     "Message Content permission). Right-click (or long-press) the message with the audio → Apps → "
     f"**{CONTEXT_MENU_NAME}** instead."
 )
+
+
+def shown_filename(filename: str) -> str:
+    """A member's file name as the bot quotes it: cut, and with markdown and mentions escaped."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(filename[:100]))
 
 
 def modal_title(clip_count: int) -> str:
@@ -202,8 +208,14 @@ class ContinueAudioCog(commands.Cog):
             raise RequestError(
                 f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})."
             )
-        stored, source_seconds = await self.generate.download_upload(clip)
+        stored, _probed_seconds = await self.generate.download_upload(clip)
         try:
+            source_seconds = await asyncio.to_thread(
+                clip_seconds,
+                stored,
+                timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
+                max_seconds=self.bot.config.limits.max_input_seconds,
+            )
             window = context_window(source_seconds, seconds, self.bot.config.limits.continuation_context_s)
             request = continuation_request(
                 model_version=model_version, prompt=prompt, source_path=stored, seconds=seconds, window=window
@@ -283,7 +295,8 @@ class ContinueAudioCog(commands.Cog):
                 source, clips[0], model_version, wanted.prompt, wanted.seconds
             )
         first_of = f" (the first of its {len(clips)} clips)" if len(clips) > 1 else ""
-        status = await self.answer_reply(message, f"🎼 Continuing {clips[0].filename}{first_of}: queueing…")
+        name = shown_filename(clips[0].filename)
+        status = await self.answer_reply(message, f"🎼 Continuing {name}{first_of}: queueing…")
         try:
             await self.generate.admit_and_queue(
                 JobOrigin(

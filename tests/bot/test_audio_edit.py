@@ -80,7 +80,12 @@ def test_stitching_files_writes_the_piece_and_the_new_part(tmp_path: Path) -> No
     generated_path = write_wav(generated, tmp_path / "out.wav")
 
     stitched = stitch_files(
-        original_path, generated_path, tmp_path / "out-piece.wav", new_seconds=2, timeout_s=30, max_seconds=600
+        original_path,
+        generated_path,
+        tmp_path / "out-piece.wav",
+        new_seconds=2,
+        timeout_s=30,
+        max_seconds=600,
     )
 
     piece = decode_clip(stitched.piece_path, channels=1, timeout_s=30, max_seconds=600)
@@ -99,3 +104,22 @@ def test_a_wav_over_the_limit_becomes_an_mp3_at_a_bitrate_that_fits(tmp_path: Pa
     assert fitted.bitrate_kbps == 96
     assert encode_to_fit(wav, 2_000_000) == type(fitted)(wav, "wav")
     assert encode_to_fit(wav, 10_000) is None  # not even 32 kbit/s fits
+
+
+def test_a_context_that_was_not_whole_frames_still_lines_up_and_its_padding_is_left_out() -> None:
+    original = tone(2.0, 220, 0.1)
+    context_samples = SAMPLE_RATE + 3  # 1 s and 3 samples: EnCodec padded it to 51 frames
+    padded = 51 * FRAME_SAMPLES
+    redecoded = np.concatenate(
+        [original[-context_samples:] * 4, np.zeros((padded - context_samples, 1), np.float32)]
+    )
+    new = tone(1.0, 330, 0.4)
+    piece = stitch_continuation(
+        original, np.concatenate([redecoded, new]), new.shape[0], context_samples=context_samples
+    )
+    assert piece.shape[0] == original.shape[0] + new.shape[0]
+    fade = round(0.02 * SAMPLE_RATE)
+    # Lined up: the crossfade mixes the same music, so it stays the original to within rounding.
+    np.testing.assert_allclose(piece[: original.shape[0]], original, atol=1e-6)
+    np.testing.assert_allclose(piece[original.shape[0] :], new / 4, atol=1e-6)
+    assert fade > 0

@@ -32,7 +32,7 @@ from tests.bot.scenario_harness import (
     stuck_jobs,
     wait_for_status,
 )
-from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMessage, MessageFlag
+from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage, MessageFlag
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -77,21 +77,31 @@ def config(module_data_dir: Path, engine_settings: EngineSettings) -> BotConfig:
     return scenario_config(module_data_dir, engine_settings, max_attachment_mb=5, max_pending_per_user=3)
 
 
+def refused_requests(fake: FakeDiscord, since: int) -> list[str]:
+    return [f"{r.method} {r.path} → {r.status}" for r in fake.requests[since:] if r.status >= 400]
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def bot(
     fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
 ) -> AsyncIterator[MusicGenBot]:
+    first_request = len(fake_discord.requests)
     async with musicgen_bot(fake_discord, config, inference_client) as running:
         yield running
+    # Every request the bot made was one Discord accepts.
+    assert refused_requests(fake_discord, first_request) == []
+    assert not fake_discord.unhandled_requests
 
 
-async def open_context_menu(fake: FakeDiscord, member, message: FakeMessage) -> FakeInteraction:  # type: ignore[no-untyped-def]
+async def open_context_menu(fake: FakeDiscord, member: FakeMember, message: FakeMessage) -> FakeInteraction:
     interaction = await fake.invoke_message_command(member, message, CONTEXT_MENU)
     await interaction.wait_for_response()
     return interaction
 
 
-async def submit(fake: FakeDiscord, member, opened: FakeInteraction, **values: str) -> FakeInteraction:  # type: ignore[no-untyped-def]
+async def submit(
+    fake: FakeDiscord, member: FakeMember, opened: FakeInteraction, **values: str
+) -> FakeInteraction:
     assert opened.response_type == 9, "the bot answered with a modal"
     submitted = await fake.submit_modal(member, opened, values)
     await submitted.wait_for_response()
@@ -125,7 +135,7 @@ async def test_the_context_menu_on_a_long_clip_posts_the_whole_piece_with_the_or
     # The picture: a PNG attached and shown in the embed.
     picture = result.attachments[1]
     assert picture.filename == f"musicgen-{job_id}.png"
-    assert result.embeds[0]["image"]["url"] == f"attachment://{picture.filename}"
+    assert result.embeds[0]["image"]["url"] == picture.url  # Discord resolves attachment://
     assert Image.open(io.BytesIO(picture.data)).size == (640, 120)
 
 
@@ -188,7 +198,9 @@ async def test_several_clips_the_modal_says_the_first_is_used(
     assert (await job_row(bot, job_id))["input_audio_filename"] == "first.wav"
 
 
-async def generate_result(fake: FakeDiscord, server: Server, member, prompt: str = "drums") -> FakeMessage:  # type: ignore[no-untyped-def]
+async def generate_result(
+    fake: FakeDiscord, server: Server, member: FakeMember, prompt: str = "drums"
+) -> FakeMessage:
     interaction = await fake.invoke_slash_command(
         member, server.channel, "generate", {"prompt": prompt, "duration": 1}
     )
@@ -215,6 +227,15 @@ async def test_a_reply_with_a_mention_continues_a_bot_result_without_the_content
     assert row["source_message_id"] == result.id and row["status_message_id"] == status.id
     assert decoded(piece.attachments[0].data, tmp_path, "reply.wav").shape[0] == 3 * SAMPLE_RATE
     assert f"<@{alice.id}>" in piece.content
+
+    # Re-rolling the continuation continues the same clip again, with a new seed.
+    reroll = await fake.click_button(alice, piece, f"musicgen:reroll:{job_id}")
+    rerolled_id = await queued_job_id(reroll)
+    again = await posted_result(fake, server.channel, rerolled_id)
+    rerolled = await wait_for_status(bot, rerolled_id, "done")
+    assert rerolled["source_message_id"] == result.id and rerolled["context_s"] == row["context_s"]
+    assert rerolled["seed"] != row["seed"]
+    assert decoded(again.attachments[0].data, tmp_path, "again.wav").shape[0] == 3 * SAMPLE_RATE
 
 
 async def test_a_reply_to_a_members_clip_without_the_intent_explains_the_context_menu(
@@ -321,3 +342,80 @@ async def test_reroll_continue_and_melody_buttons_keep_working_after_a_restart(
         assert melody["model_version"] == "melody" and melody["continuation"] == 0
         assert Path(melody["input_audio"]).read_bytes() == Path(original["output_path"]).read_bytes()
     assert not fake.unhandled_requests
+
+
+async def test_a_full_queue_refuses_the_buttons_and_the_context_menu_privately(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    result = await generate_result(fake, server, bob, "one")
+    job_id = int(result.embeds[0]["footer"]["text"].split("#")[1].split()[0])
+    bot.dispatcher.pause()
+    try:
+        for prompt in ("two", "three", "four"):  # bob's cap is 3 pending jobs
+            await queued_job_id(
+                await fake.invoke_slash_command(
+                    bob, server.channel, "generate", {"prompt": prompt, "duration": 1}
+                )
+            )
+        jobs_before = await job_count(bot)
+        for action in ("reroll", "continue", "melody"):
+            pressed = await fake.click_button(bob, result, f"musicgen:{action}:{job_id}")
+            assert "already have 3" in await private_reply(pressed)
+        assert "already have 3" in await private_reply(await open_context_menu(fake, bob, result))
+        assert await job_count(bot) == jobs_before
+    finally:
+        bot.dispatcher.resume()
+    for job in await bot.jobs.pending_in_guild(server.guild.id):
+        await wait_for_status(bot, job.id, "done")
+
+
+async def test_a_piece_too_large_even_as_mp3_is_posted_as_its_new_seconds_and_says_so(
+    fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    small_uploads = add_server(fake, "Small uploads", ("carol",), attachment_size_limit=100_000)
+    carol = small_uploads["carol"]
+    path = tmp_path / "long.mp3"
+    subprocess.run(
+        [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", "sine=frequency=220:duration=40", "-ac", "1", "-ar", "8000", "-b:a", "8k", str(path)],
+        check=True,
+    )  # fmt: skip
+    clip = fake.add_attachment("long.mp3", path.read_bytes())
+    message = await fake.post_user_message(carol, small_uploads.channel, attachments=[clip])
+    async with musicgen_bot(fake, config, inference_client) as bot:
+        submitted = await submit(fake, carol, await open_context_menu(fake, carol, message), seconds="1")
+        job_id = await queued_job_id(submitted)
+        result = await posted_result(fake, small_uploads.channel, job_id)
+        # 41 s of WAV is 2.6 MB, and even 32 kbit/s MP3 is 164 KB: over the 100 KB limit.
+        assert "here is only the new part (1 s)" in result.content
+        new_part = decoded(result.attachments[0].data, tmp_path, "new-part.wav")
+        assert new_part.shape[0] == SAMPLE_RATE
+        assert (await wait_for_status(bot, job_id, "done"))["posted_format"] == "wav"
+
+
+async def test_a_reply_queued_before_a_restart_is_made_after_it_and_its_status_reply_follows(
+    fake_discord: FakeDiscord,
+    server: Server,
+    config: BotConfig,
+    inference_client: InferenceClient,
+    tmp_path: Path,
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    async with musicgen_bot(fake, config, inference_client) as first_run:
+        result = await generate_result(fake, server, bob, "before")
+        first_run.dispatcher.pause()
+        reply = await fake.post_user_message(
+            bob, server.channel, f"{fake.bot_user.mention} 1s", reply_to=result
+        )
+        status = await fake.wait_for_message(
+            server.channel, lambda m: m.reference is reply and "is queued" in m.content
+        )
+        job_id = int(status.content.split("Job #", 1)[1].split()[0].rstrip(":.,;"))
+    async with musicgen_bot(fake, config, inference_client) as second_run:
+        piece = await posted_result(fake, server.channel, job_id)
+        row = await wait_for_status(second_run, job_id, "done")
+        assert row["status_message_id"] == status.id and row["source_message_id"] == result.id
+        assert decoded(piece.attachments[0].data, tmp_path, "after-restart.wav").shape[0] == 2 * SAMPLE_RATE
+        await fake.wait_for_message(server.channel, lambda m: m.id == status.id and "is done" in m.content)

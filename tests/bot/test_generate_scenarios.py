@@ -76,8 +76,11 @@ async def test_a_member_asks_for_music_with_text_only_and_a_wav_appears_with_its
     job_id = await queued_job_id(interaction)
 
     result = await posted_result(fake, studio.channel, job_id)
-    (audio,) = result.attachments
+    audio, picture = result.attachments
     assert audio.filename == f"musicgen-{job_id}.wav" and audio.data[:4] == b"RIFF"
+    # The waveform picture is attached and shown in the embed.
+    assert picture.filename == f"musicgen-{job_id}.png" and picture.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.embeds[0]["image"]["url"] == picture.url  # Discord resolves attachment://
     assert wav_seconds(audio.data) == pytest.approx(1.0, abs=0.05)
     assert f"<@{studio['alice'].id}>" in result.content
     embed = result.embeds[0]
@@ -179,7 +182,7 @@ async def test_every_option_arrives_in_the_job_row_and_shapes_the_result(
     )
     assert row["seed_was_random"] == 0
 
-    (audio,) = result.attachments
+    audio, _picture = result.attachments
     assert audio.filename.endswith(".mp3") and row["posted_format"] == "mp3"
     clip = Path(row["output_path"])
     assert clip.suffix == ".mp3" and probe_duration(clip) == pytest.approx(2.0, abs=0.1)
@@ -383,7 +386,7 @@ async def test_a_result_over_the_upload_limit_is_posted_as_mp3(bot: MusicGenBot,
     )
     job_id = await queued_job_id(interaction)
     result = await posted_result(fake, server.channel, job_id)
-    (audio,) = result.attachments
+    audio, _picture = result.attachments
     assert audio.filename.endswith(".mp3") and audio.size <= 50_000
     assert "as MP3" in result.content
     row = await wait_for_status(bot, job_id, "done")
@@ -452,7 +455,15 @@ async def test_a_running_job_can_be_cancelled(bot: MusicGenBot, world: World) ->
 
 async def test_slash_commands_are_registered_once(bot: MusicGenBot, world: World) -> None:
     names = sorted(command["name"] for command in world.fake.registered_commands())
-    assert names == ["cancel", "generate", "history", "musicgen-settings", "queue", "replay"]
+    assert names == [
+        "Continue with MusicGen",
+        "cancel",
+        "generate",
+        "history",
+        "musicgen-settings",
+        "queue",
+        "replay",
+    ]
     generate = next(c for c in world.fake.registered_commands() if c["name"] == "generate")
     assert len(generate["options"]) == 14
     assert await bot.sync_commands_if_changed() == []  # unchanged: no second sync

@@ -134,6 +134,27 @@ def _sanitize_filename(filename: str) -> str:
     return name or "unknown"
 
 
+def _resolve_attachment_urls(embed: dict[str, Any], attachments: list[FakeAttachment]) -> dict[str, Any]:
+    """Discord rewrites an embed's ``attachment://name`` image, thumbnail or author icon into that
+    attachment's CDN url (one the message does not carry stays as written, and shows nothing)."""
+    by_name = {attachment.filename: attachment for attachment in attachments}
+    resolved = dict(embed)
+    for key, url_key in (
+        ("image", "url"),
+        ("thumbnail", "url"),
+        ("author", "icon_url"),
+        ("footer", "icon_url"),
+    ):
+        part = embed.get(key)
+        if not isinstance(part, dict):
+            continue
+        url = part.get(url_key)
+        if isinstance(url, str) and url.startswith("attachment://") and url[13:] in by_name:
+            attachment = by_name[url[13:]]
+            resolved[key] = {**part, url_key: attachment.url, f"proxy_{url_key}": attachment.proxy_url}
+    return resolved
+
+
 class FakeDiscord:
     """A fake Discord (REST + gateway + CDN) on 127.0.0.1 for the real discord.py client.
 
@@ -1206,6 +1227,7 @@ class FakeDiscord:
         if "components" in payload or not editing:
             message.components = list(payload.get("components") or [])
         message.attachments = self._attachments_from(message, body, editing=editing)
+        message.embeds = [_resolve_attachment_urls(embed, message.attachments) for embed in message.embeds]
         flags = payload.get("flags")
         if flags is not None:
             settable = MessageFlag.SETTABLE | (
