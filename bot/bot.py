@@ -31,7 +31,14 @@ from inference.request import MODEL_VERSIONS, RequestError
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.queue", "cogs.settings", "cogs.continue_audio", "cogs.result_buttons")
+EXTENSIONS = (
+    "cogs.generate",
+    "cogs.queue",
+    "cogs.settings",
+    "cogs.continue_audio",
+    "cogs.result_buttons",
+    "cogs.jam",
+)
 
 
 def bot_intents(*, message_content: bool = False) -> discord.Intents:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import discord
 
@@ -86,7 +87,7 @@ class JobDispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         # Called with the job id once a job has ended (done, failed or cancelled), e.g. so a jam's
         # next turn can start; each call runs as its own task.
-        self.job_ended_listeners: list[Callable[[int], Awaitable[None]]] = []
+        self.job_ended_listeners: list[Callable[[int], Coroutine[Any, Any, None]]] = []
         self._listener_tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.paused = False

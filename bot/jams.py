@@ -203,10 +203,14 @@ class JamStore:
 
     async def open_jams(self, guild_id: int | None = None) -> list[Jam]:
         """Open jams, oldest first (of one guild, or of all)."""
+        parameters: tuple[int, ...] = ()
         if guild_id is None:
-            sql, parameters = "SELECT * FROM jams WHERE status = 'open' ORDER BY id", ()
+            sql = "SELECT * FROM jams WHERE status = 'open' ORDER BY id"
         else:
-            sql, parameters = "SELECT * FROM jams WHERE status = 'open' AND guild_id = ? ORDER BY id", (guild_id,)
+            sql, parameters = (
+                "SELECT * FROM jams WHERE status = 'open' AND guild_id = ? ORDER BY id",
+                (guild_id,),
+            )
         async with self._db.execute(sql, parameters) as cursor:
             return [Jam.from_row(row) for row in await cursor.fetchall()]
 
@@ -226,7 +230,9 @@ class JamStore:
     async def state(self, jam_id: int) -> JamState:
         jam = await self.get(jam_id)
         assert jam is not None
-        async with self._db.execute("SELECT * FROM jam_turns WHERE jam_id = ? ORDER BY id", (jam_id,)) as cursor:
+        async with self._db.execute(
+            "SELECT * FROM jam_turns WHERE jam_id = ? ORDER BY id", (jam_id,)
+        ) as cursor:
             turns = [JamTurn.from_row(row) for row in await cursor.fetchall()]
         return JamState(jam, turns)
 
@@ -282,8 +288,10 @@ class JamStore:
         )
 
     async def mark_failed(self, turn_id: int) -> bool:
+        """The turn adds nothing: its job failed or was cancelled, or it could not be queued at all."""
         return await self._update(
-            "UPDATE jam_turns SET status = 'failed' WHERE id = ? AND status = 'started'", (turn_id,)
+            "UPDATE jam_turns SET status = 'failed' WHERE id = ? AND status IN ('waiting', 'started')",
+            (turn_id,),
         )
 
     async def contributors(self, jam_id: int) -> list[Contributor]:
