@@ -112,7 +112,8 @@ async def test_three_turns_by_two_members_grow_one_piece_and_the_export_is_the_s
     first = await turn_result(fake, thread, 1)
     assert f"<@{alice.id}>" in first.content and [u.id for u in first.mentions] == [alice.id]
     assert wav_seconds(audio_named(first, "-piece.wav")) == pytest.approx(2.0)
-    assert first.embeds[0]["image"]["url"].startswith("attachment://") and audio_named(first, ".png")
+    picture = [a for a in first.attachments if a.filename.endswith(".png")]
+    assert len(picture) == 1 and first.embeds[0]["image"]["url"] == picture[0].url  # the jam's picture
 
     adding = await run_command(fake, bob, thread, "jam add", prompt="add brass", seconds=3)
     assert "Turn 2 of 4" in adding.original_message.content  # type: ignore[union-attr]
