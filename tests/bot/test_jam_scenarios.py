@@ -33,6 +33,9 @@ async def server(fake_discord: FakeDiscord) -> Server:
     server.members["mod"] = fake_discord.add_member(
         server.guild, "mod", permissions=Permission.MANAGE_THREADS
     )
+    # A channel bob cannot see (a member overwrite set before any bot connects).
+    staff = fake_discord.add_channel(server.guild, "staff")
+    staff.overwrites.append((server["bob"].id, 1, 0, Permission.VIEW_CHANNEL))
     return server
 
 
@@ -269,3 +272,20 @@ async def test_max_turns_and_the_longest_piece_end_the_jam_with_a_clear_message(
     await fake.wait_for_message(thread, lambda m: thread.archived, 10)
     jam = (await rows(bot, "SELECT status FROM jams"))[0]
     assert jam["status"] == "ended"
+
+
+async def test_jam_list_shows_the_open_jams_a_member_can_see(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot
+) -> None:
+    fake = fake_discord
+    bot.dispatcher.pause()  # listing needs no music
+    staff = next(c for c in server.guild.channels.values() if c.name == "staff")
+    public = await start_jam(fake, server, "alice", "open to all")
+    interaction = await run_command(fake, server["alice"], staff, "jam start", prompt="staff only")
+    await interaction.wait_for_final(lambda m: not m.is_loading and "started a jam" in m.content)
+    hidden = jam_thread(fake, staff, "staff only")
+
+    bobs = await private_reply(await run_command(fake, server["bob"], server.channel, "jam list"))
+    assert public.mention in bobs and "open to all" in bobs and hidden.mention not in bobs
+    alices = await private_reply(await run_command(fake, server["alice"], server.channel, "jam list"))
+    assert public.mention in alices and hidden.mention in alices
