@@ -433,11 +433,15 @@ class JamCog(commands.Cog):
                 )
             else:
                 text = f"🎼 {label}: starting…"
-            if answer is None:
-                posted = await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)
-                message_id: int | None = posted.id
-            else:
-                message_id = await answer(text)
+            message_id: int | None = None
+            try:
+                if answer is None:
+                    message_id = (await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)).id
+                else:
+                    message_id = await answer(text)
+            except discord.HTTPException as error:
+                # The turn is in line all the same; its result is posted when it is played.
+                logger.warning("jam %s: could not answer for turn %s: %s", jam.id, turn.id, error)
             if message_id is not None:
                 await self.store.set_turn_message(turn.id, message_id)
         await self.advance(jam.id)

@@ -289,3 +289,29 @@ async def test_jam_list_shows_the_open_jams_a_member_can_see(
     assert public.mention in bobs and "open to all" in bobs and hidden.mention not in bobs
     alices = await private_reply(await run_command(fake, server["alice"], server.channel, "jam list"))
     assert public.mention in alices and hidden.mention in alices
+
+
+async def test_ending_a_jam_cancels_the_queued_turn_drops_the_waiting_one_and_keeps_the_piece(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot
+) -> None:
+    fake, alice = fake_discord, server["alice"]
+    thread = await start_jam(fake, server, "alice", "dub techno", turn_seconds=1)
+    await turn_result(fake, thread, 1)
+    bot.dispatcher.pause()
+    await run_command(fake, server["bob"], thread, "jam add", prompt="delay chords")
+    await run_command(fake, server["mod"], thread, "jam add", prompt="vinyl crackle")
+    ending = await run_command(fake, alice, thread, "jam end")
+    final = await ending.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
+    assert "1 turn, 1.0 s" in final.content
+    assert wav_seconds(audio_named(final, "-final.wav")) == pytest.approx(1.0)
+    await fake.wait_for_message(thread, lambda m: thread.archived, 10)
+    turns = await rows(
+        bot,
+        "SELECT jam_turns.status, jobs.status AS job FROM jam_turns LEFT JOIN jobs ON jobs.id = job_id ORDER BY jam_turns.id",
+    )
+    assert [(t["status"], t["job"]) for t in turns] == [
+        ("done", "done"),
+        ("failed", "cancelled"),
+        ("dropped", None),
+    ]
+    assert thread.archived  # the cancelled turn's last status edit came before the archive
