@@ -70,6 +70,7 @@ SHUTDOWN_WAIT_S = 30.0
 # Versions that make music (encode-decode only re-encodes a clip).
 JAM_MODELS = tuple(version for version in MODEL_VERSIONS if version != "encode-decode")
 NO_MENTIONS = discord.AllowedMentions.none()
+CREDITS_CHARS = 3500
 
 
 def thread_name(prompt: str) -> str:
@@ -113,10 +114,14 @@ def credits_embed(state: JamState, title: str, *, footer: str, picture_name: str
     jam = state.jam
     embed = discord.Embed(title=title[:256], colour=EMBED_COLOUR)
     lines = credits_lines(state)
-    description = "\n".join(lines)
-    if len(description) > 4000:
-        description = "…\n" + "\n".join(lines[-40:])
-    embed.description = description or "No turn has been played yet."
+    # The latest turns that fit, well inside Discord's 4096 characters (and 6000 for the whole embed).
+    shown: list[str] = []
+    for line in reversed(lines):
+        if sum(len(kept) + 1 for kept in shown) + len(line) > CREDITS_CHARS:
+            shown.append("…")
+            break
+        shown.append(line)
+    embed.description = "\n".join(reversed(shown)) or "No turn has been played yet."
     embed.add_field(
         name="Piece", value=f"{state.piece_seconds:.1f} s · {len(lines)} of {jam.max_turns} turns"
     )
