@@ -42,6 +42,7 @@ EXTENSIONS = (
     "cogs.status",
     "cogs.continue_audio",
     "cogs.result_buttons",
+    "cogs.jam",
 )
 
 

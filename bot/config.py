@@ -54,11 +54,17 @@ class WorkerOptions(_Section):
     job_retries: int = Field(default=1, ge=0)
 
 
+class JamOptions(_Section):
+    # The longest piece a jam may grow to, in seconds: reaching it ends the jam.
+    max_seconds: float = Field(default=300, ge=2)
+
+
 class BotConfig(_Section):
     bot: BotOptions = BotOptions()
     limits: Limits = Limits()
     worker: WorkerOptions = WorkerOptions()
     storage: StorageOptions = StorageOptions()
+    jam: JamOptions = JamOptions()
     engine_settings: EngineSettings = EngineSettings()
 
     @model_validator(mode="before")
@@ -88,6 +94,12 @@ class BotConfig(_Section):
             raise ValueError(
                 '[bot] default_model_version is "finetuned" but [models] finetuned is empty: '
                 "point it at your checkpoint, or pick another default"
+            )
+        # Every turn continues the whole piece so far, which is read back as an input clip.
+        if self.jam.max_seconds > self.limits.max_input_seconds:
+            raise ValueError(
+                f"[jam] max_seconds ({self.jam.max_seconds:g}) cannot exceed [limits] max_input_seconds "
+                f"({self.limits.max_input_seconds:g}): each turn reads the whole piece so far as its input"
             )
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,11 @@ class ResultPoster:
         self._client = client
         # The buttons under every result (set by the cog that answers them).
         self.view_for: Callable[[Job], discord.ui.View] | None = None
+        # Features that post some jobs their own way (a jam turn, in its thread): each returns what
+        # it posted, or None when the job is not one of its own.
+        self.custom_posts: list[
+            Callable[[Job, GenerationResult, discord.Interaction | None], Awaitable[PostedResult | None]]
+        ] = []
 
     def channel(self, job: Job) -> discord.PartialMessageable:
         """The job's channel, for posting and editing with the bot's own permissions (no token needed)."""
@@ -164,6 +169,10 @@ class ResultPoster:
     async def post_result(
         self, job: Job, result: GenerationResult, interaction: discord.Interaction | None
     ) -> PostedResult:
+        for custom_post in self.custom_posts:
+            posted = await custom_post(job, result, interaction)
+            if posted is not None:
+                return posted
         path, posted_format, note = await self.choose_file(job, result, self.upload_limit(job, interaction))
         embed = result_embed(job, result)
         picture = await self.picture(job, result)

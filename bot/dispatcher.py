@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import discord
 
@@ -84,6 +85,10 @@ class JobDispatcher:
         self._submitted: set[int] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        # Called with the job id once a job has ended (done, failed or cancelled), e.g. so a jam's
+        # next turn can start; each call runs as its own task.
+        self.job_ended_listeners: list[Callable[[int], Coroutine[Any, Any, None]]] = []
+        self._listener_tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.paused = False
 
@@ -107,6 +112,9 @@ class JobDispatcher:
                 task.cancel()
         for status in list(self._status.values()):
             await status.close()
+        if self._listener_tasks:
+            # Let listeners finish what they started (a jam's next turn becomes a queued row).
+            await asyncio.wait(list(self._listener_tasks), timeout=timeout_s)
 
     def pause(self) -> None:
         """Stop starting jobs (they keep queueing); running jobs finish. For maintenance."""
@@ -376,7 +384,12 @@ class JobDispatcher:
             await status.finish(text)
 
     def _forget(self, job_id: int) -> None:
+        """Drop what was kept for a job that has ended, and tell the listeners it ended."""
         self._interactions.pop(job_id, None)
         self._status.pop(job_id, None)
         self._retry_reasons.pop(job_id, None)
         self._cancel_requested.discard(job_id)
+        for listener in self.job_ended_listeners:
+            task = asyncio.create_task(listener(job_id), name=f"job-{job_id}-ended")
+            self._listener_tasks.add(task)
+            task.add_done_callback(self._listener_tasks.discard)

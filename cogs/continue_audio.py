@@ -39,6 +39,7 @@ from inference.request import MAX_PROMPT_CHARS, GenerationRequest, RequestError
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
     from cogs.generate import GenerateCog
+    from cogs.jam import JamCog
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +236,15 @@ class ContinueAudioCog(commands.Cog):
         # Only a mention typed in the text counts: a reply pings the bot by default without one.
         if not mentions_bot(message.content, me.id):
             return
-        if not await self.bot.controls.feature_enabled(message.guild.id, "replies"):
-            await self.answer_reply(
-                message, "Continuing by reply is switched off on this server; the context menu still works."
-            )
-            return
         try:
+            # In a jam's thread, a mention takes a turn in the jam instead.
+            jams = cast("JamCog | None", self.bot.get_cog("JamCog"))
+            if jams is not None and await jams.take_turn_from_message(message):
+                return
+            if not await self.bot.controls.feature_enabled(message.guild.id, "replies"):
+                raise RequestError(
+                    "Continuing by reply is switched off on this server; the context menu still works."
+                )
             await self.continue_from_reply(message)
         except RequestError as error:
             await self.answer_reply(message, str(error))

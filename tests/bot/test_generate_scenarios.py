@@ -461,6 +461,7 @@ async def test_slash_commands_are_registered_once(bot: MusicGenBot, world: World
         "cancel",
         "generate",
         "history",
+        "jam",
         "musicgen-settings",
         "musicgen-status",
         "queue",

@@ -140,6 +140,27 @@ async def test_replies_and_jams_switches_are_kept_and_readable_by_other_cogs(
     assert (await _audit(bot))[-2:] == [(admin.id, "jams", "on", "off"), (admin.id, "replies", "on", "off")]
 
 
+async def test_with_jams_and_replies_switched_off_members_are_told_so_and_nothing_is_queued(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    admin, alice = server["admin"], server["alice"]
+    await run_command(fake_discord, admin, server.channel, "musicgen-settings jams", enabled=False)
+    await run_command(fake_discord, admin, server.channel, "musicgen-settings replies", enabled=False)
+    jobs_before = await job_count(bot)
+    refused = await private_reply(
+        await run_command(fake_discord, alice, server.channel, "jam start", prompt="a shared groove")
+    )
+    assert "Jams are switched off" in refused
+    assert not [c for c in fake_discord.channels.values() if c.name == "a shared groove"]
+
+    reply = await fake_discord.post_user_message(
+        alice, server.channel, f"{fake_discord.bot_user.mention} 4s more brass"
+    )
+    answer = await fake_discord.wait_for_message(server.channel, lambda m: m.reference is reply)
+    assert "switched off on this server" in answer.content
+    assert await job_count(bot) == jobs_before
+
+
 async def test_an_admin_reads_the_bots_status_and_members_cannot(
     bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
 ) -> None:

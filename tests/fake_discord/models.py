@@ -164,6 +164,11 @@ class FakeChannel:
     parent_id: int | None = None
     position: int = 0
     owner_id: int | None = None  # threads
+    # Thread state (PATCH /channels/{thread_id}): an archived thread is read-only until unarchived.
+    archived: bool = False
+    locked: bool = False
+    auto_archive_duration: int = 1440
+    archive_timestamp: str | None = None
     # permission overwrites: (target id, type 0=role 1=member, allow, deny)
     overwrites: list[tuple[int, int, int, int]] = field(default_factory=list)
     recipient: FakeUser | None = None  # DMs
@@ -224,10 +229,10 @@ class FakeChannel:
                     "member_count": 1,
                     "total_message_sent": 0,
                     "thread_metadata": {
-                        "archived": False,
-                        "auto_archive_duration": 1440,
-                        "archive_timestamp": self.created_at,
-                        "locked": False,
+                        "archived": self.archived,
+                        "auto_archive_duration": self.auto_archive_duration,
+                        "archive_timestamp": self.archive_timestamp or self.created_at,
+                        "locked": self.locked,
                         "create_timestamp": self.created_at,
                     },
                 }

@@ -940,8 +940,12 @@ class FakeDiscord:
             raise FakeDiscordValidationError(
                 f"#{channel.name} is not in {member.name}'s server {member.guild.name!r}"
             )
-        if not channel.permissions_for(member) & Permission.SEND_MESSAGES:
+        needed = Permission.SEND_MESSAGES_IN_THREADS if channel.is_thread else Permission.SEND_MESSAGES
+        if not channel.permissions_for(member) & needed:
             raise FakeDiscordValidationError(f"{member.name} may not send messages in #{channel.name}")
+        locked = channel.is_thread and channel.archived and channel.locked
+        if locked and not channel.permissions_for(member) & Permission.MANAGE_THREADS:
+            raise FakeDiscordValidationError(f"#{channel.name} is locked: only moderators may post")
         flags = 0
         if voice_message:
             if len(attachments) != 1:
@@ -973,6 +977,10 @@ class FakeDiscord:
             message,
             None if mention_author else {"parse": ["users", "roles", "everyone"], "replied_user": False},
         )
+        if channel.is_thread and channel.archived:
+            # Sending a message in an archived thread unarchives it.
+            channel.archived = False
+            await self._announce_thread_update(channel)
         await self._store_and_announce(message)
         return message
 
@@ -1369,6 +1377,7 @@ class FakeDiscord:
             major="channel_id",
         )
         r("POST", "/channels/{channel_id}/threads", self._thread_without_message, major="channel_id")
+        r("PATCH", "/channels/{channel_id}", self._edit_channel, major="channel_id")
         r("GET", "/guilds/{guild_id}", self._get_guild, major="guild_id")
         r("GET", "/guilds/{guild_id}/channels", self._get_guild_channels, major="guild_id")
         r("GET", "/guilds/{guild_id}/roles", self._get_guild_roles, major="guild_id")
@@ -1805,6 +1814,8 @@ class FakeDiscord:
     async def _webhook_edit_message(self, ctx: RequestContext) -> web.Response:
         interaction = self._webhook_interaction(ctx)
         message = self._webhook_target(interaction, ctx.params["message_id"])
+        if not message.is_ephemeral:
+            self._refuse_in_archived_thread(message.channel)
         body = await ctx.body(file_size_limit=interaction.attachment_size_limit)
         completing_defer = message is interaction.original_message and interaction.deferred_pending
         self._apply_body(message, body, editing=True, allow_ephemeral=False)
@@ -1905,6 +1916,7 @@ class FakeDiscord:
         if body.uploads:
             needed |= Permission.ATTACH_FILES
         self._require_bot_permissions(channel, needed)
+        await self._unarchive_to_post(channel)
         message = FakeMessage(id=new_snowflake(), channel=channel, author=self.bot_user)
         reference = body.payload.get("message_reference")
         if reference:
@@ -1928,6 +1940,7 @@ class FakeDiscord:
             raise DiscordHTTPError(
                 403, ErrorCode.CANNOT_EDIT_OTHERS_MESSAGE, "Cannot edit a message authored by another user"
             )
+        self._refuse_in_archived_thread(channel)
         guild = channel.guild
         body = await ctx.body(
             file_size_limit=guild.attachment_size_limit if guild else Limit.DEFAULT_ATTACHMENT_BYTES
@@ -1939,6 +1952,7 @@ class FakeDiscord:
     async def _delete_message(self, ctx: RequestContext) -> web.Response:
         channel = self._channel(ctx)
         message = self._message_in(channel, ctx.params["message_id"])
+        self._refuse_in_archived_thread(channel)
         if message.author is not self.bot_user:
             self._require_bot_permissions(channel, Permission.MANAGE_MESSAGES)
         message.deleted = True
@@ -1957,6 +1971,7 @@ class FakeDiscord:
         channel = self._channel(ctx)
         message = self._message_in(channel, ctx.params["message_id"])
         emoji = ctx.params["emoji"]
+        self._refuse_in_archived_thread(channel)
         if emoji not in message.reactions:
             self._require_bot_permissions(channel, Permission.ADD_REACTIONS | Permission.READ_MESSAGE_HISTORY)
         message.reactions.setdefault(emoji, set()).add(self.bot_user.id)
@@ -2004,6 +2019,100 @@ class FakeDiscord:
         await self._notify_world()
         return thread
 
+    def _refuse_in_archived_thread(self, channel: FakeChannel) -> None:
+        """Archived threads are read-only: editing, deleting or reacting there is refused (50083)."""
+        if channel.is_thread and channel.archived:
+            raise DiscordHTTPError(400, ErrorCode.THREAD_ARCHIVED, "Thread is archived")
+
+    async def _unarchive_to_post(self, channel: FakeChannel) -> None:
+        """A message sent in an archived thread unarchives it, unless a moderator locked it.
+
+        (Discord: "The API will helpfully automatically unarchive a thread when sending a message in
+        that thread"; a locked thread takes MANAGE_THREADS.)
+        """
+        if not (channel.is_thread and channel.archived):
+            return
+        if channel.locked:
+            self._require_bot_permissions(channel, Permission.MANAGE_THREADS)
+        channel.archived = False
+        channel.archive_timestamp = iso_timestamp()
+        await self._announce_thread_update(channel)
+
+    async def _announce_thread_update(self, thread: FakeChannel) -> None:
+        assert thread.guild is not None
+        await self.gateway.send_event(
+            "THREAD_UPDATE", thread.to_payload(), guild_id=thread.guild.id, intent=Intent.GUILDS
+        )
+        await self._notify_world()
+
+    async def _edit_channel(self, ctx: RequestContext) -> web.Response:
+        """PATCH /channels/{id}: renaming a channel, or a thread's name / archived / locked / settings.
+
+        Threads follow Discord's rules: an archived thread only accepts unarchiving; archiving,
+        renaming and the archive duration are for the thread's creator or MANAGE_THREADS; locking
+        and the other settings take MANAGE_THREADS; unarchiving a locked thread takes MANAGE_THREADS.
+        """
+        channel = self._channel(ctx)
+        body = await ctx.json()
+        if not isinstance(body, dict):
+            raise invalid_form_body({})
+        if channel.guild is None:
+            raise DiscordHTTPError(400, 50024, "Cannot execute action on this channel type")
+        if "name" in body and not (isinstance(body["name"], str) and 1 <= len(body["name"]) <= 100):
+            raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        if not channel.is_thread:
+            unknown = set(body) - {"name", "topic", "nsfw", "rate_limit_per_user", "position"}
+            if unknown:
+                raise form_error(sorted(unknown)[0], "BASE_TYPE_INVALID", "Not a field of this channel type.")
+            self._require_bot_permissions(channel, Permission.MANAGE_CHANNELS)
+            if "name" in body:
+                channel.name = body["name"]
+            await self.gateway.send_event(
+                "CHANNEL_UPDATE", channel.to_payload(), guild_id=channel.guild.id, intent=Intent.GUILDS
+            )
+            await self._notify_world()
+            return json_response(channel.to_payload())
+        return json_response(await self._edit_thread(channel, body))
+
+    async def _edit_thread(self, thread: FakeChannel, body: dict[str, Any]) -> dict[str, Any]:
+        owner_fields = {"name", "archived", "auto_archive_duration"}
+        moderator_fields = {"locked", "invitable", "rate_limit_per_user", "flags", "applied_tags"}
+        unknown = set(body) - owner_fields - moderator_fields
+        if unknown:
+            raise form_error(sorted(unknown)[0], "BASE_TYPE_INVALID", "Not a field of a thread.")
+        for flag in ("archived", "locked"):
+            if flag in body and not isinstance(body[flag], bool):
+                raise form_error(flag, "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+        if "auto_archive_duration" in body and body["auto_archive_duration"] not in (60, 1440, 4320, 10080):
+            raise form_error(
+                "auto_archive_duration", "BASE_TYPE_CHOICES", "Value must be one of {60, 1440, 4320, 10080}."
+            )
+        unarchiving = thread.archived and body.get("archived") is False
+        if thread.archived and not unarchiving:
+            raise DiscordHTTPError(400, ErrorCode.THREAD_ARCHIVED, "Thread is archived")
+        needed = Permission.SEND_MESSAGES_IN_THREADS if unarchiving else 0
+        if unarchiving and thread.locked and body.get("locked") is not False:
+            needed |= Permission.MANAGE_THREADS
+        if set(body) & moderator_fields:
+            needed |= Permission.MANAGE_THREADS
+        archiving = body.get("archived") is True and not thread.archived
+        if (
+            archiving or set(body) & {"name", "auto_archive_duration"}
+        ) and thread.owner_id != self.bot_user.id:
+            needed |= Permission.MANAGE_THREADS
+        self._require_bot_permissions(thread, needed)
+        if "name" in body:
+            thread.name = body["name"]
+        if "auto_archive_duration" in body:
+            thread.auto_archive_duration = body["auto_archive_duration"]
+        if "locked" in body:
+            thread.locked = body["locked"]
+        if "archived" in body and body["archived"] != thread.archived:
+            thread.archived = body["archived"]
+            thread.archive_timestamp = iso_timestamp()
+        await self._announce_thread_update(thread)
+        return thread.to_payload()
+
     async def _thread_from_message(self, ctx: RequestContext) -> web.Response:
         channel = self._channel(ctx)
         message = self._message_in(channel, ctx.params["message_id"])
@@ -2025,7 +2134,13 @@ class FakeDiscord:
         if channel.is_thread or channel.guild is None:
             raise DiscordHTTPError(400, 50024, "Cannot execute action on this channel type")
         body = await ctx.json()
-        thread_type = int(body.get("type", ChannelType.PRIVATE_THREAD))
+        thread_type = body.get("type", ChannelType.PRIVATE_THREAD)
+        if thread_type not in ChannelType.THREADS:
+            raise form_error("type", "BASE_TYPE_CHOICES", "Value must be one of {10, 11, 12}.")
+        if body.get("auto_archive_duration") not in (None, 60, 1440, 4320, 10080):
+            raise form_error(
+                "auto_archive_duration", "BASE_TYPE_CHOICES", "Value must be one of {60, 1440, 4320, 10080}."
+            )
         self._require_bot_permissions(
             channel,
             Permission.CREATE_PRIVATE_THREADS

@@ -1,0 +1,317 @@
+"""Jam sessions as rows in SQLite: jams, their turns in order, and who contributed what.
+
+A jam lives in a thread. Its turns are kept in the order members asked for them; a turn becomes an
+ordinary job only when every turn before it has finished, because it continues the piece those
+turns leave behind. Each change is one guarded statement committed on its own (as in `JobStore`),
+so a restart finds every jam, every waiting turn and every finished part as they were.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bot.database import Database
+
+
+class JamStatus(enum.StrEnum):
+    OPEN = "open"
+    ENDED = "ended"
+
+
+class TurnStatus(enum.StrEnum):
+    WAITING = "waiting"  # behind another turn; no job yet
+    STARTED = "started"  # its job exists (queued or running)
+    DONE = "done"  # its part is in the piece
+    FAILED = "failed"  # its job failed or was cancelled: the piece is unchanged
+    DROPPED = "dropped"  # the jam ended before it ran
+
+
+# Turns that hold a place in the jam (count towards max_turns and the longest piece).
+TURNS_IN_PLAY = (TurnStatus.WAITING, TurnStatus.STARTED, TurnStatus.DONE)
+
+
+@dataclass(frozen=True)
+class Jam:
+    id: int
+    guild_id: int
+    channel_id: int
+    thread_id: int
+    starter_id: int
+    prompt: str
+    model_version: str
+    turn_seconds: int
+    max_turns: int
+    status: JamStatus
+    end_reason: str | None
+    created_at: float
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is JamStatus.OPEN
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Jam:
+        return cls(
+            id=row["id"],
+            guild_id=row["guild_id"],
+            channel_id=row["channel_id"],
+            thread_id=row["thread_id"],
+            starter_id=row["starter_id"],
+            prompt=row["prompt"],
+            model_version=row["model_version"],
+            turn_seconds=row["turn_seconds"],
+            max_turns=row["max_turns"],
+            status=JamStatus(row["status"]),
+            end_reason=row["end_reason"],
+            created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class JamTurn:
+    id: int
+    jam_id: int
+    user_id: int
+    user_name: str
+    prompt: str | None
+    seconds: int
+    status: TurnStatus
+    job_id: int | None
+    status_message_id: int | None
+    number: int | None
+    start_s: float | None
+    end_s: float | None
+    piece_path: str | None
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> JamTurn:
+        return cls(
+            id=row["id"],
+            jam_id=row["jam_id"],
+            user_id=row["user_id"],
+            user_name=row["user_name"],
+            prompt=row["prompt"],
+            seconds=row["seconds"],
+            status=TurnStatus(row["status"]),
+            job_id=row["job_id"],
+            status_message_id=row["status_message_id"],
+            number=row["number"],
+            start_s=row["start_s"],
+            end_s=row["end_s"],
+            piece_path=row["piece_path"],
+        )
+
+
+@dataclass(frozen=True)
+class Contributor:
+    user_id: int
+    user_name: str
+    turns: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JamState:
+    """A jam and its turns, oldest first: what every decision about it is made from."""
+
+    jam: Jam
+    turns: list[JamTurn]
+
+    @property
+    def done(self) -> list[JamTurn]:
+        return sorted((t for t in self.turns if t.status is TurnStatus.DONE), key=lambda t: t.number or 0)
+
+    @property
+    def started(self) -> JamTurn | None:
+        return next((t for t in self.turns if t.status is TurnStatus.STARTED), None)
+
+    @property
+    def waiting(self) -> list[JamTurn]:
+        return [t for t in self.turns if t.status is TurnStatus.WAITING]
+
+    @property
+    def piece_seconds(self) -> float:
+        """Length of the piece so far (0 before the opening turn is done)."""
+        done = self.done
+        return (done[-1].end_s or 0.0) if done else 0.0
+
+    @property
+    def piece_path(self) -> str | None:
+        done = self.done
+        return done[-1].piece_path if done else None
+
+    @property
+    def turns_in_play(self) -> int:
+        return sum(t.status in TURNS_IN_PLAY for t in self.turns)
+
+    @property
+    def seconds_in_play(self) -> float:
+        """The piece's length once every waiting and started turn is done."""
+        pending = sum(t.seconds for t in self.turns if t.status in (TurnStatus.WAITING, TurnStatus.STARTED))
+        return self.piece_seconds + pending
+
+
+class JamStore:
+    """Reads and writes the jams and jam_turns tables."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database.connection
+
+    # -- jams ---------------------------------------------------------------------------------------
+    async def create(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        thread_id: int,
+        starter_id: int,
+        prompt: str,
+        model_version: str,
+        turn_seconds: int,
+        max_turns: int,
+    ) -> Jam:
+        cursor = await self._db.execute(
+            "INSERT INTO jams (guild_id, channel_id, thread_id, starter_id, prompt, model_version, turn_seconds, "
+            "max_turns, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                guild_id,
+                channel_id,
+                thread_id,
+                starter_id,
+                prompt,
+                model_version,
+                turn_seconds,
+                max_turns,
+                time.time(),
+            ),
+        )
+        await self._db.commit()
+        jam = await self.get(int(cursor.lastrowid))  # type: ignore[arg-type]
+        assert jam is not None
+        return jam
+
+    async def get(self, jam_id: int) -> Jam | None:
+        return await self._one("SELECT * FROM jams WHERE id = ?", (jam_id,))
+
+    async def in_thread(self, thread_id: int) -> Jam | None:
+        return await self._one("SELECT * FROM jams WHERE thread_id = ?", (thread_id,))
+
+    async def open_jams(self, guild_id: int | None = None) -> list[Jam]:
+        """Open jams, oldest first (of one guild, or of all)."""
+        parameters: tuple[int, ...] = ()
+        if guild_id is None:
+            sql = "SELECT * FROM jams WHERE status = 'open' ORDER BY id"
+        else:
+            sql, parameters = (
+                "SELECT * FROM jams WHERE status = 'open' AND guild_id = ? ORDER BY id",
+                (guild_id,),
+            )
+        async with self._db.execute(sql, parameters) as cursor:
+            return [Jam.from_row(row) for row in await cursor.fetchall()]
+
+    async def end(self, jam_id: int, reason: str) -> bool:
+        """Close the jam and drop its waiting turns; False if it had already ended."""
+        cursor = await self._db.execute(
+            "UPDATE jams SET status = 'ended', end_reason = ?, ended_at = ? WHERE id = ? AND status = 'open'",
+            (reason, time.time(), jam_id),
+        )
+        await self._db.execute(
+            "UPDATE jam_turns SET status = 'dropped' WHERE jam_id = ? AND status = 'waiting'", (jam_id,)
+        )
+        await self._db.commit()
+        return cursor.rowcount > 0
+
+    # -- turns --------------------------------------------------------------------------------------
+    async def state(self, jam_id: int) -> JamState:
+        jam = await self.get(jam_id)
+        assert jam is not None
+        async with self._db.execute(
+            "SELECT * FROM jam_turns WHERE jam_id = ? ORDER BY id", (jam_id,)
+        ) as cursor:
+            turns = [JamTurn.from_row(row) for row in await cursor.fetchall()]
+        return JamState(jam, turns)
+
+    async def add_turn(
+        self, jam_id: int, *, user_id: int, user_name: str, prompt: str | None, seconds: int
+    ) -> JamTurn:
+        cursor = await self._db.execute(
+            "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (jam_id, user_id, user_name, prompt, seconds, time.time()),
+        )
+        await self._db.commit()
+        turn = await self.turn(int(cursor.lastrowid))  # type: ignore[arg-type]
+        assert turn is not None
+        return turn
+
+    async def turn(self, turn_id: int) -> JamTurn | None:
+        async with self._db.execute("SELECT * FROM jam_turns WHERE id = ?", (turn_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else JamTurn.from_row(row)
+
+    async def turn_of_job(self, job_id: int) -> JamTurn | None:
+        async with self._db.execute("SELECT * FROM jam_turns WHERE job_id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else JamTurn.from_row(row)
+
+    async def waiting_turns_of(self, guild_id: int, user_id: int) -> int:
+        """A member's turns still waiting for their place in this guild's jams (they count towards the caps)."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM jam_turns JOIN jams ON jams.id = jam_turns.jam_id "
+            "WHERE jams.guild_id = ? AND jam_turns.user_id = ? AND jam_turns.status = 'waiting'",
+            (guild_id, user_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def set_turn_message(self, turn_id: int, message_id: int) -> None:
+        await self._update("UPDATE jam_turns SET status_message_id = ? WHERE id = ?", (message_id, turn_id))
+
+    async def mark_started(self, turn_id: int, job_id: int) -> bool:
+        return await self._update(
+            "UPDATE jam_turns SET status = 'started', job_id = ? WHERE id = ? AND status = 'waiting'",
+            (job_id, turn_id),
+        )
+
+    async def mark_done(
+        self, turn_id: int, *, number: int, start_s: float, end_s: float, piece_path: str
+    ) -> bool:
+        """Record the turn's part of the piece (again, with the same values, when its job is retried)."""
+        return await self._update(
+            "UPDATE jam_turns SET status = 'done', number = ?, start_s = ?, end_s = ?, piece_path = ? "
+            "WHERE id = ? AND status IN ('started', 'done')",
+            (number, start_s, end_s, piece_path, turn_id),
+        )
+
+    async def mark_failed(self, turn_id: int) -> bool:
+        """The turn adds nothing: its job failed or was cancelled, or it could not be queued at all."""
+        return await self._update(
+            "UPDATE jam_turns SET status = 'failed' WHERE id = ? AND status IN ('waiting', 'started')",
+            (turn_id,),
+        )
+
+    async def contributors(self, jam_id: int) -> list[Contributor]:
+        """Everyone with a part in the piece, in the order they first played."""
+        async with self._db.execute(
+            "SELECT user_id, user_name, turns, seconds FROM jam_contributors WHERE jam_id = ? ORDER BY first_turn",
+            (jam_id,),
+        ) as cursor:
+            return [
+                Contributor(row["user_id"], row["user_name"], row["turns"], row["seconds"])
+                for row in await cursor.fetchall()
+            ]
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    async def _one(self, sql: str, parameters: tuple[Any, ...]) -> Jam | None:
+        async with self._db.execute(sql, parameters) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else Jam.from_row(row)
+
+    async def _update(self, sql: str, parameters: tuple[Any, ...]) -> bool:
+        cursor = await self._db.execute(sql, parameters)
+        await self._db.commit()
+        return cursor.rowcount > 0
