@@ -23,7 +23,7 @@ from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
 from bot.jobs import JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
-from bot.scheduler import FairScheduler, QueueLimits
+from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from inference.client import InferenceClient
 from inference.request import MODEL_VERSIONS, RequestError
 
@@ -161,7 +161,11 @@ class MusicGenBot(commands.AutoShardedBot):
             QueueLimits(
                 max_pending_per_user=limits.max_pending_per_user,
                 max_pending_per_guild=limits.max_pending_per_guild,
-            )
+            ),
+            BatchLimits(
+                max_jobs=self.config.worker.max_batch_size,
+                max_audio_seconds=self.config.worker.max_batch_audio_s,
+            ),
         )
         for guild_id, max_pending in (await self.jobs.guild_limits()).items():
             self.scheduler.set_guild_limit(guild_id, max_pending)

@@ -36,6 +36,11 @@ class Limits(_Section):
 class WorkerOptions(_Section):
     processes: int = Field(default=1, ge=1)
     job_retries: int = Field(default=1, ge=0)
+    # Jobs a worker runs together in one batch (1 turns batching off).
+    max_batch_size: int = Field(default=4, ge=1)
+    # Every row of a batch is generated to its longest job, so a batch holds rows x longest seconds of
+    # audio in memory (the decoder's KV cache grows with both): this caps that product.
+    max_batch_audio_s: float = Field(default=120.0, gt=0)
 
 
 class BotConfig(_Section):

@@ -1,8 +1,10 @@
-"""Runs queued jobs on the inference workers and reports back on Discord.
+"""Runs queued jobs on the inference workers, in batches, and reports back on Discord.
 
-The dispatcher pulls the next job from the fair scheduler whenever a worker slot is free, marks it
-running, submits it to the `InferenceClient`, turns progress into status-message edits, and posts
-the result. The database row is updated at each step, so a restart knows what to resume.
+The dispatcher pulls the next batch from the fair scheduler whenever a worker slot is free, marks its
+jobs running, submits them together to the `InferenceClient`, and then follows each job on its own:
+its progress becomes its status-message edits, its cancel stops it alone, and its result is posted
+as soon as it is there. The database row is updated at each step, so a restart knows what to resume.
+A worker crash under a batch of several puts each of its jobs back to run alone.
 """
 
 from __future__ import annotations
@@ -19,16 +21,39 @@ from bot.jobs import Job, JobStatus, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
-from inference.client import InferenceClient
+from inference.client import InferenceClient, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
-from inference.request import RequestError
+from inference.request import MAX_DURATION_S, GenerationRequest, RequestError
+
+try:
+    from inference.request import batch_key  # type: ignore[attr-defined]
+except ImportError:  # TEMPORARY stand-in until the engine's batch API (branch a1-engine) is merged
+
+    def batch_key(request: GenerationRequest, model_source: str | None = None) -> tuple[object, ...] | None:
+        if request.model_version == "encode-decode" or request.continuation:
+            return None
+        return (request.model_version, model_source, request.input_audio is not None)
+
 
 logger = logging.getLogger(__name__)
 
+BATCH_CRASH_REASON = "running alone now: the generator crashed during its batch"
+
 
 def scheduled(job: Job) -> ScheduledJob:
-    return ScheduledJob(job.id, job.guild_id, job.user_id)
+    return ScheduledJob(
+        job.id,
+        job.guild_id,
+        job.user_id,
+        batch_key=batch_key(job.request),
+        audio_seconds=audio_seconds(job.request),
+    )
+
+
+def audio_seconds(request: GenerationRequest) -> float:
+    """Seconds of audio a job makes, for the batch budget (a continuation's clip counts, up to the cap)."""
+    return float(MAX_DURATION_S if request.continuation else request.duration)
 
 
 def cancelled_text(job_id: int) -> str:
@@ -74,7 +99,9 @@ class JobDispatcher:
         self._progress: dict[int, str] = {}
         # Why a job is on its second try, for its status message ("the generator crashed on the first").
         self._retry_reasons: dict[int, str] = {}
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        # One task per batch on the workers; the ids of the jobs in them.
+        self._batches: set[asyncio.Task[None]] = set()
+        self._running: set[int] = set()
         self._cancel_requested: set[int] = set()
         # Running jobs the inference client has been given (a running job is briefly not one yet).
         self._submitted: set[int] = set()
@@ -94,10 +121,10 @@ class JobDispatcher:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for job_id in list(self._runners):
+        for job_id in list(self._running):
             await self.inference.cancel(str(job_id))
-        if self._runners:
-            _, still_running = await asyncio.wait(list(self._runners.values()), timeout=timeout_s)
+        if self._batches:
+            _, still_running = await asyncio.wait(list(self._batches), timeout=timeout_s)
             for task in still_running:
                 # Left 'running' in the database: the next start retries it.
                 task.cancel()
@@ -171,7 +198,7 @@ class JobDispatcher:
         if self.scheduler.is_running(job_id):
             self._cancel_requested.add(job_id)
             if job_id not in self._submitted:
-                return True  # _run_job sees the request before submitting
+                return True  # _run_jobs sees the request before submitting
             return await self.inference.cancel(str(job_id))
         return False
 
@@ -183,41 +210,74 @@ class JobDispatcher:
         while not self.stopping:
             while (
                 not self.paused
-                and len(self._runners) < self.worker_slots
-                and (next_job := self.scheduler.next_job()) is not None
+                and len(self._batches) < self.worker_slots
+                and (batch := self.scheduler.next_batch())
             ):
-                self._runners[next_job.job_id] = asyncio.create_task(
-                    self._run(next_job), name=f"job-{next_job.job_id}"
+                self._running.update(queued.job_id for queued in batch)
+                self._batches.add(
+                    asyncio.create_task(self._run_batch(batch), name=f"batch-{batch[0].job_id}")
                 )
                 self._refresh_positions()
             await self._wake.wait()
             self._wake.clear()
 
-    async def _run(self, queued: ScheduledJob) -> None:
-        job_id = queued.job_id
+    async def _run_batch(self, batch: list[ScheduledJob]) -> None:
+        job_ids = [queued.job_id for queued in batch]
         try:
-            await self._run_job(job_id)
+            await self._run_jobs(job_ids)
         except Exception:
-            logger.exception("job %s: unexpected error in the dispatcher", job_id)
-            job = await self.store.get(job_id)
-            if job is not None and job.is_pending:
-                await self._fail(job, INTERNAL_ERROR_TEXT)
+            logger.exception("batch %s: unexpected error in the dispatcher", job_ids)
+            for job_id in job_ids:
+                await self._fail_if_pending(job_id)
         finally:
-            self._runners.pop(job_id, None)
-            self._submitted.discard(job_id)
-            self.scheduler.finish(job_id)
+            for job_id in job_ids:
+                self._job_ended(job_id)
+            task = asyncio.current_task()
+            if task is not None:
+                self._batches.discard(task)
             self._wake.set()
 
-    async def _run_job(self, job_id: int) -> None:
+    async def _run_jobs(self, job_ids: list[int]) -> None:
+        started: list[tuple[Job, JobSubmission]] = []
+        for job_id in job_ids:
+            if (prepared := await self._start_job(job_id)) is not None:
+                started.append(prepared)
+        to_submit: list[tuple[Job, JobSubmission]] = []
+        for job, submission in started:
+            if self.stopping or job.id in self._cancel_requested:
+                # A shutdown or a /cancel came while the job was being marked running, before the
+                # client knew of it (so cancelling it there did nothing): handle it as cancelled now.
+                await self._after_cancel(job)
+                self._job_ended(job.id)
+            else:
+                to_submit.append((job, submission))
+        if not to_submit:
+            return
+        # No await between the checks above and submit_batch() registering the jobs with the client.
+        self._submitted.update(job.id for job, _ in to_submit)
+        tasks = self.inference.submit_batch([submission for _, submission in to_submit], self.output_dir)
+        await asyncio.gather(
+            *(
+                self._finish_job(job, task, batch_size=len(to_submit))
+                for (job, _), task in zip(to_submit, tasks, strict=True)
+            )
+        )
+
+    async def _start_job(self, job_id: int) -> tuple[Job, JobSubmission] | None:
+        """Mark a job running and prepare its status display; None if it was cancelled meanwhile."""
         if not await self.store.mark_running(job_id):
-            return  # cancelled meanwhile
+            self._job_ended(job_id)
+            return None
         job = await self.store.get(job_id)
         assert job is not None
         status = self._status.get(job_id)
         clock = ProgressClock()
         label = f"Job #{job_id}"
+        reason = self._retry_reasons.get(job_id)
         if job.attempts > 1:
-            label += f" (second try: {self._retry_reasons.get(job_id, 'the first was interrupted')})"
+            label += f" (second try: {reason or 'the first was interrupted'})"
+        elif reason is not None:
+            label += f" ({reason})"
         if status is not None:
             status.show(f"🎹 {label}: loading the {job.request.model_version} model…")
 
@@ -227,30 +287,45 @@ class JobDispatcher:
             if status is not None:
                 status.show(f"🎹 {label}: {text}")
 
-        if self.stopping or job_id in self._cancel_requested:
-            # A shutdown or a /cancel came while the job was being marked running, before the client
-            # knew of it (so cancelling it there did nothing): handle it as cancelled now.
-            await self._after_cancel(job)
-            return
-        # No await between the check above and submit() registering the job with the client.
-        self._submitted.add(job_id)
+        return job, JobSubmission(str(job_id), job.request, on_progress)
+
+    async def _finish_job(
+        self, job: Job, outcome: asyncio.Task[GenerationResult], *, batch_size: int
+    ) -> None:
+        """Follow one job of a batch to its end: deliver, fail, cancel or retry it."""
         try:
-            result = await self.inference.submit(
-                str(job_id), job.request, self.output_dir, on_progress=on_progress
-            )
-        except GenerationCancelled:
-            await self._after_cancel(job)
-        except WorkerCrashed as crash:
-            await self._after_crash(job, crash)
-        except RequestError as error:
-            await self._fail(job, str(error), ephemeral=True)
-        except GenerationFailed as error:
-            logger.error("job %s failed in the engine: %s", job_id, error)
-            await self._fail(job, "The generator hit an internal error on this request. Please try again.")
-        else:
-            await self._deliver(job, result)
+            try:
+                result = await outcome
+            except GenerationCancelled:
+                await self._after_cancel(job)
+            except WorkerCrashed as crash:
+                await self._after_crash(job, crash, batch_size=batch_size)
+            except RequestError as error:
+                await self._fail(job, str(error), ephemeral=True)
+            except GenerationFailed as error:
+                logger.error("job %s failed in the engine: %s", job.id, error)
+                await self._fail(
+                    job, "The generator hit an internal error on this request. Please try again."
+                )
+            else:
+                await self._deliver(job, result)
+        except Exception:
+            logger.exception("job %s: unexpected error in the dispatcher", job.id)
+            await self._fail_if_pending(job.id)
         finally:
-            self._progress.pop(job_id, None)
+            self._job_ended(job.id)
+
+    def _job_ended(self, job_id: int) -> None:
+        """The job left its batch (done, failed, cancelled or put back): it no longer counts as running."""
+        self._progress.pop(job_id, None)
+        self._submitted.discard(job_id)
+        self._running.discard(job_id)
+        self.scheduler.finish(job_id)
+
+    async def _fail_if_pending(self, job_id: int) -> None:
+        job = await self.store.get(job_id)
+        if job is not None and job.is_pending:
+            await self._fail(job, INTERNAL_ERROR_TEXT)
 
     async def _after_cancel(self, job: Job) -> None:
         if self.stopping and job.id not in self._cancel_requested:
@@ -262,11 +337,25 @@ class JobDispatcher:
         await self._finish_status(job.id, cancelled_text(job.id))
         self._forget(job.id)
 
-    async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
+    async def _after_crash(self, job: Job, crash: WorkerCrashed, *, batch_size: int = 1) -> None:
         logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
         if self.stopping:
             # The shutdown took the worker down with the job: not the job's fault.
             await self._put_back_for_restart(job)
+            return
+        if batch_size > 1:
+            # Any job of the batch may have caused it: each runs again alone, and this crash does not
+            # count against them, so one bad job cannot use up its neighbours' retry.
+            await self.store.requeue(
+                job.id, error=f"worker crashed during a batch: {crash}", refund_attempt=True
+            )
+            self._retry_reasons[job.id] = BATCH_CRASH_REASON
+            self.scheduler.finish(job.id)
+            self.scheduler.enqueue(scheduled(job), front=True)
+            status = self._status.get(job.id)
+            if status is not None:
+                status.show(f"⚠️ Job #{job.id}: the generator crashed; trying again on its own…")
+            self._wake.set()
             return
         # job was read after mark_running, so attempts counts this run.
         if job.attempts <= self.job_retries:
@@ -277,6 +366,7 @@ class JobDispatcher:
             status = self._status.get(job.id)
             if status is not None:
                 status.show(f"⚠️ Job #{job.id}: the generator crashed; trying once more…")
+            self._wake.set()
             return
         await self._fail(
             job,
