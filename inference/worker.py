@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.errors import GenerationCancelled
@@ -214,13 +215,13 @@ class _WorkerLoop:
                 self.send(Progress(job_id, steps_done, steps_total))
 
         try:
-            return self._engine.generate_to_file(
-                job_id,
+            started = time.perf_counter()
+            generated = self._engine.generate(
                 submit.request,
-                submit.output_dir,
                 on_progress=on_progress,
                 is_cancelled=lambda: self._is_cancelled(job_id),
             )
+            return _write_result(job_id, submit, generated, started)
         except RequestError as exc:
             return GenerationError(job_id, str(exc), kind="request")
         except GenerationCancelled:
@@ -228,3 +229,26 @@ class _WorkerLoop:
         except Exception as exc:
             logger.exception("job %s failed", job_id)
             return GenerationError(job_id, _short_message(exc), kind="internal")
+
+
+def _write_result(job_id: str, submit: Submit, generated: Any, started: float) -> GenerationResult:
+    """Normalise and write the job's audio to `<output_dir>/<job_id>.<format>`; the result message."""
+    from inference.audio import write_generated
+
+    write_started = time.perf_counter()
+    path = write_generated(
+        generated, submit.request, Path(submit.output_dir) / f"{job_id}.{submit.request.output_format}"
+    )
+    timings = dict(generated.timings)
+    timings["write"] = time.perf_counter() - write_started
+    timings["total"] = time.perf_counter() - started
+    return GenerationResult(
+        job_id=job_id,
+        output_path=str(path),
+        output_format=submit.request.output_format,
+        seed=generated.seed,
+        sample_rate=generated.sample_rate,
+        channels=generated.channels,
+        duration_s=generated.duration_s,
+        timings=timings,
+    )
