@@ -24,17 +24,7 @@ from bot.status_message import ProgressClock, StatusMessage
 from inference.client import InferenceClient, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
-from inference.request import MAX_DURATION_S, GenerationRequest, RequestError
-
-try:
-    from inference.request import batch_key  # type: ignore[attr-defined]
-except ImportError:  # TEMPORARY stand-in until the engine's batch API (branch a1-engine) is merged
-
-    def batch_key(request: GenerationRequest, model_source: str | None = None) -> tuple[object, ...] | None:
-        if request.model_version == "encode-decode" or request.continuation:
-            return None
-        return (request.model_version, model_source, request.input_audio is not None)
-
+from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
 
 logger = logging.getLogger(__name__)
 

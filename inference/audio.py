@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyloudnorm
@@ -25,7 +26,10 @@ from inference.ffmpeg import (
     ffmpeg_executable,
     probe_duration,
 )
-from inference.request import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, RequestError
+from inference.request import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, GenerationRequest, RequestError
+
+if TYPE_CHECKING:  # the engine imports this module
+    from inference.engine import GeneratedAudio
 
 __all__ = [
     "AudioDecodeError",
@@ -35,6 +39,7 @@ __all__ = [
     "normalize_audio",
     "probe_duration",
     "write_audio",
+    "write_generated",
 ]
 
 # audiocraft's audio_write defaults: peak/clip headroom 1 dB, rms headroom 18 dB, loudness -14 LUFS.
@@ -193,6 +198,15 @@ def write_audio(
         path.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_generated(
+    generated: GeneratedAudio, request: GenerationRequest, path: str | os.PathLike[str]
+) -> Path:
+    """Normalise the engine's audio with `request.normalization_strategy` and write it in
+    `request.output_format` to `path` (the format's extension is added when missing)."""
+    normalized = normalize_audio(generated.wav, request.normalization_strategy, generated.sample_rate)
+    return write_audio(normalized, generated.sample_rate, path, request.output_format)
 
 
 def _to_int16(samples: np.ndarray) -> np.ndarray:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from inference.protocol import (
     SubmitBatch,
     WorkerEvent,
 )
-from inference.request import GenerationRequest, RequestError
+from inference.request import RequestError
 from inference.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ def job_outcome(
     `generated` is what the engine returned for the job (audio, or the exception it failed with).
     Writing happens here, so a full disk fails this job alone.
     """
+    from inference.audio import write_generated  # imports torch: not at the top of this module
+
     if isinstance(generated, RequestError):
         return GenerationError(job.job_id, str(generated), ErrorKind.REQUEST)
     if isinstance(generated, GenerationCancelled):
@@ -126,7 +128,7 @@ def job_outcome(
     try:
         folder = Path(output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        path = _write_generated(generated, job.request, folder / f"{job.job_id}.{job.request.output_format}")
+        path = write_generated(generated, job.request, folder / f"{job.job_id}.{job.request.output_format}")
     except Exception as exc:
         logger.exception("job %s: writing the audio failed", job.job_id)
         return GenerationError(job.job_id, _short_message(exc), ErrorKind.INTERNAL)
@@ -143,54 +145,6 @@ def job_outcome(
         duration_s=generated.duration_s,
         timings=timings,
     )
-
-
-# -- TEMPORARY stand-ins until the engine's batch API (branch a1-engine) is merged -----------------
-def _write_generated(generated: GeneratedAudio, request: GenerationRequest, path: Path) -> Path:
-    from inference import audio
-
-    write_generated = getattr(audio, "write_generated", None)
-    if write_generated is not None:
-        return Path(write_generated(generated, request, path))
-    normalized = audio.normalize_audio(generated.wav, request.normalization_strategy, generated.sample_rate)
-    return audio.write_audio(normalized, generated.sample_rate, path, request.output_format)
-
-
-@dataclass(frozen=True)
-class _StandInEngineJob:
-    request: GenerationRequest
-    model_source: str | None = None
-    on_progress: Callable[[int, int], None] | None = None
-    is_cancelled: Callable[[], bool] | None = None
-
-
-def _generate_batch(engine: Any, jobs: Sequence[Any]) -> list[Any]:
-    generate_batch = getattr(engine, "generate_batch", None)
-    if generate_batch is not None:
-        return list(generate_batch(jobs))
-    outcomes: list[Any] = []
-    for job in jobs:
-        try:
-            outcomes.append(
-                engine.generate(
-                    job.request,
-                    model_source=job.model_source,
-                    on_progress=job.on_progress,
-                    is_cancelled=job.is_cancelled,
-                )
-            )
-        except Exception as exc:
-            outcomes.append(exc)
-    return outcomes
-
-
-def _engine_job_class() -> Any:
-    from inference import engine as engine_module
-
-    return getattr(engine_module, "EngineJob", _StandInEngineJob)
-
-
-# -- end of the stand-ins --------------------------------------------------------------------------
 
 
 class _WorkerLoop:
@@ -311,22 +265,23 @@ class _WorkerLoop:
         return on_progress
 
     def _run_batch(self, batch: SubmitBatch) -> None:
-        engine_job = _engine_job_class()
+        from inference.engine import EngineJob
+
         engine_jobs = []
         for job in batch.jobs:
             self.send(Started(job.job_id))
             engine_jobs.append(
-                engine_job(
+                EngineJob(
                     request=job.request,
                     on_progress=self._progress_reporter(job.job_id),
-                    is_cancelled=lambda job_id=job.job_id: self._is_cancelled(job_id),
+                    is_cancelled=functools.partial(self._is_cancelled, job.job_id),
                 )
             )
         try:
-            outcomes: list[Any] = _generate_batch(self._engine, engine_jobs)
+            outcomes: list[GeneratedAudio | Exception] = self._engine.generate_batch(engine_jobs)
         except Exception as exc:
             # The engine answers per job; an exception out of the batch call itself fails all of it.
             logger.exception("batch %s failed", ", ".join(batch.job_ids))
-            outcomes = [exc] * len(batch.jobs)
+            outcomes = [exc for _ in batch.jobs]
         for job, generated in zip(batch.jobs, outcomes, strict=True):
             self.send(job_outcome(job, generated, batch.output_dir))
