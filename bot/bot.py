@@ -100,6 +100,7 @@ class MusicGenBot(commands.AutoShardedBot):
         # one member cannot both slip under the per-user cap.
         self.admission_lock = asyncio.Lock()
         self._shutdown: asyncio.Task[None] | None = None
+        self._guild_default_models: dict[int, str] = {}
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -143,12 +144,24 @@ class MusicGenBot(commands.AutoShardedBot):
             return f"No fine-tuned model is configured on this bot, so finetuned cannot be the default. Choose one of: {others}."
         return None
 
-    async def default_model_for(self, guild_id: int) -> str:
-        """The server's default model, or the config's when it has none (or its own is no longer usable)."""
-        chosen = await self.jobs.guild_default_model(guild_id)
+    def default_model_for(self, guild_id: int) -> str:
+        """The server's default model, or the config's when it has none (or its own is no longer usable).
+
+        Read from memory: /generate needs it before it acknowledges, which must not wait for the
+        database behind everyone else's queries.
+        """
+        chosen = self._guild_default_models.get(guild_id)
         if chosen is not None and self.default_model_refusal(chosen) is None:
             return chosen
         return self.config.bot.default_model_version
+
+    async def set_default_model(self, guild_id: int, model_version: str | None) -> None:
+        """Store a server's default model (None: back to the config's), in the database and in memory."""
+        await self.jobs.set_guild_default_model(guild_id, model_version)
+        if model_version is None:
+            self._guild_default_models.pop(guild_id, None)
+        else:
+            self._guild_default_models[guild_id] = model_version
 
     # -- start and stop ---------------------------------------------------------------------------
     async def setup_hook(self) -> None:
@@ -167,8 +180,11 @@ class MusicGenBot(commands.AutoShardedBot):
                 max_audio_seconds=self.config.worker.max_batch_audio_s,
             ),
         )
+        # Per-server settings live in memory from here on (updated on every write), so what runs
+        # before a command is acknowledged needs no database query.
         for guild_id, max_pending in (await self.jobs.guild_limits()).items():
             self.scheduler.set_guild_limit(guild_id, max_pending)
+        self._guild_default_models = await self.jobs.guild_default_models()
         if self._given_inference is not None:
             self.inference = self._given_inference
         else:

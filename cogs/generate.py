@@ -105,7 +105,7 @@ class GenerateCog(commands.Cog):
     ) -> None:
         self.check_accepting_jobs()
         assert interaction.guild_id is not None
-        default_model = await self.bot.default_model_for(interaction.guild_id)
+        default_model = self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
             model_version=model_version or default_model,  # type: ignore[arg-type]
             prompt=prompt,
@@ -157,7 +157,7 @@ class GenerateCog(commands.Cog):
         request = original.request
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             raise RequestError(f"Job #{job_id}'s input audio is no longer stored, so it cannot be replayed.")
-        self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
+        self.check_model_available(request, self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
         await self.queue_job(

@@ -66,7 +66,7 @@ class SettingsCog(
             and (refusal := self.bot.default_model_refusal(model_version)) is not None
         ):
             raise RequestError(refusal)
-        await self.bot.jobs.set_guild_default_model(interaction.guild_id, model_version)
+        await self.bot.set_default_model(interaction.guild_id, model_version)
         text = (
             f"`/generate` without model_version now uses the {model_version} model in this server."
             if model_version is not None

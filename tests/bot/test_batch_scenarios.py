@@ -163,3 +163,31 @@ async def test_a_worker_killed_under_a_batch_retries_each_job_alone_and_all_are_
     for earlier, later in itertools.pairwise(retries):
         assert earlier["finished_at"] <= later["started_at"]
     assert await stuck_jobs(bot) == []
+
+
+async def _busy_database(bot: MusicGenBot) -> int:
+    """A query that keeps the bot's database connection busy for a while (seconds), as a long
+    history lookup or a slow disk would."""
+    sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) SELECT count(*) FROM c"
+    async with bot.database.connection.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_generate_is_acknowledged_without_waiting_for_the_database(
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server]
+) -> None:
+    server = servers[0]
+    busy = asyncio.create_task(_busy_database(bot))
+    await asyncio.sleep(0)  # the query is on the connection before the command arrives
+    interaction = await run_command(
+        fake_discord, server["ben"], server.channel, "generate", prompt="busy evening", duration=1
+    )
+    # Everything before the acknowledgement (the server's default model, the caps) is in memory.
+    assert interaction.response_type == 5
+    assert not busy.done(), "the acknowledgement waited behind the database"
+    assert await busy == 10_000_000
+    job_id = await queued_job_id(interaction)
+    row = await wait_for_status(bot, job_id, "done")
+    assert row["model_version"] == "small"
