@@ -200,6 +200,7 @@ class MusicGenBot(commands.AutoShardedBot):
             output_dir=self.outputs_dir,
             worker_slots=self.config.worker.processes,
             job_retries=self.config.worker.job_retries,
+            batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,
         )
         for extension in EXTENSIONS:

@@ -41,6 +41,9 @@ class WorkerOptions(_Section):
     # Every row of a batch is generated to its longest job, so a batch holds rows x longest seconds of
     # audio in memory (the decoder's KV cache grows with both): this caps that product.
     max_batch_audio_s: float = Field(default=120.0, gt=0)
+    # A free worker waits up to this long after a job arrives for others to join its batch (only while
+    # the batch could still grow): commands sent together then run together.
+    batch_wait_s: float = Field(default=0.2, ge=0)
 
 
 class BotConfig(_Section):

@@ -74,6 +74,7 @@ class JobDispatcher:
         worker_slots: int,
         job_retries: int,
         progress_interval_s: float,
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -83,6 +84,9 @@ class JobDispatcher:
         self.worker_slots = worker_slots
         self.job_retries = job_retries
         self.progress_interval_s = progress_interval_s
+        self.batch_wait_s = batch_wait_s
+        # When each queued job arrived (loop time), for the batch wait.
+        self._queued_at: dict[int, float] = {}
         # Interaction tokens are credentials that live 15 minutes: memory only, never the database.
         self._interactions: dict[int, discord.Interaction] = {}
         self._status: dict[int, StatusMessage] = {}
@@ -174,6 +178,7 @@ class JobDispatcher:
                 on_first_edit=lambda message_id: self.store.set_status_message(job.id, message_id),
             )
         self.scheduler.enqueue(scheduled(job))
+        self._queued_at[job.id] = asyncio.get_running_loop().time()
         self._refresh_positions()
         self._wake.set()
 
@@ -198,18 +203,39 @@ class JobDispatcher:
     # -- the loop -------------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
-            while (
-                not self.paused
-                and len(self._batches) < self.worker_slots
-                and (batch := self.scheduler.next_batch())
-            ):
+            wait_s: float | None = None  # until woken
+            while not self.paused and len(self._batches) < self.worker_slots:
+                wait_s = self._batch_wait_left()
+                if wait_s is None or wait_s > 0:
+                    break
+                batch = self.scheduler.next_batch()
+                for queued in batch:
+                    self._queued_at.pop(queued.job_id, None)
                 self._running.update(queued.job_id for queued in batch)
                 self._batches.add(
                     asyncio.create_task(self._run_batch(batch), name=f"batch-{batch[0].job_id}")
                 )
                 self._refresh_positions()
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
+
+    def _batch_wait_left(self) -> float | None:
+        """None when nothing is queued; else how long a free worker should still wait for more jobs to
+        join the next batch (0: start it now).
+
+        Only a batch that could still grow waits, and only until `batch_wait_s` after its first job
+        arrived: a job that waited behind a running batch starts as soon as a worker is free.
+        """
+        batch = self.scheduler.peek_batch()
+        if not batch:
+            return None
+        if self.batch_wait_s <= 0 or not self.scheduler.can_grow(batch):
+            return 0.0
+        arrived = self._queued_at.get(batch[0].job_id)
+        if arrived is None:  # resumed after a restart or retried: it has waited long enough
+            return 0.0
+        return max(0.0, arrived + self.batch_wait_s - asyncio.get_running_loop().time())
 
     async def _run_batch(self, batch: list[ScheduledJob]) -> None:
         job_ids = [queued.job_id for queued in batch]
@@ -438,6 +464,7 @@ class JobDispatcher:
             await status.finish(text)
 
     def _forget(self, job_id: int) -> None:
+        self._queued_at.pop(job_id, None)
         self._interactions.pop(job_id, None)
         self._status.pop(job_id, None)
         self._retry_reasons.pop(job_id, None)

@@ -141,8 +141,21 @@ class FairScheduler:
         """Take the next batch to run (each job counts as running until `finish`); [] if none is queued."""
         return self._take(self._plan_batch(self.batching))
 
-    def _plan_batch(self, limits: BatchLimits) -> list[ScheduledJob]:
-        """The next batch, in round-robin order, without taking it; also marks the jobs it passes over."""
+    def peek_batch(self) -> list[ScheduledJob]:
+        """The batch `next_batch` would take now, leaving everything as it is."""
+        return self._plan_batch(self.batching, mark_passed_over=False)
+
+    def can_grow(self, batch: list[ScheduledJob]) -> bool:
+        """Whether jobs queued later could still join this batch (it is not full and may be shared)."""
+        first = batch[0]
+        return (
+            len(batch) < self.batching.max_jobs
+            and first.batch_key is not None
+            and first.job_id not in self._retried
+        )
+
+    def _plan_batch(self, limits: BatchLimits, *, mark_passed_over: bool = True) -> list[ScheduledJob]:
+        """The next batch, in round-robin order, without taking it; marks the jobs it passes over."""
         order = self.queued_in_order()
         if not order:
             return []
@@ -171,7 +184,8 @@ class FairScheduler:
                 break  # taking anything after it would pass it over a second time
             else:
                 skipped.append(candidate)
-        self._passed_over.update(job.job_id for job in passed_over)
+        if mark_passed_over:
+            self._passed_over.update(job.job_id for job in passed_over)
         return batch
 
     def _take(self, batch: list[ScheduledJob]) -> list[ScheduledJob]:

@@ -254,3 +254,21 @@ def test_retried_jobs_run_one_at_a_time_before_anything_else() -> None:
         scheduler.finish(queued.job_id)
         scheduler.enqueue(queued, front=True)
     assert batches(scheduler)[:3] == [[1], [2], [3]]
+
+
+def test_peeking_at_the_next_batch_changes_nothing_and_says_whether_it_could_grow() -> None:
+    scheduler = batching_scheduler(max_jobs=3)
+    scheduler.enqueue(job(1, GUILD_A, key=SMALL))
+    scheduler.enqueue(job(2, GUILD_B, key=MELODY))
+    scheduler.enqueue(job(3, GUILD_C, key=SMALL))
+    preview = scheduler.peek_batch()
+    assert [queued.job_id for queued in preview] == [1, 3]
+    assert scheduler.can_grow(preview)  # a third small job may still come
+    # Peeking passed nobody over: a new guild's job still goes before job 2.
+    scheduler.enqueue(job(4, GUILD_D, key=MELODY))
+    assert [queued.job_id for queued in scheduler.queued_in_order()] == [1, 2, 3, 4]
+    scheduler.enqueue(job(5, GUILD_D, key=SMALL))
+    assert not scheduler.can_grow(scheduler.peek_batch())  # 1, 3, 5: full
+    alone = batching_scheduler()
+    alone.enqueue(job(6, GUILD_A, key=None))
+    assert not alone.can_grow(alone.peek_batch())
