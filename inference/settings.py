@@ -45,7 +45,8 @@ class ModelSources(_Section):
 class EngineOptions(_Section):
     # "auto" picks cuda when torch sees a GPU, else cpu. "cuda:1" pins a card.
     device: str = "auto"
-    # "auto": float16 on CUDA, float32 on CPU. bfloat16 is often faster on CPUs with avx512_bf16.
+    # "auto": float16 on CUDA; on CPU bfloat16 where the CPU has native bf16 (avx512_bf16 or AMX),
+    # else float32.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # torch intra-op threads in the worker; 0 leaves torch's default.
     cpu_threads: int = Field(default=0, ge=0)
