@@ -245,6 +245,11 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
+    def holds(self, model: Any) -> bool:
+        """Whether `model` is (still) one of the cached models."""
+        with self._lock:
+            return any(entry.model is model for entry in self._entries.values())
+
     @property
     def cached_bytes(self) -> int:
         with self._lock:

@@ -52,6 +52,11 @@ class EngineOptions(_Section):
     cpu_threads: int = Field(default=0, ge=0)
     # Memory budget of the model cache (LRU); models that do not fit evict older ones.
     model_cache_gb: float = Field(default=16.0, gt=0)
+    # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
+    static_cache: bool = False
+    # torch.compile the decoder step; on CUDA with static_cache the steps replay as CUDA graphs.
+    # Compiling takes minutes on a CPU for a few percent there: meant for GPUs.
+    compile: bool = False
     # Decoding of uploads runs in a subprocess with this timeout (hostile or broken files).
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
