@@ -24,8 +24,9 @@ from bot.dispatcher import JobDispatcher
 from bot.jobs import JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
+from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
-from inference.request import MODEL_VERSIONS, RequestError
+from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -121,28 +122,16 @@ class MusicGenBot(commands.AutoShardedBot):
 
     # -- which model /generate uses when the member picks none --------------------------------------
     @property
-    def finetuned_configured(self) -> bool:
-        return bool(self.config.engine_settings.models.finetuned)
+    def catalogue(self) -> ModelCatalogue:
+        return ModelCatalogue(self.config.engine_settings.models)
 
     def default_model_choices(self) -> list[str]:
         """The model versions a server may make its default: every one that makes music and is configured."""
-        return [
-            version
-            for version in MODEL_VERSIONS
-            if version != "encode-decode" and (version != "finetuned" or self.finetuned_configured)
-        ]
+        return self.catalogue.music_versions()
 
     def default_model_refusal(self, model_version: str) -> str | None:
         """Why `model_version` cannot be a server's default model, or None if it can."""
-        others = ", ".join(self.default_model_choices())
-        if model_version == "encode-decode":
-            return (
-                "encode-decode only runs an attached clip through EnCodec and makes no new music, so it cannot be "
-                f"the default (members can still pick it themselves). Choose one of: {others}."
-            )
-        if model_version == "finetuned" and not self.finetuned_configured:
-            return f"No fine-tuned model is configured on this bot, so finetuned cannot be the default. Choose one of: {others}."
-        return None
+        return self.catalogue.default_refusal(model_version)
 
     def default_model_for(self, guild_id: int) -> str:
         """The server's default model, or the config's when it has none (or its own is no longer usable).

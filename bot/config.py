@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inference.catalogue import ModelCatalogue
 from inference.request import MODEL_VERSIONS
 from inference.settings import EngineSettings, read_config_file
 
@@ -55,14 +56,15 @@ class BotConfig(_Section):
     def model_post_init(self, _context: object) -> None:
         # The default model is what every /generate without model_version runs: it must make music.
         default = self.bot.default_model_version
-        if default == "encode-decode":
+        catalogue = ModelCatalogue(self.engine_settings.models)
+        if not catalogue.traits(default).makes_music:
             raise ValueError(
-                "[bot] default_model_version cannot be encode-decode: it only re-encodes an attached clip "
-                "(pick small, medium, large, melody or finetuned)"
+                f"[bot] default_model_version cannot be {default}: it only re-encodes an attached clip "
+                f"(pick one of {', '.join(catalogue.music_versions())})"
             )
-        if default == "finetuned" and not self.engine_settings.models.finetuned:
+        if not catalogue.is_configured(default):
             raise ValueError(
-                '[bot] default_model_version is "finetuned" but [models] finetuned is empty: '
+                f'[bot] default_model_version is "{default}" but [models] {default} is empty: '
                 "point it at your checkpoint, or pick another default"
             )
 

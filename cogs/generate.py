@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Versions whose language model takes no chroma: a melody for them is refused before queueing.
-MODELS_WITHOUT_MELODY = frozenset({"small", "medium", "large"})
 MIB = 1024 * 1024
 
 
@@ -172,14 +170,15 @@ class GenerateCog(commands.Cog):
             )
 
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
-        if request.model_version == "finetuned" and not self.bot.finetuned_configured:
+        catalogue = self.bot.catalogue
+        if not catalogue.is_configured(request.model_version):
             raise RequestError(
                 f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default_model})."
             )
         if (
             request.input_audio is not None
             and not request.continuation
-            and request.model_version in MODELS_WITHOUT_MELODY
+            and catalogue.cannot_follow_melody(request.model_version)
         ):
             raise RequestError(
                 f"The {request.model_version} model cannot follow a melody. Use model_version melody to follow "

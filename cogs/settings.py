@@ -10,7 +10,8 @@ from discord.app_commands import Range
 from discord.ext import commands
 
 from cogs.generate import choices
-from inference.request import MODEL_VERSIONS, RequestError
+from inference.catalogue import MODEL_VERSIONS
+from inference.request import RequestError
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from inference.catalogue import ModelCatalogue
 from inference.request import (
     MODEL_VERSIONS,
     NORMALIZATION_STRATEGIES,
@@ -202,7 +203,7 @@ def generate(
         load_engine_settings(config_path), device=device, dtype=dtype, cpu_threads=threads
     )
     if model_version is None:
-        model_version = "finetuned" if settings.models.finetuned else "small"
+        model_version = ModelCatalogue(settings.models).default_version()
     if output is None:
         output = Path(f"musicgen.{output_format or 'wav'}")
     resolved_format = _output_format_for(output, output_format)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ class _RowState:
     sequence: torch.Tensor  # [codebooks, length] with the delay pattern applied
     pattern: torch.Tensor  # [codebooks, max_length]: -1 where a sampled code goes, else the fixed id
     steps_done: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    done: bool = False  # finished or cancelled: its outputs are no longer used
 
 
 class MusicGenDecoder:
@@ -122,6 +122,14 @@ class MusicGenDecoder:
         self.start_id = int(generation_config.decoder_start_token_id)
         self.pad_id = int(generation_config.pad_token_id)
         self.cache_factory = cache_factory
+        # The decoder's forward pass; `compile_forward` swaps in a compiled one.
+        self.forward: Callable[..., Any] = self.decoder
+
+    def compile_forward(self, *, cuda_graphs: bool) -> None:
+        """torch.compile the decoder's forward pass; with `cuda_graphs` (and a static cache, so each
+        step has the same shapes) the steps replay as CUDA graphs ("reduce-overhead")."""
+        mode = "reduce-overhead" if cuda_graphs else "default"
+        self.forward = torch.compile(self.decoder, mode=mode, dynamic=False)
 
     # -- the loop --------------------------------------------------------------------------------
     def decode(self, rows: Sequence[DecodingRow]) -> list[DecodedRow | GenerationCancelled]:
@@ -130,21 +138,22 @@ class MusicGenDecoder:
         if len({row.shape_key() for row in rows}) > 1:
             raise ValueError("rows of one batch need the same prefix and prompt lengths")
         results: list[DecodedRow | GenerationCancelled | None] = [None] * len(rows)
-        active = [self._start(row, index) for index, row in enumerate(rows)]
-        active = self._drop_cancelled(active, results, before_start=True)
-        if not active:
+        batch = [self._start(row, index) for index, row in enumerate(rows)]
+        batch = self._drop_cancelled(batch, results, before_start=True)
+        if not batch:
             return [r for r in results if r is not None]
-        device = active[0].sequence.device
-        states, masks = self._batched_conditioning([s.row for s in active], device)
+        device = batch[0].sequence.device
+        states, masks = self._batched_conditioning([s.row for s in batch], device)
+        # A fixed-size cache (static, for CUDA graphs) cannot drop rows: rows that leave stay in the
+        # batch as idle rows whose outputs are ignored, so every step has the same shapes.
         cache = None
         if self.cache_factory is not None:
-            longest = max(s.pattern.shape[-1] for s in active)
-            cache = self.cache_factory(self._row_count(active), longest + self._prefix_length(active))
+            longest = max(s.pattern.shape[-1] for s in batch)
+            cache = self.cache_factory(self._row_count(batch), longest + self._prefix_length(batch))
         first = True
-        while active:
-            input_ids = self._next_inputs(active, full=first)
-            output = self.decoder(
-                input_ids=input_ids,
+        while any(not s.done for s in batch):
+            output = self.forward(
+                input_ids=self._next_inputs(batch, full=first),
                 encoder_hidden_states=states if (first or masks is not None) else None,
                 encoder_attention_mask=masks,
                 cache=cache,
@@ -152,28 +161,33 @@ class MusicGenDecoder:
             )
             cache = output.cache
             first = False
-            logits = output.logits.view(
-                -1, self.num_codebooks, output.logits.shape[-2], output.logits.shape[-1]
-            )
-            self._sample_step(active, logits[:, :, -1, :])
-            now = time.perf_counter()
-            keep: list[_RowState] = []
-            for state in active:
-                state.steps_done += 1
-                if state.row.on_progress is not None:
-                    state.row.on_progress(state.steps_done, state.row.new_steps)
-                if state.steps_done >= state.row.new_steps:
-                    results[state.index] = DecodedRow(self._strip_pattern(state), now)
-                else:
-                    keep.append(state)
-            keep = self._drop_cancelled(keep, results, before_start=False)
-            if len(keep) != len(active) and keep:
-                rows_kept = self._row_indices(active, keep, device)
-                cache.batch_select_indices(rows_kept)
-                if states is not None and masks is not None:
-                    states, masks = states[rows_kept], masks[rows_kept]
-            active = keep
+            logits = output.logits.view(-1, self.num_codebooks, *output.logits.shape[-2:])
+            self._sample_step(batch, logits[:, :, -1, :])
+            self._after_step(batch, results)
+            if self.cache_factory is None and any(s.done for s in batch):
+                kept = [s for s in batch if not s.done]
+                if kept:
+                    rows_kept = self._row_indices(batch, kept, device)
+                    cache.batch_select_indices(rows_kept)
+                    if masks is not None:
+                        states, masks = states[rows_kept], masks[rows_kept]
+                batch = kept
         return [r for r in results if r is not None]
+
+    def _after_step(
+        self, batch: list[_RowState], results: list[DecodedRow | GenerationCancelled | None]
+    ) -> None:
+        """Report progress, and retire the rows that reached their length or were cancelled."""
+        now = time.perf_counter()
+        running = [s for s in batch if not s.done]
+        for state in running:
+            state.steps_done += 1
+            if state.row.on_progress is not None:
+                state.row.on_progress(state.steps_done, state.row.new_steps)
+            if state.steps_done >= state.row.new_steps:
+                results[state.index] = DecodedRow(self._strip_pattern(state), now)
+                state.done = True
+        self._drop_cancelled([s for s in running if not s.done], results, before_start=False)
 
     # -- rows ------------------------------------------------------------------------------------
     def _start(self, row: DecodingRow, index: int) -> _RowState:
@@ -202,6 +216,7 @@ class MusicGenDecoder:
                     else f"after {state.steps_done} of {state.row.new_steps} decoder steps"
                 )
                 results[state.index] = GenerationCancelled(f"cancelled {when}")
+                state.done = True
             else:
                 kept.append(state)
         return kept
@@ -265,6 +280,8 @@ class MusicGenDecoder:
                 scores = uncond + sampling.guidance * (cond - uncond)
             else:
                 scores = cond
+            if state.done:
+                continue  # an idle row of a fixed-size batch
             codes = pick_codes(scores, sampling, state.row.generator)
             position = state.sequence.shape[-1]
             fixed = state.pattern[:, position]

@@ -29,6 +29,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,7 @@ class MusicGenEngine:
         self.settings = settings
         self.cache = cache if cache is not None else ModelCache(settings)
         self._demucs: torch.nn.Module | None = stem_separator
+        self._decoders: list[MusicGenDecoder] = []
 
     # -- public API ------------------------------------------------------------------------------
     def generate(
@@ -288,7 +290,19 @@ class MusicGenEngine:
         )
 
     def _decoder_for(self, loaded: LoadedMusicGen) -> MusicGenDecoder:
-        return MusicGenDecoder(loaded.model)
+        """The decoding loop of a model, set up as `[engine] static_cache` and `compile` say; kept
+        while the model is cached (a compiled forward pass is worth keeping)."""
+        self._decoders = [d for d in self._decoders if self.cache.holds(d.model)]
+        for decoder in self._decoders:
+            if decoder.model is loaded.model:
+                return decoder
+        options = self.settings.engine
+        factory = _static_cache_factory(loaded.model) if options.static_cache else None
+        decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
+        if options.compile:
+            decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
+        self._decoders.append(decoder)
+        return decoder
 
     @staticmethod
     def _job_failed(error: Exception) -> Exception:
@@ -463,6 +477,27 @@ def _fit_length(wav: torch.Tensor, samples: int) -> torch.Tensor:
             logger.warning("decoded audio is %d samples short of %d", samples - length, samples)
         return torch.nn.functional.pad(wav, (0, samples - length))
     return wav
+
+
+# Static caches are sized up to a multiple of this many positions, so that batches of nearby
+# lengths share one compiled graph instead of compiling their own.
+STATIC_CACHE_GRANULE = 256
+
+
+def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
+    """Fixed-size key/value caches for the decoder's self-attention (the cross-attention keys are
+    computed once and have a fixed size already)."""
+    from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+    config = model.decoder.config
+
+    def make(rows: int, positions: int) -> Any:
+        size = math.ceil(positions / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
+        return EncoderDecoderCache(
+            StaticCache(config=config, max_cache_len=size), DynamicCache(config=config)
+        )
+
+    return make
 
 
 def _decoding_groups(prepared: list[_PreparedMusic]) -> list[list[_PreparedMusic]]:

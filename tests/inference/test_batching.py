@@ -202,3 +202,32 @@ def test_encode_decode_in_a_batch_runs_on_its_own(engine: MusicGenEngine, tmp_pa
     outcomes = engine.generate_batch([EngineJob(round_trip), EngineJob(request(seed=9))])
     assert audio_of(outcomes[0]).wav.shape == (1, SAMPLE_RATE // 2)
     assert same(outcomes[1], engine.generate(request(seed=9)))
+
+
+# -- [engine] static_cache ------------------------------------------------------------------------
+# torch.compile (`[engine] compile`) is not run here: compiling takes minutes on a CPU.
+def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
+    engine: MusicGenEngine, engine_settings: EngineSettings
+) -> None:
+    options = engine_settings.engine.model_copy(update={"static_cache": True})
+    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}), engine.cache)
+    steps_seen: list[int] = []
+    jobs = [
+        EngineJob(request(temperature=0, duration=2)),
+        EngineJob(request(temperature=0, prompt="dark techno with a long description", duration=1)),
+        # Leaves the batch early: with a fixed-size cache it stays on as an idle row.
+        EngineJob(
+            request(seed=5, duration=2),
+            on_progress=lambda done, total: steps_seen.append(done),
+            is_cancelled=lambda: len(steps_seen) >= 20,
+        ),
+        EngineJob(request(seed=6, top_p=0.8, classifier_free_guidance=1)),
+    ]
+    plain = engine.generate_batch(jobs[:2] + jobs[3:])
+    steps_seen.clear()
+    fixed = static.generate_batch(jobs)
+    assert isinstance(fixed[2], GenerationCancelled)
+    for want, got in zip(plain, [fixed[0], fixed[1], fixed[3]], strict=True):
+        assert same(got, want)
+    melody = request(model_version="melody", temperature=0)
+    assert same(static.generate(melody), engine.generate(melody))
