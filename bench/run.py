@@ -1,4 +1,4 @@
-"""Benchmark: our engine on the real `small` architecture (random weights), in three sections.
+"""Benchmark: our engine on the real `small` architecture (random weights), in four sections.
 
     python bench/run.py            # 8 s of audio, top_k 250, cfg 3 (long on a small CPU)
     python bench/run.py --quick    # 2 s of audio: a few minutes once the model exists
@@ -6,7 +6,9 @@
 - parity: our engine against a plain transformers `generate()`, batch 1, the same dtype;
 - batching (float32): N concurrent jobs (N = 1, 2, 4, 8) decoded as one batch against the same jobs
   one after another (N times the batch-1 run), with the throughput of each batch size;
-- default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16).
+- default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16);
+- bot: through the bot and the fake Discord, in the default configuration (bench/bot_bench.py: batched
+  vs batch size 1 throughput, acknowledgement latency, a burst against the fake Discord's floor).
 
 Both paths run in this process on the same weights (random, built once by
 `inference.random_models.make_test_model("small")` into --model-dir and reused), with the same
@@ -339,8 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-worker", action="store_true", help="skip the worker round-trip measurement")
     parser.add_argument(
         "--sections",
-        default="parity,batching,default",
-        help="comma-separated sections to run: parity, batching, default [all]",
+        default="parity,batching,default,bot",
+        help="comma-separated sections to run: parity, batching, default, bot [all]",
     )
     parser.add_argument(
         "--batch-repeats", type=int, default=1, help="timed runs per batch size (best reported) [1]"
@@ -349,6 +351,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2 if args.quick else 8)
     args.sections = {name.strip() for name in args.sections.split(",") if name.strip()}
     return args
+
+
+def bot_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
+    """Through the bot and the fake Discord (bench/bot_bench.py), in the default configuration."""
+    from bot_bench import run_bot_bench  # next to this file; imports discord and the test fake
+
+    print(flush=True)
+    tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
+    return run_bot_bench(small_dir, tiny_dir, quick=args.quick, threads=args.threads)
 
 
 def parity_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
@@ -500,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += batching_section(args, small_dir)
     if "default" in args.sections:
         lines += default_configuration_section(args, small_dir)
+    if "bot" in args.sections:
+        lines += bot_section(args, small_dir)
     print()
     for line in lines:
         print(line)
