@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -77,10 +78,10 @@ def target_line(name: str, measured: float, target: float, *, higher_is_better: 
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    """The nearest-rank percentile (p99 of 50 values is the largest but none)."""
+    """The nearest-rank percentile: the smallest value with `fraction` of them at or below it (the p99
+    of 50 values is their maximum, of 300 the 297th)."""
     ordered = sorted(values)
-    rank = max(1, round(fraction * len(ordered) + 0.5))
-    return ordered[min(rank, len(ordered)) - 1]
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
 def engine_settings(model_dir: Path, *, dtype: str, threads: int) -> EngineSettings:

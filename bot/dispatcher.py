@@ -239,32 +239,37 @@ class JobDispatcher:
 
     async def _run_batch(self, batch: list[ScheduledJob]) -> None:
         job_ids = [queued.job_id for queued in batch]
+        # The jobs this batch still answers for: each leaves it once (a retried one may be running in
+        # another batch by the time this one ends, and is no longer this batch's to finish).
+        unfinished = set(job_ids)
         try:
-            await self._run_jobs(job_ids)
+            await self._run_jobs(job_ids, unfinished)
         except Exception:
             logger.exception("batch %s: unexpected error in the dispatcher", job_ids)
-            for job_id in job_ids:
+            for job_id in sorted(unfinished):
                 await self._fail_if_pending(job_id)
         finally:
-            for job_id in job_ids:
-                self._job_ended(job_id)
+            for job_id in list(unfinished):
+                self._job_ended(job_id, unfinished)
             task = asyncio.current_task()
             if task is not None:
                 self._batches.discard(task)
             self._wake.set()
 
-    async def _run_jobs(self, job_ids: list[int]) -> None:
+    async def _run_jobs(self, job_ids: list[int], unfinished: set[int]) -> None:
         started: list[tuple[Job, JobSubmission]] = []
         for job_id in job_ids:
             if (prepared := await self._start_job(job_id)) is not None:
                 started.append(prepared)
+            else:
+                self._job_ended(job_id, unfinished)
         to_submit: list[tuple[Job, JobSubmission]] = []
         for job, submission in started:
             if self.stopping or job.id in self._cancel_requested:
                 # A shutdown or a /cancel came while the job was being marked running, before the
                 # client knew of it (so cancelling it there did nothing): handle it as cancelled now.
                 await self._after_cancel(job)
-                self._job_ended(job.id)
+                self._job_ended(job.id, unfinished)
             else:
                 to_submit.append((job, submission))
         if not to_submit:
@@ -274,7 +279,7 @@ class JobDispatcher:
         tasks = self.inference.submit_batch([submission for _, submission in to_submit], self.output_dir)
         await asyncio.gather(
             *(
-                self._finish_job(job, task, batch_size=len(to_submit))
+                self._finish_job(job, task, unfinished, batch_size=len(to_submit))
                 for (job, _), task in zip(to_submit, tasks, strict=True)
             )
         )
@@ -282,7 +287,6 @@ class JobDispatcher:
     async def _start_job(self, job_id: int) -> tuple[Job, JobSubmission] | None:
         """Mark a job running and prepare its status display; None if it was cancelled meanwhile."""
         if not await self.store.mark_running(job_id):
-            self._job_ended(job_id)
             return None
         job = await self.store.get(job_id)
         assert job is not None
@@ -306,7 +310,7 @@ class JobDispatcher:
         return job, JobSubmission(str(job_id), job.request, on_progress)
 
     async def _finish_job(
-        self, job: Job, outcome: asyncio.Task[GenerationResult], *, batch_size: int
+        self, job: Job, outcome: asyncio.Task[GenerationResult], unfinished: set[int], *, batch_size: int
     ) -> None:
         """Follow one job of a batch to its end: deliver, fail, cancel or retry it."""
         try:
@@ -329,10 +333,11 @@ class JobDispatcher:
             logger.exception("job %s: unexpected error in the dispatcher", job.id)
             await self._fail_if_pending(job.id)
         finally:
-            self._job_ended(job.id)
+            self._job_ended(job.id, unfinished)
 
-    def _job_ended(self, job_id: int) -> None:
+    def _job_ended(self, job_id: int, unfinished: set[int]) -> None:
         """The job left its batch (done, failed, cancelled or put back): it no longer counts as running."""
+        unfinished.discard(job_id)
         self._progress.pop(job_id, None)
         self._submitted.discard(job_id)
         self._running.discard(job_id)
