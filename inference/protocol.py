@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from inference.request import GenerationRequest
+from inference.request import GenerationRequest, OutputFormat
 
 
 class ErrorKind(enum.StrEnum):
@@ -95,7 +95,7 @@ class Progress:
 class GenerationResult:
     job_id: str
     output_path: str
-    output_format: str
+    output_format: OutputFormat
     seed: int
     sample_rate: int
     channels: int
