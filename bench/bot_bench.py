@@ -135,19 +135,26 @@ class FloorBot(commands.AutoShardedBot):
 
 # -- measurements -----------------------------------------------------------------------------------
 async def acknowledgement_latencies(
-    fake: FakeDiscord, members: list[FakeMember], *, duration: int
+    fake: FakeDiscord, members: list[FakeMember], *, wait_until_queued: bool
 ) -> list[float]:
-    """Every member sends /generate at the same moment; seconds from sending to the bot's acknowledgement."""
+    """Every member sends /generate at the same moment; seconds from sending to the bot's acknowledgement.
+
+    `wait_until_queued`: return only once every job is queued (its status message shows its number),
+    so the bot is not stopped in the middle of handling a command.
+    """
     loop = asyncio.get_running_loop()
 
     async def one(index: int, member: FakeMember) -> float:
         channel = next(iter(member.guild.channels.values()))
         sent = loop.time()
         interaction = await fake.invoke_slash_command(
-            member, channel, "generate", {"prompt": f"burst {index}", "duration": duration}
+            member, channel, "generate", {"prompt": f"burst {index}", "duration": 1}
         )
         await interaction.wait_for_response(timeout=ACK_TIMEOUT_S)
-        return loop.time() - sent
+        latency = loop.time() - sent
+        if wait_until_queued:
+            await interaction.wait_for_final(lambda m: "Job #" in m.content, ACK_TIMEOUT_S)
+        return latency
 
     return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(members))))
 
@@ -164,10 +171,10 @@ async def with_bot(
             return await measure(fake, members)
 
 
-async def throughput(
+async def time_until_all_posted(
     client: InferenceClient, settings: EngineSettings, work_dir: Path, sizes: Sizes, max_batch_size: int
 ) -> float:
-    """Seconds from 8 simultaneous /generate commands to the last of their results posted."""
+    """Seconds from the simultaneous /generate commands to the last of their results posted."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"batch{max_batch_size}-", dir=work_dir))
 
     def layout(fake: FakeDiscord) -> list[FakeMember]:
@@ -197,7 +204,7 @@ async def throughput(
 
 
 async def latency_p99(
-    bot_factory: Callable[[], commands.AutoShardedBot], servers: int, commands_sent: int
+    bot_factory: Callable[[], commands.AutoShardedBot], servers: int, commands_sent: int, *, queues_jobs: bool
 ) -> float:
     members_per_server = -(-commands_sent // servers)
 
@@ -205,78 +212,103 @@ async def latency_p99(
         return members_of(fake, servers, members_per_server, "Burst")[:commands_sent]
 
     async def measure(fake: FakeDiscord, members: list[FakeMember]) -> float:
-        return percentile(await acknowledgement_latencies(fake, members, duration=1), 0.99)
+        latencies = await acknowledgement_latencies(fake, members, wait_until_queued=queues_jobs)
+        return percentile(latencies, 0.99)
 
     return await with_bot(bot_factory, layout, measure)
 
 
-async def run_async(model_dir: Path, tiny_dir: Path, sizes: Sizes, *, dtype: str, threads: int) -> list[str]:
+async def throughput_section(
+    model_dir: Path, work_dir: Path, sizes: Sizes, *, dtype: str, threads: int
+) -> list[str]:
+    """Simultaneous jobs on the real small architecture: batched against batch size 1."""
+    settings = engine_settings(model_dir, dtype=dtype, threads=threads)
+    async with InferenceClient(settings) as client:
+        warm_up = GenerationRequest(model_version="small", prompt="warm up", duration=1, seed=0)
+        await client.submit("warm-up", warm_up, work_dir)  # loads the model: not part of either run
+        jobs = sizes.throughput_servers * sizes.throughput_members
+        print(
+            f"throughput: {jobs} members of {sizes.throughput_servers} servers, /generate "
+            f"{sizes.throughput_seconds} s each at once, small architecture (dtype {dtype})",
+            flush=True,
+        )
+        batched = await time_until_all_posted(client, settings, work_dir, sizes, max_batch_size=4)
+        print(f"  max_batch_size 4: all posted after {batched:.1f} s", flush=True)
+        alone = await time_until_all_posted(client, settings, work_dir, sizes, max_batch_size=1)
+        print(f"  max_batch_size 1: all posted after {alone:.1f} s", flush=True)
+    speedup = alone / batched
+    print(f"  batching is {speedup:.2f}x faster", flush=True)
+    return [target_line("bot_batching_speedup", speedup, THROUGHPUT_TARGET, higher_is_better=True)]
+
+
+async def latency_section(tiny_dir: Path, work_dir: Path, sizes: Sizes, *, threads: int) -> list[str]:
+    """Acknowledgement latencies, with the tiny model behind the bot (see the module docstring)."""
+    tiny_settings = engine_settings(tiny_dir, dtype="float32", threads=threads)
+    async with InferenceClient(tiny_settings) as client:
+
+        def music_bot() -> MusicGenBot:
+            data_dir = Path(tempfile.mkdtemp(prefix="ack-", dir=work_dir))
+            return MusicGenBot(bot_config(data_dir, tiny_settings, max_batch_size=4), inference=client)
+
+        ack_p99s: list[float] = []
+        bot_p99s: list[float] = []
+        floor_p99s: list[float] = []
+        for repeat in range(sizes.repeats):
+            ack_p99s.append(await latency_p99(music_bot, 10, sizes.ack_commands, queues_jobs=True))
+            floor_p99s.append(
+                await latency_p99(FloorBot, sizes.burst_servers, sizes.burst_commands, queues_jobs=False)
+            )
+            bot_p99s.append(
+                await latency_p99(music_bot, sizes.burst_servers, sizes.burst_commands, queues_jobs=True)
+            )
+            print(
+                f"  repeat {repeat + 1}: {sizes.ack_commands} concurrent /generate p99 {ack_p99s[-1] * 1000:.0f} ms; "
+                f"burst of {sizes.burst_commands} from {sizes.burst_servers} servers p99: bot "
+                f"{bot_p99s[-1] * 1000:.0f} ms, floor {floor_p99s[-1] * 1000:.0f} ms",
+                flush=True,
+            )
+    ack_ms = min(ack_p99s) * 1000
+    ratio = min(bot_p99s) / min(floor_p99s)
+    print(
+        f"acknowledgement p99 (best of {sizes.repeats}): {sizes.ack_commands} concurrent {ack_ms:.0f} ms; "
+        f"burst {min(bot_p99s) * 1000:.0f} ms vs floor {min(floor_p99s) * 1000:.0f} ms ({ratio:.2f}x); "
+        "tiny model behind the bot",
+        flush=True,
+    )
+    return [
+        target_line("bot_ack_p99_ms", ack_ms, ACK_P99_TARGET_MS, higher_is_better=False),
+        target_line("bot_burst_p99_vs_floor", ratio, BURST_FLOOR_RATIO_TARGET, higher_is_better=False),
+    ]
+
+
+SECTIONS = ("throughput", "latency")
+
+
+async def run_async(
+    model_dir: Path, tiny_dir: Path, sizes: Sizes, *, dtype: str, threads: int, sections: frozenset[str]
+) -> list[str]:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as work:
         work_dir = Path(work)
-
-        # -- throughput: the real small architecture ----------------------------------------------
-        settings = engine_settings(model_dir, dtype=dtype, threads=threads)
-        async with InferenceClient(settings) as client:
-            warm_up = GenerationRequest(model_version="small", prompt="warm up", duration=1, seed=0)
-            await client.submit("warm-up", warm_up, work_dir)  # loads the model: not part of either run
-            jobs = sizes.throughput_servers * sizes.throughput_members
-            print(
-                f"throughput: {jobs} members of {sizes.throughput_servers} servers, /generate "
-                f"{sizes.throughput_seconds} s each at once, small architecture ({dtype})",
-                flush=True,
-            )
-            batched = await throughput(client, settings, work_dir, sizes, max_batch_size=4)
-            print(f"  max_batch_size 4: all posted after {batched:.1f} s", flush=True)
-            alone = await throughput(client, settings, work_dir, sizes, max_batch_size=1)
-            print(f"  max_batch_size 1: all posted after {alone:.1f} s", flush=True)
-        speedup = alone / batched
-        print(f"  batching is {speedup:.2f}x faster", flush=True)
-        lines.append(target_line("bot_batching_speedup", speedup, THROUGHPUT_TARGET, higher_is_better=True))
-
-        # -- acknowledgements: the tiny model (see the module docstring) ----------------------------
-        tiny_settings = engine_settings(tiny_dir, dtype="float32", threads=threads)
-        async with InferenceClient(tiny_settings) as client:
-
-            def music_bot() -> MusicGenBot:
-                data_dir = Path(tempfile.mkdtemp(prefix="ack-", dir=work_dir))
-                return MusicGenBot(bot_config(data_dir, tiny_settings, max_batch_size=4), inference=client)
-
-            ack_p99s: list[float] = []
-            bot_p99s: list[float] = []
-            floor_p99s: list[float] = []
-            for repeat in range(sizes.repeats):
-                ack_p99s.append(await latency_p99(music_bot, 10, sizes.ack_commands))
-                floor_p99s.append(await latency_p99(FloorBot, sizes.burst_servers, sizes.burst_commands))
-                bot_p99s.append(await latency_p99(music_bot, sizes.burst_servers, sizes.burst_commands))
-                print(
-                    f"  repeat {repeat + 1}: {sizes.ack_commands} concurrent /generate p99 {ack_p99s[-1] * 1000:.0f} ms; "
-                    f"burst of {sizes.burst_commands} from {sizes.burst_servers} servers p99: bot "
-                    f"{bot_p99s[-1] * 1000:.0f} ms, floor {floor_p99s[-1] * 1000:.0f} ms",
-                    flush=True,
-                )
-        ack_ms = min(ack_p99s) * 1000
-        ratio = min(bot_p99s) / min(floor_p99s)
-        print(
-            f"acknowledgement p99 (best of {sizes.repeats}): {sizes.ack_commands} concurrent {ack_ms:.0f} ms; "
-            f"burst {min(bot_p99s) * 1000:.0f} ms vs floor {min(floor_p99s) * 1000:.0f} ms ({ratio:.2f}x); "
-            "tiny model behind the bot",
-            flush=True,
-        )
-        lines.append(target_line("bot_ack_p99_ms", ack_ms, ACK_P99_TARGET_MS, higher_is_better=False))
-        lines.append(
-            target_line("bot_burst_p99_vs_floor", ratio, BURST_FLOOR_RATIO_TARGET, higher_is_better=False)
-        )
+        if "throughput" in sections:
+            lines += await throughput_section(model_dir, work_dir, sizes, dtype=dtype, threads=threads)
+        if "latency" in sections:
+            lines += await latency_section(tiny_dir, work_dir, sizes, threads=threads)
     return lines
 
 
 def run_bot_bench(
-    model_dir: Path, tiny_dir: Path, *, quick: bool, dtype: str = "auto", threads: int = 0
+    model_dir: Path,
+    tiny_dir: Path,
+    *,
+    quick: bool,
+    dtype: str = "auto",
+    threads: int = 0,
+    sections: frozenset[str] = frozenset(SECTIONS),
 ) -> list[str]:
-    """Run the three measurements; returns their TARGET lines (bench/run.py prints them with its own)."""
-    return asyncio.run(
-        run_async(model_dir, tiny_dir, QUICK if quick else Sizes(), dtype=dtype, threads=threads)
-    )
+    """Run the measurements; returns their TARGET lines (bench/run.py prints them with its own)."""
+    sizes = QUICK if quick else Sizes()
+    return asyncio.run(run_async(model_dir, tiny_dir, sizes, dtype=dtype, threads=threads, sections=sections))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads in the worker (0 = torch's default)"
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)} [all]"
     )
     parser.add_argument(
         "--model-dir",
@@ -297,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
 
     small_dir = ensure_model(args.model_dir / "small", tiny=False)
     tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
-    lines = run_bot_bench(small_dir, tiny_dir, quick=args.quick, dtype=args.dtype, threads=args.threads)
+    sections = frozenset(name.strip() for name in args.sections.split(",") if name.strip())
+    lines = run_bot_bench(
+        small_dir, tiny_dir, quick=args.quick, dtype=args.dtype, threads=args.threads, sections=sections
+    )
     print()
     for line in lines:
         print(line)
