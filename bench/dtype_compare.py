@@ -97,9 +97,9 @@ def guided_argmax(model: Any, row: DecodingRow, codes: torch.Tensor) -> torch.Te
         full[full == -1] = decoder.pad_id
         conditioning = row.conditioning
         states = torch.stack([conditioning.states, conditioning.null_states])
-        masks = (
-            None if conditioning.mask is None else torch.stack([conditioning.mask, conditioning.null_mask])
-        )
+        masks = None
+        if conditioning.mask is not None and conditioning.null_mask is not None:
+            masks = torch.stack([conditioning.mask, conditioning.null_mask])
         output = model.decoder(
             input_ids=torch.cat([full, full]), encoder_hidden_states=states, encoder_attention_mask=masks
         )
