@@ -1,15 +1,17 @@
 """Audio file chores the bot does itself, without torch: vet an upload, re-encode a result.
 
 Decoding is `inference.ffmpeg` (torch-free): an ffmpeg child process with a deadline, input
-whitelists and the imageio-ffmpeg binary when there is no system one. MP3 re-encoding goes through
-pydub pointed at that same binary. Both block: call them with `asyncio.to_thread`.
+whitelists and the imageio-ffmpeg binary when there is no system one. MP3 re-encoding is the
+engine's own MP3 encoder (`inference.ffmpeg.encode_mp3`, the same binary). Both block: call them
+with `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from inference.ffmpeg import AudioDecodeError, configure_pydub, probe_duration
+from inference import ffmpeg
+from inference.ffmpeg import AudioDecodeError, probe_duration
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioDecodeError", "encode_mp3", "looks_like_audio", "measure_upload"]
 
@@ -55,8 +57,4 @@ def measure_upload(path: str | Path, *, max_seconds: float, timeout_s: float) ->
 
 def encode_mp3(wav_path: str | Path, mp3_path: str | Path, *, bitrate: str = "320k") -> Path:
     """Re-encode a WAV result as MP3 (the fallback when the WAV is over the upload limit)."""
-    configure_pydub()
-    from pydub import AudioSegment
-
-    AudioSegment.from_wav(str(wav_path)).export(str(mp3_path), format="mp3", bitrate=bitrate)
-    return Path(mp3_path)
+    return ffmpeg.encode_mp3(mp3_path, wav_file=wav_path, bitrate=bitrate)

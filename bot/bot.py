@@ -26,12 +26,13 @@ from bot.dispatcher import JobDispatcher
 from bot.downloads import ClipIntake
 from bot.jobs import Job, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
-from bot.scheduler import FairScheduler, QueueLimits
+from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from bot.server_controls import ServerControls
 from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, low_disk_refusal
+from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
 from inference.protocol import GenerationResult
-from inference.request import MODEL_VERSIONS, RequestError
+from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class MusicGenBot(commands.AutoShardedBot):
         self.admission_lock = asyncio.Lock()
         self._shutdown: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self._guild_default_models: dict[int, str] = {}
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -141,32 +143,24 @@ class MusicGenBot(commands.AutoShardedBot):
 
     # -- which model /generate uses when the member picks none --------------------------------------
     @property
-    def finetuned_configured(self) -> bool:
-        return bool(self.config.engine_settings.models.finetuned)
+    def catalogue(self) -> ModelCatalogue:
+        return ModelCatalogue(self.config.engine_settings.models)
 
     def default_model_choices(self) -> list[str]:
         """The model versions a server may make its default: every one that makes music and is configured."""
-        return [
-            version
-            for version in MODEL_VERSIONS
-            if version != "encode-decode" and (version != "finetuned" or self.finetuned_configured)
-        ]
+        return self.catalogue.music_versions()
 
     def default_model_refusal(self, model_version: str) -> str | None:
         """Why `model_version` cannot be a server's default model, or None if it can."""
-        others = ", ".join(self.default_model_choices())
-        if model_version == "encode-decode":
-            return (
-                "encode-decode only runs an attached clip through EnCodec and makes no new music, so it cannot be "
-                f"the default (members can still pick it themselves). Choose one of: {others}."
-            )
-        if model_version == "finetuned" and not self.finetuned_configured:
-            return f"No fine-tuned model is configured on this bot, so finetuned cannot be the default. Choose one of: {others}."
-        return None
+        return self.catalogue.default_refusal(model_version)
 
-    async def default_model_for(self, guild_id: int) -> str:
-        """The server's default model, or the config's when it has none (or its own is no longer usable)."""
-        chosen = await self.jobs.guild_default_model(guild_id)
+    def default_model_for(self, guild_id: int) -> str:
+        """The server's default model, or the config's when it has none (or its own is no longer usable).
+
+        Read from memory: /generate needs it before it acknowledges, which must not wait for the
+        database behind everyone else's queries.
+        """
+        chosen = self._guild_default_models.get(guild_id)
         if chosen is not None and self.default_model_refusal(chosen) is None:
             return chosen
         return self.config.bot.default_model_version
@@ -185,6 +179,14 @@ class MusicGenBot(commands.AutoShardedBot):
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: messages are read only by the cogs' listeners (replies that mention the bot)."""
 
+    async def set_default_model(self, guild_id: int, model_version: str | None) -> None:
+        """Store a server's default model (None: back to the config's), in the database and in memory."""
+        await self.jobs.set_guild_default_model(guild_id, model_version)
+        if model_version is None:
+            self._guild_default_models.pop(guild_id, None)
+        else:
+            self._guild_default_models[guild_id] = model_version
+
     # -- start and stop ---------------------------------------------------------------------------
     async def setup_hook(self) -> None:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -200,10 +202,17 @@ class MusicGenBot(commands.AutoShardedBot):
             QueueLimits(
                 max_pending_per_user=limits.max_pending_per_user,
                 max_pending_per_guild=limits.max_pending_per_guild,
-            )
+            ),
+            BatchLimits(
+                max_jobs=self.config.worker.max_batch_size,
+                max_audio_seconds=self.config.worker.max_batch_audio_s,
+            ),
         )
+        # Per-server settings live in memory from here on (updated on every write), so what runs
+        # before a command is acknowledged needs no database query.
         for guild_id, max_pending in (await self.jobs.guild_limits()).items():
             self.scheduler.set_guild_limit(guild_id, max_pending)
+        self._guild_default_models = await self.jobs.guild_default_models()
         if self._given_inference is not None:
             self.inference = self._given_inference
         else:
@@ -219,6 +228,7 @@ class MusicGenBot(commands.AutoShardedBot):
             output_dir=self.outputs_dir,
             worker_slots=self.config.worker.processes,
             job_retries=self.config.worker.job_retries,
+            batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,
             prepare_result=self.prepare_result,
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from inference.catalogue import ModelCatalogue
 from inference.request import MODEL_VERSIONS
 from inference.settings import EngineSettings, read_config_file, with_input_limit
 
@@ -52,6 +53,14 @@ class StorageOptions(_Section):
 class WorkerOptions(_Section):
     processes: int = Field(default=1, ge=1)
     job_retries: int = Field(default=1, ge=0)
+    # Jobs a worker runs together in one batch (1 turns batching off).
+    max_batch_size: int = Field(default=4, ge=1)
+    # Every row of a batch is generated to its longest job, so a batch holds rows x longest seconds of
+    # audio in memory (the decoder's KV cache grows with both): this caps that product.
+    max_batch_audio_s: float = Field(default=120.0, gt=0)
+    # A free worker waits up to this long after a job arrives for others to join its batch (only while
+    # the batch could still grow): commands sent together then run together.
+    batch_wait_s: float = Field(default=0.2, ge=0)
 
 
 class JamOptions(_Section):
@@ -85,14 +94,15 @@ class BotConfig(_Section):
     def model_post_init(self, _context: object) -> None:
         # The default model is what every /generate without model_version runs: it must make music.
         default = self.bot.default_model_version
-        if default == "encode-decode":
+        catalogue = ModelCatalogue(self.engine_settings.models)
+        if not catalogue.traits(default).makes_music:
             raise ValueError(
-                "[bot] default_model_version cannot be encode-decode: it only re-encodes an attached clip "
-                "(pick small, medium, large, melody or finetuned)"
+                f"[bot] default_model_version cannot be {default}: it only re-encodes an attached clip "
+                f"(pick one of {', '.join(catalogue.music_versions())})"
             )
-        if default == "finetuned" and not self.engine_settings.models.finetuned:
+        if not catalogue.is_configured(default):
             raise ValueError(
-                '[bot] default_model_version is "finetuned" but [models] finetuned is empty: '
+                f'[bot] default_model_version is "{default}" but [models] {default} is empty: '
                 "point it at your checkpoint, or pick another default"
             )
         # Every turn continues the whole piece so far, which is read back as an input clip.

@@ -1,8 +1,10 @@
-"""Runs queued jobs on the inference workers and reports back on Discord.
+"""Runs queued jobs on the inference workers, in batches, and reports back on Discord.
 
-The dispatcher pulls the next job from the fair scheduler whenever a worker slot is free, marks it
-running, submits it to the `InferenceClient`, turns progress into status-message edits, and posts
-the result. The database row is updated at each step, so a restart knows what to resume.
+The dispatcher pulls the next batch from the fair scheduler whenever a worker slot is free, marks its
+jobs running, submits them together to the `InferenceClient`, and then follows each job on its own:
+its progress becomes its status-message edits, its cancel stops it alone, and its result is posted
+as soon as it is there. The database row is updated at each step, so a restart knows what to resume.
+A worker crash under a batch of several puts each of its jobs back to run alone.
 """
 
 from __future__ import annotations
@@ -21,16 +23,29 @@ from bot.jobs import Job, JobStatus, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
-from inference.client import InferenceClient
+from inference.client import InferenceClient, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
-from inference.request import RequestError
+from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
 
 logger = logging.getLogger(__name__)
 
+BATCH_CRASH_REASON = "running alone now: the generator crashed during its batch"
+
 
 def scheduled(job: Job) -> ScheduledJob:
-    return ScheduledJob(job.id, job.guild_id, job.user_id)
+    return ScheduledJob(
+        job.id,
+        job.guild_id,
+        job.user_id,
+        batch_key=batch_key(job.request),
+        audio_seconds=audio_seconds(job.request),
+    )
+
+
+def audio_seconds(request: GenerationRequest) -> float:
+    """Seconds of audio a job makes, for the batch budget (a continuation's clip counts, up to the cap)."""
+    return float(MAX_DURATION_S if request.continuation else request.duration)
 
 
 def cancelled_text(job_id: int) -> str:
@@ -62,6 +77,7 @@ class JobDispatcher:
         job_retries: int,
         progress_interval_s: float,
         prepare_result: Callable[[Job, GenerationResult], Awaitable[GenerationResult]] | None = None,
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -73,13 +89,18 @@ class JobDispatcher:
         self.progress_interval_s = progress_interval_s
         # Turns the worker's file into what is posted (a continuation becomes the whole piece).
         self.prepare_result = prepare_result
+        self.batch_wait_s = batch_wait_s
+        # When each queued job arrived (loop time), for the batch wait.
+        self._queued_at: dict[int, float] = {}
         # Interaction tokens are credentials that live 15 minutes: memory only, never the database.
         self._interactions: dict[int, discord.Interaction] = {}
         self._status: dict[int, StatusMessage] = {}
         self._progress: dict[int, str] = {}
         # Why a job is on its second try, for its status message ("the generator crashed on the first").
         self._retry_reasons: dict[int, str] = {}
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        # One task per batch on the workers; the ids of the jobs in them.
+        self._batches: set[asyncio.Task[None]] = set()
+        self._running: set[int] = set()
         self._cancel_requested: set[int] = set()
         # Running jobs the inference client has been given (a running job is briefly not one yet).
         self._submitted: set[int] = set()
@@ -103,10 +124,10 @@ class JobDispatcher:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for job_id in list(self._runners):
+        for job_id in list(self._running):
             await self.inference.cancel(str(job_id))
-        if self._runners:
-            _, still_running = await asyncio.wait(list(self._runners.values()), timeout=timeout_s)
+        if self._batches:
+            _, still_running = await asyncio.wait(list(self._batches), timeout=timeout_s)
             for task in still_running:
                 # Left 'running' in the database: the next start retries it.
                 task.cancel()
@@ -179,6 +200,7 @@ class JobDispatcher:
                 on_first_edit=lambda message_id: self.store.set_status_message(job.id, message_id),
             )
         self.scheduler.enqueue(scheduled(job))
+        self._queued_at[job.id] = asyncio.get_running_loop().time()
         self._refresh_positions()
         self._wake.set()
 
@@ -193,7 +215,7 @@ class JobDispatcher:
         if self.scheduler.is_running(job_id):
             self._cancel_requested.add(job_id)
             if job_id not in self._submitted:
-                return True  # _run_job sees the request before submitting
+                return True  # _run_jobs sees the request before submitting
             return await self.inference.cancel(str(job_id))
         return False
 
@@ -203,43 +225,101 @@ class JobDispatcher:
     # -- the loop -------------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
-            while (
-                not self.paused
-                and len(self._runners) < self.worker_slots
-                and (next_job := self.scheduler.next_job()) is not None
-            ):
-                self._runners[next_job.job_id] = asyncio.create_task(
-                    self._run(next_job), name=f"job-{next_job.job_id}"
+            wait_s: float | None = None  # until woken
+            while not self.paused and len(self._batches) < self.worker_slots:
+                wait_s = self._batch_wait_left()
+                if wait_s is None or wait_s > 0:
+                    break
+                batch = self.scheduler.next_batch()
+                for queued in batch:
+                    self._queued_at.pop(queued.job_id, None)
+                self._running.update(queued.job_id for queued in batch)
+                self._batches.add(
+                    asyncio.create_task(self._run_batch(batch), name=f"batch-{batch[0].job_id}")
                 )
                 self._refresh_positions()
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
 
-    async def _run(self, queued: ScheduledJob) -> None:
-        job_id = queued.job_id
+    def _batch_wait_left(self) -> float | None:
+        """None when nothing is queued; else how long a free worker should still wait for more jobs to
+        join the next batch (0: start it now).
+
+        Only a batch that could still grow waits, and only until `batch_wait_s` after its first job
+        arrived: a job that waited behind a running batch starts as soon as a worker is free.
+        """
+        batch = self.scheduler.peek_batch()
+        if not batch:
+            return None
+        if self.batch_wait_s <= 0 or not self.scheduler.can_grow(batch):
+            return 0.0
+        arrived = self._queued_at.get(batch[0].job_id)
+        if arrived is None:  # resumed after a restart or retried: it has waited long enough
+            return 0.0
+        return max(0.0, arrived + self.batch_wait_s - asyncio.get_running_loop().time())
+
+    async def _run_batch(self, batch: list[ScheduledJob]) -> None:
+        job_ids = [queued.job_id for queued in batch]
+        # The jobs this batch still answers for: each leaves it once (a retried one may be running in
+        # another batch by the time this one ends, and is no longer this batch's to finish).
+        unfinished = set(job_ids)
         try:
-            await self._run_job(job_id)
+            await self._run_jobs(job_ids, unfinished)
         except Exception:
-            logger.exception("job %s: unexpected error in the dispatcher", job_id)
-            job = await self.store.get(job_id)
-            if job is not None and job.is_pending:
-                await self._fail(job, INTERNAL_ERROR_TEXT)
+            logger.exception("batch %s: unexpected error in the dispatcher", job_ids)
+            for job_id in sorted(unfinished):
+                await self._fail_if_pending(job_id)
         finally:
-            self._runners.pop(job_id, None)
-            self._submitted.discard(job_id)
-            self.scheduler.finish(job_id)
+            for job_id in list(unfinished):
+                self._job_ended(job_id, unfinished)
+            task = asyncio.current_task()
+            if task is not None:
+                self._batches.discard(task)
             self._wake.set()
 
-    async def _run_job(self, job_id: int) -> None:
+    async def _run_jobs(self, job_ids: list[int], unfinished: set[int]) -> None:
+        started: list[tuple[Job, JobSubmission]] = []
+        for job_id in job_ids:
+            if (prepared := await self._start_job(job_id)) is not None:
+                started.append(prepared)
+            else:
+                self._job_ended(job_id, unfinished)
+        to_submit: list[tuple[Job, JobSubmission]] = []
+        for job, submission in started:
+            if self.stopping or job.id in self._cancel_requested:
+                # A shutdown or a /cancel came while the job was being marked running, before the
+                # client knew of it (so cancelling it there did nothing): handle it as cancelled now.
+                await self._after_cancel(job)
+                self._job_ended(job.id, unfinished)
+            else:
+                to_submit.append((job, submission))
+        if not to_submit:
+            return
+        # No await between the checks above and submit_batch() registering the jobs with the client.
+        self._submitted.update(job.id for job, _ in to_submit)
+        tasks = self.inference.submit_batch([submission for _, submission in to_submit], self.output_dir)
+        await asyncio.gather(
+            *(
+                self._finish_job(job, task, unfinished, batch_size=len(to_submit))
+                for (job, _), task in zip(to_submit, tasks, strict=True)
+            )
+        )
+
+    async def _start_job(self, job_id: int) -> tuple[Job, JobSubmission] | None:
+        """Mark a job running and prepare its status display; None if it was cancelled meanwhile."""
         if not await self.store.mark_running(job_id):
-            return  # cancelled meanwhile
+            return None
         job = await self.store.get(job_id)
         assert job is not None
         status = self._status.get(job_id)
         clock = ProgressClock()
         label = f"Job #{job_id}"
+        reason = self._retry_reasons.get(job_id)
         if job.attempts > 1:
-            label += f" (second try: {self._retry_reasons.get(job_id, 'the first was interrupted')})"
+            label += f" (second try: {reason or 'the first was interrupted'})"
+        elif reason is not None:
+            label += f" ({reason})"
         if status is not None:
             status.show(f"🎹 {label}: loading the {job.request.model_version} model…")
 
@@ -249,32 +329,50 @@ class JobDispatcher:
             if status is not None:
                 status.show(f"🎹 {label}: {text}")
 
-        if self.stopping or job_id in self._cancel_requested:
-            # A shutdown or a /cancel came while the job was being marked running, before the client
-            # knew of it (so cancelling it there did nothing): handle it as cancelled now.
-            await self._after_cancel(job)
-            return
-        # No await between the check above and submit() registering the job with the client.
-        self._submitted.add(job_id)
+        return job, JobSubmission(str(job_id), job.request, on_progress)
+
+    async def _finish_job(
+        self, job: Job, outcome: asyncio.Task[GenerationResult], unfinished: set[int], *, batch_size: int
+    ) -> None:
+        """Follow one job of a batch to its end: deliver, fail, cancel or retry it."""
         try:
-            result = await self.inference.submit(
-                str(job_id), job.request, self.output_dir, on_progress=on_progress
-            )
-        except GenerationCancelled:
-            await self._after_cancel(job)
-        except WorkerCrashed as crash:
-            await self._after_crash(job, crash)
-        except RequestError as error:
-            await self._fail(
-                job, text_for_requester(str(error), self._interactions.get(job_id), job_id), ephemeral=True
-            )
-        except GenerationFailed as error:
-            logger.error("job %s failed in the engine: %s", job_id, error)
-            await self._fail(job, "The generator hit an internal error on this request. Please try again.")
-        else:
-            await self._deliver(job, result)
+            try:
+                result = await outcome
+            except GenerationCancelled:
+                await self._after_cancel(job)
+            except WorkerCrashed as crash:
+                await self._after_crash(job, crash, batch_size=batch_size)
+            except RequestError as error:
+                await self._fail(
+                    job,
+                    text_for_requester(str(error), self._interactions.get(job.id), job.id),
+                    ephemeral=True,
+                )
+            except GenerationFailed as error:
+                logger.error("job %s failed in the engine: %s", job.id, error)
+                await self._fail(
+                    job, "The generator hit an internal error on this request. Please try again."
+                )
+            else:
+                await self._deliver(job, result)
+        except Exception:
+            logger.exception("job %s: unexpected error in the dispatcher", job.id)
+            await self._fail_if_pending(job.id)
         finally:
-            self._progress.pop(job_id, None)
+            self._job_ended(job.id, unfinished)
+
+    def _job_ended(self, job_id: int, unfinished: set[int]) -> None:
+        """The job left its batch (done, failed, cancelled or put back): it no longer counts as running."""
+        unfinished.discard(job_id)
+        self._progress.pop(job_id, None)
+        self._submitted.discard(job_id)
+        self._running.discard(job_id)
+        self.scheduler.finish(job_id)
+
+    async def _fail_if_pending(self, job_id: int) -> None:
+        job = await self.store.get(job_id)
+        if job is not None and job.is_pending:
+            await self._fail(job, INTERNAL_ERROR_TEXT)
 
     async def _after_cancel(self, job: Job) -> None:
         if self.stopping and job.id not in self._cancel_requested:
@@ -286,11 +384,25 @@ class JobDispatcher:
         await self._finish_status(job.id, cancelled_text(job.id))
         self._forget(job.id)
 
-    async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
+    async def _after_crash(self, job: Job, crash: WorkerCrashed, *, batch_size: int = 1) -> None:
         logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
         if self.stopping:
             # The shutdown took the worker down with the job: not the job's fault.
             await self._put_back_for_restart(job)
+            return
+        if batch_size > 1:
+            # Any job of the batch may have caused it: each runs again alone, and this crash does not
+            # count against them, so one bad job cannot use up its neighbours' retry.
+            await self.store.requeue(
+                job.id, error=f"worker crashed during a batch: {crash}", refund_attempt=True
+            )
+            self._retry_reasons[job.id] = BATCH_CRASH_REASON
+            self.scheduler.finish(job.id)
+            self.scheduler.enqueue(scheduled(job), front=True)
+            status = self._status.get(job.id)
+            if status is not None:
+                status.show(f"⚠️ Job #{job.id}: the generator crashed; trying again on its own…")
+            self._wake.set()
             return
         # job was read after mark_running, so attempts counts this run.
         if job.attempts <= self.job_retries:
@@ -301,6 +413,7 @@ class JobDispatcher:
             status = self._status.get(job.id)
             if status is not None:
                 status.show(f"⚠️ Job #{job.id}: the generator crashed; trying once more…")
+            self._wake.set()
             return
         await self._fail(
             job,
@@ -385,6 +498,7 @@ class JobDispatcher:
 
     def _forget(self, job_id: int) -> None:
         """Drop what was kept for a job that has ended, and tell the listeners it ended."""
+        self._queued_at.pop(job_id, None)
         self._interactions.pop(job_id, None)
         self._status.pop(job_id, None)
         self._retry_reasons.pop(job_id, None)

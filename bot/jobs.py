@@ -264,6 +264,13 @@ class JobStore:
             (guild_id, max_pending),
         )
 
+    async def guild_default_models(self) -> dict[int, str]:
+        """Every guild's own default model (guilds without one are left out)."""
+        async with self._db.execute(
+            "SELECT guild_id, default_model_version FROM guild_settings WHERE default_model_version IS NOT NULL"
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
     async def guild_default_model(self, guild_id: int) -> str | None:
         """The model /generate uses in this guild when none is picked (None: the config's default)."""
         async with self._db.execute(

@@ -1,25 +1,50 @@
-"""Which job runs next: per-guild FIFO queues served round-robin, with per-user and per-guild caps.
+"""Which jobs run next: per-guild FIFO queues served round-robin, with per-user and per-guild caps,
+taken a batch at a time.
 
 Pure logic with no I/O and no clock, so it is tested deterministically on its own. The dispatcher
-owns one `FairScheduler`, asks it for the next job whenever a worker is free, and tells it when a
+owns one `FairScheduler`, asks it for the next batch whenever a worker is free, and tells it when a
 job has finished; the database stays the source of truth across restarts.
+
+A batch follows the round-robin order: its first job is the one the rotation serves next, and the
+jobs after it in that order join while they can share its batch (same batch key) and fit the caps.
+A job that cannot join is passed over: it waits for the next batch, at the front of the line, and
+is never passed over a second time (a batch stops growing rather than skip it again). So fairness
+holds when counted in batches: nobody waits longer than one batch for being different.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class ScheduledJob:
-    """What the scheduler needs to know about a job: who asked, where."""
+    """What the scheduler needs to know about a job: who asked, where, and how it batches."""
 
     job_id: int
     guild_id: int
     user_id: int
+    # Jobs with equal keys may share a batch (the engine can run them together); None runs alone.
+    batch_key: Hashable | None = None
+    # Seconds of audio the job generates: its share of a batch's budget.
+    audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How big a batch may grow."""
+
+    max_jobs: int = 1
+    # Every row of a batch is generated to the longest job's length, so a batch costs (and holds in
+    # memory) rows x longest seconds of audio: this caps that product.
+    max_audio_seconds: float = math.inf
+
+    def fits(self, jobs: int, longest_seconds: float) -> bool:
+        return jobs <= self.max_jobs and jobs * longest_seconds <= self.max_audio_seconds
 
 
 @dataclass(frozen=True)
@@ -38,8 +63,9 @@ class FairScheduler:
     shows up while another is busy goes next rather than behind the busy guild's backlog.
     """
 
-    def __init__(self, limits: QueueLimits) -> None:
+    def __init__(self, limits: QueueLimits, batching: BatchLimits | None = None) -> None:
         self.limits = limits
+        self.batching = batching if batching is not None else BatchLimits()
         # Admin-set caps that replace limits.max_pending_per_guild for one guild.
         self._guild_limits: dict[int, int] = {}
         self._queues: dict[int, deque[ScheduledJob]] = {}
@@ -50,8 +76,11 @@ class FairScheduler:
         self._last_served: dict[int, int] = {}
         self._arrivals = itertools.count()
         self._arrival: dict[int, int] = {}
-        # Guilds whose head is a retried job: served before anyone else.
-        self._retry_first: set[int] = set()
+        # Retried jobs (after a crash): served before anyone else, and each in a batch of its own,
+        # so one bad job cannot take its neighbours' retry down with it.
+        self._retried: set[int] = set()
+        # Jobs a batch has passed over once: served next, and never passed over again.
+        self._passed_over: set[int] = set()
 
     # -- limits ---------------------------------------------------------------------------------
     def set_guild_limit(self, guild_id: int, max_pending: int | None) -> None:
@@ -88,7 +117,8 @@ class FairScheduler:
 
     # -- queueing -------------------------------------------------------------------------------
     def enqueue(self, job: ScheduledJob, *, front: bool = False) -> None:
-        """Queue a job at the back of its guild's queue, or (front=True, a retry) at the very front."""
+        """Queue a job at the back of its guild's queue, or (front=True, a retry) at the very front,
+        to run in a batch of its own."""
         if self.contains(job.job_id):
             raise ValueError(f"job {job.job_id} is already scheduled")
         if job.guild_id not in self._queues:
@@ -98,23 +128,78 @@ class FairScheduler:
         if front:
             # A retried job was already served once: it goes next, not after every other guild.
             queue.appendleft(job)
-            self._retry_first.add(job.guild_id)
+            self._retried.add(job.job_id)
         else:
             queue.append(job)
 
     def next_job(self) -> ScheduledJob | None:
-        """Take the next job to run (it counts as running until `finish`), or None if none is queued."""
-        guild_id = self._next_guild(self._queues.keys(), self._last_served)
-        if guild_id is None:
-            return None
-        queue = self._queues[guild_id]
-        job = queue.popleft()
-        self._last_served[guild_id] = next(self._turns)
-        self._retry_first.discard(guild_id)
-        if not queue:
-            self._drop_guild(guild_id)
-        self._running[job.job_id] = job
-        return job
+        """Take the next job to run alone (it counts as running until `finish`), or None if none is queued."""
+        batch = self._take(self._plan_batch(BatchLimits(max_jobs=1)))
+        return batch[0] if batch else None
+
+    def next_batch(self) -> list[ScheduledJob]:
+        """Take the next batch to run (each job counts as running until `finish`); [] if none is queued."""
+        return self._take(self._plan_batch(self.batching))
+
+    def peek_batch(self) -> list[ScheduledJob]:
+        """The batch `next_batch` would take now, leaving everything as it is."""
+        return self._plan_batch(self.batching, mark_passed_over=False)
+
+    def can_grow(self, batch: list[ScheduledJob]) -> bool:
+        """Whether jobs queued later could still join this batch (it is not full and may be shared)."""
+        first = batch[0]
+        return (
+            len(batch) < self.batching.max_jobs
+            and first.batch_key is not None
+            and first.job_id not in self._retried
+        )
+
+    def _plan_batch(self, limits: BatchLimits, *, mark_passed_over: bool = True) -> list[ScheduledJob]:
+        """The next batch, in round-robin order, without taking it; marks the jobs it passes over."""
+        order = self.queued_in_order()
+        if not order:
+            return []
+        first = order[0]
+        batch = [first]
+        if first.batch_key is None or first.job_id in self._retried:
+            return batch
+        longest = first.audio_seconds
+        skipped: list[ScheduledJob] = []
+        passed_over: list[ScheduledJob] = []
+        for candidate in order[1:]:
+            if len(batch) >= limits.max_jobs:
+                break
+            joined_longest = max(longest, candidate.audio_seconds)
+            if (
+                candidate.batch_key == first.batch_key
+                and candidate.job_id not in self._retried
+                and limits.fits(len(batch) + 1, joined_longest)
+            ):
+                batch.append(candidate)
+                longest = joined_longest
+                # Only the jobs skipped before one that joins are passed over (the rest just wait).
+                passed_over.extend(skipped)
+                skipped.clear()
+            elif candidate.job_id in self._passed_over:
+                break  # taking anything after it would pass it over a second time
+            else:
+                skipped.append(candidate)
+        if mark_passed_over:
+            self._passed_over.update(job.job_id for job in passed_over)
+        return batch
+
+    def _take(self, batch: list[ScheduledJob]) -> list[ScheduledJob]:
+        """Move planned jobs from their queues to running, each guild counted as served in turn."""
+        for job in batch:
+            queue = self._queues[job.guild_id]
+            queue.remove(job)
+            self._last_served[job.guild_id] = next(self._turns)
+            self._retried.discard(job.job_id)
+            self._passed_over.discard(job.job_id)
+            if not queue:
+                self._drop_guild(job.guild_id)
+            self._running[job.job_id] = job
+        return batch
 
     def finish(self, job_id: int) -> None:
         """Forget a running job (done, failed, cancelled, or about to be re-enqueued)."""
@@ -126,6 +211,8 @@ class FairScheduler:
             for job in queue:
                 if job.job_id == job_id:
                     queue.remove(job)
+                    self._retried.discard(job_id)
+                    self._passed_over.discard(job_id)
                     if not queue:
                         self._drop_guild(guild_id)
                     return True
@@ -141,18 +228,16 @@ class FairScheduler:
         return job_id in self._running
 
     def queued_in_order(self) -> list[ScheduledJob]:
-        """Every queued job, in the order the round-robin will start them."""
+        """Every queued job, in the round-robin order (the order they start in when nothing batches)."""
         queues = {guild_id: deque(queue) for guild_id, queue in self._queues.items()}
         last_served = dict(self._last_served)
-        retry_first = set(self._retry_first)
         order: list[ScheduledJob] = []
         turn = 0
-        while (guild_id := self._next_guild(queues.keys(), last_served, retry_first)) is not None:
+        while (guild_id := self._next_guild(queues, last_served)) is not None:
             order.append(queues[guild_id].popleft())
             # Later than every real turn so far: simulated turns only compare among themselves.
             last_served[guild_id] = (1 << 62) + turn
             turn += 1
-            retry_first.discard(guild_id)
             if not queues[guild_id]:
                 del queues[guild_id]
         return order
@@ -171,23 +256,26 @@ class FairScheduler:
         """A guild's queued jobs, FIFO."""
         return list(self._queues.get(guild_id, ()))
 
-    def _next_guild(
-        self, guild_ids: Iterable[int], last_served: dict[int, int], retry_first: set[int] | None = None
-    ) -> int | None:
-        """The guild served next: a retry first, else the least recently served (ties: arrival order)."""
-        retry_first = self._retry_first if retry_first is None else retry_first
-        candidates = list(guild_ids)
-        if not candidates:
+    def _next_guild(self, queues: dict[int, deque[ScheduledJob]], last_served: dict[int, int]) -> int | None:
+        """The guild served next: one whose first job is a retry, then one whose first job was passed
+        over by a batch, else the least recently served (ties: arrival order)."""
+        if not queues:
             return None
         return min(
-            candidates,
-            key=lambda g: (g not in retry_first, last_served.get(g, -1), self._arrival[g]),
+            queues,
+            key=lambda g: (self._head_rank(queues[g][0]), last_served.get(g, -1), self._arrival[g]),
         )
+
+    def _head_rank(self, head: ScheduledJob) -> int:
+        if head.job_id in self._retried:
+            return 0
+        if head.job_id in self._passed_over:
+            return 1
+        return 2
 
     def _drop_guild(self, guild_id: int) -> None:
         del self._queues[guild_id]
         del self._arrival[guild_id]
-        self._retry_first.discard(guild_id)
 
     def _pending_in_guild(self, guild_id: int) -> list[ScheduledJob]:
         running = [job for job in self._running.values() if job.guild_id == guild_id]

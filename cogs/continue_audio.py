@@ -173,7 +173,7 @@ class ContinueAudioCog(commands.Cog):
         assert interaction.guild_id is not None and interaction.channel_id is not None
         self.generate.check_accepting_jobs()
         self.generate.check_admission(interaction)
-        model_version = await self.bot.default_model_for(interaction.guild_id)
+        model_version = self.bot.default_model_for(interaction.guild_id)
         await defer_publicly(interaction)
         await self.generate.check_server_controls(interaction)
         async with self.bot.clip_intake.slot(interaction.user.id):
@@ -296,7 +296,7 @@ class ContinueAudioCog(commands.Cog):
             raise RequestError("The message you replied to has no audio I can continue.")
         self.generate.check_accepting_jobs()
         self.generate.check_member_admission(message.guild.id, message.author.id)
-        model_version = await self.bot.default_model_for(message.guild.id)
+        model_version = self.bot.default_model_for(message.guild.id)
         async with message.channel.typing(), self.bot.clip_intake.slot(message.author.id):
             request, continues, stored = await self.prepare(
                 source, clips[0], model_version, wanted.prompt, wanted.seconds

@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Versions whose language model takes no chroma: a melody for them is refused before queueing.
-MODELS_WITHOUT_MELODY = frozenset({"small", "medium", "large"})
 MIB = 1024 * 1024
 
 
@@ -112,7 +110,7 @@ class GenerateCog(commands.Cog):
     ) -> None:
         self.check_accepting_jobs()
         assert interaction.guild_id is not None
-        default_model = await self.bot.default_model_for(interaction.guild_id)
+        default_model = self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
             model_version=model_version or default_model,  # type: ignore[arg-type]
             prompt=prompt,
@@ -173,7 +171,7 @@ class GenerateCog(commands.Cog):
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             await self.replay_from_discord(interaction, original)
             return
-        self.check_model_available(request, await self.bot.default_model_for(original.guild_id))
+        self.check_model_available(request, self.bot.default_model_for(original.guild_id))
         self.check_admission(interaction)
         await defer_publicly(interaction)
         await self.check_server_controls(interaction)
@@ -243,14 +241,15 @@ class GenerateCog(commands.Cog):
             raise RequestError(refusal)
 
     def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
-        if request.model_version == "finetuned" and not self.bot.finetuned_configured:
+        catalogue = self.bot.catalogue
+        if not catalogue.is_configured(request.model_version):
             raise RequestError(
                 f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default_model})."
             )
         if (
             request.input_audio is not None
             and not request.continuation
-            and request.model_version in MODELS_WITHOUT_MELODY
+            and catalogue.cannot_follow_melody(request.model_version)
         ):
             raise RequestError(
                 f"The {request.model_version} model cannot follow a melody. Use model_version melody to follow "

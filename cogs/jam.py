@@ -223,7 +223,7 @@ class JamCog(commands.Cog):
             )
         if not isinstance(channel, discord.TextChannel):
             raise RequestError("Jams live in threads, so start one in a text channel.")
-        default_model = await self.bot.default_model_for(interaction.guild_id)
+        default_model = self.bot.default_model_for(interaction.guild_id)
         model = model_version or default_model
         request = GenerationRequest(model_version=model, prompt=prompt, duration=turn_seconds).validate()  # type: ignore[arg-type]
         self.generate.check_model_available(request, default_model)

@@ -195,7 +195,7 @@ class ResultButtonsCog(commands.Cog):
             raise RequestError(f"Job #{job.id}'s input audio is no longer stored, so it cannot be re-rolled.")
         assert interaction.guild_id is not None
         self.generate.check_accepting_jobs()
-        self.generate.check_model_available(request, await self.bot.default_model_for(interaction.guild_id))
+        self.generate.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
         self.generate.check_admission(interaction)
         await defer_publicly(interaction)
         await self.generate.queue_job(
@@ -222,7 +222,7 @@ class ResultButtonsCog(commands.Cog):
             duration=REQUEST_DEFAULTS.duration,
         ).validate()
         self.generate.check_accepting_jobs()
-        self.generate.check_model_available(request, await self.bot.default_model_for(interaction.guild_id))
+        self.generate.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
         self.generate.check_admission(interaction)
         await defer_publicly(interaction)
         source = Path(job.output_path)

@@ -11,7 +11,8 @@ from discord.ext import commands
 
 from bot.server_controls import Feature
 from cogs.generate import choices
-from inference.request import MODEL_VERSIONS, RequestError
+from inference.catalogue import MODEL_VERSIONS
+from inference.request import RequestError
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
@@ -72,7 +73,7 @@ class SettingsCog(
         ):
             raise RequestError(refusal)
         before = await self.bot.jobs.guild_default_model(interaction.guild_id)
-        await self.bot.jobs.set_guild_default_model(interaction.guild_id, model_version)
+        await self.bot.set_default_model(interaction.guild_id, model_version)
         await self.bot.controls.record(
             interaction.guild_id,
             interaction.user.id,

@@ -7,14 +7,12 @@ flag; `make-test-model` writes random-weight checkpoints for tests and benchmark
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from inference.catalogue import ModelCatalogue
 from inference.request import (
     MODEL_VERSIONS,
     NORMALIZATION_STRATEGIES,
@@ -205,7 +203,7 @@ def generate(
         load_engine_settings(config_path), device=device, dtype=dtype, cpu_threads=threads
     )
     if model_version is None:
-        model_version = "finetuned" if settings.models.finetuned else "small"
+        model_version = ModelCatalogue(settings.models).default_version()
     if output is None:
         output = Path(f"musicgen.{output_format or 'wav'}")
     resolved_format = _output_format_for(output, output_format)
@@ -233,6 +231,7 @@ def generate(
     import torch
     from tqdm import tqdm
 
+    from inference.audio import write_generated
     from inference.engine import MusicGenEngine
 
     if not progress:
@@ -253,29 +252,20 @@ def generate(
             bar = tqdm(total=steps_total, desc="generating", unit="step", leave=True)
         bar.update(steps_done - bar.n)
 
-    output_dir = output.resolve().parent
-    output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # The engine names its files; write beside the target and move, so a crash leaves no half file.
-        with tempfile.TemporaryDirectory(prefix=".musicgen-", dir=output_dir) as scratch:
-            result = engine.generate_to_file(
-                f"cli-{uuid.uuid4().hex[:8]}",
-                request,
-                scratch,
-                model_source=model_source,
-                on_progress=on_progress,
-            )
-            if bar is not None:
-                bar.close()
-            os.replace(result.output_path, output)
+        generated = engine.generate(request, model_source=model_source, on_progress=on_progress)
     except RequestError as exc:
+        raise FriendlyRequestError(str(exc)) from None
+    finally:
         if bar is not None:
             bar.close()
-        raise FriendlyRequestError(str(exc)) from None
-    click.echo(f"seed: {result.seed}")
+    # A failed write leaves no partial file behind.
+    written = write_generated(generated, request, output)
+    click.echo(f"seed: {generated.seed}")
     click.echo(
-        f"wrote {output} ({result.duration_s:.2f} s, {result.sample_rate} Hz, {result.channels} channel(s), "
-        f"{result.output_format}) in {result.timings.get('total', 0.0):.1f} s"
+        f"wrote {written} ({generated.duration_s:.2f} s, {generated.sample_rate} Hz, "
+        f"{generated.channels} channel(s), {request.output_format}) in "
+        f"{generated.timings.get('total', 0.0):.1f} s"
     )
 
 

@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyloudnorm
 import soundfile
 import torch
 
-from inference.environment import child_environment
 from inference.ffmpeg import (
     DEFAULT_MAX_SECONDS,
     AudioDecodeError,
     configure_pydub,
     decode_audio_file,
+    encode_mp3,
     ffmpeg_executable,
     probe_duration,
 )
-from inference.request import MAX_DURATION_S, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, RequestError
+from inference.request import (
+    MAX_DURATION_S,
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    RequestError,
+)
+
+if TYPE_CHECKING:  # the engine imports this module
+    from inference.engine import GeneratedAudio
 
 __all__ = [
     "AudioDecodeError",
@@ -36,6 +45,7 @@ __all__ = [
     "normalize_audio",
     "probe_duration",
     "write_audio",
+    "write_generated",
 ]
 
 # audiocraft's audio_write defaults: peak/clip headroom 1 dB, rms headroom 18 dB, loudness -14 LUFS.
@@ -44,7 +54,7 @@ RMS_HEADROOM_DB = 18.0
 LOUDNESS_TARGET_LUFS = -14.0
 # Below this RMS, loudness normalization leaves the signal alone instead of boosting noise.
 LOUDNESS_ENERGY_FLOOR = 2e-3
-MP3_BITRATE = "320k"
+MP3_BITRATE = "320k"  # audiocraft's audio_write default, and the product's
 # The most input audio any request uses, counted from continuation_start (see `load_audio`).
 INPUT_WINDOW_S = float(MAX_DURATION_S)
 # BS.1770 gates 400 ms blocks; pyloudnorm refuses shorter signals.
@@ -192,11 +202,20 @@ def write_audio(
         if output_format == "wav":
             soundfile.write(path, _to_int16(samples), sample_rate, subtype="PCM_16", format="WAV")
         else:
-            _encode_mp3(samples, sample_rate, path)
+            encode_mp3(path, samples=samples, sample_rate=sample_rate, bitrate=MP3_BITRATE)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_generated(
+    generated: GeneratedAudio, request: GenerationRequest, path: str | os.PathLike[str]
+) -> Path:
+    """Normalise the engine's audio with `request.normalization_strategy` and write it in
+    `request.output_format` to `path` (the format's extension is added when missing)."""
+    normalized = normalize_audio(generated.wav, request.normalization_strategy, generated.sample_rate)
+    return write_audio(normalized, generated.sample_rate, path, request.output_format)
 
 
 def _to_int16(samples: np.ndarray) -> np.ndarray:
@@ -205,24 +224,3 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
     if scaled.max(initial=0) >= 2**15:
         scaled = np.round(samples * (2**15 - 1))
     return scaled.astype(np.int16)
-
-
-def _encode_mp3(samples: np.ndarray, sample_rate: int, path: Path) -> None:
-    # ffmpeg's libmp3lame encodes 30 s in ~0.13 s here, about 3x faster than libsndfile's LAME,
-    # and the encoder runs out of process like the decoder.
-    channels = samples.shape[1]
-    command = [
-        ffmpeg_executable(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
-        "-c:a", "libmp3lame", "-b:a", MP3_BITRATE, "-f", "mp3", str(path),
-    ]  # fmt: skip
-    audio_seconds = samples.shape[0] / sample_rate
-    result = subprocess.run(
-        command,
-        input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
-        capture_output=True,
-        timeout=60.0 + audio_seconds,
-        env=child_environment(),
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")

@@ -1,9 +1,10 @@
-"""The bot's handle on the inference worker processes: submit a job, await its result.
+"""The bot's handle on the inference worker processes: submit jobs, alone or as a batch, and await them.
 
-`InferenceClient` starts `processes` worker processes ("spawn"), hands each one job at a time,
-delivers progress on the event loop, and turns worker messages into results or exceptions. If a
-worker dies (kill -9, out of memory), the job it ran fails with `WorkerCrashed` within moments and
-a replacement worker is started for the next jobs.
+`InferenceClient` starts `processes` worker processes ("spawn") and hands each one batch at a time
+(a single job is a batch of one). Every job of a batch is followed on its own: its progress is
+delivered on the event loop, it can be cancelled without disturbing the others, and it ends with its
+own result or exception. If a worker dies (kill -9, out of memory), every unfinished job of its batch
+fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches.
 
 Importing this module never imports torch or the engine: the bot process uses it and stays light.
 """
@@ -20,7 +21,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -30,14 +31,17 @@ from typing import Any
 from inference import worker as worker_module
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
 from inference.protocol import (
+    BatchJob,
     Cancel,
+    ErrorKind,
     GenerationError,
     GenerationResult,
     Progress,
     Ready,
     Shutdown,
     Started,
-    Submit,
+    StartupFailed,
+    SubmitBatch,
 )
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
@@ -46,6 +50,7 @@ __all__ = [
     "GenerationCancelled",
     "GenerationFailed",
     "InferenceClient",
+    "JobSubmission",
     "ProgressCallback",
     "WorkerCrashed",
     "WorkerStartError",
@@ -65,14 +70,40 @@ EXIT_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 60.0
 
 
+@dataclass(frozen=True)
+class JobSubmission:
+    """One job handed to `InferenceClient.submit_batch`.
+
+    `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
+    """
+
+    job_id: str
+    request: GenerationRequest
+    on_progress: ProgressCallback | None = None
+
+
 @dataclass(eq=False)
 class _Job:
     job_id: str
-    submit: Submit
+    request: GenerationRequest
     on_progress: ProgressCallback | None
-    # Events for this job, consumed by the submit() call that awaits it.
+    batch: _Batch
+    # Events for this job, consumed by the coroutine that follows it.
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Jobs that run together on one worker; a job cancelled while it waits leaves the batch."""
+
+    jobs: list[_Job]
+    output_dir: str
     worker: _WorkerProcess | None = None
+    # Jobs on the worker that have not had their result or error yet; the worker is free when empty.
+    unfinished: set[str] = field(default_factory=set)
+
+    def message(self) -> SubmitBatch:
+        return SubmitBatch(tuple(BatchJob(job.job_id, job.request) for job in self.jobs), self.output_dir)
 
 
 @dataclass(eq=False)
@@ -81,7 +112,7 @@ class _WorkerProcess:
     process: BaseProcess
     conn: Connection
     ready: asyncio.Future[Ready]
-    job: _Job | None = None
+    batch: _Batch | None = None
     exited: bool = False
     reader: threading.Thread | None = None
     # Set by the reader thread once it has reaped the process. Only that thread waits on the
@@ -110,7 +141,7 @@ class _WorkerExited:
 
 
 class InferenceClient:
-    """Runs generation jobs on worker processes and awaits their results from asyncio code."""
+    """Runs generation jobs (alone or in batches) on worker processes and awaits their results from asyncio code."""
 
     def __init__(
         self,
@@ -129,7 +160,7 @@ class InferenceClient:
         self._context = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[_WorkerProcess] = []
-        self._waiting: collections.deque[_Job] = collections.deque()
+        self._waiting: collections.deque[_Batch] = collections.deque()
         self._jobs: dict[str, _Job] = {}
         self._names = itertools.count(1)
         self._restarts: set[asyncio.Task[None]] = set()
@@ -139,14 +170,14 @@ class InferenceClient:
     # -- properties for the scheduler -----------------------------------------------------------
     @property
     def idle_workers(self) -> int:
-        """Workers that are ready and have no job: how many jobs would start right now."""
-        idle = sum(1 for w in self._workers if w.is_ready and w.job is None and not w.exited)
+        """Workers that are ready and have no batch: how many batches would start right now."""
+        idle = sum(1 for w in self._workers if w.is_ready and w.batch is None and not w.exited)
         return max(0, idle - len(self._waiting))
 
     @property
     def busy_workers(self) -> int:
-        """Workers running a job."""
-        return sum(1 for w in self._workers if w.job is not None and not w.exited)
+        """Workers running a batch."""
+        return sum(1 for w in self._workers if w.batch is not None and not w.exited)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -182,8 +213,8 @@ class InferenceClient:
         for task in list(self._restarts):
             task.cancel()
         while self._waiting:
-            job = self._waiting.popleft()
-            job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
+            for job in self._waiting.popleft().jobs:
+                job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
         for worker in self._workers:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(Shutdown())
@@ -213,52 +244,92 @@ class InferenceClient:
         *,
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
-        """Run one job and return its result.
+        """Run one job (a batch of one) and return its result.
 
         Raises RequestError (the person can fix the request), GenerationCancelled, WorkerCrashed
         (the worker died; a new one is started for the next job) or GenerationFailed (an internal
-        error in the engine; the worker goes on).
+        error in the engine; the worker goes on). Cancelling the awaiting task cancels the job.
         `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
         """
+        (job,) = self._add_batch([JobSubmission(job_id, request, on_progress)], output_dir)
+        return await self._follow(job)
+
+    def submit_batch(
+        self, jobs: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[asyncio.Task[GenerationResult]]:
+        """Queue jobs to run together as one batch on one worker; one task per job, in the same order.
+
+        Each task ends as `submit()` does for its job alone: its result, or RequestError,
+        GenerationCancelled, WorkerCrashed (every unfinished job of the batch) or GenerationFailed.
+        A job fails, or is cancelled (`cancel(job_id)`, or cancelling its task), without disturbing
+        the others. The caller is expected to group jobs the engine can batch (`request.batch_key`);
+        the engine runs any others apart.
+        """
+        followed = self._add_batch(jobs, output_dir)
+        return [
+            asyncio.create_task(self._follow(job), name=f"inference-job-{job.job_id}") for job in followed
+        ]
+
+    def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")
-        if job_id in self._jobs:
-            raise ValueError(f"job {job_id!r} is already submitted")
-        job = _Job(job_id, Submit(job_id, request, str(output_dir)), on_progress)
-        self._jobs[job_id] = job
-        self._waiting.append(job)
+        if not submissions:
+            raise ValueError("a batch needs at least one job")
+        job_ids = [submission.job_id for submission in submissions]
+        for job_id in job_ids:
+            if job_id in self._jobs or job_ids.count(job_id) > 1:
+                raise ValueError(f"job {job_id!r} is already submitted")
+        batch = _Batch(jobs=[], output_dir=str(output_dir))
+        for submission in submissions:
+            job = _Job(submission.job_id, submission.request, submission.on_progress, batch)
+            batch.jobs.append(job)
+            self._jobs[job.job_id] = job
+        self._waiting.append(batch)
         self._dispatch()
-        try:
-            return await self._follow(job)
-        except asyncio.CancelledError:
-            # The caller gave up on the job (its task was cancelled): stop the worker's work too.
-            if job.worker is not None and job.worker.job is job and not job.worker.exited:
-                with contextlib.suppress(OSError, ValueError):
-                    job.worker.conn.send(Cancel(job_id))
-            raise
-        finally:
-            self._jobs.pop(job_id, None)
-            if job in self._waiting:
-                self._waiting.remove(job)
+        return list(batch.jobs)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or running job: True when the cancel was passed on, False for a job the
         client does not know (finished or never seen). A job finishing at that very moment still
-        returns its result."""
+        returns its result. The other jobs of its batch go on."""
         job = self._jobs.get(job_id)
         if job is None:
             return False
-        if job in self._waiting:
-            self._waiting.remove(job)
+        if self._leave_waiting_batch(job):
             job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
             return True
-        if job.worker is not None and not job.worker.exited:
-            with contextlib.suppress(OSError, ValueError):
-                job.worker.conn.send(Cancel(job_id))
-            return True
-        return False
+        return self._send_cancel(job)
+
+    def _leave_waiting_batch(self, job: _Job) -> bool:
+        """Take a job out of its batch if that batch has not gone to a worker yet."""
+        batch = job.batch
+        if batch.worker is not None or job not in batch.jobs:
+            return False
+        batch.jobs.remove(job)
+        if not batch.jobs and batch in self._waiting:
+            self._waiting.remove(batch)
+        return True
+
+    def _send_cancel(self, job: _Job) -> bool:
+        worker = job.batch.worker
+        if worker is None or worker.exited or job.job_id not in job.batch.unfinished:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            worker.conn.send(Cancel(job.job_id))
+        return True
 
     async def _follow(self, job: _Job) -> GenerationResult:
+        try:
+            return await self._await_outcome(job)
+        except asyncio.CancelledError:
+            # The caller gave up on the job (its task was cancelled): stop the worker's work too.
+            if not self._leave_waiting_batch(job):
+                self._send_cancel(job)
+            raise
+        finally:
+            self._jobs.pop(job.job_id, None)
+
+    async def _await_outcome(self, job: _Job) -> GenerationResult:
         held_back: Any = None
         while True:
             event = held_back if held_back is not None else await job.events.get()
@@ -277,11 +348,7 @@ class InferenceClient:
             elif isinstance(event, GenerationResult):
                 return event
             elif isinstance(event, GenerationError):
-                if event.kind == "request":
-                    raise RequestError(event.message)
-                if event.kind == "cancelled":
-                    raise GenerationCancelled(event.message)
-                raise GenerationFailed(event.message)
+                raise _error_for(event)
             elif isinstance(event, BaseException):
                 raise event
             else:  # pragma: no cover - a protocol mismatch between client and worker
@@ -298,21 +365,22 @@ class InferenceClient:
             logger.exception("progress callback for job %s failed", job.job_id)
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to idle workers (oldest job first)."""
+        """Hand waiting batches to idle workers (oldest batch first)."""
         for worker in self._workers:
             if not self._waiting:
                 return
-            if worker.job is not None or worker.exited or not worker.is_ready:
+            if worker.batch is not None or worker.exited or not worker.is_ready:
                 continue
-            job = self._waiting.popleft()
+            batch = self._waiting.popleft()
             try:
-                worker.conn.send(job.submit)
+                worker.conn.send(batch.message())
             except (OSError, ValueError):
                 # The worker died between its last message and now; its reader will report it.
-                self._waiting.appendleft(job)
+                self._waiting.appendleft(batch)
                 continue
-            worker.job = job
-            job.worker = worker
+            worker.batch = batch
+            batch.worker = worker
+            batch.unfinished = {job.job_id for job in batch.jobs}
 
     # -- worker processes -----------------------------------------------------------------------
     def _spawn_worker(self) -> _WorkerProcess:
@@ -383,7 +451,7 @@ class InferenceClient:
             if not worker.ready.done():
                 worker.ready.set_result(event)
             self._dispatch()
-        elif isinstance(event, worker_module.StartupFailed):
+        elif isinstance(event, StartupFailed):
             logger.error("%s failed to start:\n%s", worker.name, event.details)
             if not worker.ready.done():
                 worker.ready.set_exception(
@@ -395,13 +463,12 @@ class InferenceClient:
             job = self._jobs.get(event.job_id)
             if job is not None:
                 job.events.put_nowait(event)
-            if (
-                isinstance(event, GenerationResult | GenerationError)
-                and worker.job is not None
-                and worker.job.job_id == event.job_id
-            ):
-                worker.job = None
-                self._dispatch()
+            batch = worker.batch
+            if isinstance(event, GenerationResult | GenerationError) and batch is not None:
+                batch.unfinished.discard(event.job_id)
+                if not batch.unfinished:
+                    worker.batch = None
+                    self._dispatch()
         else:
             logger.warning("%s sent an unknown event %r", worker.name, event)
 
@@ -419,16 +486,20 @@ class InferenceClient:
                     "(its traceback, if any, is in the log above)"
                 )
             )
-        job, worker.job = worker.job, None
+        batch, worker.batch = worker.batch, None
+        lost = [] if batch is None else [job for job in batch.jobs if job.job_id in batch.unfinished]
+        if batch is not None:
+            batch.unfinished.clear()
         if self._closing:
-            if job is not None:
+            for job in lost:
                 job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
             return
         logger.error("%s (pid %s) died with exit code %s", worker.name, worker.process.pid, exitcode)
-        if job is not None:
+        for job in lost:
+            others = f" in a batch of {len(batch.jobs)}" if batch is not None and len(batch.jobs) > 1 else ""
             job.events.put_nowait(
                 WorkerCrashed(
-                    f"The inference worker died while running job {job.job_id} (exit code {exitcode})."
+                    f"The inference worker died while running job {job.job_id}{others} (exit code {exitcode})."
                 )
             )
         if worker in self._workers:
@@ -463,9 +534,17 @@ class InferenceClient:
             if not any(w.is_ready and not w.exited for w in self._workers):
                 # No worker can take the waiting jobs: fail them rather than leave them hanging.
                 while self._waiting:
-                    self._waiting.popleft().events.put_nowait(
-                        WorkerCrashed(f"No inference worker is running: {exc}")
-                    )
+                    for job in self._waiting.popleft().jobs:
+                        job.events.put_nowait(WorkerCrashed(f"No inference worker is running: {exc}"))
             self._schedule_restart(min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
         else:
             self._dispatch()
+
+
+def _error_for(event: GenerationError) -> Exception:
+    """The exception a job's caller sees for the worker's error message."""
+    if event.kind is ErrorKind.REQUEST:
+        return RequestError(event.message)
+    if event.kind is ErrorKind.CANCELLED:
+        return GenerationCancelled(event.message)
+    return GenerationFailed(event.message)

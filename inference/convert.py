@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from inference import layout
+
 logger = logging.getLogger(__name__)
 
 LM_STATE_FILE = "state_dict.bin"
@@ -31,7 +33,6 @@ COMPRESSION_STATE_FILE = "compression_state_dict.bin"
 # The compression model audiocraft's MusicGen recipes train with; `[models] compression` stands in
 # for it (a hub id or a local copy).
 DEFAULT_COMPRESSION_ID = "facebook/encodec_32khz"
-MAX_GENERATION_LENGTH = 1503  # 30 s at 50 frames/s plus the 3 steps the delay pattern consumes
 
 _PRETRAINED_PREFIX = "//pretrained/"
 _DESCRIPTION_PROJ = "condition_provider.conditioners.description.output_proj."
@@ -534,17 +535,6 @@ def convert_audiocraft_checkpoint(
     the checkpoint only points at a pretrained one. The folder is written atomically: `dst` appears
     only once complete. Raises UnsupportedCheckpoint for what transformers cannot express.
     """
-    from transformers import (
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig,
-        MusicgenMelodyForConditionalGeneration,
-    )
-
-    from inference.random_models import save_tokenizer_and_processor, set_attn_implementation
-
     folder = _checkpoint_folder(src)
     lm_file = folder / LM_STATE_FILE
     package = _load_package(lm_file)
@@ -565,33 +555,25 @@ def convert_audiocraft_checkpoint(
         )
     t5, tokenizer = _load_text_encoder(text_encoder, state, spec)
 
-    decoder_class = MusicgenMelodyDecoderConfig if spec.melody else MusicgenDecoderConfig
-    decoder = decoder_class(
-        vocab_size=spec.card,
-        max_position_embeddings=2048,
-        num_hidden_layers=spec.num_layers,
-        ffn_dim=spec.ffn_dim,
-        num_attention_heads=spec.num_heads,
-        hidden_size=spec.dim,
-        activation_function="gelu",
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
+    decoder = layout.decoder_config(
+        melody=spec.melody,
+        codebook_size=spec.card,
         num_codebooks=spec.n_q,
+        num_layers=spec.num_layers,
+        hidden_size=spec.dim,
+        num_heads=spec.num_heads,
+        ffn_dim=spec.ffn_dim,
         audio_channels=spec.channels,
-        pad_token_id=spec.card,
-        bos_token_id=spec.card,
-        tie_word_embeddings=False,
     )
-    parts = dict(text_encoder=t5.config.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
-    if spec.melody:
-        config = MusicgenMelodyConfig(num_chroma=spec.num_chroma, chroma_length=spec.chroma_length, **parts)
-        model_class: Any = MusicgenMelodyForConditionalGeneration
-    else:
-        config = MusicgenConfig(**parts)
-        model_class = MusicgenForConditionalGeneration
-    set_attn_implementation(config, "sdpa")
-    model = model_class(config)
+    config = layout.musicgen_config(
+        text_encoder=t5.config,
+        audio_encoder=codec,
+        decoder=decoder,
+        melody=spec.melody,
+        num_chroma=spec.num_chroma,
+        chroma_length=spec.chroma_length,
+    )
+    model = layout.model_class(spec.melody)(config)
 
     full_state = {f"text_encoder.{k}": v for k, v in t5.state_dict().items()}
     full_state.update({f"audio_encoder.{k}": v for k, v in encodec.state_dict().items()})
@@ -605,22 +587,23 @@ def convert_audiocraft_checkpoint(
             f"unexpected {unexpected[:6]}"
         )
 
-    gc = model.generation_config
-    gc.do_sample = spec.use_sampling
-    gc.top_k = spec.top_k
-    gc.top_p = spec.top_p if spec.top_p > 0 else 1.0
-    gc.guidance_scale = spec.guidance_scale
-    gc.max_length = MAX_GENERATION_LENGTH
-    gc.decoder_start_token_id = spec.card
-    gc.pad_token_id = spec.card
-    gc.bos_token_id = spec.card
+    layout.set_generation_defaults(
+        model,
+        codebook_size=spec.card,
+        do_sample=spec.use_sampling,
+        top_k=spec.top_k,
+        top_p=spec.top_p,
+        guidance_scale=spec.guidance_scale,
+    )
 
     destination = Path(dst)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=destination.name + ".partial-", dir=destination.parent))
     try:
         model.eval().save_pretrained(staging)
-        save_tokenizer_and_processor(staging, tokenizer, melody=spec.melody, audio_channels=spec.channels)
+        layout.save_tokenizer_and_processor(
+            staging, tokenizer, melody=spec.melody, audio_channels=spec.channels, sample_rate=spec.sample_rate
+        )
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)

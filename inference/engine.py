@@ -1,6 +1,6 @@
-"""The MusicGen engine: one `GenerationRequest` in, audio out, with audiocraft's semantics.
+"""The MusicGen engine: generation requests in, audio out, with audiocraft's semantics.
 
-Runs on Hugging Face transformers (see ENGINE-NOTES.md for why not the audiocraft package) and
+Runs on Hugging Face transformers (its models, our decoding loop: `inference.decoding`) and
 reproduces what audiocraft's `MusicGen.generate`, `generate_with_chroma` and `generate_continuation`
 do, as the Cog predictor of the product calls them:
 
@@ -14,7 +14,10 @@ do, as the Cog predictor of the product calls them:
 - sampling: top_k, or top_p alone when > 0, temperature (0 = greedy), classifier-free guidance with
   audiocraft's formula `uncond + cfg * (cond - uncond)` for every cfg value.
 
-`generate` returns the audio; `generate_to_file` also normalises and writes it.
+`generate_batch` runs several jobs as one batch: each keeps its own seed (its own random generator)
+and sampling settings, its own length, progress and cancellation, and a bad request fails alone.
+`generate` is a batch of one. Both return audio; normalising and writing it is
+`inference.audio.write_generated`.
 """
 
 from __future__ import annotations
@@ -24,24 +27,22 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from inference import audio
 from inference.chroma import extract_chroma
+from inference.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
 from inference.errors import GenerationCancelled
 from inference.models import CODEC_DTYPE, LoadedCompression, LoadedMusicGen, ModelCache
-from inference.protocol import GenerationResult
 from inference.request import MAX_SEED, GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
-__all__ = ["GeneratedAudio", "GenerationCancelled", "MusicGenEngine", "seed_everything"]
+__all__ = ["EngineJob", "GeneratedAudio", "GenerationCancelled", "MusicGenEngine", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,18 @@ class GeneratedAudio:
     @property
     def duration_s(self) -> float:
         return self.wav.shape[-1] / self.sample_rate
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One job of a batch: its request, an optional checkpoint overriding `[models]`, and its
+    progress (`on_progress(steps_done, steps_total)` after every decoder step) and cancellation
+    (`is_cancelled()`, polled between steps) hooks."""
+
+    request: GenerationRequest
+    model_source: str | None = None
+    on_progress: ProgressCallback | None = None
+    is_cancelled: CancelCheck | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -94,93 +107,36 @@ class _PhaseClock:
         self.timings[phase] = self.timings.get(phase, 0.0) + (end - self._mark)
         self._mark = end
 
+    def restart(self) -> None:
+        """Start the next phase now (time spent on other jobs of the batch is not this job's)."""
+        self._mark = time.perf_counter()
+
     def finish(self) -> dict[str, float]:
         self.timings["total"] = time.perf_counter() - self.started
         return dict(self.timings)
 
 
-class _StepMonitor(StoppingCriteria):
-    """Called by transformers after every decoder step: reports progress and stops a cancelled job.
+@dataclass
+class _PreparedMusic:
+    """A music job ready for the decoding loop."""
 
-    Cancellation raises out of `generate` at once (no truncated audio is ever decoded or returned).
-    """
-
-    def __init__(
-        self, steps_total: int, on_progress: ProgressCallback | None, is_cancelled: CancelCheck | None
-    ):
-        self.steps_total = steps_total
-        self.steps_done = 0
-        self.on_progress = on_progress
-        self.is_cancelled = is_cancelled
-        self.last_step_at: float | None = None
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: Any
-    ) -> torch.Tensor:
-        self.steps_done += 1
-        if self.is_cancelled is not None and self.is_cancelled():
-            raise GenerationCancelled(
-                f"cancelled after {self.steps_done} of {self.steps_total} decoder steps"
-            )
-        if self.on_progress is not None:
-            self.on_progress(self.steps_done, self.steps_total)
-        self.last_step_at = time.perf_counter()
-        # Never stop early: the length is set by max_new_tokens.
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    index: int  # position in the batch given to generate_batch
+    loaded: LoadedMusicGen
+    seed: int
+    clock: _PhaseClock
+    row: DecodingRow
+    prompt_frames: int
+    new_frames: int
 
 
-class _WeakGuidance(LogitsProcessor):
-    """audiocraft's CFG for coefficients below 1 (down to 0 = unconditional).
-
-    transformers only runs the unconditional branch for guidance_scale > 1. For a coefficient `cfg` < 1
-    we ask it for `guidance_scale=scale` and, before its CFG processor, rewrite the conditional half as
-    `uncond + (cfg/scale) * (cond - uncond)`, so its `uncond + scale * (cond' - uncond)` equals
-    audiocraft's `uncond + cfg * (cond - uncond)`.
-    """
-
-    def __init__(self, cfg: float, transformers_scale: float):
-        self.ratio = cfg / transformers_scale
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
-        cond, uncond = scores.chunk(2, dim=0)
-        return torch.cat([uncond + self.ratio * (cond - uncond), uncond], dim=0)
-
-
-_WEAK_GUIDANCE_SCALE = 2.0
-
-
-def generation_kwargs(request: GenerationRequest) -> tuple[dict[str, Any], list[LogitsProcessor]]:
-    """transformers `generate` keyword arguments (and extra logits processors) for the request's sampling.
-
-    Everything is set explicitly so nothing leaks in from a checkpoint's saved generation_config
-    (which usually has do_sample/guidance_scale/top_k/max_length of its own).
-    """
-    kwargs: dict[str, Any] = {
-        "num_beams": 1,
-        "num_return_sequences": 1,
-        "repetition_penalty": 1.0,
-        "use_cache": True,
-        "return_dict_in_generate": False,
-    }
-    processors: list[LogitsProcessor] = []
-    if request.temperature == 0:
-        # audiocraft: temperature 0 (or no sampling) means argmax.
-        kwargs.update(do_sample=False, temperature=1.0, top_k=0, top_p=1.0)
-    elif request.top_p > 0:
-        # audiocraft uses top_p alone when it is set; transformers would apply both.
-        kwargs.update(do_sample=True, temperature=request.temperature, top_k=0, top_p=request.top_p)
-    else:
-        kwargs.update(do_sample=True, temperature=request.temperature, top_k=request.top_k, top_p=1.0)
-    cfg = request.classifier_free_guidance
-    if cfg == 1:
-        # uncond + 1*(cond - uncond) == cond: transformers skips the unconditional branch (faster, same math).
-        kwargs["guidance_scale"] = 1.0
-    elif cfg > 1:
-        kwargs["guidance_scale"] = cfg
-    else:
-        kwargs["guidance_scale"] = _WEAK_GUIDANCE_SCALE
-        processors.append(_WeakGuidance(cfg, _WEAK_GUIDANCE_SCALE))
-    return kwargs, processors
+def sampling_of(request: GenerationRequest) -> Sampling:
+    """The decoding loop's sampling settings for a request (audiocraft's rules live in `pick_codes`)."""
+    return Sampling(
+        top_k=request.top_k,
+        top_p=request.top_p,
+        temperature=request.temperature,
+        guidance=request.classifier_free_guidance,
+    )
 
 
 class MusicGenEngine:
@@ -198,6 +154,7 @@ class MusicGenEngine:
         self.settings = settings
         self.cache = cache if cache is not None else ModelCache(settings)
         self._demucs: torch.nn.Module | None = stem_separator
+        self._decoders: list[MusicGenDecoder] = []
 
     # -- public API ------------------------------------------------------------------------------
     def generate(
@@ -208,82 +165,54 @@ class MusicGenEngine:
         on_progress: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
     ) -> GeneratedAudio:
-        """Generate the audio of `request`.
+        """Generate the audio of `request` (a batch of one).
 
         `model_source` overrides the configured checkpoint of the request's model version.
         `on_progress(steps_done, steps_total)` is called after every decoder step; when `is_cancelled()`
         turns true the job stops between two steps with GenerationCancelled. Raises RequestError for
         anything the person can fix.
         """
-        request.validate()
+        job = EngineJob(request, model_source, on_progress, is_cancelled)
+        (outcome,) = self.generate_batch([job])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def generate_batch(self, jobs: Sequence[EngineJob]) -> list[GeneratedAudio | Exception]:
+        """Generate every job; one entry per job, in order: its audio, or the exception that ended it
+        (RequestError for a request the person can fix, GenerationCancelled, or another error).
+
+        Music jobs that share a model decode as one batch (rows whose conditioning prefix or prompt
+        differ in length run as separate batches, one after the other); encode-decode jobs run alone.
+        A job's failure (a bad request, a cancellation) never touches the others' results.
+        """
+        outcomes: list[GeneratedAudio | Exception | None] = [None] * len(jobs)
+        prepared: list[_PreparedMusic] = []
+        for index, job in enumerate(jobs):
+            try:
+                if job.request.validate().model_version == "encode-decode":
+                    outcomes[index] = self._encode_decode(job)
+                else:
+                    prepared.append(self._prepare_music(index, job))
+            except Exception as error:
+                outcomes[index] = self._job_failed(error)
+        for group in _decoding_groups(prepared):
+            for index, outcome in self._decode_group(group):
+                outcomes[index] = outcome
+        return [outcome if outcome is not None else RuntimeError("job was not run") for outcome in outcomes]
+
+    # -- music -----------------------------------------------------------------------------------
+    def _prepare_music(self, index: int, job: EngineJob) -> _PreparedMusic:
+        request = job.request
         clock = _PhaseClock()
         seed = choose_seed(request.seed)
-        if request.model_version == "encode-decode":
-            wav, sample_rate = self._encode_decode(request, model_source, clock)
-        else:
-            wav, sample_rate = self._generate_music(
-                request, model_source, seed, clock, on_progress, is_cancelled
-            )
-        return GeneratedAudio(wav=wav, sample_rate=sample_rate, seed=seed, timings=clock.finish())
-
-    def generate_to_file(
-        self,
-        job_id: str,
-        request: GenerationRequest,
-        output_dir: str | Path,
-        *,
-        model_source: str | None = None,
-        on_progress: ProgressCallback | None = None,
-        is_cancelled: CancelCheck | None = None,
-    ) -> GenerationResult:
-        """Generate, normalise (request.normalization_strategy) and write `<output_dir>/<job_id>.<format>`."""
-        started = time.perf_counter()
-        generated = self.generate(
-            request, model_source=model_source, on_progress=on_progress, is_cancelled=is_cancelled
-        )
-        write_started = time.perf_counter()
-        normalized = audio.normalize_audio(
-            generated.wav, request.normalization_strategy, generated.sample_rate
-        )
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path = audio.write_audio(
-            normalized,
-            generated.sample_rate,
-            output_dir / f"{job_id}.{request.output_format}",
-            request.output_format,
-        )
-        timings = dict(generated.timings)
-        timings["write"] = time.perf_counter() - write_started
-        timings["total"] = time.perf_counter() - started
-        return GenerationResult(
-            job_id=job_id,
-            output_path=str(path),
-            output_format=request.output_format,
-            seed=generated.seed,
-            sample_rate=generated.sample_rate,
-            channels=generated.channels,
-            duration_s=generated.duration_s,
-            timings=timings,
-        )
-
-    # -- modes -----------------------------------------------------------------------------------
-    def _generate_music(
-        self,
-        request: GenerationRequest,
-        model_source: str | None,
-        seed: int,
-        clock: _PhaseClock,
-        on_progress: ProgressCallback | None,
-        is_cancelled: CancelCheck | None,
-    ) -> tuple[torch.Tensor, int]:
         # Models are loaded outside inference mode: their weights must stay ordinary tensors for
         # other users of the cache.
-        loaded = self.cache.get(request.model_version, model_source)
+        loaded = self.cache.get(request.model_version, job.model_source)
         follows_melody = request.input_audio is not None and not request.continuation
         if follows_melody and not loaded.supports_melody:
             # Name an overriding checkpoint (CLI --model): then the version alone would mislead.
-            which = f"checkpoint {model_source}" if model_source else f"{request.model_version} model"
+            which = f"checkpoint {job.model_source}" if job.model_source else f"{request.model_version} model"
             raise RequestError(
                 f"The {which} can't follow a melody; choose model_version melody (or a "
                 "melody-based fine-tune), or set continuation to continue the clip instead."
@@ -291,69 +220,108 @@ class MusicGenEngine:
         separator = self._stem_separator(loaded.device) if follows_melody else None
         clock.lap("load")
         with torch.inference_mode():
-            return self._run_music_model(request, loaded, separator, seed, clock, on_progress, is_cancelled)
-
-    def _run_music_model(
-        self,
-        request: GenerationRequest,
-        loaded: LoadedMusicGen,
-        separator: torch.nn.Module | None,
-        seed: int,
-        clock: _PhaseClock,
-        on_progress: ProgressCallback | None,
-        is_cancelled: CancelCheck | None,
-    ) -> tuple[torch.Tensor, int]:
-        # Seed before anything random (demucs' random shifts included).
-        seed_everything(seed)
-        model = loaded.model
-        inputs = self._text_inputs(loaded, request.prompt)
-        hop_length = loaded.sample_rate // loaded.frame_rate
+            # Seed before anything random (demucs' random shifts included).
+            seed_everything(seed)
+            prompt_codes = None
+            chroma = None
+            if request.input_audio is not None and request.continuation:
+                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
+                prompt_codes = self._encode_prompt(loaded, clip)
+            elif request.input_audio is not None:
+                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
+                chroma = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
+            conditioning = self._conditioning(loaded, request.prompt, chroma)
         new_frames = request.duration * loaded.frame_rate
-        prompt_frames = 0
-        if request.input_audio is not None and request.continuation:
-            clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-            prompt_codes = self._encode_prompt(loaded, clip)
-            prompt_frames = int(prompt_codes.shape[-1])
-            inputs["decoder_input_ids"] = prompt_codes
-        elif request.input_audio is not None:
-            clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-            inputs["input_features"] = self._melody_chroma(loaded, clip, separator).to(
-                loaded.device, loaded.dtype
-            )
-
-        num_codebooks = int(model.decoder.config.num_codebooks)
+        num_codebooks = int(loaded.model.decoder.config.num_codebooks)
         channel_codebooks = num_codebooks // 2 if loaded.audio_channels == 2 else num_codebooks
-        # The delay pattern leaves the last codebook channel_codebooks - 1 steps behind the first.
-        max_new_tokens = new_frames + channel_codebooks - 1
-        sampling, extra_processors = generation_kwargs(request)
-        monitor = _StepMonitor(max_new_tokens, on_progress, is_cancelled)
-        clock.lap("prepare")
-        if is_cancelled is not None and is_cancelled():
-            raise GenerationCancelled("cancelled before generation started")
-
-        output = model.generate(
-            **inputs,
-            **sampling,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=0,
-            logits_processor=LogitsProcessorList(extra_processors),
-            stopping_criteria=StoppingCriteriaList([monitor]),
+        generator = torch.Generator(device=loaded.device)
+        generator.manual_seed(seed)
+        row = DecodingRow(
+            conditioning=conditioning,
+            # The delay pattern leaves the last codebook channel_codebooks - 1 steps behind the first.
+            new_steps=new_frames + channel_codebooks - 1,
+            sampling=sampling_of(request),
+            generator=generator,
+            prompt_codes=prompt_codes,
+            on_progress=job.on_progress,
+            is_cancelled=job.is_cancelled,
         )
-        # transformers decodes the codes inside generate; the decoder loop ends at the last step.
-        clock.lap("generate", until=monitor.last_step_at)
-        clock.lap("decode")
-        wav = output[0].float().cpu()
-        expected = (prompt_frames + new_frames) * hop_length
-        return _fit_length(wav, expected), loaded.sample_rate
+        clock.lap("prepare")
+        prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+        return _PreparedMusic(index, loaded, seed, clock, row, prompt_frames, new_frames)
 
-    def _encode_decode(
-        self, request: GenerationRequest, model_source: str | None, clock: _PhaseClock
-    ) -> tuple[torch.Tensor, int]:
+    def _decode_group(self, group: list[_PreparedMusic]) -> list[tuple[int, GeneratedAudio | Exception]]:
+        loaded = group[0].loaded
+        decoder = self._decoder_for(loaded)
+        for job in group:
+            job.clock.restart()
+        try:
+            with torch.inference_mode():
+                decoded = decoder.decode([job.row for job in group])
+        except Exception as error:
+            # Not one job's fault (the batch itself failed): every job of it reports the error.
+            logger.exception("a batch of %d job(s) failed", len(group))
+            return [(job.index, self._job_failed(error)) for job in group]
+        outcomes: list[tuple[int, GeneratedAudio | Exception]] = []
+        for job, result in zip(group, decoded, strict=True):
+            if isinstance(result, GenerationCancelled):
+                outcomes.append((job.index, result))
+                continue
+            try:
+                outcomes.append((job.index, self._finish_music(job, result)))
+            except Exception as error:
+                outcomes.append((job.index, self._job_failed(error)))
+        return outcomes
+
+    def _finish_music(self, job: _PreparedMusic, decoded: DecodedRow) -> GeneratedAudio:
+        job.clock.lap("generate", until=decoded.finished_at)
+        job.clock.restart()
+        loaded = job.loaded
+        with torch.inference_mode():
+            wav = self._decode_codes(loaded, decoded.codes)
+        job.clock.lap("decode")
+        hop_length = loaded.sample_rate // loaded.frame_rate
+        expected = (job.prompt_frames + job.new_frames) * hop_length
+        return GeneratedAudio(
+            wav=_fit_length(wav, expected),
+            sample_rate=loaded.sample_rate,
+            seed=job.seed,
+            timings=job.clock.finish(),
+        )
+
+    def _decoder_for(self, loaded: LoadedMusicGen) -> MusicGenDecoder:
+        """The decoding loop of a model, set up as `[engine] static_cache` and `compile` say; kept
+        while the model is cached (a compiled forward pass is worth keeping)."""
+        self._decoders = [d for d in self._decoders if self.cache.holds(d.model)]
+        for decoder in self._decoders:
+            if decoder.model is loaded.model:
+                return decoder
+        options = self.settings.engine
+        factory = _static_cache_factory(loaded.model) if options.static_cache else None
+        decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
+        if options.compile:
+            decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
+        self._decoders.append(decoder)
+        return decoder
+
+    @staticmethod
+    def _job_failed(error: Exception) -> Exception:
+        if not isinstance(error, RequestError | GenerationCancelled):
+            logger.error("job failed: %s", error, exc_info=error)
+        return error
+
+    # -- encode-decode -----------------------------------------------------------------------------
+    def _encode_decode(self, job: EngineJob) -> GeneratedAudio:
         # `duration` does not apply: the output is as long as the (trimmed) input clip.
-        compression = self.cache.get_compression(model_source)
+        clock = _PhaseClock()
+        seed = choose_seed(job.request.seed)
+        if job.is_cancelled is not None and job.is_cancelled():
+            raise GenerationCancelled("cancelled before generation started")
+        compression = self.cache.get_compression(job.model_source)
         clock.lap("load")
         with torch.inference_mode():
-            return self._run_compression_model(request, compression, clock)
+            wav, sample_rate = self._run_compression_model(job.request, compression, clock)
+        return GeneratedAudio(wav=wav, sample_rate=sample_rate, seed=seed, timings=clock.finish())
 
     def _run_compression_model(
         self, request: GenerationRequest, compression: LoadedCompression, clock: _PhaseClock
@@ -370,14 +338,79 @@ class MusicGenEngine:
         return _fit_length(wav, clip.shape[-1]), compression.sample_rate
 
     # -- inputs ----------------------------------------------------------------------------------
-    def _text_inputs(self, loaded: LoadedMusicGen, prompt: str | None) -> dict[str, torch.Tensor]:
+    def _conditioning(
+        self, loaded: LoadedMusicGen, prompt: str | None, chroma: torch.Tensor | None
+    ) -> Conditioning:
+        """The decoder's conditioning for one job, computed alone (batch 1) so that it is the same
+        whatever the batch: transformers' text-then-null-condition recipe for musicgen and musicgen-melody."""
+        model = loaded.model
         tokens = loaded.tokenizer([prompt or ""], return_tensors="pt")
         input_ids = tokens["input_ids"].to(loaded.device)
-        attention_mask = tokens["attention_mask"].to(loaded.device)
+        mask = tokens["attention_mask"].to(loaded.device)
         if prompt is None:
             # audiocraft conditions a missing description on "" with its mask zeroed: no text at all.
-            attention_mask = torch.zeros_like(attention_mask)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+            mask = torch.zeros_like(mask)
+        text = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if loaded.supports_melody:
+            return self._prefix_conditioning(loaded, text, mask, chroma)
+        decoder_config = model.decoder.config
+        if (
+            model.text_encoder.config.hidden_size != decoder_config.hidden_size
+            and decoder_config.cross_attention_hidden_size is None
+        ):
+            states = model.enc_to_dec_proj(text)
+            null_states = model.enc_to_dec_proj(torch.zeros_like(text))
+        else:
+            states, null_states = text, torch.zeros_like(text)
+        null_mask = torch.zeros_like(mask)
+        return Conditioning(
+            states=(states * mask[..., None])[0],
+            mask=mask[0],
+            null_states=(null_states * null_mask[..., None])[0],
+            null_mask=null_mask[0],
+        )
+
+    @staticmethod
+    def _prefix_conditioning(
+        loaded: LoadedMusicGen, text: torch.Tensor, mask: torch.Tensor, chroma: torch.Tensor | None
+    ) -> Conditioning:
+        """musicgen-melody reads its conditioning as a prefix: the chroma (or the null chroma: all
+        weight on bin 0), projected and tiled to `chroma_length` frames, then the projected text."""
+        model = loaded.model
+        if model.text_encoder.config.hidden_size != model.decoder.config.hidden_size:
+            text = model.enc_to_dec_proj(text)
+        null_text = torch.zeros_like(text)
+        text = text * mask[..., None]
+        template = chroma if chroma is not None else text.new_zeros((1, 1, model.config.num_chroma))
+        null_chroma = torch.zeros_like(template)
+        null_chroma[:, :, 0] = 1
+        melody = chroma if chroma is not None else null_chroma
+
+        def prefix(chroma_frames: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+            states = chroma_frames
+            if model.config.num_chroma != model.decoder.config.hidden_size:
+                states = model.audio_enc_to_dec_proj(states)
+            length = model.config.chroma_length
+            if states.shape[1] < length:
+                states = states.repeat(1, math.ceil(length / states.shape[1]), 1)
+            return torch.cat([states[:, :length], text_states], dim=1)[0]
+
+        return Conditioning(
+            states=prefix(melody, text), mask=None, null_states=prefix(null_chroma, null_text), null_mask=None
+        )
+
+    def _decode_codes(self, loaded: LoadedMusicGen, codes: torch.Tensor) -> torch.Tensor:
+        """Audio [channels, samples] of codes [codebooks, frames] through the model's EnCodec
+        (stereo models interleave left/right codebooks)."""
+        codec = loaded.model.audio_encoder
+        batch = codes[None, None]  # [1 chunk, 1 item, K, frames]
+        if loaded.audio_channels == 2:
+            left = codec.decode(batch[:, :, ::2], audio_scales=[None]).audio_values
+            right = codec.decode(batch[:, :, 1::2], audio_scales=[None]).audio_values
+            values = torch.cat([left, right], dim=1)
+        else:
+            values = codec.decode(batch, audio_scales=[None]).audio_values
+        return values[0].float().cpu()
 
     def _load_input(self, request: GenerationRequest, sample_rate: int, channels: int) -> torch.Tensor:
         """The input clip decoded at `sample_rate`/`channels` and trimmed to [start*sr : end*sr]."""
@@ -445,3 +478,32 @@ def _fit_length(wav: torch.Tensor, samples: int) -> torch.Tensor:
             logger.warning("decoded audio is %d samples short of %d", samples - length, samples)
         return torch.nn.functional.pad(wav, (0, samples - length))
     return wav
+
+
+# Static caches are sized up to a multiple of this many positions, so that batches of nearby
+# lengths share one compiled graph instead of compiling their own.
+STATIC_CACHE_GRANULE = 256
+
+
+def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
+    """Fixed-size key/value caches for the decoder's self-attention (the cross-attention keys are
+    computed once and have a fixed size already)."""
+    from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+    config = model.decoder.config
+
+    def make(rows: int, positions: int) -> Any:
+        size = math.ceil(positions / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
+        return EncoderDecoderCache(
+            StaticCache(config=config, max_cache_len=size), DynamicCache(config=config)
+        )
+
+    return make
+
+
+def _decoding_groups(prepared: list[_PreparedMusic]) -> list[list[_PreparedMusic]]:
+    """Jobs that can decode as one batch: the same model, and rows of the same shape."""
+    groups: dict[tuple[int, tuple[int, int]], list[_PreparedMusic]] = {}
+    for job in prepared:
+        groups.setdefault((id(job.loaded.model), job.row.shape_key()), []).append(job)
+    return list(groups.values())

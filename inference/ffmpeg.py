@@ -373,6 +373,48 @@ def probe_duration(
     return duration_s
 
 
+# -- MP3 encoding ----------------------------------------------------------------------------
+
+MP3_BITRATE = "320k"
+
+
+def encode_mp3(
+    output: str | os.PathLike[str],
+    *,
+    wav_file: str | os.PathLike[str] | None = None,
+    samples: np.ndarray | None = None,
+    sample_rate: int = 0,
+    bitrate: str = MP3_BITRATE,
+) -> Path:
+    """The one MP3 encoder: ffmpeg's libmp3lame (CBR `bitrate`), in a child process like the decoder.
+
+    Encodes either a `wav_file` (the bot re-encoding a result) or float `samples` [samples, channels]
+    at `sample_rate` (the engine writing one); ~0.13 s for 30 s here, about 3x faster than
+    libsndfile's LAME. Raises RuntimeError with ffmpeg's message when it fails.
+    """
+    if (wav_file is None) == (samples is None):
+        raise ValueError("give exactly one of wav_file and samples")
+    if samples is not None:
+        channels = samples.shape[1]
+        source = ["-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0"]
+        data: bytes | None = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+        audio_seconds = samples.shape[0] / sample_rate
+    else:
+        source = ["-i", os.fspath(wav_file)]  # type: ignore[arg-type]
+        data = None
+        audio_seconds = DEFAULT_MAX_SECONDS
+    command = [
+        ffmpeg_executable(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *source,
+        "-c:a", "libmp3lame", "-b:a", bitrate, "-f", "mp3", os.fspath(output),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, input=data, capture_output=True, timeout=60.0 + audio_seconds, env=child_environment()
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")
+    return Path(output)
+
+
 # -- pydub -------------------------------------------------------------------------------------
 
 _SAMPLE_FORMAT_TOKEN = re.compile(r"^(?P<fmt>[su](?P<bits>\d{1,2})p?|fltp?|dblp?)(?: \(\d+ bit\))?$")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from inference.catalogue import ModelCatalogue
 from inference.convert import (
     COMPRESSION_STATE_FILE,
     LM_STATE_FILE,
@@ -98,10 +99,31 @@ def resolve_device(options: EngineOptions) -> torch.device:
 
 
 def resolve_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
-    """The weights' dtype from `[engine] dtype`: "auto" is float16 on CUDA and float32 elsewhere."""
+    """The weights' dtype from `[engine] dtype`. "auto": float16 on CUDA; on a CPU, bfloat16 where it
+    computes bfloat16 natively (avx512_bf16 or AMX), else float32 (emulated bfloat16 is slower)."""
     if options.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
     return _DTYPES[options.dtype]
+
+
+# CPU flags (Linux /proc/cpuinfo) of bfloat16 arithmetic in hardware: AVX-512 BF16, or AMX tiles.
+NATIVE_BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (from /proc/cpuinfo; False where it is unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags" and NATIVE_BFLOAT16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 def module_size_bytes(module: torch.nn.Module) -> int:
@@ -152,6 +174,7 @@ class ModelCache:
 
     def __init__(self, settings: EngineSettings):
         self.settings = settings
+        self.catalogue = ModelCatalogue(settings.models)
         self.device = resolve_device(settings.engine)
         self.dtype = resolve_dtype(settings.engine, self.device)
         self.budget_bytes = int(settings.engine.model_cache_gb * BYTES_PER_GB)
@@ -166,11 +189,9 @@ class ModelCache:
             raise ValueError("encode-decode has no MusicGen model; use get_compression()")
         chosen = source if source else self.settings.models.source_for(model_version)
         if not chosen:
-            if model_version == "finetuned":
-                raise RequestError(
-                    "No fine-tuned model is configured on this bot, so `finetuned` is not available. "
-                    "Pick another model version (small, medium, large or melody)."
-                )
+            reason = self.catalogue.unavailable_reason(model_version)
+            if reason is not None:
+                raise RequestError(reason)
             raise ModelLoadError(
                 f"no source is configured for model version {model_version!r} ([models] {model_version})"
             )
@@ -186,8 +207,13 @@ class ModelCache:
             return dataclasses.replace(entry, version=model_version)
 
     def get_compression(self, source: str | None = None) -> LoadedCompression:
-        """The EnCodec model of `[models] compression` (or `source`), for encode-decode."""
-        chosen = source if source else self.settings.models.compression
+        """The compression model (EnCodec) encode-decode runs through: that of `source`, else of the
+        model the bot serves (`ModelCatalogue.compression_source`). A MusicGen source (transformers
+        or audiocraft) gives its own EnCodec, so a fine-tune round-trips through the one it was
+        trained with; an EnCodec source is used as is."""
+        chosen = source if source else self.catalogue.compression_source()
+        if _is_musicgen_source(chosen):
+            return self._compression_of(self.get("finetuned", chosen))
         key = ("compression", chosen)
         with self._lock:
             entry = self._lookup(key)
@@ -198,11 +224,31 @@ class ModelCache:
             assert isinstance(entry, LoadedCompression)
             return entry
 
+    @staticmethod
+    def _compression_of(loaded: LoadedMusicGen) -> LoadedCompression:
+        """A MusicGen's own EnCodec (shared with it in the cache, so it takes no memory of its own)."""
+        codec = loaded.model.audio_encoder
+        return LoadedCompression(
+            source=loaded.source,
+            model=codec,
+            sample_rate=int(codec.config.sampling_rate),
+            audio_channels=int(codec.config.audio_channels),
+            frame_rate=int(codec.config.frame_rate),
+            device=loaded.device,
+            dtype=CODEC_DTYPE,
+            size_bytes=0,
+        )
+
     @property
     def cached_sources(self) -> list[tuple[str, str]]:
         """(kind, source) of the cached models, least recently used first."""
         with self._lock:
             return list(self._entries)
+
+    def holds(self, model: Any) -> bool:
+        """Whether `model` is (still) one of the cached models."""
+        with self._lock:
+            return any(entry.model is model for entry in self._entries.values())
 
     @property
     def cached_bytes(self) -> int:
@@ -389,6 +435,20 @@ class ModelCache:
                     is_float = tensor_slice.get_dtype() in ("F64", "F32", "F16", "BF16")
                     total += numel * (target if is_float else stored)
         return total
+
+
+def _is_musicgen_source(source: str) -> bool:
+    """Whether a source holds a MusicGen (audiocraft export, or a transformers MusicGen config) rather
+    than an EnCodec. A hub id that cannot be read here is taken for an EnCodec (its loading then says why)."""
+    if is_audiocraft_checkpoint(source):
+        return True
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception:
+        return False
+    return config.model_type in ("musicgen", "musicgen_melody")
 
 
 def _hub_cache_folder(repo_id: str) -> Path | None:

@@ -1,27 +1,59 @@
-"""The narrow, typed messages between the bot (or CLI) and an inference worker process.
+"""Every message that crosses the process boundary between the bot (or CLI) and an inference worker.
 
-Everything here is plain picklable data: the worker and its client exchange these over a
-multiprocessing connection, and nothing else crosses the process boundary.
+The protocol is closed: the worker and its client exchange these classes over a multiprocessing
+connection and nothing else (no exceptions, no engine objects). All of them are plain picklable
+data, and every kind of a message is an enum, not a free string.
+
+A client submits a batch of jobs (`SubmitBatch`, one job is a batch of one); the worker answers
+each job of it on its own: `Started`, `Progress`..., then exactly one `GenerationResult` or
+`GenerationError`. `Cancel` names one job: the others of its batch go on.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from inference.request import GenerationRequest
+from inference.request import GenerationRequest, OutputFormat
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a job ended without a result; the client raises a different exception for each."""
+
+    # The person can fix the request (a RequestError in the engine); the message says how.
+    REQUEST = "request"
+    # Cancelled by its owner, an admin, or the worker shutting down.
+    CANCELLED = "cancelled"
+    # Our fault (a bug, a full disk): the message is for the log and the bot's owner.
+    INTERNAL = "internal"
 
 
 # -- client → worker ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Submit:
+class BatchJob:
+    """One job of a batch: its id (which names its output file) and its validated request."""
+
     job_id: str
     request: GenerationRequest
-    # Where the worker writes the finished file (a folder in the data directory).
+
+
+@dataclass(frozen=True)
+class SubmitBatch:
+    """Jobs the worker runs together in one batch (one engine call); a single job is a batch of one."""
+
+    jobs: tuple[BatchJob, ...]
+    # Where the worker writes the finished files (a folder in the data directory).
     output_dir: str
+
+    @property
+    def job_ids(self) -> tuple[str, ...]:
+        return tuple(job.job_id for job in self.jobs)
 
 
 @dataclass(frozen=True)
 class Cancel:
+    """Cancel one job, waiting or running; the rest of its batch is not disturbed."""
+
     job_id: str
 
 
@@ -40,6 +72,14 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class StartupFailed:
+    """Sent instead of `Ready` when the worker cannot build its engine."""
+
+    message: str
+    details: str  # the child's traceback, for the log
+
+
+@dataclass(frozen=True)
 class Started:
     job_id: str
 
@@ -55,7 +95,7 @@ class Progress:
 class GenerationResult:
     job_id: str
     output_path: str
-    output_format: str
+    output_format: OutputFormat
     seed: int
     sample_rate: int
     channels: int
@@ -68,9 +108,10 @@ class GenerationResult:
 class GenerationError:
     job_id: str
     message: str
-    # "request": the person can fix it (RequestError); "cancelled"; "internal": our fault.
-    kind: str = "internal"
+    kind: ErrorKind = ErrorKind.INTERNAL
 
 
-WorkerCommand = Submit | Cancel | Shutdown
-WorkerEvent = Ready | Started | Progress | GenerationResult | GenerationError
+WorkerCommand = SubmitBatch | Cancel | Shutdown
+WorkerEvent = Ready | StartupFailed | Started | Progress | GenerationResult | GenerationError
+# The events that end a job: each job of a batch gets exactly one.
+JobOutcome = GenerationResult | GenerationError

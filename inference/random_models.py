@@ -22,6 +22,15 @@ from typing import Any, Literal
 
 import torch
 
+from inference import layout
+from inference.convert import (
+    COMPRESSION_STATE_FILE,
+    DEFAULT_COMPRESSION_ID,
+    LM_STATE_FILE,
+    transformers_to_encodec_state,
+    transformers_to_lm_state,
+)
+
 ModelArchitecture = Literal["small", "medium", "large", "melody"]
 CheckpointFormat = Literal["transformers", "audiocraft"]
 
@@ -29,8 +38,6 @@ SAMPLE_RATE = 32_000
 FRAME_RATE = 50
 NUM_CODEBOOKS = 4
 CODEBOOK_SIZE = 2048
-# The delay pattern swallows num_codebooks - 1 steps; the published generation configs allow 30 s.
-MAX_GENERATION_LENGTH = 1503
 T5_VOCAB_SIZE = 32_128  # t5-base's embedding rows (its sentencepiece vocab plus 100 sentinels, padded)
 
 TEXT_ENCODER_DIR = "text_encoder"
@@ -150,58 +157,26 @@ def decoder_shape(model_version: str, *, tiny: bool) -> DecoderShape:
 
 def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: int = 1) -> Any:
     """The composite MusicgenConfig / MusicgenMelodyConfig of a model version."""
-    from transformers import (
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig,
-    )
-
     shape = decoder_shape(model_version, tiny=tiny)
     melody = model_version == "melody"
-    decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
-    decoder = decoder_class(
-        vocab_size=CODEBOOK_SIZE,
-        max_position_embeddings=2048,
-        num_hidden_layers=shape.num_layers,
-        ffn_dim=shape.ffn_dim,
-        num_attention_heads=shape.num_heads,
-        hidden_size=shape.hidden_size,
-        activation_function="gelu",
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
+    decoder = layout.decoder_config(
+        melody=melody,
+        codebook_size=CODEBOOK_SIZE,
         num_codebooks=NUM_CODEBOOKS,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        num_heads=shape.num_heads,
+        ffn_dim=shape.ffn_dim,
         audio_channels=audio_channels,
-        pad_token_id=CODEBOOK_SIZE,
-        bos_token_id=CODEBOOK_SIZE,
-        tie_word_embeddings=False,
     )
-    parts: dict[str, Any] = dict(
-        text_encoder=t5_config(tiny=tiny).to_dict(),
-        audio_encoder=encodec_config(tiny=tiny, audio_channels=audio_channels).to_dict(),
-        decoder=decoder.to_dict(),
+    return layout.musicgen_config(
+        text_encoder=t5_config(tiny=tiny),
+        audio_encoder=encodec_config(tiny=tiny, audio_channels=audio_channels),
+        decoder=decoder,
+        melody=melody,
+        num_chroma=MELODY_NUM_CHROMA,
+        chroma_length=MELODY_CHROMA_LENGTH,
     )
-    if melody:
-        config = MusicgenMelodyConfig(
-            num_chroma=MELODY_NUM_CHROMA, chroma_length=MELODY_CHROMA_LENGTH, **parts
-        )
-    else:
-        config = MusicgenConfig(**parts)
-    # Models composed by hand otherwise keep _attn_implementation=None and compute wrong logits
-    # (ENGINE-NOTES); sdpa is what from_pretrained would pick.
-    set_attn_implementation(config, "sdpa")
-    return config
-
-
-def set_attn_implementation(config: Any, implementation: str) -> None:
-    """Set the attention implementation on a composite config's decoder and text encoder."""
-    # EnCodec has no attention and refuses any setting, so it is left out by name.
-    config._attn_implementation = {
-        "": implementation,
-        "text_encoder": implementation,
-        "decoder": implementation,
-    }
 
 
 def build_tokenizer(*, vocab_size: int) -> Any:
@@ -283,14 +258,7 @@ def randomize_layer_norms(module: torch.nn.Module, generator: torch.Generator) -
 
 def generation_defaults(model: Any, *, guidance_scale: float = 3.0) -> None:
     """The generation config of the published checkpoints: sampling, top-k 250, cfg 3, 30 s."""
-    gc = model.generation_config
-    gc.do_sample = True
-    gc.top_k = 250
-    gc.guidance_scale = guidance_scale
-    gc.max_length = MAX_GENERATION_LENGTH
-    gc.decoder_start_token_id = CODEBOOK_SIZE
-    gc.pad_token_id = CODEBOOK_SIZE
-    gc.bos_token_id = CODEBOOK_SIZE
+    layout.set_generation_defaults(model, codebook_size=CODEBOOK_SIZE, guidance_scale=guidance_scale)
 
 
 def build_random_musicgen(model_version: str, *, tiny: bool = False, seed: int = 0) -> Any:
@@ -388,17 +356,9 @@ def save_encodec_feature_extractor(folder: Path, *, audio_channels: int) -> None
 
 def save_tokenizer_and_processor(folder: Path, tokenizer: Any, *, melody: bool, audio_channels: int) -> None:
     """Save the tokenizer, and for text-only models the MusicgenProcessor (AutoProcessor works)."""
-    tokenizer.save_pretrained(folder)
-    if melody:
-        # MusicgenMelodyFeatureExtractor cannot even be built without torchaudio (no build exists for
-        # current torch); the engine computes the chroma itself, so the folder holds the tokenizer only.
-        return
-    from transformers import EncodecFeatureExtractor, MusicgenProcessor
-
-    feature_extractor = EncodecFeatureExtractor(
-        feature_size=audio_channels, sampling_rate=SAMPLE_RATE, padding_value=0.0
+    layout.save_tokenizer_and_processor(
+        folder, tokenizer, melody=melody, audio_channels=audio_channels, sample_rate=SAMPLE_RATE
     )
-    MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
 
 
 def write_audiocraft_checkpoint(
@@ -417,14 +377,6 @@ def write_audiocraft_checkpoint(
     written `xp.cfg`, e.g. to produce a checkpoint with features the converter must refuse.
     """
     from omegaconf import OmegaConf
-
-    from inference.convert import (
-        COMPRESSION_STATE_FILE,
-        DEFAULT_COMPRESSION_ID,
-        LM_STATE_FILE,
-        transformers_to_encodec_state,
-        transformers_to_lm_state,
-    )
 
     cfg = OmegaConf.create(
         audiocraft_lm_cfg(model, model_version=model_version, guidance_scale=guidance_scale)

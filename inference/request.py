@@ -197,3 +197,20 @@ _REAL_NUMBER_FIELDS = (
 
 # Every input's default, for the front ends (slash command options, CLI flags) to show and use.
 REQUEST_DEFAULTS = GenerationRequest()
+
+
+def batch_key(request: GenerationRequest, model_source: str | None = None) -> tuple[str, ...] | None:
+    """Requests with equal keys may decode as one batch; None: the request runs alone.
+
+    The same model (version and checkpoint) and the same kind of conditioning share a batch: text
+    jobs with text jobs, melody jobs with melody jobs; seeds, sampling settings, durations and
+    normalisations may all differ. encode-decode has no decoder to share, and a continuation's
+    prompt codes set the positions of everything after them, so prompts of different lengths
+    cannot share a batch: both run alone.
+    """
+    if request.model_version == "encode-decode":
+        return None
+    if request.input_audio is not None and request.continuation:
+        return None
+    conditioning = "melody" if request.input_audio is not None else "text"
+    return (request.model_version, model_source or "", conditioning)

@@ -46,12 +46,18 @@ class ModelSources(_Section):
 class EngineOptions(_Section):
     # "auto" picks cuda when torch sees a GPU, else cpu. "cuda:1" pins a card.
     device: str = "auto"
-    # "auto": float16 on CUDA, float32 on CPU. bfloat16 is often faster on CPUs with avx512_bf16.
+    # "auto": float16 on CUDA; on CPU bfloat16 where the CPU has native bf16 (avx512_bf16 or AMX),
+    # else float32.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # torch intra-op threads in the worker; 0 leaves torch's default.
     cpu_threads: int = Field(default=0, ge=0)
     # Memory budget of the model cache (LRU); models that do not fit evict older ones.
     model_cache_gb: float = Field(default=16.0, gt=0)
+    # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
+    static_cache: bool = False
+    # torch.compile the decoder step; on CUDA with static_cache the steps replay as CUDA graphs.
+    # Compiling takes minutes on a CPU for a few percent there: meant for GPUs.
+    compile: bool = False
     # Decoding of uploads runs in a subprocess with this timeout (hostile or broken files).
     decode_timeout_s: float = Field(default=30.0, gt=0)
     # Longest input clip, in seconds. Not an [engine] key: it is `[limits] max_input_seconds`, copied

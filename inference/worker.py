@@ -1,8 +1,12 @@
-"""The inference worker process: one engine, one job at a time, driven by `inference.protocol`.
+"""The inference worker process: one engine, one batch at a time, driven by `inference.protocol`.
 
 `main(conn, settings)` is the target of a "spawn" process started by `inference.client`. It builds
-the engine, sends `Ready`, then runs the submitted jobs in order. A reader thread keeps receiving
-commands while a job runs, so a `Cancel` reaches the engine between two decoder steps.
+the engine, sends `Ready`, then runs the submitted batches in order, each as one
+`MusicGenEngine.generate_batch` call. A reader thread keeps receiving commands while a batch runs,
+so a `Cancel` reaches the engine between two decoder steps and drops that one job from its batch.
+
+The worker turns the engine's audio into protocol messages: it normalises and writes each job's
+file and answers every job of a batch with exactly one `GenerationResult` or `GenerationError`.
 
 This module must stay importable without torch: the client references `main` by name, and the bot
 process that imports the client never loads torch. The engine is imported inside `main`.
@@ -12,52 +16,50 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.errors import GenerationCancelled
 from inference.protocol import (
+    BatchJob,
     Cancel,
+    ErrorKind,
     GenerationError,
     GenerationResult,
+    JobOutcome,
     Progress,
     Ready,
     Shutdown,
     Started,
-    Submit,
+    StartupFailed,
+    SubmitBatch,
     WorkerEvent,
 )
 from inference.request import RequestError
 from inference.settings import EngineSettings
 
 if TYPE_CHECKING:
-    from inference.engine import MusicGenEngine
+    from inference.engine import GeneratedAudio, MusicGenEngine
 
 logger = logging.getLogger(__name__)
 
-# Progress is sent at most this often (plus the first and the last step): a 30 s generation has
-# 1500 decoder steps, far more messages than anyone watching needs.
+# Progress is sent at most this often per job (plus the first and the last step): a 30 s generation
+# has 1500 decoder steps, far more messages than anyone watching needs.
 PROGRESS_MIN_INTERVAL_S = 0.1
 # Internal error messages cross to the bot, which may show them to an admin; keep them short.
 MAX_ERROR_MESSAGE_CHARS = 300
 
 
-@dataclass(frozen=True)
-class StartupFailed:
-    """Sent instead of `Ready` when the worker cannot build its engine."""
-
-    message: str
-    details: str  # the child's traceback, for the log
-
-
 def main(conn: Connection, settings: EngineSettings) -> None:
-    """Entry point of a worker process: build the engine, report Ready, serve jobs until Shutdown."""
+    """Entry point of a worker process: build the engine, report Ready, serve batches until Shutdown."""
     # Ctrl-C in a terminal reaches the whole process group; the client decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not logging.getLogger().handlers:
@@ -105,16 +107,56 @@ def _short_message(exc: BaseException) -> str:
     return text
 
 
+def job_outcome(
+    job: BatchJob, generated: GeneratedAudio | BaseException, output_dir: str | Path
+) -> JobOutcome:
+    """The message that ends a job: its written file, or why there is none.
+
+    `generated` is what the engine returned for the job (audio, or the exception it failed with).
+    Writing happens here, so a full disk fails this job alone.
+    """
+    from inference.audio import write_generated  # imports torch: not at the top of this module
+
+    if isinstance(generated, RequestError):
+        return GenerationError(job.job_id, str(generated), ErrorKind.REQUEST)
+    if isinstance(generated, GenerationCancelled):
+        return GenerationError(job.job_id, "Cancelled.", ErrorKind.CANCELLED)
+    if isinstance(generated, BaseException):
+        logger.error("job %s failed", job.job_id, exc_info=generated)
+        return GenerationError(job.job_id, _short_message(generated), ErrorKind.INTERNAL)
+    write_started = time.perf_counter()
+    try:
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = write_generated(generated, job.request, folder / f"{job.job_id}.{job.request.output_format}")
+    except Exception as exc:
+        logger.exception("job %s: writing the audio failed", job.job_id)
+        return GenerationError(job.job_id, _short_message(exc), ErrorKind.INTERNAL)
+    timings = dict(generated.timings)
+    timings["write"] = time.perf_counter() - write_started
+    timings["total"] = timings.get("total", 0.0) + timings["write"]
+    return GenerationResult(
+        job_id=job.job_id,
+        output_path=str(path),
+        output_format=job.request.output_format,
+        seed=generated.seed,
+        sample_rate=generated.sample_rate,
+        channels=generated.channels,
+        duration_s=generated.duration_s,
+        timings=timings,
+    )
+
+
 class _WorkerLoop:
-    """Runs submitted jobs one at a time; a reader thread handles Cancel and Shutdown meanwhile."""
+    """Runs submitted batches one at a time; a reader thread handles Cancel and Shutdown meanwhile."""
 
     def __init__(self, conn: Connection, engine: MusicGenEngine) -> None:
         self._conn = conn
         self._engine = engine
         self._send_lock = threading.Lock()
         self._state = threading.Condition()
-        self._pending: collections.deque[Submit] = collections.deque()
-        self._running_job_id: str | None = None
+        self._pending: collections.deque[SubmitBatch] = collections.deque()
+        self._running_job_ids: set[str] = set()
         self._cancel_requested: set[str] = set()
         self._shutting_down = False
         self._client_gone = False
@@ -142,7 +184,7 @@ class _WorkerLoop:
                 # The client closed its end or died: nobody is left to receive results.
                 self._client_gone = True
                 command = Shutdown()
-            if isinstance(command, Submit):
+            if isinstance(command, SubmitBatch):
                 with self._state:
                     self._pending.append(command)
                     self._state.notify_all()
@@ -156,28 +198,37 @@ class _WorkerLoop:
 
     def _cancel(self, job_id: str) -> None:
         with self._state:
-            if job_id == self._running_job_id:
-                # The engine polls is_cancelled() between decoder steps and raises.
+            if job_id in self._running_job_ids:
+                # The engine polls this job's is_cancelled() between decoder steps and drops its row.
                 self._cancel_requested.add(job_id)
                 return
-            waiting = next((s for s in self._pending if s.job_id == job_id), None)
-            if waiting is None:
+            if not self._drop_waiting_job(job_id):
                 return  # already finished (its result is on the way) or never seen
-            self._pending.remove(waiting)
-        self.send(GenerationError(job_id, "Cancelled before it started.", kind="cancelled"))
+        self.send(GenerationError(job_id, "Cancelled before it started.", ErrorKind.CANCELLED))
+
+    def _drop_waiting_job(self, job_id: str) -> bool:
+        """Take a job out of the batch that waits with it (the caller holds the state lock)."""
+        for index, batch in enumerate(self._pending):
+            if job_id in batch.job_ids:
+                rest = tuple(job for job in batch.jobs if job.job_id != job_id)
+                if rest:
+                    self._pending[index] = SubmitBatch(rest, batch.output_dir)
+                else:
+                    del self._pending[index]
+                return True
+        return False
 
     def _shutdown(self) -> None:
         with self._state:
             self._shutting_down = True
-            dropped = list(self._pending)
+            dropped = [job.job_id for batch in self._pending for job in batch.jobs]
             self._pending.clear()
-            if self._running_job_id is not None:
-                self._cancel_requested.add(self._running_job_id)
+            self._cancel_requested.update(self._running_job_ids)
             self._state.notify_all()
-        for submit in dropped:
-            self.send(GenerationError(submit.job_id, "The worker is shutting down.", kind="cancelled"))
+        for job_id in dropped:
+            self.send(GenerationError(job_id, "The worker is shutting down.", ErrorKind.CANCELLED))
 
-    # -- the job loop (the main thread) ---------------------------------------------------------
+    # -- the batch loop (the main thread) -------------------------------------------------------
     def run(self) -> None:
         reader = threading.Thread(target=self._read_commands, name="worker-commands", daemon=True)
         reader.start()
@@ -187,23 +238,21 @@ class _WorkerLoop:
                     self._state.wait()
                 if self._shutting_down:
                     break
-                submit = self._pending.popleft()
-                self._running_job_id = submit.job_id
+                batch = self._pending.popleft()
+                self._running_job_ids = set(batch.job_ids)
             try:
-                self.send(self._run_job(submit))
+                self._run_batch(batch)
             finally:
                 with self._state:
-                    self._running_job_id = None
-                    self._cancel_requested.discard(submit.job_id)
+                    self._cancel_requested.difference_update(self._running_job_ids)
+                    self._running_job_ids = set()
         with contextlib.suppress(OSError):
             self._conn.close()
 
     def _is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancel_requested
 
-    def _run_job(self, submit: Submit) -> GenerationResult | GenerationError:
-        job_id = submit.job_id
-        self.send(Started(job_id))
+    def _progress_reporter(self, job_id: str) -> Callable[[int, int], None]:
         last_sent_at = 0.0
 
         def on_progress(steps_done: int, steps_total: int) -> None:
@@ -213,18 +262,26 @@ class _WorkerLoop:
                 last_sent_at = now
                 self.send(Progress(job_id, steps_done, steps_total))
 
-        try:
-            return self._engine.generate_to_file(
-                job_id,
-                submit.request,
-                submit.output_dir,
-                on_progress=on_progress,
-                is_cancelled=lambda: self._is_cancelled(job_id),
+        return on_progress
+
+    def _run_batch(self, batch: SubmitBatch) -> None:
+        from inference.engine import EngineJob
+
+        engine_jobs = []
+        for job in batch.jobs:
+            self.send(Started(job.job_id))
+            engine_jobs.append(
+                EngineJob(
+                    request=job.request,
+                    on_progress=self._progress_reporter(job.job_id),
+                    is_cancelled=functools.partial(self._is_cancelled, job.job_id),
+                )
             )
-        except RequestError as exc:
-            return GenerationError(job_id, str(exc), kind="request")
-        except GenerationCancelled:
-            return GenerationError(job_id, "Cancelled.", kind="cancelled")
+        try:
+            outcomes: list[GeneratedAudio | Exception] = self._engine.generate_batch(engine_jobs)
         except Exception as exc:
-            logger.exception("job %s failed", job_id)
-            return GenerationError(job_id, _short_message(exc), kind="internal")
+            # The engine answers per job; an exception out of the batch call itself fails all of it.
+            logger.exception("batch %s failed", ", ".join(batch.job_ids))
+            outcomes = [exc for _ in batch.jobs]
+        for job, generated in zip(batch.jobs, outcomes, strict=True):
+            self.send(job_outcome(job, generated, batch.output_dir))

@@ -1,13 +1,14 @@
-"""The fair queue on its own: round-robin across guilds, FIFO within one, caps, cancel, retry."""
+"""The fair queue on its own: round-robin across guilds, FIFO within one, caps, cancel, retry, batches."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.scheduler import FairScheduler, QueueLimits, ScheduledJob
+from bot.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob
 
-GUILD_A, GUILD_B, GUILD_C = 100, 200, 300
-ALICE, BOB, CAROL = 1, 2, 3
+GUILD_A, GUILD_B, GUILD_C, GUILD_D = 100, 200, 300, 400
+ALICE, BOB, CAROL, DAVE = 1, 2, 3, 4
+SMALL, MELODY = ("small",), ("melody",)
 
 
 def make_scheduler(per_user: int = 10, per_guild: int = 20) -> FairScheduler:
@@ -135,3 +136,139 @@ def test_a_job_cannot_be_scheduled_twice() -> None:
     scheduler.enqueue(ScheduledJob(1, GUILD_A, ALICE))
     with pytest.raises(ValueError):
         scheduler.enqueue(ScheduledJob(1, GUILD_A, ALICE))
+
+
+# -- batches ------------------------------------------------------------------------------------------
+def batching_scheduler(max_jobs: int = 4, max_audio_seconds: float = 1000.0) -> FairScheduler:
+    return FairScheduler(
+        QueueLimits(max_pending_per_user=10, max_pending_per_guild=20),
+        BatchLimits(max_jobs=max_jobs, max_audio_seconds=max_audio_seconds),
+    )
+
+
+def job(job_id: int, guild_id: int, key: object = SMALL, seconds: float = 8.0) -> ScheduledJob:
+    return ScheduledJob(job_id, guild_id, ALICE, batch_key=key, audio_seconds=seconds)
+
+
+def batches(scheduler: FairScheduler) -> list[list[int]]:
+    """Run every batch to its end, as the dispatcher does with one worker."""
+    started = []
+    while batch := scheduler.next_batch():
+        started.append([queued.job_id for queued in batch])
+        for queued in batch:
+            scheduler.finish(queued.job_id)
+    return started
+
+
+def test_a_batch_takes_jobs_in_round_robin_order_so_every_guild_gets_its_turn() -> None:
+    scheduler = batching_scheduler(max_jobs=3)
+    for job_id in (1, 2, 3, 4):
+        scheduler.enqueue(job(job_id, GUILD_A))
+    scheduler.enqueue(job(10, GUILD_B))
+    scheduler.enqueue(job(20, GUILD_C))
+    # The round-robin order is 1, 10, 20, 2, 3, 4: the flooding guild does not fill the first batch.
+    assert batches(scheduler) == [[1, 10, 20], [2, 3, 4]]
+
+
+def test_a_batch_is_capped_by_its_size_and_by_rows_times_the_longest_job() -> None:
+    scheduler = batching_scheduler(max_jobs=4, max_audio_seconds=60)
+    scheduler.enqueue(job(1, GUILD_A, seconds=10))
+    scheduler.enqueue(job(2, GUILD_B, seconds=20))
+    scheduler.enqueue(job(3, GUILD_C, seconds=10))  # 3 rows x 20 s = 60 s: fits
+    scheduler.enqueue(job(4, GUILD_D, seconds=10))  # 4 x 20 = 80 s: waits
+    assert batches(scheduler) == [[1, 2, 3], [4]]
+
+    sized = batching_scheduler(max_jobs=2)
+    for job_id, guild in ((1, GUILD_A), (2, GUILD_B), (3, GUILD_C)):
+        sized.enqueue(job(job_id, guild))
+    assert batches(sized) == [[1, 2], [3]]
+
+
+def test_batch_size_one_is_the_plain_round_robin() -> None:
+    scheduler = batching_scheduler(max_jobs=1)
+    for job_id in (1, 2):
+        scheduler.enqueue(job(job_id, GUILD_A))
+    scheduler.enqueue(job(10, GUILD_B))
+    assert batches(scheduler) == [[1], [10], [2]]
+
+
+def test_only_jobs_with_the_same_batch_key_share_a_batch_and_none_runs_alone() -> None:
+    scheduler = batching_scheduler()
+    scheduler.enqueue(job(1, GUILD_A, key=None))  # e.g. a continuation
+    scheduler.enqueue(job(2, GUILD_B))
+    scheduler.enqueue(job(3, GUILD_C, key=None))
+    scheduler.enqueue(job(4, GUILD_D))
+    assert batches(scheduler) == [[1], [2, 4], [3]]
+
+
+def test_a_job_that_cannot_join_goes_in_the_next_batch_and_is_never_passed_over_twice() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    scheduler.enqueue(job(1, GUILD_A, key=SMALL))
+    scheduler.enqueue(job(2, GUILD_B, key=MELODY))
+    scheduler.enqueue(job(3, GUILD_C, key=SMALL))
+    first = [queued.job_id for queued in scheduler.next_batch()]
+    assert first == [1, 3]  # job 2 is passed over once
+    # More small jobs arrive while the first batch runs, from guilds never served before: without the
+    # rule they would go first and make a batch without job 2 again.
+    scheduler.enqueue(job(4, GUILD_D, key=SMALL))
+    scheduler.enqueue(job(5, GUILD_A, key=SMALL))
+    assert scheduler.queued_in_order()[0].job_id == 2
+    for job_id in first:
+        scheduler.finish(job_id)
+    assert batches(scheduler) == [[2], [4, 5]]
+
+
+def test_a_batch_stops_growing_rather_than_pass_over_a_job_a_second_time() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    scheduler.enqueue(job(1, GUILD_A, key=SMALL))
+    scheduler.enqueue(job(2, GUILD_B, key=MELODY))
+    scheduler.enqueue(job(3, GUILD_C, key=("large",)))
+    scheduler.enqueue(job(4, GUILD_D, key=SMALL))
+    assert [queued.job_id for queued in scheduler.next_batch()] == [1, 4]  # 2 and 3 passed over once
+    scheduler.enqueue(job(5, GUILD_A, key=MELODY))
+    # 2 leads; 3 cannot join and was passed over already, so 5 (behind it) waits too.
+    assert [queued.job_id for queued in scheduler.next_batch()] == [2]
+    assert [queued.job_id for queued in scheduler.next_batch()] == [3]
+    assert [queued.job_id for queued in scheduler.next_batch()] == [5]
+
+
+def test_jobs_skipped_after_the_last_one_taken_were_not_passed_over() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    scheduler.enqueue(job(1, GUILD_A, key=SMALL))
+    scheduler.enqueue(job(2, GUILD_B, key=SMALL))
+    scheduler.enqueue(job(3, GUILD_A, key=MELODY))
+    assert [queued.job_id for queued in scheduler.next_batch()] == [1, 2]
+    scheduler.enqueue(job(4, GUILD_C, key=SMALL))
+    # Nothing behind job 3 was taken, so it keeps its ordinary place: a guild never served goes first.
+    assert [queued.job_id for queued in scheduler.queued_in_order()] == [4, 3]
+
+
+def test_retried_jobs_run_one_at_a_time_before_anything_else() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    for job_id, guild in ((1, GUILD_A), (2, GUILD_B), (3, GUILD_C)):
+        scheduler.enqueue(job(job_id, guild))
+    crashed = scheduler.next_batch()
+    assert [queued.job_id for queued in crashed] == [1, 2, 3]
+    scheduler.enqueue(job(4, GUILD_D))
+    for queued in crashed:  # the worker died under the batch: each is retried alone
+        scheduler.finish(queued.job_id)
+        scheduler.enqueue(queued, front=True)
+    assert batches(scheduler)[:3] == [[1], [2], [3]]
+
+
+def test_peeking_at_the_next_batch_changes_nothing_and_says_whether_it_could_grow() -> None:
+    scheduler = batching_scheduler(max_jobs=3)
+    scheduler.enqueue(job(1, GUILD_A, key=SMALL))
+    scheduler.enqueue(job(2, GUILD_B, key=MELODY))
+    scheduler.enqueue(job(3, GUILD_C, key=SMALL))
+    preview = scheduler.peek_batch()
+    assert [queued.job_id for queued in preview] == [1, 3]
+    assert scheduler.can_grow(preview)  # a third small job may still come
+    # Peeking passed nobody over: a new guild's job still goes before job 2.
+    scheduler.enqueue(job(4, GUILD_D, key=MELODY))
+    assert [queued.job_id for queued in scheduler.queued_in_order()] == [1, 2, 3, 4]
+    scheduler.enqueue(job(5, GUILD_D, key=SMALL))
+    assert not scheduler.can_grow(scheduler.peek_batch())  # 1, 3, 5: full
+    alone = batching_scheduler()
+    alone.enqueue(job(6, GUILD_A, key=None))
+    assert not alone.can_grow(alone.peek_batch())

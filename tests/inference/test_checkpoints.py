@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 import torch.nn.functional as F
+from transformers import EncodecModel
 
 from inference import models as models_module
 from inference.convert import UnsupportedCheckpoint, convert_audiocraft_checkpoint, is_audiocraft_checkpoint
-from inference.models import ModelCache, resolve_device, resolve_dtype
+from inference.engine import MusicGenEngine
+from inference.models import ModelCache, cpu_has_native_bfloat16, resolve_device, resolve_dtype
 from inference.random_models import (
     COMPRESSION_DIR,
     REAL_DECODERS,
@@ -24,7 +27,7 @@ from inference.random_models import (
     musicgen_config,
     write_audiocraft_checkpoint,
 )
-from inference.request import RequestError
+from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineOptions, EngineSettings
 
 torch.set_num_threads(1)
@@ -228,10 +231,23 @@ def test_real_architectures_have_the_published_sizes():
 # --- device and dtype -------------------------------------------------------------------------
 
 
+def test_auto_dtype_uses_bfloat16_only_on_cpus_that_compute_it_natively():
+    def cpuinfo(flags: str) -> str:
+        return f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
+
+    assert cpu_has_native_bfloat16(cpuinfo("avx512f avx512_bf16"))
+    assert cpu_has_native_bfloat16(cpuinfo("amx_tile amx_bf16 amx_int8"))
+    assert not cpu_has_native_bfloat16(cpuinfo("avx512f avx512bw"))
+    assert not cpu_has_native_bfloat16("")  # no flags line (not Linux, or a stripped container)
+
+
 def test_device_and_dtype_follow_the_config():
     cpu = resolve_device(EngineOptions(device="cpu"))
     assert cpu == torch.device("cpu")
-    assert resolve_dtype(EngineOptions(dtype="auto"), cpu) == torch.float32
+    native_bf16 = cpu_has_native_bfloat16()
+    assert resolve_dtype(EngineOptions(dtype="auto"), cpu) == (
+        torch.bfloat16 if native_bf16 else torch.float32
+    )
     assert resolve_dtype(EngineOptions(dtype="auto"), torch.device("cuda")) == torch.float16
     assert resolve_dtype(EngineOptions(dtype="bfloat16"), cpu) == torch.bfloat16
     expected_auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -424,6 +440,54 @@ def test_encode_decode_gets_the_configured_compression_model(engine_settings):
         decoded = codec.model.decode(encoded.audio_codes, encoded.audio_scales).audio_values
     assert decoded.shape[-1] == 32000
     assert cache.get_compression() is codec
+
+
+def round_trip(codec, wav: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        encoded = codec.encode(wav[None])
+        return codec.decode(encoded.audio_codes, encoded.audio_scales).audio_values[0]
+
+
+def encode_decode_request(tmp_path: Path) -> tuple[GenerationRequest, torch.Tensor]:
+    wav = torch.randn(1, 16_000, generator=torch.Generator().manual_seed(3)) * 0.2
+    soundfile.write(str(tmp_path / "clip.wav"), wav[0].numpy(), 32_000, subtype="FLOAT")
+    return GenerationRequest(
+        model_version="encode-decode", input_audio=str(tmp_path / "clip.wav"), seed=1
+    ), wav
+
+
+def test_encode_decode_runs_through_the_served_finetunes_own_embedded_encodec(
+    audiocraft_dirs, engine_settings, tmp_path
+):
+    # As the predictor: encode-decode uses the compression model of the model the bot serves.
+    folder = audiocraft_dirs["embedded"]
+    settings = settings_with(
+        engine_settings,
+        finetuned=str(folder),
+        text_encoder=str(folder / TEXT_ENCODER_DIR),
+        conversion_cache=str(tmp_path / "converted"),
+    )
+    request, wav = encode_decode_request(tmp_path)
+    result = MusicGenEngine(settings).generate(request)
+    embedded = EncodecModel.from_pretrained(folder / COMPRESSION_DIR)
+    configured = EncodecModel.from_pretrained(engine_settings.models.compression)
+    torch.testing.assert_close(result.wav, round_trip(embedded, wav)[:, : wav.shape[-1]], atol=1e-5, rtol=0)
+    assert not torch.allclose(result.wav, round_trip(configured, wav)[:, : wav.shape[-1]], atol=1e-3)
+
+
+def test_an_audiocraft_checkpoint_given_to_encode_decode_round_trips_through_its_encodec(
+    audiocraft_dirs, engine_settings, tmp_path
+):
+    folder = audiocraft_dirs["embedded"]
+    settings = settings_with(
+        engine_settings,
+        text_encoder=str(folder / TEXT_ENCODER_DIR),
+        conversion_cache=str(tmp_path / "converted"),
+    )
+    request, wav = encode_decode_request(tmp_path)
+    result = MusicGenEngine(settings).generate(request, model_source=str(folder))
+    embedded = EncodecModel.from_pretrained(folder / COMPRESSION_DIR)
+    torch.testing.assert_close(result.wav, round_trip(embedded, wav)[:, : wav.shape[-1]], atol=1e-5, rtol=0)
 
 
 def test_an_embedded_encodec_export_uses_audiocraft_key_names(audiocraft_dirs):

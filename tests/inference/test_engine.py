@@ -12,7 +12,9 @@ import pytest
 import soundfile
 import torch
 
-from inference.engine import GeneratedAudio, GenerationCancelled, MusicGenEngine, generation_kwargs
+from inference.audio import write_generated
+from inference.decoding import Sampling, pick_codes
+from inference.engine import GeneratedAudio, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings, MelodyOptions
 
@@ -79,24 +81,29 @@ def test_a_text_prompt_gives_exactly_the_requested_seconds(engine: MusicGenEngin
     assert {"load", "prepare", "generate", "decode", "total"} <= set(result.timings)
 
 
+def generate_file(engine: MusicGenEngine, request: GenerationRequest, path: Path) -> tuple[Path, int]:
+    generated = engine.generate(request)
+    return write_generated(generated, request, path), generated.seed
+
+
 def test_the_same_seed_writes_identical_bytes_and_another_seed_does_not(
     engine: MusicGenEngine, tmp_path: Path
 ) -> None:
-    first = engine.generate_to_file("a", text_request(seed=7), tmp_path)
-    again = engine.generate_to_file("b", text_request(seed=7), tmp_path)
-    other = engine.generate_to_file("c", text_request(seed=8), tmp_path)
-    assert Path(first.output_path) == tmp_path / "a.wav"
-    assert Path(first.output_path).read_bytes() == Path(again.output_path).read_bytes()
-    assert Path(first.output_path).read_bytes() != Path(other.output_path).read_bytes()
-    assert (first.seed, other.seed) == (7, 8)
+    first, first_seed = generate_file(engine, text_request(seed=7), tmp_path / "a")
+    again, _ = generate_file(engine, text_request(seed=7), tmp_path / "b")
+    other, other_seed = generate_file(engine, text_request(seed=8), tmp_path / "c")
+    assert first == tmp_path / "a.wav"
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+    assert (first_seed, other_seed) == (7, 8)
 
 
 def test_no_seed_picks_a_random_one_that_reproduces_the_audio(engine: MusicGenEngine, tmp_path: Path) -> None:
-    random_a = engine.generate_to_file("r1", text_request(seed=None), tmp_path)
-    random_b = engine.generate_to_file("r2", text_request(seed=-1), tmp_path)
-    assert random_a.seed != random_b.seed  # two fresh seeds out of 2^32
-    replay = engine.generate_to_file("r3", text_request(seed=random_a.seed), tmp_path)
-    assert Path(replay.output_path).read_bytes() == Path(random_a.output_path).read_bytes()
+    random_a, seed_a = generate_file(engine, text_request(seed=None), tmp_path / "r1")
+    _, seed_b = generate_file(engine, text_request(seed=-1), tmp_path / "r2")
+    assert seed_a != seed_b  # two fresh seeds out of 2^32
+    replay, _ = generate_file(engine, text_request(seed=seed_a), tmp_path / "r3")
+    assert replay.read_bytes() == random_a.read_bytes()
 
 
 def test_the_prompt_conditions_the_music(engine: MusicGenEngine) -> None:
@@ -105,24 +112,20 @@ def test_the_prompt_conditions_the_music(engine: MusicGenEngine) -> None:
     assert not same(jazz, rock)
 
 
-def test_generate_to_file_reports_what_it_wrote(engine: MusicGenEngine, tmp_path: Path) -> None:
-    result = engine.generate_to_file(
-        "job-42", text_request(duration=2, normalization_strategy="peak"), tmp_path / "out"
-    )
-    written, rate = soundfile.read(result.output_path, always_2d=True)
-    assert rate == result.sample_rate == SAMPLE_RATE
-    assert written.shape == (2 * SAMPLE_RATE, 1) and result.channels == 1
-    assert result.duration_s == pytest.approx(2.0)
-    assert result.output_format == "wav" and result.job_id == "job-42"
+def test_written_audio_is_normalised_as_the_request_says(engine: MusicGenEngine, tmp_path: Path) -> None:
+    request = text_request(duration=2, normalization_strategy="peak")
+    path, _ = generate_file(engine, request, tmp_path / "out" / "job-42.wav")
+    written, rate = soundfile.read(path, always_2d=True)
+    assert path == tmp_path / "out" / "job-42.wav"
+    assert rate == SAMPLE_RATE and written.shape == (2 * SAMPLE_RATE, 1)
     # peak normalisation: -1 dBFS (16-bit rounding aside)
     assert np.abs(written).max() == pytest.approx(10 ** (-1 / 20), abs=1e-3)
-    assert {"load", "prepare", "generate", "decode", "write", "total"} <= set(result.timings)
 
 
 def test_mp3_output_is_written_with_the_mp3_extension(engine: MusicGenEngine, tmp_path: Path) -> None:
-    result = engine.generate_to_file("song", text_request(output_format="mp3"), tmp_path)
-    assert Path(result.output_path) == tmp_path / "song.mp3"
-    assert Path(result.output_path).read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xfa")
+    path, _ = generate_file(engine, text_request(output_format="mp3"), tmp_path / "song")
+    assert path == tmp_path / "song.mp3"
+    assert path.read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xfa")
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -143,8 +146,11 @@ def test_top_k_changes_the_tokens_for_the_same_seed(engine: MusicGenEngine) -> N
 
 
 def test_top_k_zero_samples_from_the_whole_distribution_as_audiocraft_does(engine: MusicGenEngine) -> None:
-    kwargs, _ = generation_kwargs(GenerationRequest(prompt="x", top_k=0, top_p=0.0))
-    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["top_p"]) == (True, 0, 1.0)
+    # Every code of a uniform distribution is drawn sometimes when nothing restricts it.
+    uniform = torch.zeros(4, 8)
+    generator = torch.Generator().manual_seed(0)
+    drawn = {int(c) for _ in range(200) for c in pick_codes(uniform, Sampling(top_k=0), generator)}
+    assert drawn == set(range(8))
     whole = engine.generate(text_request(top_k=0))
     assert not same(whole, engine.generate(text_request(top_k=250)))
     assert same(whole, engine.generate(text_request(top_k=0)))
@@ -183,19 +189,19 @@ def test_guidance_zero_ignores_the_prompt_as_audiocraft_does(engine: MusicGenEng
     assert not same(unguided, half)
 
 
-def test_sampling_settings_reach_transformers_explicitly() -> None:
-    kwargs, processors = generation_kwargs(
-        GenerationRequest(prompt="x", top_p=0.8, top_k=50, temperature=0.7)
-    )
-    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]) == (
-        True,
-        0,
-        0.8,
-        0.7,
-    )
-    assert kwargs["guidance_scale"] == 3.0 and processors == []
-    kwargs, _ = generation_kwargs(GenerationRequest(prompt="x", temperature=0))
-    assert kwargs["do_sample"] is False
+def test_sampling_keeps_top_k_codes_or_the_nucleus_as_audiocraft_does() -> None:
+    # Probabilities 0.4, 0.3, 0.2, 0.1 over codes 0..3 (the rest impossible).
+    scores = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1] + [0.0] * 4]))
+    generator = torch.Generator().manual_seed(0)
+
+    def drawn(sampling: Sampling) -> set[int]:
+        return {int(pick_codes(scores, sampling, generator)[0]) for _ in range(300)}
+
+    assert drawn(Sampling(top_k=2)) == {0, 1}
+    # top_p: the most likely codes until their mass reaches p; top_k is then ignored.
+    assert drawn(Sampling(top_p=0.65, top_k=1)) == {0, 1}
+    assert drawn(Sampling(top_p=0.75, top_k=1)) == {0, 1, 2}
+    assert drawn(Sampling(temperature=0, top_k=250)) == {0}
 
 
 # -- progress and cancellation --------------------------------------------------------------------
@@ -441,3 +447,19 @@ def test_finetuned_without_a_configured_checkpoint_is_a_clear_error(engine: Musi
 def test_an_invalid_request_is_refused_before_any_work(engine: MusicGenEngine) -> None:
     with pytest.raises(RequestError, match="Duration"):
         engine.generate(text_request(duration=31))
+
+
+@pytest.mark.parametrize("version", ["small", "melody"])
+def test_greedy_decoding_makes_exactly_what_transformers_generate_makes(
+    engine: MusicGenEngine, version: str
+) -> None:
+    # Our decoding loop replaces transformers' generate(); at batch 1 their greedy codes (and so the
+    # audio) are identical, guidance included.
+    ours = engine.generate(text_request(model_version=version, temperature=0, duration=1))
+    loaded = engine.cache.get(version)
+    tokens = loaded.tokenizer(["calm acoustic guitar melody"], return_tensors="pt")
+    with torch.inference_mode():
+        theirs = loaded.model.generate(
+            **tokens, do_sample=False, guidance_scale=3.0, max_new_tokens=50 + 3, num_beams=1
+        )
+    assert torch.equal(ours.wav, theirs[0])

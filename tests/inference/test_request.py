@@ -33,3 +33,26 @@ def test_a_clip_plus_new_seconds_over_30_s_is_still_refused() -> None:
     request = GenerationRequest(model_version="small", input_audio="clip.wav", continuation=True, duration=2)
     with pytest.raises(RequestError, match="30 s"):
         request.check_input_length(28.01)
+
+
+def test_text_jobs_of_one_model_share_a_batch_whatever_their_settings() -> None:
+    from inference.request import batch_key
+
+    base = GenerationRequest(model_version="small", prompt="a")
+    varied = base.replace(
+        prompt="b", seed=3, duration=20, top_p=0.5, temperature=0, normalization_strategy="peak"
+    )
+    assert batch_key(base) is not None and batch_key(base) == batch_key(varied)
+    assert batch_key(base) != batch_key(base.replace(model_version="medium"))
+    assert batch_key(base) != batch_key(base, model_source="/models/other")
+
+
+def test_melody_jobs_batch_only_with_melody_jobs_and_continuations_and_round_trips_run_alone() -> None:
+    from inference.request import batch_key
+
+    text = GenerationRequest(model_version="melody", prompt="a")
+    melody = text.replace(input_audio="a.wav")
+    assert batch_key(melody) == batch_key(melody.replace(input_audio="b.wav", seed=4))
+    assert batch_key(melody) != batch_key(text)
+    assert batch_key(melody.replace(continuation=True)) is None
+    assert batch_key(GenerationRequest(model_version="encode-decode", input_audio="a.wav")) is None

@@ -1,4 +1,4 @@
-"""The worker process and its client, as the bot uses them: submit, progress, errors, cancel, crashes.
+"""The worker process and its client, as the bot uses them: submit, batches, progress, errors, cancel, crashes.
 
 One client (one spawned worker on the tiny models) is shared by most tests: starting a process that
 imports torch takes seconds. Tests that need their own processes say so.
@@ -22,18 +22,21 @@ from inference.client import (
     GenerationCancelled,
     GenerationFailed,
     InferenceClient,
+    JobSubmission,
     WorkerCrashed,
     WorkerStartError,
 )
 from inference.protocol import (
+    BatchJob,
     Cancel,
+    ErrorKind,
     GenerationError,
     GenerationResult,
     Progress,
     Ready,
     Shutdown,
     Started,
-    Submit,
+    SubmitBatch,
 )
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
@@ -207,6 +210,109 @@ async def test_a_worker_killed_mid_job_fails_that_job_and_a_new_worker_takes_the
 
 
 @on_module_loop
+async def test_in_a_batch_of_three_a_bad_request_fails_alone_a_cancelled_job_stops_and_the_third_finishes(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    pids_before = client.worker_pids
+    progress: dict[str, list[tuple[int, int]]] = {"batch-good": [], "batch-cancel-me": []}
+    cancel_sent: list[bool] = []
+
+    def recorder(job_id: str):
+        async def on_progress(steps_done: int, steps_total: int) -> None:
+            progress[job_id].append((steps_done, steps_total))
+            if job_id == "batch-cancel-me" and not cancel_sent:
+                cancel_sent.append(await client.cancel(job_id))
+
+        return on_progress
+
+    good, bad, cancelled = client.submit_batch(
+        [
+            JobSubmission("batch-good", short_request(duration=2, seed=11), recorder("batch-good")),
+            # 40 s bypasses GenerationRequest.validate(); the engine refuses it.
+            JobSubmission("batch-too-long", short_request(duration=40, seed=12)),
+            JobSubmission(
+                "batch-cancel-me",
+                short_request(duration=LONG_DURATION_S, seed=13),
+                recorder("batch-cancel-me"),
+            ),
+        ],
+        tmp_path,
+    )
+    done, _ = await asyncio.wait([good, bad, cancelled], timeout=JOB_TIMEOUT_S)
+    assert len(done) == 3, "a job of the batch never ended"
+
+    result = good.result()
+    assert result.job_id == "batch-good" and result.seed == 11
+    assert soundfile.info(result.output_path).frames == 2 * 32_000
+    assert progress["batch-good"][-1][0] == progress["batch-good"][-1][1]
+    with pytest.raises(RequestError, match="30"):
+        bad.result()
+    with pytest.raises(GenerationCancelled):
+        cancelled.result()
+    assert cancel_sent == [True]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["batch-good.wav"]
+    assert client.worker_pids == pids_before
+    assert client.idle_workers == 1
+
+
+@on_module_loop
+async def test_a_job_cancelled_while_its_batch_waits_leaves_the_batch_and_the_others_run(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    first_started = asyncio.Event()
+
+    async def on_first_progress(steps_done: int, steps_total: int) -> None:
+        first_started.set()
+
+    first = asyncio.create_task(
+        client.submit("wait-first", short_request(duration=3), tmp_path, on_progress=on_first_progress)
+    )
+    await asyncio.wait_for(first_started.wait(), JOB_TIMEOUT_S)
+    kept, dropped = client.submit_batch(
+        [JobSubmission("wait-kept", short_request(seed=21)), JobSubmission("wait-dropped", short_request())],
+        tmp_path,
+    )
+    assert await client.cancel("wait-dropped") is True
+    with pytest.raises(GenerationCancelled, match="before it started"):
+        await asyncio.wait_for(dropped, JOB_TIMEOUT_S)
+    assert (await asyncio.wait_for(kept, JOB_TIMEOUT_S)).seed == 21
+    await asyncio.wait_for(first, JOB_TIMEOUT_S)
+    assert not list(tmp_path.glob("wait-dropped*"))
+
+
+@on_module_loop
+async def test_a_worker_killed_mid_batch_fails_every_job_of_the_batch_as_crashed(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    (old_pid,) = client.worker_pids
+
+    async def kill_worker_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if old_pid in client.worker_pids:
+            os.kill(old_pid, signal.SIGKILL)
+
+    tasks = client.submit_batch(
+        [
+            JobSubmission(
+                f"crash-{index}", short_request(duration=LONG_DURATION_S), kill_worker_on_first_progress
+            )
+            for index in range(3)
+        ],
+        tmp_path,
+    )
+    done, _ = await asyncio.wait(tasks, timeout=JOB_TIMEOUT_S)
+    assert len(done) == 3
+    for task in tasks:
+        with pytest.raises(WorkerCrashed, match="batch of 3"):
+            task.result()
+
+    result = await asyncio.wait_for(
+        client.submit("after-batch-crash", short_request(), tmp_path), JOB_TIMEOUT_S
+    )
+    assert Path(result.output_path).exists()
+    assert client.worker_pids != [old_pid]
+
+
+@on_module_loop
 async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
     engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
@@ -250,10 +356,10 @@ async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(
     assert {child.pid for child in multiprocessing.active_children()} == children_before
 
 
-def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
+def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from_its_batch(
     engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
-    """The raw protocol, without the client: two jobs queued at the worker, the second cancelled."""
+    """The raw protocol, without the client: a batch waits behind another, and one of its jobs is cancelled."""
     context = multiprocessing.get_context("spawn")
     parent_conn, child_conn = context.Pipe()
     process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
@@ -265,9 +371,12 @@ def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
         assert isinstance(ready, Ready)
         assert (ready.device, ready.dtype) == ("cpu", "float32")
 
-        parent_conn.send(Submit("first", short_request(duration=2), str(tmp_path)))
-        parent_conn.send(Submit("second", short_request(), str(tmp_path)))
-        parent_conn.send(Submit("third", short_request(seed=3), str(tmp_path)))
+        parent_conn.send(SubmitBatch((BatchJob("first", short_request(duration=2)),), str(tmp_path)))
+        parent_conn.send(
+            SubmitBatch(
+                (BatchJob("second", short_request()), BatchJob("third", short_request(seed=3))), str(tmp_path)
+            )
+        )
         parent_conn.send(Cancel("second"))
 
         events: list[object] = []
@@ -285,7 +394,7 @@ def test_the_worker_runs_jobs_in_order_and_drops_a_cancelled_waiting_job(
         ]
         assert [e.job_id for e in events if isinstance(e, Started)] == ["first", "third"]
         (dropped,) = [e for e in events if isinstance(e, GenerationError)]
-        assert dropped.kind == "cancelled"
+        assert dropped.kind is ErrorKind.CANCELLED
         first_progress = [e for e in events if isinstance(e, Progress) and e.job_id == "first"]
         assert first_progress[-1].steps_done == first_progress[-1].steps_total
 

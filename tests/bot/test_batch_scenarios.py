@@ -1,0 +1,193 @@
+"""Members of several servers generate at once: their jobs share batches on the worker, each gets its
+own music, and a worker crash under a batch costs nobody their retry."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.bot import MusicGenBot
+from inference.client import InferenceClient
+from inference.settings import EngineSettings
+from tests.bot.scenario_harness import (
+    Server,
+    add_server,
+    job_row,
+    musicgen_bot,
+    posted_result,
+    queued_job_id,
+    run_command,
+    scenario_config,
+    stuck_jobs,
+    wait_for_status,
+    wav_seconds,
+)
+from tests.fake_discord import FakeDiscord, FakeInteraction
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SERVER_NAMES = ("North", "South", "East", "West")
+MEMBER_NAMES = ("ann", "ben")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def servers(fake_discord: FakeDiscord) -> list[Server]:
+    return [add_server(fake_discord, name, MEMBER_NAMES) for name in SERVER_NAMES]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(
+    fake_discord: FakeDiscord,
+    servers: list[Server],
+    inference_client: InferenceClient,
+    engine_settings: EngineSettings,
+    module_data_dir: Path,
+) -> AsyncIterator[MusicGenBot]:
+    config = scenario_config(module_data_dir, engine_settings)
+    assert config.worker.max_batch_size == 4  # the default
+    async with musicgen_bot(fake_discord, config, inference_client) as running:
+        yield running
+
+
+async def everyone_generates(
+    fake: FakeDiscord, servers: list[Server], *, duration: int
+) -> list[tuple[int, FakeInteraction, Server]]:
+    """Every member of every server runs /generate at the same moment; returns (job id, interaction, server)."""
+    asked = [(server, member) for member in MEMBER_NAMES for server in servers]
+    interactions = await asyncio.gather(
+        *(
+            run_command(
+                fake,
+                server[member],
+                server.channel,
+                "generate",
+                prompt=f"{server.guild.name} {member}",
+                duration=duration,
+                seed=index,
+            )
+            for index, (server, member) in enumerate(asked)
+        )
+    )
+    return [
+        (await queued_job_id(interaction), interaction, server)
+        for interaction, (server, _) in zip(interactions, asked, strict=True)
+    ]
+
+
+async def test_members_of_four_servers_generate_at_once_and_everyone_gets_their_own_music(
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server]
+) -> None:
+    fake = fake_discord
+    bot.dispatcher.pause()  # everyone's command is queued before the first batch forms
+    try:
+        jobs = await everyone_generates(fake, servers, duration=1)
+    finally:
+        bot.dispatcher.resume()
+
+    for job_id, interaction, server in jobs:
+        result = await posted_result(fake, server.channel, job_id)
+        assert wav_seconds(result.attachments[0].data) == pytest.approx(1.0, abs=0.05)
+        assert result.embeds[0]["title"] == (await job_row(bot, job_id))["prompt"]
+        status = await interaction.wait_for_final(lambda m: "is done" in m.content)
+        assert f"Job #{job_id} is done" in status.content
+    rows = [await wait_for_status(bot, job_id, "done") for job_id, _, _ in jobs]
+    assert all(row["attempts"] == 1 and row["error"] is None for row in rows)
+    assert len({Path(row["output_path"]).read_bytes() for row in rows}) == len(rows)  # each its own music
+    assert await stuck_jobs(bot) == []
+
+    # Eight jobs, batches of four: the first batch is one job of every server (the round-robin),
+    # all running together (each started before any of them finished), then the second four.
+    by_start = sorted(rows, key=lambda row: row["started_at"])
+    first, second = by_start[:4], by_start[4:]
+    assert {row["guild_id"] for row in first} == {s.guild.id for s in servers}
+    assert max(row["started_at"] for row in first) < min(row["finished_at"] for row in first)
+    assert max(row["finished_at"] for row in first) <= min(row["started_at"] for row in second)
+    assert max(row["started_at"] for row in second) < min(row["finished_at"] for row in second)
+
+
+async def _kill_worker_while_generating(
+    bot: MusicGenBot, client: InferenceClient, job_ids: list[int]
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while all(bot.dispatcher.progress_of(job_id) is None for job_id in job_ids):
+        assert loop.time() < deadline, "the batch never started generating"
+        await asyncio.sleep(0.01)
+    for pid in client.worker_pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_worker_killed_under_a_batch_retries_each_job_alone_and_all_are_delivered(
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server], inference_client: InferenceClient
+) -> None:
+    fake = fake_discord
+    bot.dispatcher.pause()
+    try:
+        jobs = [
+            (
+                await queued_job_id(
+                    interaction := await run_command(
+                        fake, server["ann"], server.channel, "generate", prompt="night drive", duration=10
+                    )
+                ),
+                interaction,
+            )
+            for server in servers[:3]
+        ]
+    finally:
+        bot.dispatcher.resume()
+    job_ids = [job_id for job_id, _ in jobs]
+    await _kill_worker_while_generating(bot, inference_client, job_ids)
+
+    for (job_id, interaction), server in zip(jobs, servers[:3], strict=True):
+        result = await posted_result(fake, server.channel, job_id)
+        assert wav_seconds(result.attachments[0].data) == pytest.approx(10.0, abs=0.05)
+        status = await interaction.wait_for_final(lambda m: "is done" in m.content)
+        # The member was told why their job started over.
+        assert any(
+            "trying again on its own" in version.content or "running alone now" in version.content
+            for version in status.history
+        )
+    rows = [await wait_for_status(bot, job_id, "done") for job_id in job_ids]
+    # The crash under the batch is not counted against anyone (each keeps its retry), and the jobs
+    # ran again one at a time, each after the previous one was done.
+    assert [row["attempts"] for row in rows] == [1, 1, 1]
+    retries = sorted(rows, key=lambda row: row["started_at"])
+    for earlier, later in itertools.pairwise(retries):
+        assert earlier["finished_at"] <= later["started_at"]
+    assert await stuck_jobs(bot) == []
+
+
+async def _busy_database(bot: MusicGenBot) -> int:
+    """A query that keeps the bot's database connection busy for a while (seconds), as a long
+    history lookup or a slow disk would."""
+    sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) SELECT count(*) FROM c"
+    async with bot.database.connection.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_generate_is_acknowledged_without_waiting_for_the_database(
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server]
+) -> None:
+    server = servers[0]
+    busy = asyncio.create_task(_busy_database(bot))
+    await asyncio.sleep(0)  # the query is on the connection before the command arrives
+    interaction = await run_command(
+        fake_discord, server["ben"], server.channel, "generate", prompt="busy evening", duration=1
+    )
+    # Everything before the acknowledgement (the server's default model, the caps) is in memory.
+    assert interaction.response_type == 5
+    assert not busy.done(), "the acknowledgement waited behind the database"
+    assert await busy == 10_000_000
+    job_id = await queued_job_id(interaction)
+    row = await wait_for_status(bot, job_id, "done")
+    assert row["model_version"] == "small"
