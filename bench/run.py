@@ -44,6 +44,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `inf
 
 import torch  # noqa: E402
 
+# What torch picks on this machine before --threads changes it: the default configuration's count.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
 from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
@@ -460,18 +463,25 @@ def batching_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
 
 
 def default_configuration_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
-    """One job with the shipped defaults ([engine] dtype = "auto") on this machine."""
+    """One job with the shipped defaults on this machine: [engine] dtype = "auto", and torch's own
+    thread count ([engine] cpu_threads = 0), whatever --threads set for the other sections."""
     from inference.models import resolve_dtype
 
-    settings = bench_settings(small_dir, "auto", args.threads)
+    settings = bench_settings(small_dir, "auto", 0)
     dtype = resolve_dtype(settings.engine, torch.device("cpu"))
-    print(
-        f"default configuration: dtype auto = {str(dtype).removeprefix('torch.')}, one {args.duration} s job",
-        flush=True,
-    )
-    ours = OurEngine(settings)
-    ours.generate(1)
-    runs = [measure(lambda: ours.generate(args.duration)) for _ in range(args.repeats)]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_DEFAULT_THREADS)
+    try:
+        print(
+            f"default configuration: dtype auto = {str(dtype).removeprefix('torch.')}, "
+            f"{TORCH_DEFAULT_THREADS} thread(s), one {args.duration} s job",
+            flush=True,
+        )
+        ours = OurEngine(settings)
+        ours.generate(1)
+        runs = [measure(lambda: ours.generate(args.duration)) for _ in range(args.repeats)]
+    finally:
+        torch.set_num_threads(previous_threads)
     summary = summarize("default", runs, args.duration)
     print(
         f"  wall {summary.wall_s:.2f} s, RTF {summary.real_time_factor:.2f}, "
