@@ -15,6 +15,7 @@ from pathlib import Path
 import discord
 
 from bot.delivery import ResultPoster
+from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
 from bot.jobs import Job, JobStatus, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT
 from bot.scheduler import FairScheduler, ScheduledJob
@@ -35,8 +36,10 @@ def cancelled_text(job_id: int) -> str:
     return f"🚫 Job #{job_id} was cancelled."
 
 
-def undeliverable_text(job_id: int, error: discord.HTTPException) -> str:
+def undeliverable_text(job_id: int, error: Exception) -> str:
     """The status of a job whose music was made but could not be posted, and what to do about it."""
+    if not isinstance(error, discord.HTTPException):
+        return f"❌ Job #{job_id} is made, but I could not reach Discord to post it. `/replay {job_id}` tries again."
     if isinstance(error, discord.Forbidden):
         return (
             f"❌ Job #{job_id} is made, but I am not allowed to post files in this channel. Someone with Manage "
@@ -298,8 +301,8 @@ class JobDispatcher:
         await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
         try:
             posted = await self.poster.post_result(job, result, interaction)
-        except discord.HTTPException as error:
-            logger.error("job %s: could not post the result: %s", job.id, error)
+        except DISCORD_REQUEST_ERRORS as error:
+            logger.error("job %s: could not post the result: %s", job.id, describe_fault(error))
             await self.store.mark_failed(
                 job.id, f"could not post the result: {error}", output_path=result.output_path
             )
