@@ -24,6 +24,7 @@ from bot.dispatcher import JobDispatcher
 from bot.jobs import JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import FairScheduler, QueueLimits
+from bot.storage_faults import PatientJobStore
 from inference.client import InferenceClient
 from inference.request import MODEL_VERSIONS, RequestError
 
@@ -173,7 +174,8 @@ class MusicGenBot(commands.AutoShardedBot):
             )
             await self.inference.start()
         self.dispatcher = JobDispatcher(
-            store=self.jobs,
+            # Its writes wait out a locked or full database instead of failing the job.
+            store=PatientJobStore(self.database),
             scheduler=self.scheduler,
             inference=self.inference,
             poster=ResultPoster(self),

@@ -16,10 +16,12 @@ import discord
 
 from bot.delivery import ResultPoster
 from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
-from bot.jobs import Job, JobStatus, JobStore
+from bot.jobs import Job, JobStatus
 from bot.replies import INTERNAL_ERROR_TEXT
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
+from bot.storage_faults import PatientJobStore
+from bot.supervision import keep_running
 from inference.client import InferenceClient
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
@@ -54,7 +56,7 @@ class JobDispatcher:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: PatientJobStore,
         scheduler: FairScheduler,
         inference: InferenceClient,
         poster: ResultPoster,
@@ -88,7 +90,9 @@ class JobDispatcher:
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        self._loop_task = asyncio.create_task(
+            keep_running(self._dispatch_loop, name="the job dispatcher loop"), name="job-dispatcher"
+        )
 
     async def stop(self, *, timeout_s: float = 30.0) -> None:
         """Take no new jobs; cancel the running ones, which go back to the queue for the next start."""
@@ -184,6 +188,8 @@ class JobDispatcher:
     # -- the loop -------------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
+            # While the database refuses writes no job starts (each would wait on its first write).
+            await self.store.gate.wait_writable()
             while (
                 not self.paused
                 and len(self._runners) < self.worker_slots

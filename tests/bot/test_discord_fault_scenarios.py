@@ -7,7 +7,6 @@ tiny models. Each story asserts on what appears in the channel and in SQLite.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,19 +16,17 @@ import pytest_asyncio
 from bot.bot import MusicGenBot
 from inference.client import InferenceClient
 from inference.settings import EngineSettings
+from tests.bot.fault_helpers import delivered_once, generate, results_of
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     musicgen_bot,
-    posted_result,
-    queued_job_id,
-    run_command,
     scenario_config,
     status_reads,
     stuck_jobs,
     wait_for_status,
 )
-from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -60,36 +57,6 @@ async def bot(
 def no_fault_left_armed(fake_discord: FakeDiscord) -> object:
     yield
     fake_discord.faults.clear()
-
-
-def results_of(fake: FakeDiscord, server: Server, job_id: int) -> list[FakeMessage]:
-    """Every message in the channel that carries job `job_id`'s audio (so duplicates show)."""
-    return [
-        m
-        for m in fake.bot_messages(server.channel)
-        if m.attachments
-        and any(e.get("footer", {}).get("text", "").startswith(f"Job #{job_id} ") for e in m.embeds)
-    ]
-
-
-async def generate(
-    fake: FakeDiscord, server: Server, prompt: str, *, duration: int = 1
-) -> tuple[int, FakeInteraction]:
-    interaction = await run_command(
-        fake, server["alice"], server.channel, "generate", prompt=prompt, duration=duration
-    )
-    return await queued_job_id(interaction), interaction
-
-
-async def delivered_once(bot: MusicGenBot, fake: FakeDiscord, server: Server, job_id: int) -> FakeMessage:
-    """The job's result is in the channel, exactly once, and its row says done with that message."""
-    result = await posted_result(fake, server.channel, job_id)
-    row = await wait_for_status(bot, job_id, "done")
-    assert row["result_message_id"] == result.id
-    assert result.attachments[0].filename == f"musicgen-{job_id}.wav"
-    await asyncio.sleep(0.2)  # a duplicate would be posted right after
-    assert results_of(fake, server, job_id) == [result]
-    return result
 
 
 async def test_progress_edits_that_meet_connection_resets_do_not_lose_the_music(
