@@ -2,8 +2,8 @@
 
 discord.py already waits out 429s and retries 5xx answers a few times, but a connection reset on
 Linux (`aiohttp.ClientOSError`, errno 104: discord.py only retries the BSD and Windows numbers), a
-server disconnect or a timeout reaches the caller as it is, and so does a 5xx that outlasted
-discord.py's own retries. Those say nothing about the request itself: the same request may well
+server disconnect or a timeout reaches the caller as it is, and so does a 5xx or a 429 that
+outlasted discord.py's own five tries. Those say nothing about the request itself: the same request may well
 succeed a moment later. Anything else (403, 404, 413, a refused form) is Discord's answer and final.
 """
 
@@ -30,6 +30,20 @@ TRANSIENT_DISCORD_ERRORS: tuple[type[Exception], ...] = (*NETWORK_ERRORS, discor
 DISCORD_REQUEST_ERRORS: tuple[type[Exception], ...] = (discord.HTTPException, *NETWORK_ERRORS)
 
 
+def is_transient(error: BaseException) -> bool:
+    """Worth another try: no answer, a 5xx, or a 429 that outlasted discord.py's own five tries.
+
+    A 429 without a `Via` header comes from Cloudflare, not Discord (a ban in the making): never
+    retried.
+    """
+    if isinstance(error, TRANSIENT_DISCORD_ERRORS):
+        return True
+    if isinstance(error, discord.HTTPException) and error.status == 429:
+        headers = getattr(error.response, "headers", None) or {}
+        return bool(headers.get("Via"))
+    return False
+
+
 def describe_fault(error: BaseException) -> str:
     """One line for the owner's log: the exception's type and text."""
     text = str(error)
@@ -44,7 +58,9 @@ async def retry_transient(attempt: Callable[[], Awaitable[T]], *, delays_s: Sequ
     for number, delay in enumerate(delays_s, start=1):
         try:
             return await attempt()
-        except TRANSIENT_DISCORD_ERRORS as error:
+        except DISCORD_REQUEST_ERRORS as error:
+            if not is_transient(error):
+                raise
             logger.warning(
                 "%s: attempt %d failed (%s); trying again in %.0f s",
                 what,

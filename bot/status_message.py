@@ -23,6 +23,8 @@ from bot.discord_faults import NETWORK_ERRORS, describe_fault
 logger = logging.getLogger(__name__)
 
 PROGRESS_BAR_CELLS = 16
+# Pauses before trying a job's final status text again when the edit did not go through.
+FINAL_EDIT_RETRY_DELAYS_S = (1.0, 3.0)
 
 
 def progress_bar(fraction: float, cells: int = PROGRESS_BAR_CELLS) -> str:
@@ -111,13 +113,21 @@ class StatusMessage:
             self._task = asyncio.create_task(self._edit_loop(), name="status-message-edits")
 
     async def finish(self, text: str) -> None:
-        """Stop the throttled edits and show a final text at once (best effort: never raises)."""
+        """Stop the throttled edits and show a final text at once (best effort: never raises).
+
+        The final text is the job's outcome (done, failed and why), so an edit that does not go
+        through is tried again a couple of times; a progress edit is not worth that.
+        """
         await self.close()
-        if self.usable and text != self._shown:
+        for delay in (*FINAL_EDIT_RETRY_DELAYS_S, None):
+            if not self.usable or text == self._shown:
+                return
             try:
                 await self._edit(text)
             except Exception:
                 logger.exception("status message %s: the final edit failed", self.message_id)
+            if delay is not None and self.usable and text != self._shown:
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
         """Stop the edit loop, letting an edit already in flight complete; never raises."""

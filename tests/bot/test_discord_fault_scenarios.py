@@ -117,6 +117,17 @@ async def test_a_rate_limited_result_upload_waits_and_is_delivered(
     assert [r.status for r in uploads][-3:] == [429, 429, 200]
 
 
+async def test_a_result_upload_rate_limited_past_discord_pys_five_tries_is_tried_again_later(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    fake = fake_discord
+    bot.dispatcher.poster.retry_delays_s = (0.1, 0.1, 0.1)
+    limited = fake.inject_rate_limit("POST", FOLLOWUPS, retry_after=0.05, times=7)
+    job_id, _ = await generate(fake, server, "patience")
+    await delivered_once(bot, fake, server, job_id)
+    assert limited.served == 7  # discord.py gave up after five; the bot's next attempt waited out two more
+
+
 async def test_a_result_upload_meeting_server_errors_is_retried_and_delivered(
     bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
 ) -> None:

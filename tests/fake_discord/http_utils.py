@@ -102,7 +102,7 @@ async def read_body(request: web.Request, *, file_size_limit: int) -> RequestBod
         payload: dict[str, Any] = {}
         uploads: list[Upload] = []
         total = 0
-        async for part in reader:  # type: ignore[union-attr]
+        async for part in reader:
             name = part.name or ""  # type: ignore[union-attr]
             if name == "payload_json":
                 payload = json.loads(await part.text())  # type: ignore[union-attr]

@@ -245,7 +245,7 @@ class FakeDiscord:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self
 
     async def close(self) -> None:
@@ -649,7 +649,7 @@ class FakeDiscord:
         except RuntimeError:
             coroutine.close()  # type: ignore[attr-defined]
             return
-        task = loop.create_task(coroutine)  # type: ignore[arg-type]
+        task: asyncio.Task[Any] = loop.create_task(coroutine)  # type: ignore[arg-type]
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
