@@ -29,6 +29,7 @@ from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from bot.server_controls import ServerControls
 from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, low_disk_refusal
+from bot.storage_faults import PatientJobStore
 from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
 from inference.protocol import GenerationResult
@@ -221,7 +222,8 @@ class MusicGenBot(commands.AutoShardedBot):
             )
             await self.inference.start()
         self.dispatcher = JobDispatcher(
-            store=self.jobs,
+            # Its writes wait out a locked or full database instead of failing the job.
+            store=PatientJobStore(self.database),
             scheduler=self.scheduler,
             inference=self.inference,
             poster=ResultPoster(self),

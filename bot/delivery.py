@@ -3,6 +3,11 @@
 The interaction followup is used while the token lives (15 minutes); after that, or after a restart
 (tokens are never stored), the bot posts in the channel itself and mentions the requester. A file
 over the upload limit is re-encoded as MP3; if that is still too big, the message says so.
+
+A post that meets a network fault (a connection reset, a timeout, a 5xx that outlasted discord.py's
+own retries) is tried again a few times before the job is reported as not delivered. Channel posts
+carry a nonce that Discord enforces, so a retry after an answer lost in transit returns the message
+already made instead of posting the music twice.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import discord
 
 from bot.audio_edit import encode_to_fit, new_part_path_for
+from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
 from bot.jobs import Job
 from bot.replies import clip_text, escape_member_text, fit_embed
 from bot.status_message import is_dead_token_error
@@ -29,6 +35,8 @@ logger = logging.getLogger(__name__)
 # Discord's default upload limit per file (boosted guilds allow more; interactions tell us theirs).
 DEFAULT_UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
 EMBED_COLOUR = discord.Colour.blurple()
+# Pauses between attempts to post a result (so len + 1 attempts): a blip passes, an outage is reported.
+RESULT_RETRY_DELAYS_S = (1.0, 4.0, 10.0)
 # Shown in the embed's own fields, so left out of "other settings".
 _FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "input_audio"}
 
@@ -89,7 +97,9 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
 class ResultPoster:
     """Posts results and failure notices, by followup while possible, else in the channel."""
 
-    def __init__(self, client: discord.Client) -> None:
+    def __init__(
+        self, client: discord.Client, *, retry_delays_s: tuple[float, ...] = RESULT_RETRY_DELAYS_S
+    ) -> None:
         self._client = client
         # The buttons under every result (set by the cog that answers them).
         self.view_for: Callable[[Job], discord.ui.View] | None = None
@@ -98,6 +108,7 @@ class ResultPoster:
         self.custom_posts: list[
             Callable[[Job, GenerationResult, discord.Interaction | None], Awaitable[PostedResult | None]]
         ] = []
+        self.retry_delays_s = retry_delays_s
 
     def channel(self, job: Job) -> discord.PartialMessageable:
         """The job's channel, for posting and editing with the bot's own permissions (no token needed)."""
@@ -198,11 +209,22 @@ class ResultPoster:
                 kwargs["view"] = self.view_for(job)
             return kwargs
 
-        sent = await self._send(
-            job,
-            interaction,
-            followup=lambda: message(f"<@{job.user_id}> your music is ready."),
-            channel=lambda: message(f"<@{job.user_id}> your music from job #{job.id} is ready."),
+        def channel_message() -> dict[str, Any]:
+            # Discord returns the message this nonce already made (a retry whose answer was lost).
+            return {
+                **message(f"<@{job.user_id}> your music from job #{job.id} is ready."),
+                "nonce": f"job-{job.id}",
+            }
+
+        sent = await retry_transient(
+            lambda: self._send(
+                job,
+                interaction,
+                followup=lambda: message(f"<@{job.user_id}> your music is ready."),
+                channel=channel_message,
+            ),
+            delays_s=self.retry_delays_s,
+            what=f"job {job.id}: posting the result",
         )
         return PostedResult(sent.id, posted_format)
 
@@ -212,17 +234,24 @@ class ResultPoster:
         """Tell the requester what went wrong (ephemerally while the token lives, else in the channel)."""
         mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
         try:
-            await self._send(
-                job,
-                interaction,
-                followup=lambda: {"content": text, "ephemeral": ephemeral},
-                channel=lambda: {
-                    "content": f"<@{job.user_id}> job #{job.id}: {text}",
-                    "allowed_mentions": mentions,
-                },
+            await retry_transient(
+                lambda: self._send(
+                    job,
+                    interaction,
+                    followup=lambda: {"content": text, "ephemeral": ephemeral},
+                    channel=lambda: {
+                        "content": f"<@{job.user_id}> job #{job.id}: {text}",
+                        "allowed_mentions": mentions,
+                        "nonce": f"job-{job.id}-failed",
+                    },
+                ),
+                delays_s=self.retry_delays_s,
+                what=f"job {job.id}: telling the requester it failed",
             )
-        except discord.HTTPException as error:
-            logger.warning("could not tell <@%s> that job %s failed: %s", job.user_id, job.id, error)
+        except DISCORD_REQUEST_ERRORS as error:
+            logger.warning(
+                "could not tell <@%s> that job %s failed: %s", job.user_id, job.id, describe_fault(error)
+            )
 
     async def _send(
         self,

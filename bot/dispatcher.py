@@ -19,10 +19,13 @@ from typing import Any
 import discord
 
 from bot.delivery import ResultPoster
-from bot.jobs import Job, JobStatus, JobStore
+from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
+from bot.jobs import Job, JobStatus
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
+from bot.storage_faults import PatientJobStore
+from bot.supervision import keep_running
 from inference.client import InferenceClient, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
@@ -52,8 +55,10 @@ def cancelled_text(job_id: int) -> str:
     return f"🚫 Job #{job_id} was cancelled."
 
 
-def undeliverable_text(job_id: int, error: discord.HTTPException) -> str:
+def undeliverable_text(job_id: int, error: Exception) -> str:
     """The status of a job whose music was made but could not be posted, and what to do about it."""
+    if not isinstance(error, discord.HTTPException):
+        return f"❌ Job #{job_id} is made, but I could not reach Discord to post it. `/replay {job_id}` tries again."
     if isinstance(error, discord.Forbidden):
         return (
             f"❌ Job #{job_id} is made, but I am not allowed to post files in this channel. Someone with Manage "
@@ -68,7 +73,7 @@ class JobDispatcher:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: PatientJobStore,
         scheduler: FairScheduler,
         inference: InferenceClient,
         poster: ResultPoster,
@@ -115,7 +120,9 @@ class JobDispatcher:
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        self._loop_task = asyncio.create_task(
+            keep_running(self._dispatch_loop, name="the job dispatcher loop"), name="job-dispatcher"
+        )
 
     async def stop(self, *, timeout_s: float = 30.0) -> None:
         """Take no new jobs; cancel the running ones, which go back to the queue for the next start."""
@@ -225,6 +232,8 @@ class JobDispatcher:
     # -- the loop -------------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
+            # While the database refuses writes no job starts (each would wait on its first write).
+            await self.store.gate.wait_writable()
             wait_s: float | None = None  # until woken
             while not self.paused and len(self._batches) < self.worker_slots:
                 wait_s = self._batch_wait_left()
@@ -437,8 +446,8 @@ class JobDispatcher:
         await self._finish_status(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
         try:
             posted = await self.poster.post_result(job, result, interaction)
-        except discord.HTTPException as error:
-            logger.error("job %s: could not post the result: %s", job.id, error)
+        except DISCORD_REQUEST_ERRORS as error:
+            logger.error("job %s: could not post the result: %s", job.id, describe_fault(error))
             await self.store.mark_failed(
                 job.id, f"could not post the result: {error}", output_path=result.output_path
             )

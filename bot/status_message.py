@@ -3,12 +3,14 @@
 Edits go through one `StatusMessage` per job. The newest text always wins and intermediate texts
 are dropped, and edits are throttled (asyncio-throttle) to one per `interval_s`, so a 1500-step
 generation costs a handful of requests and never trips Discord's rate limits.
+
+An edit is cosmetic: one that fails (Discord's refusal, a connection reset, a timeout) is logged
+and the next text is tried later; it never stops the job or the delivery of its result.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,9 +18,13 @@ from collections.abc import Callable
 import discord
 from asyncio_throttle import Throttler
 
+from bot.discord_faults import NETWORK_ERRORS, describe_fault
+
 logger = logging.getLogger(__name__)
 
 PROGRESS_BAR_CELLS = 16
+# Pauses before trying a job's final status text again when the edit did not go through.
+FINAL_EDIT_RETRY_DELAYS_S = (1.0, 3.0)
 
 
 def progress_bar(fraction: float, cells: int = PROGRESS_BAR_CELLS) -> str:
@@ -107,26 +113,40 @@ class StatusMessage:
             self._task = asyncio.create_task(self._edit_loop(), name="status-message-edits")
 
     async def finish(self, text: str) -> None:
-        """Stop the throttled edits and show a final text at once."""
+        """Stop the throttled edits and show a final text at once (best effort: never raises).
+
+        The final text is the job's outcome (done, failed and why), so an edit that does not go
+        through is tried again a couple of times; a progress edit is not worth that.
+        """
         await self.close()
-        if self.usable and text != self._shown:
-            await self._edit(text)
+        for delay in (*FINAL_EDIT_RETRY_DELAYS_S, None):
+            if not self.usable or text == self._shown:
+                return
+            try:
+                await self._edit(text)
+            except Exception:
+                logger.exception("status message %s: the final edit failed", self.message_id)
+            if delay is not None and self.usable and text != self._shown:
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        """Stop the edit loop, letting an edit already in flight complete."""
+        """Stop the edit loop, letting an edit already in flight complete; never raises."""
         task, self._task = self._task, None
         if task is None:
             return
         self._closing = True
         self._changed.set()
-        if self._editing:
-            # Never cancel a request in flight: discord.py's webhook client sleeps out a rate limit
-            # while holding the token's lock, and a cancellation there leaves that lock held for good.
-            await task
-        else:
+        if not self._editing:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Never cancel a request in flight: discord.py's webhook client sleeps out a rate limit
+        # while holding the token's lock, and a cancellation there leaves that lock held for good.
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # it is our caller being cancelled, not the edit loop
+        except Exception:
+            logger.exception("status message %s: the edit loop failed", self.message_id)
         self._closing = False
 
     async def _edit_loop(self) -> None:
@@ -143,6 +163,9 @@ class StatusMessage:
                 self._editing = True
                 try:
                     await self._edit(text)
+                except Exception:
+                    # Whatever broke this edit, the next text gets its chance.
+                    logger.exception("status message %s: an edit failed", self.message_id)
                 finally:
                     self._editing = False
 
@@ -163,6 +186,13 @@ class StatusMessage:
         except discord.HTTPException as error:
             logger.warning("could not edit the status message: %s", error)
             return
+        except NETWORK_ERRORS as error:
+            logger.warning(
+                "could not reach Discord to edit status message %s: %s",
+                self.message_id,
+                describe_fault(error),
+            )
+            return
         self._shown = text
 
     async def _edit_through_token(self, text: str) -> bool:
@@ -175,11 +205,23 @@ class StatusMessage:
                 return False
             logger.warning("could not edit the status message: %s", error)
             return True
+        except NETWORK_ERRORS as error:
+            # The token still works: the next edit tries it again.
+            logger.warning("could not reach Discord to edit a status message: %s", describe_fault(error))
+            return True
         self._shown = text
         if self.message_id is None:
             self.message_id = message.id
             if self._on_first_edit is not None:
-                outcome = self._on_first_edit(message.id)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
+                await self._record_message_id(message.id)
         return True
+
+    async def _record_message_id(self, message_id: int) -> None:
+        assert self._on_first_edit is not None
+        try:
+            outcome = self._on_first_edit(message_id)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+        except Exception:
+            # Only a restart needs the id (to keep editing through the channel): not worth the job.
+            logger.exception("status message %s: could not record its id", message_id)

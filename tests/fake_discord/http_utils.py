@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import fnmatch
 import hashlib
 import json
 import re
@@ -136,21 +135,6 @@ async def read_body(request: web.Request, *, file_size_limit: int) -> RequestBod
     if not isinstance(payload, dict):
         return RequestBody(payload={"__list__": payload})
     return RequestBody(payload=payload)
-
-
-@dataclass
-class InjectedRateLimit:
-    """A 429 the test asked for: answers the next ``times`` matching requests."""
-
-    method: str
-    path_pattern: str
-    retry_after: float
-    is_global: bool
-    times: int
-    scope: str
-
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method in ("*", method)) and fnmatch.fnmatchcase(path, self.path_pattern)
 
 
 def rate_limit_response(

@@ -42,10 +42,10 @@ from .constants import (
     MessageType,
     Permission,
 )
+from .faults import FaultKind, FaultPlan, InjectedFault, reset_connection
 from .gateway import Gateway, GatewaySession
 from .http_utils import (
     DiscordHTTPError,
-    InjectedRateLimit,
     RateLimitBuckets,
     RequestBody,
     Upload,
@@ -74,6 +74,8 @@ from .models import (
 Handler = Callable[["RequestContext"], Awaitable[web.StreamResponse]]
 _MENTION = re.compile(r"<@!?(\d+)>")
 # A 1x1 transparent PNG for avatar/icon requests on the fake CDN.
+# Discord checks an enforced nonce "in the past few minutes"; the fake keeps the short end of that.
+_NONCE_WINDOW_S = 120.0
 _TINY_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 )
@@ -89,6 +91,7 @@ class RequestRecord:
     status: int
     at: float
     payload: dict[str, Any] | None = None
+    dropped: bool = False  # the connection was reset: the bot got no answer (see ``inject_connection_drop``)
 
 
 @dataclass
@@ -207,7 +210,10 @@ class FakeDiscord:
         self.typing: list[FakeChannel] = []
         self.presence_updates: list[Any] = []
         self.invalid_request_count = 0
-        self._injected_rate_limits: list[InjectedRateLimit] = []
+        self._invalid_request_times: list[float] = []
+        self.faults = FaultPlan()
+        # (author id, nonce) -> (message, fake-clock time): enforce_nonce deduplicates within a window.
+        self._nonces: dict[tuple[int, str], tuple[FakeMessage, float]] = {}
         self._buckets = RateLimitBuckets()
         self._clock_offset = 0.0
         self._world_changed = asyncio.Condition()
@@ -631,11 +637,44 @@ class FakeDiscord:
         is_global: bool = False,
         times: int = 1,
         scope: str = "user",
-    ) -> None:
+    ) -> InjectedFault:
         """Answer the next ``times`` requests matching ``method`` and glob ``path`` (e.g. ``/channels/*/messages``) with 429."""
-        self._injected_rate_limits.append(
-            InjectedRateLimit(method.upper(), path, retry_after, is_global, times, scope)
+        return self.faults.add(
+            InjectedFault(
+                FaultKind.RATE_LIMIT,
+                method.upper(),
+                path,
+                times,
+                retry_after=retry_after,
+                is_global=is_global,
+                scope="global" if is_global else scope,
+            )
         )
+
+    def inject_server_error(
+        self, method: str = "*", path: str = "*", *, status: int = 502, times: int = 1
+    ) -> InjectedFault:
+        """Answer the next ``times`` matching requests with a 5xx (Discord's JSON body)."""
+        return self.faults.add(
+            InjectedFault(FaultKind.SERVER_ERROR, method.upper(), path, times, status=status)
+        )
+
+    def inject_connection_drop(
+        self, method: str = "*", path: str = "*", *, times: int = 1, after_handling: bool = False
+    ) -> InjectedFault:
+        """Reset the connection of the next ``times`` matching requests (the bot sees errno 104).
+
+        By default the reset comes mid-upload, before Discord acted; ``after_handling=True`` lets the
+        request take effect and loses only the answer.
+        """
+        kind = FaultKind.DROP_AFTER if after_handling else FaultKind.DROP
+        return self.faults.add(InjectedFault(kind, method.upper(), path, times))
+
+    def invalid_requests_within(self, seconds: float = 600.0) -> int:
+        """401/403/429 answers in the last ``seconds`` of the fake clock, as Discord counts them for its
+        IP ban (10,000 in 10 minutes); 429s of the ``shared`` scope do not count."""
+        since = self.clock() - seconds
+        return sum(at >= since for at in self._invalid_request_times)
 
     def _soon(self, coroutine: Awaitable[Any]) -> None:
         """Run a gateway send from sync test-setup code (no-op if nobody is connected)."""
@@ -1396,16 +1435,35 @@ class FakeDiscord:
             if found is None:
                 continue
             context = RequestContext(request, found.groupdict(), route.template)
-            response = await self._run_route(route, context, api_path)
-            self.requests.append(
-                RequestRecord(
-                    request.method, api_path, route.template, response.status, self.clock(), context.payload
-                )
-            )
-            if response.status in (401, 403, 429):
+            fault = self.faults.take(request.method, api_path)
+            if fault is not None and fault.kind is FaultKind.DROP:
+                await reset_connection(request)
+                self._record(request, api_path, route, 0, context.payload, dropped=True)
+                return web.Response(status=500)  # never sent: the connection is gone
+            response = await self._run_route(route, context, api_path, fault)
+            dropped = fault is not None and fault.kind is FaultKind.DROP_AFTER
+            if dropped:
+                await reset_connection(request)
+            self._record(request, api_path, route, response.status, context.payload, dropped=dropped)
+            if response.status in (401, 403, 429) and response.headers.get("X-RateLimit-Scope") != "shared":
                 self.invalid_request_count += 1
+                self._invalid_request_times.append(self.clock())
             return response
         return self._unhandled(request)
+
+    def _record(
+        self,
+        request: web.Request,
+        api_path: str,
+        route: _Route,
+        status: int,
+        payload: dict[str, Any] | None,
+        *,
+        dropped: bool,
+    ) -> None:
+        self.requests.append(
+            RequestRecord(request.method, api_path, route.template, status, self.clock(), payload, dropped)
+        )
 
     def _unhandled(self, request: web.Request) -> web.Response:
         entry = f"{request.method} {request.path_qs}"
@@ -1413,18 +1471,20 @@ class FakeDiscord:
         self.requests.append(RequestRecord(request.method, request.path, None, 404, self.clock()))
         return json_response({"message": "404: Not Found", "code": 0}, 404)
 
-    async def _run_route(self, route: _Route, ctx: RequestContext, api_path: str) -> web.StreamResponse:
+    async def _run_route(
+        self, route: _Route, ctx: RequestContext, api_path: str, fault: InjectedFault | None = None
+    ) -> web.StreamResponse:
         request, params = ctx.request, ctx.params
-        for injected in self._injected_rate_limits:
-            if injected.times > 0 and injected.matches(request.method, api_path):
-                injected.times -= 1
-                return rate_limit_response(
-                    retry_after=injected.retry_after,
-                    is_global=injected.is_global,
-                    bucket=RateLimitBuckets.bucket_hash(route.template),
-                    limit=5,
-                    scope="global" if injected.is_global else injected.scope,
-                )
+        if fault is not None and fault.kind is FaultKind.RATE_LIMIT:
+            return rate_limit_response(
+                retry_after=fault.retry_after,
+                is_global=fault.is_global,
+                bucket=RateLimitBuckets.bucket_hash(route.template),
+                limit=5,
+                scope=fault.scope,
+            )
+        if fault is not None and fault.kind is FaultKind.SERVER_ERROR:
+            return json_response({"message": f"{fault.status}: Server Error", "code": 0}, fault.status)
         if route.auth and request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
         headers: dict[str, str] = {}
@@ -1916,6 +1976,18 @@ class FakeDiscord:
         if body.uploads:
             needed |= Permission.ATTACH_FILES
         self._require_bot_permissions(channel, needed)
+        nonce = body.payload.get("nonce")
+        if nonce is not None and len(str(nonce)) > 25:
+            raise form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        if nonce is not None and body.payload.get("enforce_nonce"):
+            earlier = self._nonces.get((self.bot_user.id, str(nonce)))
+            if (
+                earlier is not None
+                and earlier[1] >= self.clock() - _NONCE_WINDOW_S
+                and not earlier[0].deleted
+            ):
+                # Discord answers with the message that nonce already created, and creates nothing.
+                return json_response(self._rest_message_payload(earlier[0]))
         await self._unarchive_to_post(channel)
         message = FakeMessage(id=new_snowflake(), channel=channel, author=self.bot_user)
         reference = body.payload.get("message_reference")
@@ -1928,6 +2000,8 @@ class FakeDiscord:
                 message.reference = target
                 message.type = MessageType.REPLY
         self._apply_body(message, body, editing=False, allow_ephemeral=False)
+        if nonce is not None:
+            self._nonces[(self.bot_user.id, str(nonce))] = (message, self.clock())
         await self._store_and_announce(message)
         return json_response(message.to_payload())
 

@@ -1,0 +1,116 @@
+"""Deadlines for running jobs: a worker that takes far longer than its job explains is presumed hung.
+
+A stalled hub download, a CUDA hang or demucs on a long clip keeps a job 'running' forever and,
+with one worker, stalls every server. Each job gets two limits:
+
+- a deadline from its size: `base_s` (model loading, a first download or conversion) plus
+  `per_audio_second_s` for every second of audio it makes or reads (continuation and melody clips
+  count up to 30 s), generous enough for the largest model on a CPU;
+- once it has reported progress, a stall limit: no new step for `stall_s` means the decoding loop
+  stopped (a step takes well under a second on a GPU, a few on a CPU).
+
+When a limit is missed the watchdog logs it and kills the job's worker; the inference client then
+reports a crash, and the dispatcher retries or fails the job as for any crash, with `missed(job)` to
+tell the member that it took too long rather than that it crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from inference.request import MAX_DURATION_S, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+KillWorker = Callable[[str], "bool | Awaitable[bool]"]
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    base_s: float = 600.0
+    per_audio_second_s: float = 60.0
+    stall_s: float = 300.0
+
+    def deadline_s(self, request: GenerationRequest) -> float:
+        """How long `request` may run in all before its worker is presumed hung."""
+        audio_s = float(request.duration)
+        if request.input_audio is not None:
+            audio_s += MAX_DURATION_S  # the clip is decoded, trimmed and encoded (melody: demucs too)
+        return self.base_s + self.per_audio_second_s * audio_s
+
+
+@dataclass
+class _Watch:
+    deadline: asyncio.TimerHandle
+    stall: asyncio.TimerHandle | None = None
+
+
+class JobWatchdog:
+    """Arms a deadline per running job and kills the worker of a job that misses it."""
+
+    def __init__(self, kill_worker: KillWorker, policy: DeadlinePolicy | None = None) -> None:
+        self._kill_worker = kill_worker
+        self.policy = policy or DeadlinePolicy()
+        self._watches: dict[str, _Watch] = {}
+        self._missed: dict[str, str] = {}
+        self._kills: set[asyncio.Task[None]] = set()
+
+    def start(self, job_id: str, request: GenerationRequest) -> float:
+        """The job was submitted: arm its deadline; returns it in seconds."""
+        self.finish(job_id)
+        deadline_s = self.policy.deadline_s(request)
+        loop = asyncio.get_running_loop()
+        reason = f"it ran past its deadline of {deadline_s:.0f} s"
+        self._watches[job_id] = _Watch(loop.call_later(deadline_s, self._expire, job_id, reason))
+        return deadline_s
+
+    def progress(self, job_id: str) -> None:
+        """The job reported a step: the stall limit counts from now."""
+        watch = self._watches.get(job_id)
+        if watch is None:
+            return
+        if watch.stall is not None:
+            watch.stall.cancel()
+        reason = f"it made no progress for {self.policy.stall_s:.0f} s"
+        watch.stall = asyncio.get_running_loop().call_later(self.policy.stall_s, self._expire, job_id, reason)
+
+    def finish(self, job_id: str) -> None:
+        """The job ended (any way): disarm its limits."""
+        watch = self._watches.pop(job_id, None)
+        if watch is None:
+            return
+        watch.deadline.cancel()
+        if watch.stall is not None:
+            watch.stall.cancel()
+
+    def missed(self, job_id: str) -> str | None:
+        """Why the watchdog killed this job's worker ("it ran past its deadline of 900 s"), if it did."""
+        return self._missed.pop(job_id, None)
+
+    @property
+    def watching(self) -> int:
+        return len(self._watches)
+
+    def _expire(self, job_id: str, reason: str) -> None:
+        self.finish(job_id)
+        self._missed[job_id] = reason
+        logger.error("job %s: %s; killing its worker, presumed hung", job_id, reason)
+        task = asyncio.ensure_future(self._kill(job_id))
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+
+    async def _kill(self, job_id: str) -> None:
+        try:
+            outcome = self._kill_worker(job_id)
+            killed = await outcome if inspect.isawaitable(outcome) else outcome
+        except Exception:
+            logger.exception("job %s: could not kill its worker", job_id)
+            return
+        if not killed:
+            # Finished at the last moment, or no worker had it: nothing to report for it.
+            self._missed.pop(job_id, None)
+            logger.warning("job %s: no worker was running it any more", job_id)

@@ -1,0 +1,108 @@
+"""A job that outlives its deadline gets its worker killed for real, and the next job runs on a fresh one.
+
+The watchdog is not wired into the dispatcher yet; here it drives the real inference client the way
+the dispatcher would (start at submit, progress on each step, finish at the end). With one worker
+process, the busy worker is the job's: killing it stands in for the client's missing
+"kill the worker running this job" call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.job_deadlines import DeadlinePolicy, JobWatchdog
+from inference.client import InferenceClient
+from inference.errors import WorkerCrashed
+from inference.protocol import GenerationResult
+from inference.request import GenerationRequest
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def killer(client: InferenceClient, killed: list[int]) -> Callable[[str], bool]:
+    def kill_the_busy_worker(job_id: str) -> bool:
+        if client.busy_workers != 1:
+            return False
+        (pid,) = client.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        return True
+
+    return kill_the_busy_worker
+
+
+async def run_watched(
+    client: InferenceClient, watchdog: JobWatchdog, job_id: str, request: GenerationRequest, out: Path
+) -> GenerationResult:
+    watchdog.start(job_id, request)
+    try:
+        return await client.submit(job_id, request, out, on_progress=lambda *_: watchdog.progress(job_id))
+    finally:
+        watchdog.finish(job_id)
+
+
+async def test_a_job_past_its_deadline_has_its_worker_killed_and_the_next_job_runs(
+    inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    killed: list[int] = []
+    watchdog = JobWatchdog(
+        killer(inference_client, killed),
+        DeadlinePolicy(base_s=0.0, per_audio_second_s=0.01, stall_s=600),
+    )
+    long_job = GenerationRequest(prompt="endless drone", duration=30, seed=1, model_version="small")
+    assert watchdog.policy.deadline_s(long_job) == pytest.approx(0.3)
+    with pytest.raises(WorkerCrashed):
+        await run_watched(inference_client, watchdog, "hung-1", long_job, tmp_path)
+    assert len(killed) == 1
+    assert watchdog.missed("hung-1") == "it ran past its deadline of 0 s"
+    assert watchdog.watching == 0
+
+    # A fresh worker takes the next job, and a job within its deadline is left alone.
+    watchdog.policy = DeadlinePolicy()
+    result = await run_watched(
+        inference_client,
+        watchdog,
+        "fine-2",
+        GenerationRequest(prompt="short", duration=1, seed=2, model_version="small"),
+        tmp_path,
+    )
+    assert Path(result.output_path).is_file()
+    assert killed[0] not in inference_client.worker_pids
+    assert watchdog.missed("fine-2") is None and len(killed) == 1
+
+
+async def test_progress_keeps_a_job_alive_and_a_stall_kills_it(
+    inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+
+    def record_kill(job_id: str) -> bool:
+        calls.append(job_id)
+        return True
+
+    watchdog = JobWatchdog(record_kill, DeadlinePolicy(base_s=600, per_audio_second_s=0, stall_s=0.3))
+    request = GenerationRequest(prompt="steady", duration=1, seed=3, model_version="small")
+    watchdog.start("steady", request)
+    for _ in range(10):  # steps every 0.1 s: never 0.3 s without one
+        watchdog.progress("steady")
+        await asyncio.sleep(0.1)
+    assert calls == []
+    await asyncio.sleep(1.0)  # the steps stop
+    assert calls == ["steady"] and watchdog.missed("steady") == "it made no progress for 0 s"
+    assert watchdog.watching == 0
+
+
+async def test_the_deadline_grows_with_the_audio_a_job_makes_and_reads() -> None:
+    policy = DeadlinePolicy(base_s=600, per_audio_second_s=60, stall_s=300)
+    assert (
+        policy.deadline_s(GenerationRequest(prompt="a", duration=8, seed=1, model_version="small"))
+        == 600 + 8 * 60
+    )
+    with_clip = GenerationRequest(prompt="a", duration=8, seed=1, input_audio="clip.wav")
+    assert policy.deadline_s(with_clip) == 600 + (8 + 30) * 60
