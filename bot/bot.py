@@ -27,6 +27,7 @@ from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
 from inference.request import RequestError
+from inference.service import InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,14 @@ class MusicGenBot(commands.AutoShardedBot):
     database: Database
     jobs: JobStore
     scheduler: FairScheduler
-    inference: InferenceClient
+    inference: InferenceService
     dispatcher: JobDispatcher
 
     def __init__(
         self,
         config: BotConfig,
         *,
-        inference: InferenceClient | None = None,
+        inference: InferenceService | None = None,
         force_command_sync: bool = False,
         **options: Any,
     ) -> None:
@@ -177,9 +178,7 @@ class MusicGenBot(commands.AutoShardedBot):
         if self._given_inference is not None:
             self.inference = self._given_inference
         else:
-            self.inference = InferenceClient(
-                self.config.engine_settings, processes=self.config.worker.processes
-            )
+            self.inference = self._inference_backend()
             await self.inference.start()
         self.dispatcher = JobDispatcher(
             store=self.jobs,
@@ -197,6 +196,21 @@ class MusicGenBot(commands.AutoShardedBot):
         await self.sync_commands_if_changed(force=self._force_command_sync)
         await self.dispatcher.resume_from_database()
         self.dispatcher.start()
+
+    def _inference_backend(self) -> InferenceService:
+        """The inference client [worker] backend names; Ray is imported only when it is chosen."""
+        worker = self.config.worker
+        if worker.backend == "ray":
+            from inference.ray_backend import RayInferenceClient
+
+            return RayInferenceClient(
+                self.config.engine_settings,
+                replicas=worker.processes,
+                address=worker.ray_address,
+                num_gpus=worker.ray_gpus_per_replica,
+                num_cpus=worker.ray_num_cpus,
+            )
+        return InferenceClient(self.config.engine_settings, processes=worker.processes)
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""

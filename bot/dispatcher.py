@@ -21,10 +21,11 @@ from bot.jobs import Job, JobStatus, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT
 from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
-from inference.client import InferenceClient, JobSubmission
+from inference.client import JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
+from inference.service import InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class JobDispatcher:
         *,
         store: JobStore,
         scheduler: FairScheduler,
-        inference: InferenceClient,
+        inference: InferenceService,
         poster: ResultPoster,
         output_dir: Path,
         worker_slots: int,
