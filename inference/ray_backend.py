@@ -79,6 +79,8 @@ DEFAULT_START_TIMEOUT_S = 300.0
 EVENT_POLL_S = 0.5
 # Calls a replica serves at once: the batch, the client's progress poll, a cancel, and a spare.
 REPLICA_CONCURRENCY = 4
+# A replica's temporary folders (inputs and outputs of one batch) are named after it and its pid.
+SCRATCH_PREFIX = "musicgen-replica-"
 # Replacement replicas that keep failing to start are retried with a growing pause, up to this.
 MAX_RESTART_BACKOFF_S = 60.0
 
@@ -119,6 +121,7 @@ class InferenceReplica:
 
     def start(self) -> Ready | StartupFailed:
         """Build the engine (import torch, check the device); the models load per job and stay cached."""
+        _remove_dead_replicas_folders()
         try:
             self._engine, ready = worker_module.build_engine(self._settings)
         except Exception as exc:
@@ -160,7 +163,7 @@ class InferenceReplica:
                 self._events.append(event)
                 self._events_ready.notify_all()
 
-        folder = tempfile.mkdtemp(prefix="musicgen-replica-")
+        folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         try:
             batch = SubmitBatch(tuple(_with_local_input(job, input_files, folder) for job in jobs), folder)
             worker_module.run_batch(self._engine, batch, send, self._cancelled.__contains__)
@@ -168,6 +171,20 @@ class InferenceReplica:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             self._cancelled.difference_update(job.job_id for job in jobs)
+
+
+def _remove_dead_replicas_folders() -> None:
+    """Remove the temporary folders of replicas on this node that were killed mid-batch."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # alive, another user's process
 
 
 def _with_local_input(job: BatchJob, input_files: dict[str, InputFile], folder: str) -> BatchJob:

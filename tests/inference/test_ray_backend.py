@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 import ray
@@ -24,7 +25,8 @@ from inference.client import (
     WorkerCrashed,
     WorkerStartError,
 )
-from inference.ray_backend import RayInferenceClient
+from inference.protocol import BatchJob
+from inference.ray_backend import FinishedFile, InputFile, RayInferenceClient
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
@@ -46,6 +48,11 @@ def replica_pids(client: RayInferenceClient) -> list[int]:
     return [ray.get(actor.pid.remote()) for actor in client.replica_actors]
 
 
+def replica_scratch_folders() -> set[Path]:
+    """The replicas' temporary folders on this machine (a replica killed mid-batch leaves its own)."""
+    return set(Path(tempfile.gettempdir()).glob("musicgen-replica-*"))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(ray_cluster: None, engine_settings: EngineSettings) -> AsyncIterator[RayInferenceClient]:
     async with RayInferenceClient(engine_settings, replicas=1, num_cpus=1) as inference_client:
@@ -65,6 +72,7 @@ async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_
         return on_progress
 
     output_dir = tmp_path / "outputs"  # not there yet: the client makes it
+    scratch_before = replica_scratch_folders()
     tasks = client.submit_batch(
         [
             JobSubmission("ray-a", short_request(seed=1), recorder("ray-a")),
@@ -82,7 +90,7 @@ async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_
         assert info.frames == seconds * 32_000
     assert sorted(path.name for path in output_dir.iterdir()) == ["ray-a.wav", "ray-b.wav"]
     # The replica's own copies are gone once their bytes came back.
-    assert not list(Path(tempfile.gettempdir()).glob("musicgen-replica-*"))
+    assert replica_scratch_folders() == scratch_before
     for job_id, events in progress.items():
         assert events, f"no progress for {job_id}"
         steps_done = [done for done, _ in events]
@@ -185,6 +193,10 @@ async def test_a_replica_killed_mid_batch_fails_its_jobs_as_crashed_and_a_replac
     assert Path(result.output_path).parent == tmp_path
     (new_pid,) = replica_pids(client)
     assert new_pid != old_pid
+    # The killed replica's temporary folder was removed by its replacement (on the same node here).
+    assert not [
+        path for path in replica_scratch_folders() if path.name.startswith(f"musicgen-replica-{old_pid}-")
+    ]
 
 
 @on_module_loop
@@ -196,3 +208,33 @@ async def test_a_replica_the_cluster_cannot_place_is_a_start_error_naming_the_mi
     with pytest.raises(WorkerStartError, match="GPU"):
         await unplaceable.start()
     assert ray.is_initialized()  # the runtime it found is left to its owner
+
+
+@on_module_loop
+async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    clip = tmp_path / "tune.wav"
+    seconds = np.arange(32_000 * 2) / 32_000
+    soundfile.write(clip, 0.3 * np.sin(2 * np.pi * 440 * seconds), 32_000)
+    melody = GenerationRequest(
+        model_version="melody", prompt="a cover", input_audio=str(clip), duration=1, seed=7
+    )
+
+    # Through the client: it reads the clip on the bot's side and sends its bytes with the batch.
+    result = await asyncio.wait_for(client.submit("ray-melody", melody, tmp_path / "out"), JOB_TIMEOUT_S)
+    assert soundfile.info(result.output_path).frames == 32_000
+
+    # What a replica on another node sees: a path that does not exist there, and the clip's bytes.
+    (actor,) = client.replica_actors
+    elsewhere = BatchJob("ray-melody-elsewhere", melody.replace(input_audio="/nowhere/on/this/node/tune.wav"))
+    (outcome,) = await asyncio.wait_for(
+        asyncio.wrap_future(
+            actor.run_batch.remote(
+                (elsewhere,), {elsewhere.job_id: InputFile(".wav", clip.read_bytes())}
+            ).future()
+        ),
+        JOB_TIMEOUT_S,
+    )
+    assert isinstance(outcome, FinishedFile), outcome
+    assert outcome.data == Path(result.output_path).read_bytes()  # same clip, prompt, seed: same music
