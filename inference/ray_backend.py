@@ -77,8 +77,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT_S = 300.0
 # The progress poll returns at the latest after this when nothing happened.
 EVENT_POLL_S = 0.5
-# Calls a replica serves at once: the batch, the client's progress poll, a cancel, and a spare.
-REPLICA_CONCURRENCY = 4
+# Calls a replica serves at once: the batch, the client's progress poll (and the previous batch's,
+# still waiting out its timeout), cancels.
+REPLICA_CONCURRENCY = 6
 # A replica's temporary folders (inputs and outputs of one batch) are named after it and its pid.
 SCRATCH_PREFIX = "musicgen-replica-"
 # Replacement replicas that keep failing to start are retried with a growing pause, up to this.
@@ -115,7 +116,7 @@ class InferenceReplica:
         self._settings = settings
         self._engine: MusicGenEngine | None = None
         self._events_ready = threading.Condition()
-        self._events: list[WorkerEvent] = []
+        self._events: list[Started | Progress] = []
         # Cancels may arrive before run_batch has started (the calls race); kept until that batch ends.
         self._cancelled: set[str] = set()
 
@@ -135,13 +136,17 @@ class InferenceReplica:
     def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
 
-    def events(self, timeout_s: float) -> list[WorkerEvent]:
-        """`Started` and `Progress` events since the last call; waits up to `timeout_s` for one."""
+    def events(self, job_ids: frozenset[str], timeout_s: float) -> list[Started | Progress]:
+        """`Started` and `Progress` events of these jobs since the last call; waits up to `timeout_s` for one.
+
+        Only the named jobs' events are taken: a poll of the previous batch, still waiting here after
+        the client moved on, cannot swallow the events of the next one.
+        """
         with self._events_ready:
-            if not self._events:
-                self._events_ready.wait(timeout_s)
-            events, self._events = self._events, []
-        return events
+            self._events_ready.wait_for(lambda: any(e.job_id in job_ids for e in self._events), timeout_s)
+            taken = [event for event in self._events if event.job_id in job_ids]
+            self._events = [event for event in self._events if event.job_id not in job_ids]
+        return taken
 
     def run_batch(
         self, jobs: tuple[BatchJob, ...], input_files: dict[str, InputFile]
@@ -159,10 +164,14 @@ class InferenceReplica:
             if isinstance(event, GenerationResult | GenerationError):
                 outcomes.append(event)
                 return
+            if not isinstance(event, Started | Progress):
+                return
             with self._events_ready:
                 self._events.append(event)
                 self._events_ready.notify_all()
 
+        with self._events_ready:
+            self._events = []  # the previous batch's last events, which nobody polled any more
         folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         try:
             batch = SubmitBatch(tuple(_with_local_input(job, input_files, folder) for job in jobs), folder)
@@ -498,9 +507,10 @@ class RayInferenceClient:
 
     async def _forward_events(self, replica: _Replica, batch: _Batch) -> None:
         """Poll the replica for `Started`/`Progress` while it runs `batch`; its death ends the poll."""
+        job_ids = frozenset(job.job_id for job in batch.jobs)
         with contextlib.suppress(RayError):
             while True:
-                for event in await _awaited(replica.actor.events.remote(EVENT_POLL_S)):
+                for event in await _awaited(replica.actor.events.remote(job_ids, EVENT_POLL_S)):
                     job = self._jobs.get(event.job_id)
                     if job is not None and job.batch is batch:
                         job.events.put_nowait(event)
