@@ -490,7 +490,9 @@ class RayInferenceClient:
         poller = asyncio.create_task(self._forward_events(replica, batch), name=f"{replica.name}-events")
         try:
             outcomes: list[ReplicaOutcome] = await _awaited(replica.actor.run_batch.remote(jobs, input_files))
-        except RayError as exc:
+        except Exception as exc:
+            # RayActorError: the replica died (killed, its node lost, out of memory). Anything else
+            # (a RayTaskError from a bug in run_batch) leaves it in an unknown state: replace it too.
             self._replica_gone(replica, exc)
             return
         finally:
@@ -504,6 +506,10 @@ class RayInferenceClient:
             job = self._jobs.get(event.job_id)
             if job is not None:
                 job.events.put_nowait(event)
+        for job_id in batch.unfinished:  # pragma: no cover - run_batch answers every job
+            if (job := self._jobs.get(job_id)) is not None:
+                job.events.put_nowait(GenerationFailed(f"The replica returned no outcome for job {job_id}."))
+        batch.unfinished.clear()
 
     async def _forward_events(self, replica: _Replica, batch: _Batch) -> None:
         """Poll the replica for `Started`/`Progress` while it runs `batch`; its death ends the poll."""
