@@ -258,3 +258,23 @@ def test_the_bot_imports_ray_only_for_the_ray_back_end_and_the_ray_client_never_
     )
     completed = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_the_worker_s_ray_keys_are_read_from_the_config_file_and_the_shipped_file_holds_the_defaults(
+    tmp_path: Path,
+) -> None:
+    from bot.config import WorkerOptions, load_config
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[worker]\nprocesses = 8\nbackend = "ray"\nray_address = "auto"\nray_num_gpus = 1\nray_num_cpus = 4\n'
+    )
+    worker = load_config(config_file).worker
+    assert (worker.backend, worker.processes, worker.ray_address) == ("ray", 8, "auto")
+    assert (worker.ray_gpus_per_replica, worker.ray_num_cpus) == (1.0, 4.0)
+    assert WorkerOptions().ray_gpus_per_replica is None  # "auto": decided by the cluster's GPUs
+    with pytest.raises(ValueError, match="ray_num_gpus"):
+        WorkerOptions(ray_num_gpus=-1)
+
+    shipped = Path(__file__).resolve().parents[2] / "config.toml"
+    assert load_config(shipped).worker == WorkerOptions()
