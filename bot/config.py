@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,6 +61,25 @@ class WorkerOptions(_Section):
     # A free worker waits up to this long after a job arrives for others to join its batch (only while
     # the batch could still grow): commands sent together then run together.
     batch_wait_s: float = Field(default=0.2, ge=0)
+    # Where the workers run: "local" = worker processes on this machine, "ray" = replicas on a Ray
+    # cluster (`processes` of them; the optional ray extra must be installed).
+    backend: Literal["local", "ray"] = "local"
+    # "" starts a Ray runtime on this machine; "auto" joins the cluster this machine belongs to; or an
+    # address such as "10.0.0.5:6379" or "ray://10.0.0.5:10001".
+    ray_address: str = ""
+    # GPUs each replica reserves; "auto" = 1 when the cluster has GPUs, else 0 (CPU replicas).
+    ray_num_gpus: float | Literal["auto"] = "auto"
+    # CPUs each replica reserves (a CPU replica's torch threads; Ray sets OMP_NUM_THREADS to it).
+    ray_num_cpus: float = Field(default=1.0, gt=0)
+
+    def model_post_init(self, _context: object) -> None:
+        if not isinstance(self.ray_num_gpus, str) and self.ray_num_gpus < 0:
+            raise ValueError('[worker] ray_num_gpus must be "auto" or a number of GPUs (0 or more)')
+
+    @property
+    def ray_gpus_per_replica(self) -> float | None:
+        """GPUs per replica, None when Ray should look at the cluster ("auto")."""
+        return None if self.ray_num_gpus == "auto" else float(self.ray_num_gpus)
 
 
 class JamOptions(_Section):
