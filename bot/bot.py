@@ -178,7 +178,9 @@ class MusicGenBot(commands.AutoShardedBot):
             self.inference = self._given_inference
         else:
             self.inference = InferenceClient(
-                self.config.engine_settings, processes=self.config.worker.processes
+                self.config.engine_settings,
+                processes=self.config.worker.processes,
+                devices=self.config.worker.devices,
             )
             await self.inference.start()
         self.dispatcher = JobDispatcher(
@@ -187,7 +189,7 @@ class MusicGenBot(commands.AutoShardedBot):
             inference=self.inference,
             poster=ResultPoster(self),
             output_dir=self.outputs_dir,
-            worker_slots=self.config.worker.processes,
+            worker_slots=self.inference.worker_count,
             job_retries=self.config.worker.job_retries,
             batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +36,12 @@ class Limits(_Section):
 
 
 class WorkerOptions(_Section):
-    processes: int = Field(default=1, ge=1)
+    # Worker processes, one batch at a time each: a number, or "auto" for one per visible GPU (one on
+    # a machine without). A number spreads the workers over the visible GPUs in turn.
+    processes: int | Literal["auto"] = 1
+    # Explicit devices, one worker per entry (["cuda:0", "cuda:1"], ["cpu", "cpu"]); empty: from
+    # `processes` and `[engine] device`. Each worker has its own model cache of `[engine] model_cache_gb`.
+    devices: list[str] = Field(default_factory=list)
     job_retries: int = Field(default=1, ge=0)
     # Jobs a worker runs together in one batch (1 turns batching off).
     max_batch_size: int = Field(default=4, ge=1)
@@ -45,6 +51,21 @@ class WorkerOptions(_Section):
     # A free worker waits up to this long after a job arrives for others to join its batch (only while
     # the batch could still grow): commands sent together then run together.
     batch_wait_s: float = Field(default=0.2, ge=0)
+
+    def model_post_init(self, _context: object) -> None:
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError('[worker] processes must be at least 1, or "auto"')
+        if any(not device.strip() for device in self.devices):
+            raise ValueError("[worker] devices cannot contain an empty name")
+        if (
+            self.devices
+            and "processes" in self.model_fields_set
+            and self.processes not in ("auto", len(self.devices))
+        ):
+            raise ValueError(
+                f"[worker] processes = {self.processes} but devices lists {len(self.devices)}: "
+                'one worker runs per listed device (leave processes out, or set it to "auto")'
+            )
 
 
 class BotConfig(_Section):
