@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from bot.config import WorkerOptions
 from inference.client import InferenceClient, JobSubmission
 from inference.placement import FreeWorker, choose_worker, needs_gpu_count, worker_devices
-from inference.request import GenerationRequest
+from inference.request import GenerationRequest, ModelVersion
 from inference.settings import EngineSettings
 
 JOB_TIMEOUT_S = 120.0
@@ -92,7 +92,7 @@ def test_ties_go_to_the_first_free_worker() -> None:
 
 
 # -- two real workers --------------------------------------------------------------------------------
-def request_for(model_version: str) -> GenerationRequest:
+def request_for(model_version: ModelVersion) -> GenerationRequest:
     return GenerationRequest(model_version=model_version, prompt="warm synth pads", duration=1, seed=5)
 
 
@@ -106,7 +106,13 @@ async def test_two_pinned_workers_both_run_jobs_and_keep_to_their_models(
         assert (second.device, second.ready_device) == ("cpu", "cpu")
 
         # Both free and empty: the first takes "small"; "melody" then goes to the one holding nothing.
-        for job_id, model_version in [("s1", "small"), ("m1", "melody"), ("s2", "small"), ("m2", "melody")]:
+        runs: list[tuple[str, ModelVersion]] = [
+            ("s1", "small"),
+            ("m1", "melody"),
+            ("s2", "small"),
+            ("m2", "melody"),
+        ]
+        for job_id, model_version in runs:
             result = await asyncio.wait_for(
                 client.submit(job_id, request_for(model_version), tmp_path), JOB_TIMEOUT_S
             )
