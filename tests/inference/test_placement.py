@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bot.config import WorkerOptions
 from inference.client import InferenceClient, JobSubmission
-from inference.placement import FreeWorker, choose_worker, needs_gpu_count, worker_devices
+from inference.placement import FreeWorker, choose_worker, needs_gpu_count, visible_gpu_count, worker_devices
 from inference.request import GenerationRequest, ModelVersion
 from inference.settings import EngineSettings
 
@@ -133,3 +133,22 @@ async def test_two_pinned_workers_both_run_jobs_and_keep_to_their_models(
         assert (first.jobs_run, second.jobs_run) == (3, 3)
         # The worker that took the second "small" batch holds both models now, "small" most recently.
         assert second.models == ("small", "melody")
+
+
+async def test_auto_starts_a_worker_on_each_gpu_torch_sees_or_one_on_the_cpu(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert visible_gpu_count() == gpus
+    on_auto = engine_settings.model_copy(
+        update={"engine": engine_settings.engine.model_copy(update={"device": "auto"})}
+    )
+    async with InferenceClient(on_auto, processes="auto") as client:
+        expected = [f"cuda:{index}" for index in range(gpus)] or ["cpu"]
+        assert [(w.device, w.ready_device) for w in client.workers] == [(d, d) for d in expected]
+        result = await asyncio.wait_for(
+            client.submit("auto-1", request_for("small"), tmp_path), JOB_TIMEOUT_S
+        )
+        assert Path(result.output_path).exists()
