@@ -11,7 +11,7 @@ result is deterministic on a given machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,13 +99,11 @@ def test_jobs_of_different_durations_share_a_batch_and_each_gets_its_exact_lengt
 ) -> None:
     durations = [2, 1, 3]
     progress: dict[int, list[tuple[int, int]]] = {d: [] for d in durations}
-    jobs = [
-        EngineJob(
-            request(duration=d, seed=d),
-            on_progress=lambda done, total, d=d: progress[d].append((done, total)),
-        )
-        for d in durations
-    ]
+
+    def recorder(duration: int) -> Callable[[int, int], None]:
+        return lambda done, total: progress[duration].append((done, total))
+
+    jobs = [EngineJob(request(duration=d, seed=d), on_progress=recorder(d)) for d in durations]
     outcomes = engine.generate_batch(jobs)
     for duration, outcome in zip(durations, outcomes, strict=True):
         generated = audio_of(outcome)

@@ -447,3 +447,19 @@ def test_finetuned_without_a_configured_checkpoint_is_a_clear_error(engine: Musi
 def test_an_invalid_request_is_refused_before_any_work(engine: MusicGenEngine) -> None:
     with pytest.raises(RequestError, match="Duration"):
         engine.generate(text_request(duration=31))
+
+
+@pytest.mark.parametrize("version", ["small", "melody"])
+def test_greedy_decoding_makes_exactly_what_transformers_generate_makes(
+    engine: MusicGenEngine, version: str
+) -> None:
+    # Our decoding loop replaces transformers' generate(); at batch 1 their greedy codes (and so the
+    # audio) are identical, guidance included.
+    ours = engine.generate(text_request(model_version=version, temperature=0, duration=1))
+    loaded = engine.cache.get(version)
+    tokens = loaded.tokenizer(["calm acoustic guitar melody"], return_tensors="pt")
+    with torch.inference_mode():
+        theirs = loaded.model.generate(
+            **tokens, do_sample=False, guidance_scale=3.0, max_new_tokens=50 + 3, num_beams=1
+        )
+    assert torch.equal(ours.wav, theirs[0])
