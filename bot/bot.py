@@ -227,7 +227,7 @@ class MusicGenBot(commands.AutoShardedBot):
             inference=self.inference,
             poster=ResultPoster(self),
             output_dir=self.outputs_dir,
-            worker_slots=self.config.worker.processes,
+            worker_slots=self.inference.worker_count,
             job_retries=self.config.worker.job_retries,
             batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,
@@ -270,7 +270,9 @@ class MusicGenBot(commands.AutoShardedBot):
                 num_gpus=worker.ray_gpus_per_replica,
                 num_cpus=worker.ray_num_cpus,
             )
-        return InferenceClient(self.config.engine_settings, processes=worker.processes)
+        return InferenceClient(
+            self.config.engine_settings, processes=worker.processes, devices=worker.devices
+        )
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""

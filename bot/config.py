@@ -51,7 +51,12 @@ class StorageOptions(_Section):
 
 
 class WorkerOptions(_Section):
-    processes: int = Field(default=1, ge=1)
+    # Worker processes, one batch at a time each: a number, or "auto" for one per visible GPU (one on
+    # a machine without). A number spreads the workers over the visible GPUs in turn.
+    processes: int | Literal["auto"] = 1
+    # Explicit devices, one worker per entry (["cuda:0", "cuda:1"], ["cpu", "cpu"]); empty: from
+    # `processes` and `[engine] device`. Each worker has its own model cache of `[engine] model_cache_gb`.
+    devices: list[str] = Field(default_factory=list)
     job_retries: int = Field(default=1, ge=0)
     # Jobs a worker runs together in one batch (1 turns batching off).
     max_batch_size: int = Field(default=4, ge=1)
@@ -75,6 +80,19 @@ class WorkerOptions(_Section):
     def model_post_init(self, _context: object) -> None:
         if not isinstance(self.ray_num_gpus, str) and self.ray_num_gpus < 0:
             raise ValueError('[worker] ray_num_gpus must be "auto" or a number of GPUs (0 or more)')
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError('[worker] processes must be at least 1, or "auto"')
+        if any(not device.strip() for device in self.devices):
+            raise ValueError("[worker] devices cannot contain an empty name")
+        if (
+            self.devices
+            and "processes" in self.model_fields_set
+            and self.processes not in ("auto", len(self.devices))
+        ):
+            raise ValueError(
+                f"[worker] processes = {self.processes} but devices lists {len(self.devices)}: "
+                'one worker runs per listed device (leave processes out, or set it to "auto")'
+            )
 
     @property
     def ray_gpus_per_replica(self) -> float | None:

@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import ray
 from ray.exceptions import RayError
@@ -258,15 +258,15 @@ class RayInferenceClient:
         self,
         settings: EngineSettings,
         *,
-        replicas: int = 1,
+        replicas: int | Literal["auto"] = 1,
         address: str = "",
         num_gpus: float | None = None,
         num_cpus: float = 1.0,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         init_options: dict[str, Any] | None = None,
     ) -> None:
-        if replicas < 1:
-            raise ValueError("replicas must be at least 1")
+        if replicas != "auto" and replicas < 1:
+            raise ValueError('replicas must be at least 1, or "auto"')
         self._settings = settings
         self._replica_count = replicas
         self._address = address
@@ -284,6 +284,11 @@ class RayInferenceClient:
         self._closing = False
 
     # -- properties for the scheduler -----------------------------------------------------------
+    @property
+    def worker_count(self) -> int:
+        """Replicas this client keeps running ("auto": one per GPU of the cluster, known once started)."""
+        return 1 if self._replica_count == "auto" else self._replica_count
+
     @property
     def idle_workers(self) -> int:
         """Replicas that are ready and have no batch: how many batches would start right now."""
@@ -308,7 +313,13 @@ class RayInferenceClient:
         self._started = True
         try:
             await asyncio.to_thread(self._connect)
-            replicas = [self._new_replica() for _ in range(self._replica_count)]
+            count = self._replica_count
+            if count == "auto":
+                # One replica per GPU of the cluster, as the local back end runs one worker per GPU.
+                count = max(1, int(ray.cluster_resources().get("GPU", 0)))
+            assert isinstance(count, int)
+            self._replica_count = count
+            replicas = [self._new_replica() for _ in range(count)]
             await asyncio.gather(*(self._wait_ready(replica) for replica in replicas))
         except BaseException:
             await self.close()

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 class InferenceService(Protocol):
     @property
+    def worker_count(self) -> int: ...
+
+    @property
     def idle_workers(self) -> int: ...
 
     @property

@@ -95,6 +95,10 @@ def build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
         torch.set_num_threads(settings.engine.cpu_threads)
     # A device that is not there is a configuration error: fail here, before any job is accepted.
     device = resolve_device(settings.engine)
+    if device.type == "cuda" and device.index is not None:
+        # Allocations that name no device (CUDA graphs, compile, library workspaces) land on this
+        # worker's card, not on cuda:0 beside another worker's models.
+        torch.cuda.set_device(device)
     dtype = resolve_dtype(settings.engine, device)
     engine = engine_module.MusicGenEngine(settings)
     ready = Ready(device=str(device), dtype=str(dtype).removeprefix("torch."))
