@@ -1,4 +1,4 @@
-"""Benchmark: our engine on the real `small` architecture (random weights), in four sections.
+"""Benchmark: our engine on the real `small` architecture (random weights), in sections.
 
     python bench/run.py            # 8 s of audio, top_k 250, cfg 3 (long on a small CPU)
     python bench/run.py --quick    # 2 s of audio: a few minutes once the model exists
@@ -8,7 +8,8 @@
   one after another (N times the batch-1 run), with the throughput of each batch size;
 - default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16);
 - bot: through the bot and the fake Discord, in the default configuration (bench/bot_bench.py: batched
-  vs batch size 1 throughput, acknowledgement latency, a burst against the fake Discord's floor).
+  vs batch size 1 throughput, acknowledgement latency, a burst against the fake Discord's floor);
+- replicas: jobs per minute with 1, 2 and 4 local workers of the tiny model (bench/replica_scaling.py).
 
 Both paths run in this process on the same weights (random, built once by
 `inference.random_models.make_test_model("small")` into --model-dir and reused), with the same
@@ -344,8 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-worker", action="store_true", help="skip the worker round-trip measurement")
     parser.add_argument(
         "--sections",
-        default="parity,batching,default,bot",
-        help="comma-separated sections to run: parity, batching, default, bot [all]",
+        default="parity,batching,default,bot,replicas",
+        help="comma-separated sections to run: parity, batching, default, bot, replicas [all]",
     )
     parser.add_argument(
         "--batch-repeats", type=int, default=1, help="timed runs per batch size (best reported) [1]"
@@ -358,11 +359,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bot_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
     """Through the bot and the fake Discord (bench/bot_bench.py), in the default configuration."""
-    from bot_bench import run_bot_bench  # next to this file; imports discord and the test fake
+    from bench.bot_bench import run_bot_bench  # imports discord and the test fake
 
     print(flush=True)
     tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
     return run_bot_bench(small_dir, tiny_dir, quick=args.quick, threads=args.threads)
+
+
+def replicas_section(args: argparse.Namespace) -> list[str]:
+    """Jobs per minute with 1, 2 and 4 local workers of the tiny model (bench/replica_scaling.py)."""
+    from bench.replica_scaling import run_replica_scaling
+
+    tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
+    return run_replica_scaling(tiny_dir, quick=args.quick)
 
 
 def parity_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
@@ -523,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += default_configuration_section(args, small_dir)
     if "bot" in args.sections:
         lines += bot_section(args, small_dir)
+    if "replicas" in args.sections:
+        lines += replicas_section(args)
     print()
     for line in lines:
         print(line)

@@ -34,6 +34,7 @@ from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
 from inference.protocol import GenerationResult
 from inference.request import RequestError
+from inference.service import InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class MusicGenBot(commands.AutoShardedBot):
     database: Database
     jobs: JobStore
     scheduler: FairScheduler
-    inference: InferenceClient
+    inference: InferenceService
     dispatcher: JobDispatcher
     clip_intake: ClipIntake
     controls: ServerControls
@@ -102,7 +103,7 @@ class MusicGenBot(commands.AutoShardedBot):
         self,
         config: BotConfig,
         *,
-        inference: InferenceClient | None = None,
+        inference: InferenceService | None = None,
         force_command_sync: bool = False,
         **options: Any,
     ) -> None:
@@ -217,9 +218,7 @@ class MusicGenBot(commands.AutoShardedBot):
         if self._given_inference is not None:
             self.inference = self._given_inference
         else:
-            self.inference = InferenceClient(
-                self.config.engine_settings, processes=self.config.worker.processes
-            )
+            self.inference = self._inference_backend()
             await self.inference.start()
         self.dispatcher = JobDispatcher(
             # Its writes wait out a locked or full database instead of failing the job.
@@ -228,7 +227,7 @@ class MusicGenBot(commands.AutoShardedBot):
             inference=self.inference,
             poster=ResultPoster(self),
             output_dir=self.outputs_dir,
-            worker_slots=self.config.worker.processes,
+            worker_slots=self.inference.worker_count,
             job_retries=self.config.worker.job_retries,
             batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,
@@ -257,6 +256,23 @@ class MusicGenBot(commands.AutoShardedBot):
     def low_disk_refusal(self) -> str | None:
         """Why no new job can be taken while the disk is nearly full, or None."""
         return low_disk_refusal(self.data_dir, int(self.config.storage.min_free_mb * MIB))
+
+    def _inference_backend(self) -> InferenceService:
+        """The inference client [worker] backend names; Ray is imported only when it is chosen."""
+        worker = self.config.worker
+        if worker.backend == "ray":
+            from inference.ray_backend import RayInferenceClient
+
+            return RayInferenceClient(
+                self.config.engine_settings,
+                replicas=worker.processes,
+                address=worker.ray_address,
+                num_gpus=worker.ray_gpus_per_replica,
+                num_cpus=worker.ray_num_cpus,
+            )
+        return InferenceClient(
+            self.config.engine_settings, processes=worker.processes, devices=worker.devices
+        )
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,7 +51,12 @@ class StorageOptions(_Section):
 
 
 class WorkerOptions(_Section):
-    processes: int = Field(default=1, ge=1)
+    # Worker processes, one batch at a time each: a number, or "auto" for one per visible GPU (one on
+    # a machine without). A number spreads the workers over the visible GPUs in turn.
+    processes: int | Literal["auto"] = 1
+    # Explicit devices, one worker per entry (["cuda:0", "cuda:1"], ["cpu", "cpu"]); empty: from
+    # `processes` and `[engine] device`. Each worker has its own model cache of `[engine] model_cache_gb`.
+    devices: list[str] = Field(default_factory=list)
     job_retries: int = Field(default=1, ge=0)
     # Jobs a worker runs together in one batch (1 turns batching off).
     max_batch_size: int = Field(default=4, ge=1)
@@ -61,6 +66,38 @@ class WorkerOptions(_Section):
     # A free worker waits up to this long after a job arrives for others to join its batch (only while
     # the batch could still grow): commands sent together then run together.
     batch_wait_s: float = Field(default=0.2, ge=0)
+    # Where the workers run: "local" = worker processes on this machine, "ray" = replicas on a Ray
+    # cluster (`processes` of them; the optional ray extra must be installed).
+    backend: Literal["local", "ray"] = "local"
+    # "" starts a Ray runtime on this machine; "auto" joins the cluster this machine belongs to; or an
+    # address such as "10.0.0.5:6379" or "ray://10.0.0.5:10001".
+    ray_address: str = ""
+    # GPUs each replica reserves; "auto" = 1 when the cluster has GPUs, else 0 (CPU replicas).
+    ray_num_gpus: float | Literal["auto"] = "auto"
+    # CPUs each replica reserves (a CPU replica's torch threads; Ray sets OMP_NUM_THREADS to it).
+    ray_num_cpus: float = Field(default=1.0, gt=0)
+
+    def model_post_init(self, _context: object) -> None:
+        if not isinstance(self.ray_num_gpus, str) and self.ray_num_gpus < 0:
+            raise ValueError('[worker] ray_num_gpus must be "auto" or a number of GPUs (0 or more)')
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError('[worker] processes must be at least 1, or "auto"')
+        if any(not device.strip() for device in self.devices):
+            raise ValueError("[worker] devices cannot contain an empty name")
+        if (
+            self.devices
+            and "processes" in self.model_fields_set
+            and self.processes not in ("auto", len(self.devices))
+        ):
+            raise ValueError(
+                f"[worker] processes = {self.processes} but devices lists {len(self.devices)}: "
+                'one worker runs per listed device (leave processes out, or set it to "auto")'
+            )
+
+    @property
+    def ray_gpus_per_replica(self) -> float | None:
+        """GPUs per replica, None when Ray should look at the cluster ("auto")."""
+        return None if self.ray_num_gpus == "auto" else float(self.ray_num_gpus)
 
 
 class JamOptions(_Section):

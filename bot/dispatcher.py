@@ -26,10 +26,11 @@ from bot.scheduler import FairScheduler, ScheduledJob
 from bot.status_message import ProgressClock, StatusMessage
 from bot.storage_faults import PatientJobStore
 from bot.supervision import keep_running
-from inference.client import InferenceClient, JobSubmission
+from inference.client import JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
+from inference.service import InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class JobDispatcher:
         *,
         store: PatientJobStore,
         scheduler: FairScheduler,
-        inference: InferenceClient,
+        inference: InferenceService,
         poster: ResultPoster,
         output_dir: Path,
         worker_slots: int,

@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.replies import clip_text, escape_member_text, join_lines_within
 from bot.server_controls import BotHealth
 from bot.status_message import format_seconds
+from inference.client import InferenceClient
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
@@ -36,7 +37,7 @@ class StatusCog(commands.Cog):
         others = {gid: counts for gid, counts in pending.items() if gid != guild_id}
         other_jobs = sum(q + r for q, r in others.values())
         inference = self.bot.inference
-        configured = self.bot.config.worker.processes
+        configured = inference.worker_count
         busy, idle = inference.busy_workers, inference.idle_workers
         starting = max(configured - busy - idle, 0)
         models = await self.health.models_run_since(self.bot.started_at)
@@ -50,6 +51,12 @@ class StatusCog(commands.Cog):
             + (f" · {starting} starting or restarting" if starting else ""),
             "**Models run since start:** " + (", ".join(models) or "none yet"),
         ]
+        if isinstance(inference, InferenceClient):  # the local back end knows its workers' devices
+            lines.extend(
+                f"· {worker.name} on {worker.ready_device or worker.device}: "
+                + (", ".join(worker.models) or "no model loaded yet")
+                for worker in inference.workers
+            )
         failure = await self.health.last_failure(guild_id)
         if failure is None:
             lines.append("**Last error here:** none")

@@ -1,7 +1,8 @@
 """The bot's handle on the inference worker processes: submit jobs, alone or as a batch, and await them.
 
-`InferenceClient` starts `processes` worker processes ("spawn") and hands each one batch at a time
-(a single job is a batch of one). Every job of a batch is followed on its own: its progress is
+`InferenceClient` starts one worker process ("spawn") per device (see `inference.placement`:
+`processes = "auto"` is one per visible GPU, `devices` an explicit list) and hands each one batch at
+a time (a single job is a batch of one), preferring a free worker that already holds the batch's model. Every job of a batch is followed on its own: its progress is
 delivered on the event loop, it can be cancelled without disturbing the others, and it ends with its
 own result or exception. If a worker dies (kill -9, out of memory), every unfinished job of its batch
 fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches.
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from inference import placement
 from inference import worker as worker_module
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
 from inference.protocol import (
@@ -54,6 +56,7 @@ __all__ = [
     "ProgressCallback",
     "WorkerCrashed",
     "WorkerStartError",
+    "WorkerStatus",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ DEFAULT_CLOSE_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 10.0
 # Replacement workers that keep failing to start are retried with a growing pause, up to this.
 MAX_RESTART_BACKOFF_S = 60.0
+# Model versions remembered per worker (most recent first): about what a model cache holds.
+REMEMBERED_MODELS = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,21 @@ class JobSubmission:
     job_id: str
     request: GenerationRequest
     on_progress: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A live worker as the client sees it (for logs, admins and tests)."""
+
+    name: str
+    pid: int | None
+    # The device it was started on, and the one it reported in `Ready` ("" until then).
+    device: str
+    ready_device: str
+    # Model versions it ran recently, the most recent first.
+    models: tuple[str, ...]
+    batches_run: int
+    jobs_run: int
 
 
 @dataclass(eq=False)
@@ -112,7 +132,11 @@ class _WorkerProcess:
     process: BaseProcess
     conn: Connection
     ready: asyncio.Future[Ready]
+    device: str
     batch: _Batch | None = None
+    models: list[str] = field(default_factory=list)
+    batches_run: int = 0
+    jobs_run: int = 0
     exited: bool = False
     reader: threading.Thread | None = None
     # Set by the reader thread once it has reaped the process. Only that thread waits on the
@@ -147,14 +171,18 @@ class InferenceClient:
         self,
         settings: EngineSettings,
         *,
-        processes: int = 1,
+        processes: int | Literal["auto"] = 1,
+        devices: Sequence[str] = (),
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
     ) -> None:
-        if processes < 1:
-            raise ValueError("processes must be at least 1")
+        if processes != "auto" and processes < 1:
+            raise ValueError('processes must be at least 1, or "auto"')
         self._settings = settings
-        self._process_count = processes
+        self._processes = processes
+        self._requested_devices = tuple(devices)
+        # One entry per worker, decided by start(): the device each worker is pinned to.
+        self._devices: list[str] = []
         self._start_timeout_s = start_timeout_s
         self._close_timeout_s = close_timeout_s
         self._context = multiprocessing.get_context("spawn")
@@ -180,6 +208,30 @@ class InferenceClient:
         return sum(1 for w in self._workers if w.batch is not None and not w.exited)
 
     @property
+    def worker_count(self) -> int:
+        """How many workers run batches at once (known once start() has decided the devices)."""
+        if not self._devices:
+            raise RuntimeError("the worker count is known once start() has run")
+        return len(self._devices)
+
+    @property
+    def workers(self) -> list[WorkerStatus]:
+        """The live workers, in start order."""
+        return [
+            WorkerStatus(
+                name=w.name,
+                pid=w.process.pid,
+                device=w.device,
+                ready_device=w.ready.result().device if w.is_ready else "",
+                models=tuple(w.models),
+                batches_run=w.batches_run,
+                jobs_run=w.jobs_run,
+            )
+            for w in self._workers
+            if not w.exited
+        ]
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for logs, admins and tests)."""
         return [w.process.pid for w in self._workers if not w.exited and w.process.pid is not None]
@@ -191,12 +243,22 @@ class InferenceClient:
             raise RuntimeError("InferenceClient.start() was already called")
         self._loop = asyncio.get_running_loop()
         self._started = True
-        workers = [self._spawn_worker() for _ in range(self._process_count)]
+        self._devices = await self._plan_devices()
+        workers = [self._spawn_worker(device) for device in self._devices]
         try:
             await asyncio.gather(*(self._wait_ready(w) for w in workers))
         except BaseException:
             await self.close()
             raise
+
+    async def _plan_devices(self) -> list[str]:
+        engine_device = self._settings.engine.device
+        gpu_count = 0
+        if placement.needs_gpu_count(self._processes, self._requested_devices, engine_device):
+            gpu_count = await asyncio.to_thread(placement.visible_gpu_count)
+        devices = placement.worker_devices(self._processes, self._requested_devices, engine_device, gpu_count)
+        logger.info("starting %d inference worker(s) on %s", len(devices), ", ".join(devices))
+        return devices
 
     async def __aenter__(self) -> InferenceClient:
         await self.start()
@@ -365,35 +427,49 @@ class InferenceClient:
             logger.exception("progress callback for job %s failed", job.job_id)
 
     def _dispatch(self) -> None:
-        """Hand waiting batches to idle workers (oldest batch first)."""
-        for worker in self._workers:
-            if not self._waiting:
-                return
-            if worker.batch is not None or worker.exited or not worker.is_ready:
-                continue
-            batch = self._waiting.popleft()
+        """Hand waiting batches to free workers (oldest batch first), each to a free worker that
+        holds its model where there is one."""
+        free = [w for w in self._workers if w.batch is None and not w.exited and w.is_ready]
+        while self._waiting and free:
+            batch = self._waiting[0]
+            model_version = batch.jobs[0].request.model_version
+            choice = placement.choose_worker(
+                [placement.FreeWorker(w.name, tuple(w.models)) for w in free], model_version
+            )
+            worker = next(w for w in free if w.name == choice.name)
+            free.remove(worker)
             try:
                 worker.conn.send(batch.message())
             except (OSError, ValueError):
                 # The worker died between its last message and now; its reader will report it.
-                self._waiting.appendleft(batch)
                 continue
+            self._waiting.popleft()
             worker.batch = batch
             batch.worker = worker
             batch.unfinished = {job.job_id for job in batch.jobs}
+            worker.batches_run += 1
+            worker.jobs_run += len(batch.jobs)
+            if model_version in worker.models:
+                worker.models.remove(model_version)
+            worker.models.insert(0, model_version)
+            del worker.models[REMEMBERED_MODELS:]
 
     # -- worker processes -----------------------------------------------------------------------
-    def _spawn_worker(self) -> _WorkerProcess:
+    def _spawn_worker(self, device: str) -> _WorkerProcess:
         assert self._loop is not None
         name = f"inference-worker-{next(self._names)}"
         parent_conn, child_conn = self._context.Pipe(duplex=True)
+        # Each worker is pinned to its device; its model cache budget is that device's.
+        settings = self._settings.model_copy(
+            update={"engine": self._settings.engine.model_copy(update={"device": device})}
+        )
         process = self._context.Process(
-            target=worker_module.main, args=(child_conn, self._settings), name=name, daemon=True
+            target=worker_module.main, args=(child_conn, settings), name=name, daemon=True
         )
         process.start()
         # Only the child holds its end now, so the pipe reports EOF as soon as the child dies.
         child_conn.close()
-        worker = _WorkerProcess(name, process, parent_conn, self._loop.create_future())
+        worker = _WorkerProcess(name, process, parent_conn, self._loop.create_future(), device)
         # A replacement that times out may report its failure later, when nobody awaits it.
         worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._workers.append(worker)
@@ -401,7 +477,7 @@ class InferenceClient:
             target=self._read_events, args=(worker,), name=f"{name}-reader", daemon=True
         )
         worker.reader.start()
-        logger.info("started %s (pid %s)", name, process.pid)
+        logger.info("started %s (pid %s) on %s", name, process.pid, device)
         return worker
 
     async def _wait_ready(self, worker: _WorkerProcess) -> Ready:
@@ -507,23 +583,24 @@ class InferenceClient:
         if worker.ready.done() and worker.is_ready:
             # A worker that served jobs and then died is replaced; one that never became ready is
             # the start-up's failure to report (start() raises it) or the restart loop's to retry.
-            self._schedule_restart()
+            self._schedule_restart(worker.device)
 
-    def _schedule_restart(self, backoff_s: float = 0.0) -> None:
+    def _schedule_restart(self, device: str, backoff_s: float = 0.0) -> None:
         if self._closing:
             return
-        task = asyncio.ensure_future(self._restart(backoff_s))
+        task = asyncio.ensure_future(self._restart(device, backoff_s))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
-    async def _restart(self, backoff_s: float) -> None:
+    async def _restart(self, device: str, backoff_s: float) -> None:
+        """Start a replacement worker on the device of the one that died."""
         if backoff_s:
             await asyncio.sleep(backoff_s)
         if self._closing:
             return
         worker: _WorkerProcess | None = None
         try:
-            worker = self._spawn_worker()
+            worker = self._spawn_worker(device)
             await self._wait_ready(worker)
         except Exception as exc:
             logger.error("replacement worker failed to start: %s", exc)
@@ -536,7 +613,7 @@ class InferenceClient:
                 while self._waiting:
                     for job in self._waiting.popleft().jobs:
                         job.events.put_nowait(WorkerCrashed(f"No inference worker is running: {exc}"))
-            self._schedule_restart(min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
+            self._schedule_restart(device, min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
         else:
             self._dispatch()
 

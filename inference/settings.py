@@ -51,7 +51,8 @@ class EngineOptions(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # torch intra-op threads in the worker; 0 leaves torch's default.
     cpu_threads: int = Field(default=0, ge=0)
-    # Memory budget of the model cache (LRU); models that do not fit evict older ones.
+    # Memory budget of the model cache (LRU), per worker and so per device; models that do not fit
+    # evict older ones.
     model_cache_gb: float = Field(default=16.0, gt=0)
     # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
     static_cache: bool = False

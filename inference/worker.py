@@ -67,11 +67,11 @@ def main(conn: Connection, settings: EngineSettings) -> None:
             level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s"
         )
     try:
-        engine, ready = _build_engine(settings)
+        engine, ready = build_engine(settings)
     except BaseException as exc:
         logger.exception("worker failed to start")
         try:
-            conn.send(StartupFailed(message=_short_message(exc), details=traceback.format_exc()))
+            conn.send(StartupFailed(message=short_message(exc), details=traceback.format_exc()))
         finally:
             conn.close()
         raise SystemExit(1) from None
@@ -80,7 +80,8 @@ def main(conn: Connection, settings: EngineSettings) -> None:
     worker.run()
 
 
-def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
+def build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
+    """Import torch, check the device, build the engine (models load later, per job)."""
     import torch
     from transformers.utils import logging as transformers_logging
 
@@ -94,13 +95,17 @@ def _build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
         torch.set_num_threads(settings.engine.cpu_threads)
     # A device that is not there is a configuration error: fail here, before any job is accepted.
     device = resolve_device(settings.engine)
+    if device.type == "cuda" and device.index is not None:
+        # Allocations that name no device (CUDA graphs, compile, library workspaces) land on this
+        # worker's card, not on cuda:0 beside another worker's models.
+        torch.cuda.set_device(device)
     dtype = resolve_dtype(settings.engine, device)
     engine = engine_module.MusicGenEngine(settings)
     ready = Ready(device=str(device), dtype=str(dtype).removeprefix("torch."))
     return engine, ready
 
 
-def _short_message(exc: BaseException) -> str:
+def short_message(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     if len(text) > MAX_ERROR_MESSAGE_CHARS:
         text = text[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
@@ -123,7 +128,7 @@ def job_outcome(
         return GenerationError(job.job_id, "Cancelled.", ErrorKind.CANCELLED)
     if isinstance(generated, BaseException):
         logger.error("job %s failed", job.job_id, exc_info=generated)
-        return GenerationError(job.job_id, _short_message(generated), ErrorKind.INTERNAL)
+        return GenerationError(job.job_id, short_message(generated), ErrorKind.INTERNAL)
     write_started = time.perf_counter()
     try:
         folder = Path(output_dir)
@@ -131,7 +136,7 @@ def job_outcome(
         path = write_generated(generated, job.request, folder / f"{job.job_id}.{job.request.output_format}")
     except Exception as exc:
         logger.exception("job %s: writing the audio failed", job.job_id)
-        return GenerationError(job.job_id, _short_message(exc), ErrorKind.INTERNAL)
+        return GenerationError(job.job_id, short_message(exc), ErrorKind.INTERNAL)
     timings = dict(generated.timings)
     timings["write"] = time.perf_counter() - write_started
     timings["total"] = timings.get("total", 0.0) + timings["write"]
@@ -252,36 +257,52 @@ class _WorkerLoop:
     def _is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancel_requested
 
-    def _progress_reporter(self, job_id: str) -> Callable[[int, int], None]:
-        last_sent_at = 0.0
-
-        def on_progress(steps_done: int, steps_total: int) -> None:
-            nonlocal last_sent_at
-            now = time.monotonic()
-            if steps_done <= 1 or steps_done >= steps_total or now - last_sent_at >= PROGRESS_MIN_INTERVAL_S:
-                last_sent_at = now
-                self.send(Progress(job_id, steps_done, steps_total))
-
-        return on_progress
-
     def _run_batch(self, batch: SubmitBatch) -> None:
-        from inference.engine import EngineJob
+        run_batch(self._engine, batch, self.send, self._is_cancelled)
 
-        engine_jobs = []
-        for job in batch.jobs:
-            self.send(Started(job.job_id))
-            engine_jobs.append(
-                EngineJob(
-                    request=job.request,
-                    on_progress=self._progress_reporter(job.job_id),
-                    is_cancelled=functools.partial(self._is_cancelled, job.job_id),
-                )
+
+def progress_reporter(job_id: str, send: Callable[[WorkerEvent], None]) -> Callable[[int, int], None]:
+    """The engine's progress callback for one job: `Progress` events, at most one per interval."""
+    last_sent_at = 0.0
+
+    def on_progress(steps_done: int, steps_total: int) -> None:
+        nonlocal last_sent_at
+        now = time.monotonic()
+        if steps_done <= 1 or steps_done >= steps_total or now - last_sent_at >= PROGRESS_MIN_INTERVAL_S:
+            last_sent_at = now
+            send(Progress(job_id, steps_done, steps_total))
+
+    return on_progress
+
+
+def run_batch(
+    engine: MusicGenEngine,
+    batch: SubmitBatch,
+    send: Callable[[WorkerEvent], None],
+    is_cancelled: Callable[[str], bool],
+) -> None:
+    """Run one batch as one engine call: `Started` and `Progress` for each job, then exactly one outcome each.
+
+    Shared by the worker process (`send` writes to its pipe) and the Ray replica (`send` queues the
+    event for the client's next poll); `is_cancelled(job_id)` is polled between decoder steps.
+    """
+    from inference.engine import EngineJob
+
+    engine_jobs = []
+    for job in batch.jobs:
+        send(Started(job.job_id))
+        engine_jobs.append(
+            EngineJob(
+                request=job.request,
+                on_progress=progress_reporter(job.job_id, send),
+                is_cancelled=functools.partial(is_cancelled, job.job_id),
             )
-        try:
-            outcomes: list[GeneratedAudio | Exception] = self._engine.generate_batch(engine_jobs)
-        except Exception as exc:
-            # The engine answers per job; an exception out of the batch call itself fails all of it.
-            logger.exception("batch %s failed", ", ".join(batch.job_ids))
-            outcomes = [exc for _ in batch.jobs]
-        for job, generated in zip(batch.jobs, outcomes, strict=True):
-            self.send(job_outcome(job, generated, batch.output_dir))
+        )
+    try:
+        outcomes: list[GeneratedAudio | Exception] = engine.generate_batch(engine_jobs)
+    except Exception as exc:
+        # The engine answers per job; an exception out of the batch call itself fails all of it.
+        logger.exception("batch %s failed", ", ".join(batch.job_ids))
+        outcomes = [exc for _ in batch.jobs]
+    for job, generated in zip(batch.jobs, outcomes, strict=True):
+        send(job_outcome(job, generated, batch.output_dir))

@@ -6,6 +6,7 @@ is imported lazily so tests that never touch a model (the bot side) do not pay f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,3 +60,24 @@ def engine_settings(
         engine=EngineOptions(device="cpu", dtype="float32", cpu_threads=1, model_cache_gb=4.0),
         melody=MelodyOptions(stem_separation=False),
     )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray runtime for one test module: two CPUs, no dashboard, a small object store.
+
+    Ray-backed clients started meanwhile find Ray initialised and use it (and leave it running).
+    """
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/run.py` (see the README); each module also runs as a script."""

@@ -1,0 +1,48 @@
+"""What the bot needs from an inference back end, whichever runs the workers.
+
+`inference.client.InferenceClient` (worker processes on this machine) and
+`inference.ray_backend.RayInferenceClient` (replicas on a Ray cluster) both fit this protocol, so the
+dispatcher and the bot are written once against it. Importing this module imports neither back end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from inference.client import JobSubmission, ProgressCallback
+    from inference.protocol import GenerationResult
+    from inference.request import GenerationRequest
+
+
+class InferenceService(Protocol):
+    @property
+    def worker_count(self) -> int: ...
+
+    @property
+    def idle_workers(self) -> int: ...
+
+    @property
+    def busy_workers(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> GenerationResult: ...
+
+    def submit_batch(
+        self, jobs: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[asyncio.Task[GenerationResult]]: ...
+
+    async def cancel(self, job_id: str) -> bool: ...

@@ -1,0 +1,280 @@
+"""The Ray back end as the bot uses it: batches on replicas (Ray actors) of a local cluster of CPU
+replicas, files coming back as bytes, progress, cancelling one job of a batch, a replica killed.
+
+One Ray runtime and one client (one replica on the tiny models) are shared by the module: starting
+Ray and a replica that imports torch takes seconds on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import ray
+import soundfile
+
+from inference.client import (
+    GenerationCancelled,
+    JobSubmission,
+    ProgressCallback,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from inference.protocol import BatchJob
+from inference.ray_backend import FinishedFile, InputFile, RayInferenceClient
+from inference.request import GenerationRequest, RequestError
+from inference.settings import EngineSettings
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+# Hang guards only (tests never assert timings).
+JOB_TIMEOUT_S = 180.0
+# Long enough that a job is still running when the test reacts to its first progress event.
+LONG_DURATION_S = 30
+
+
+def short_request(**changes: object) -> GenerationRequest:
+    return GenerationRequest(model_version="small", prompt="calm acoustic guitar", duration=1).replace(
+        **changes
+    )
+
+
+def replica_pids(client: RayInferenceClient) -> list[int]:
+    return [ray.get(actor.pid.remote()) for actor in client.replica_actors]
+
+
+def replica_scratch_folders() -> set[Path]:
+    """The replicas' temporary folders on this machine (a replica killed mid-batch leaves its own)."""
+    return set(Path(tempfile.gettempdir()).glob("musicgen-replica-*"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(ray_cluster: None, engine_settings: EngineSettings) -> AsyncIterator[RayInferenceClient]:
+    async with RayInferenceClient(engine_settings, replicas=1, num_cpus=1) as inference_client:
+        yield inference_client
+
+
+@on_module_loop
+async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_side(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    progress: dict[str, list[tuple[int, int]]] = {"ray-a": [], "ray-b": []}
+
+    def recorder(job_id: str) -> ProgressCallback:
+        async def on_progress(steps_done: int, steps_total: int) -> None:
+            progress[job_id].append((steps_done, steps_total))
+
+        return on_progress
+
+    output_dir = tmp_path / "outputs"  # not there yet: the client makes it
+    scratch_before = replica_scratch_folders()
+    tasks = client.submit_batch(
+        [
+            JobSubmission("ray-a", short_request(seed=1), recorder("ray-a")),
+            JobSubmission("ray-b", short_request(duration=2, seed=2), recorder("ray-b")),
+        ],
+        output_dir,
+    )
+    first, second = await asyncio.wait_for(asyncio.gather(*tasks), JOB_TIMEOUT_S)
+
+    assert (first.job_id, first.seed, second.job_id, second.seed) == ("ray-a", 1, "ray-b", 2)
+    for result, seconds in ((first, 1), (second, 2)):
+        assert Path(result.output_path).parent == output_dir
+        info = soundfile.info(result.output_path)
+        assert info.samplerate == result.sample_rate == 32_000
+        assert info.frames == seconds * 32_000
+    assert sorted(path.name for path in output_dir.iterdir()) == ["ray-a.wav", "ray-b.wav"]
+    # The replica's own copies are gone once their bytes came back.
+    assert replica_scratch_folders() == scratch_before
+    for job_id, events in progress.items():
+        assert events, f"no progress for {job_id}"
+        steps_done = [done for done, _ in events]
+        assert steps_done == sorted(steps_done)
+        assert events[-1][0] == events[-1][1]
+    assert client.idle_workers == 1 and client.busy_workers == 0
+
+
+@on_module_loop
+async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_the_other_finishes(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    pids_before = replica_pids(client)
+    cancel_sent: list[bool] = []
+
+    async def cancel_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if not cancel_sent:
+            cancel_sent.append(await client.cancel("ray-cancel-me"))
+
+    good, bad, cancelled = client.submit_batch(
+        [
+            JobSubmission("ray-good", short_request(duration=2, seed=11)),
+            # 40 s bypasses GenerationRequest.validate(); the engine refuses it.
+            JobSubmission("ray-too-long", short_request(duration=40, seed=12)),
+            JobSubmission(
+                "ray-cancel-me", short_request(duration=LONG_DURATION_S, seed=13), cancel_on_first_progress
+            ),
+        ],
+        tmp_path,
+    )
+    done, _ = await asyncio.wait([good, bad, cancelled], timeout=JOB_TIMEOUT_S)
+    assert len(done) == 3, "a job of the batch never ended"
+
+    assert good.result().seed == 11
+    with pytest.raises(RequestError, match="30"):
+        bad.result()
+    with pytest.raises(GenerationCancelled):
+        cancelled.result()
+    assert cancel_sent == [True]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ray-good.wav"]
+    assert await client.cancel("ray-cancel-me") is False  # finished jobs are unknown to the client
+    assert replica_pids(client) == pids_before
+
+
+@on_module_loop
+async def test_a_job_waiting_for_the_busy_replica_can_be_cancelled_and_never_runs(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    first_started = asyncio.Event()
+
+    async def on_first_progress(steps_done: int, steps_total: int) -> None:
+        first_started.set()
+
+    first = asyncio.create_task(
+        client.submit("ray-first", short_request(duration=3), tmp_path, on_progress=on_first_progress)
+    )
+    second = asyncio.create_task(client.submit("ray-second", short_request(), tmp_path))
+    await asyncio.wait_for(first_started.wait(), JOB_TIMEOUT_S)
+    assert client.idle_workers == 0 and client.busy_workers == 1
+
+    assert await client.cancel("ray-second") is True
+    with pytest.raises(GenerationCancelled, match="before it started"):
+        await second
+    assert Path((await asyncio.wait_for(first, JOB_TIMEOUT_S)).output_path).exists()
+    assert not list(tmp_path.glob("ray-second*"))
+
+
+@on_module_loop
+async def test_a_replica_killed_mid_batch_fails_its_jobs_as_crashed_and_a_replacement_serves_the_next(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    (old_actor,) = client.replica_actors
+    (old_pid,) = replica_pids(client)
+    killed: list[bool] = []
+
+    async def kill_replica_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if not killed:
+            killed.append(True)
+            ray.kill(old_actor)  # what a lost node or the OOM killer does to it
+
+    tasks = client.submit_batch(
+        [
+            JobSubmission(
+                f"ray-crash-{index}", short_request(duration=LONG_DURATION_S), kill_replica_on_first_progress
+            )
+            for index in range(2)
+        ],
+        tmp_path,
+    )
+    done, _ = await asyncio.wait(tasks, timeout=JOB_TIMEOUT_S)
+    assert len(done) == 2
+    for task in tasks:
+        with pytest.raises(WorkerCrashed, match="batch of 2"):
+            task.result()
+
+    # The next job waits for the replacement replica, then runs on it.
+    result = await asyncio.wait_for(
+        client.submit("ray-after-crash", short_request(), tmp_path), JOB_TIMEOUT_S
+    )
+    assert Path(result.output_path).parent == tmp_path
+    (new_pid,) = replica_pids(client)
+    assert new_pid != old_pid
+    # The killed replica's temporary folder was removed by its replacement (on the same node here).
+    assert not [
+        path for path in replica_scratch_folders() if path.name.startswith(f"musicgen-replica-{old_pid}-")
+    ]
+
+
+@on_module_loop
+async def test_a_replica_the_cluster_cannot_place_is_a_start_error_naming_the_missing_resources(
+    ray_cluster: None, engine_settings: EngineSettings
+) -> None:
+    # The module's cluster has no GPU: the replica waits for one until the start timeout.
+    unplaceable = RayInferenceClient(engine_settings, replicas=1, num_gpus=1, start_timeout_s=3)
+    with pytest.raises(WorkerStartError, match="GPU"):
+        await unplaceable.start()
+    assert ray.is_initialized()  # the runtime it found is left to its owner
+
+
+@on_module_loop
+async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    clip = tmp_path / "tune.wav"
+    seconds = np.arange(32_000 * 2) / 32_000
+    soundfile.write(clip, 0.3 * np.sin(2 * np.pi * 440 * seconds), 32_000)
+    melody = GenerationRequest(
+        model_version="melody", prompt="a cover", input_audio=str(clip), duration=1, seed=7
+    )
+
+    # Through the client: it reads the clip on the bot's side and sends its bytes with the batch.
+    result = await asyncio.wait_for(client.submit("ray-melody", melody, tmp_path / "out"), JOB_TIMEOUT_S)
+    assert soundfile.info(result.output_path).frames == 32_000
+
+    # What a replica on another node sees: a path that does not exist there, and the clip's bytes.
+    (actor,) = client.replica_actors
+    elsewhere = BatchJob("ray-melody-elsewhere", melody.replace(input_audio="/nowhere/on/this/node/tune.wav"))
+    (outcome,) = await asyncio.wait_for(
+        asyncio.wrap_future(
+            actor.run_batch.remote(
+                (elsewhere,), {elsewhere.job_id: InputFile(".wav", clip.read_bytes())}
+            ).future()
+        ),
+        JOB_TIMEOUT_S,
+    )
+    assert isinstance(outcome, FinishedFile), outcome
+    assert outcome.data == Path(result.output_path).read_bytes()  # same clip, prompt, seed: same music
+
+
+def test_the_bot_imports_ray_only_for_the_ray_back_end_and_the_ray_client_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bot.__main__, bot.bot, cogs.generate, cogs.queue, cogs.settings\n"
+        "from bot.bot import MusicGenBot\n"
+        "from bot.config import BotConfig, WorkerOptions\n"
+        "from inference.client import InferenceClient\n"
+        "local = MusicGenBot(BotConfig())._inference_backend()\n"
+        "assert isinstance(local, InferenceClient), local\n"
+        "assert 'ray' not in sys.modules, 'the local back end imported ray'\n"
+        "remote = MusicGenBot(BotConfig(worker=WorkerOptions(backend='ray')))._inference_backend()\n"
+        "assert type(remote).__name__ == 'RayInferenceClient', remote\n"
+        "assert 'ray' in sys.modules and 'torch' not in sys.modules, 'the Ray client imported torch'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_the_worker_s_ray_keys_are_read_from_the_config_file_and_the_shipped_file_holds_the_defaults(
+    tmp_path: Path,
+) -> None:
+    from bot.config import WorkerOptions, load_config
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[worker]\nprocesses = 8\nbackend = "ray"\nray_address = "auto"\nray_num_gpus = 1\nray_num_cpus = 4\n'
+    )
+    worker = load_config(config_file).worker
+    assert (worker.backend, worker.processes, worker.ray_address) == ("ray", 8, "auto")
+    assert (worker.ray_gpus_per_replica, worker.ray_num_cpus) == (1.0, 4.0)
+    assert WorkerOptions().ray_gpus_per_replica is None  # "auto": decided by the cluster's GPUs
+    with pytest.raises(ValueError, match="ray_num_gpus"):
+        WorkerOptions(ray_num_gpus=-1)
+
+    shipped = Path(__file__).resolve().parents[2] / "config.toml"
+    assert load_config(shipped).worker == WorkerOptions()
