@@ -61,6 +61,12 @@ class WorkerOptions(_Section):
     # A free worker waits up to this long after a job arrives for others to join its batch (only while
     # the batch could still grow): commands sent together then run together.
     batch_wait_s: float = Field(default=0.2, ge=0)
+    # A job (or batch) still running after base + per_audio x its seconds of audio (a clip it reads
+    # counts 30 s), or without a new step for stall seconds, is presumed hung: its worker is killed and
+    # the job retried or failed as after a crash.
+    job_deadline_base_s: float = Field(default=600.0, gt=0)
+    job_deadline_per_audio_s: float = Field(default=60.0, ge=0)
+    job_stall_s: float = Field(default=300.0, gt=0)
 
 
 class JamOptions(_Section):

@@ -75,11 +75,14 @@ class JobSubmission:
     """One job handed to `InferenceClient.submit_batch`.
 
     `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
+    `on_started()` runs on the event loop when a worker takes the job (its batch), e.g. to time it
+    from then rather than from the submission (it may wait for a worker first).
     """
 
     job_id: str
     request: GenerationRequest
     on_progress: ProgressCallback | None = None
+    on_started: Callable[[], None] | None = None
 
 
 @dataclass(eq=False)
@@ -88,6 +91,7 @@ class _Job:
     request: GenerationRequest
     on_progress: ProgressCallback | None
     batch: _Batch
+    on_started: Callable[[], None] | None = None
     # Events for this job, consumed by the coroutine that follows it.
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
@@ -281,7 +285,9 @@ class InferenceClient:
                 raise ValueError(f"job {job_id!r} is already submitted")
         batch = _Batch(jobs=[], output_dir=str(output_dir))
         for submission in submissions:
-            job = _Job(submission.job_id, submission.request, submission.on_progress, batch)
+            job = _Job(
+                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
+            )
             batch.jobs.append(job)
             self._jobs[job.job_id] = job
         self._waiting.append(batch)
@@ -299,6 +305,25 @@ class InferenceClient:
             job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
             return True
         return self._send_cancel(job)
+
+    def kill_worker_of(self, job_id: str) -> bool:
+        """Kill (SIGKILL) the worker process running this job, presumed hung: as after any crash, every
+        unfinished job of its batch fails with WorkerCrashed and a replacement worker starts. False when
+        no worker is running the job (it is still waiting for one, has finished, or is unknown)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        batch, worker = job.batch, job.batch.worker
+        if worker is None or worker.exited or job_id not in batch.unfinished:
+            return False
+        others = (
+            f" and {len(batch.unfinished) - 1} other job(s) of its batch" if len(batch.unfinished) > 1 else ""
+        )
+        logger.error(
+            "killing %s (pid %s), which runs job %s%s", worker.name, worker.process.pid, job_id, others
+        )
+        worker.send_signal(signal.SIGKILL)
+        return True
 
     def _leave_waiting_batch(self, job: _Job) -> bool:
         """Take a job out of its batch if that batch has not gone to a worker yet."""
@@ -344,7 +369,8 @@ class InferenceClient:
                     event = newer
                 await self._report_progress(job, event)
             elif isinstance(event, Started):
-                continue
+                if job.on_started is not None:
+                    job.on_started()
             elif isinstance(event, GenerationResult):
                 return event
             elif isinstance(event, GenerationError):
