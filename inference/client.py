@@ -122,6 +122,8 @@ class _WorkerProcess:
     # Set by the reader thread once it has reaped the process. Only that thread waits on the
     # process: two threads calling waitpid on one child race, and the loser sees it as alive.
     reaped: threading.Event = field(default_factory=threading.Event)
+    # Killed by `kill_worker_of` (its death is on the way): another job of its batch needs no new kill.
+    killed: bool = False
 
     def send_signal(self, signum: int) -> None:
         """Send a signal unless the process is already reaped (its pid may then belong to another)."""
@@ -316,12 +318,15 @@ class InferenceClient:
         batch, worker = job.batch, job.batch.worker
         if worker is None or worker.exited or job_id not in batch.unfinished:
             return False
+        if worker.killed:
+            return True
         others = (
             f" and {len(batch.unfinished) - 1} other job(s) of its batch" if len(batch.unfinished) > 1 else ""
         )
         logger.error(
             "killing %s (pid %s), which runs job %s%s", worker.name, worker.process.pid, job_id, others
         )
+        worker.killed = True
         worker.send_signal(signal.SIGKILL)
         return True
 
