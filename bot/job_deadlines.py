@@ -81,9 +81,6 @@ class JobWatchdog:
         self._watches[job_id] = _Watch(timer, deadline_s, loop.time())
         return deadline_s
 
-    def is_watching(self, job_id: str) -> bool:
-        return job_id in self._watches
-
     def progress(self, job_id: str) -> None:
         """The job reported a step: the stall limit counts from now."""
         watch = self._watches.get(job_id)

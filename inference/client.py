@@ -4,7 +4,8 @@
 (a single job is a batch of one). Every job of a batch is followed on its own: its progress is
 delivered on the event loop, it can be cancelled without disturbing the others, and it ends with its
 own result or exception. If a worker dies (kill -9, out of memory), every unfinished job of its batch
-fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches.
+fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches;
+`kill_worker_of(job_id)` brings that about on purpose for a worker presumed hung.
 
 Importing this module never imports torch or the engine: the bot process uses it and stays light.
 """
@@ -374,8 +375,7 @@ class InferenceClient:
                     event = newer
                 await self._report_progress(job, event)
             elif isinstance(event, Started):
-                if job.on_started is not None:
-                    job.on_started()
+                self._report_start(job)
             elif isinstance(event, GenerationResult):
                 return event
             elif isinstance(event, GenerationError):
@@ -384,6 +384,14 @@ class InferenceClient:
                 raise event
             else:  # pragma: no cover - a protocol mismatch between client and worker
                 raise RuntimeError(f"unexpected worker event {event!r}")
+
+    def _report_start(self, job: _Job) -> None:
+        if job.on_started is None:
+            return
+        try:
+            job.on_started()
+        except Exception:  # like a broken progress display, it must not fail the generation
+            logger.exception("start callback for job %s failed", job.job_id)
 
     async def _report_progress(self, job: _Job, progress: Progress) -> None:
         if job.on_progress is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.job_deadlines import DeadlinePolicy, JobWatchdog
-from inference.client import InferenceClient
+from inference.client import InferenceClient, JobSubmission
 from inference.errors import WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import GenerationRequest
@@ -117,3 +117,22 @@ async def test_the_client_kills_only_the_worker_running_the_job(
     assert Path(result.output_path).is_file()
     assert inference_client.kill_worker_of("already-done") is False
     assert inference_client.worker_pids == pids
+
+
+async def test_the_client_says_when_a_worker_takes_a_job_so_its_deadline_starts_there(
+    inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    events: list[str] = []
+    (task,) = inference_client.submit_batch(
+        [
+            JobSubmission(
+                "timed",
+                GenerationRequest(prompt="a", duration=1, seed=5, model_version="small"),
+                on_progress=lambda *_: events.append("progress"),
+                on_started=lambda: events.append("started"),
+            )
+        ],
+        tmp_path,
+    )
+    await task
+    assert events[0] == "started" and events.count("started") == 1 and "progress" in events
