@@ -24,6 +24,7 @@ from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
 from bot.downloads import ClipIntake
+from bot.job_deadlines import DeadlinePolicy, JobWatchdog
 from bot.jobs import Job, JobStore
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
@@ -232,6 +233,14 @@ class MusicGenBot(commands.AutoShardedBot):
             batch_wait_s=self.config.worker.batch_wait_s,
             progress_interval_s=limits.progress_interval_s,
             prepare_result=self.prepare_result,
+            watchdog=JobWatchdog(
+                self.inference.kill_worker_of,
+                DeadlinePolicy(
+                    base_s=self.config.worker.job_deadline_base_s,
+                    per_audio_second_s=self.config.worker.job_deadline_per_audio_s,
+                    stall_s=self.config.worker.job_stall_s,
+                ),
+            ),
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)

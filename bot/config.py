@@ -76,6 +76,12 @@ class WorkerOptions(_Section):
     ray_num_gpus: float | Literal["auto"] = "auto"
     # CPUs each replica reserves (a CPU replica's torch threads; Ray sets OMP_NUM_THREADS to it).
     ray_num_cpus: float = Field(default=1.0, gt=0)
+    # A job (or batch) still running after base + per_audio x its seconds of audio (a clip it reads
+    # counts 30 s), or without a new step for stall seconds, is presumed hung: its worker is killed and
+    # the job retried or failed as after a crash.
+    job_deadline_base_s: float = Field(default=600.0, gt=0)
+    job_deadline_per_audio_s: float = Field(default=60.0, ge=0)
+    job_stall_s: float = Field(default=300.0, gt=0)
 
     def model_post_init(self, _context: object) -> None:
         if not isinstance(self.ray_num_gpus, str) and self.ray_num_gpus < 0:

@@ -4,7 +4,9 @@ The dispatcher pulls the next batch from the fair scheduler whenever a worker sl
 jobs running, submits them together to the `InferenceClient`, and then follows each job on its own:
 its progress becomes its status-message edits, its cancel stops it alone, and its result is posted
 as soon as it is there. The database row is updated at each step, so a restart knows what to resume.
-A worker crash under a batch of several puts each of its jobs back to run alone.
+A worker crash under a batch of several puts each of its jobs back to run alone. A job that runs far
+past its deadline, or stops making progress, has its worker killed by the watchdog
+(`bot/job_deadlines.py`) and is then retried or failed as after a crash, with a "took too long" message.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import discord
 
 from bot.delivery import ResultPoster
 from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
+from bot.job_deadlines import JobWatchdog
 from bot.jobs import Job, JobStatus
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.scheduler import FairScheduler, ScheduledJob
@@ -35,6 +39,11 @@ from inference.service import InferenceService
 logger = logging.getLogger(__name__)
 
 BATCH_CRASH_REASON = "running alone now: the generator crashed during its batch"
+BATCH_DEADLINE_REASON = "running alone now: its batch took too long"
+TOOK_TOO_LONG_TEXT = (
+    "This took too long to make, twice, so I stopped it. It was not your fault: "
+    "try a shorter duration, or try again later."
+)
 
 
 def scheduled(job: Job) -> ScheduledJob:
@@ -84,6 +93,7 @@ class JobDispatcher:
         progress_interval_s: float,
         prepare_result: Callable[[Job, GenerationResult], Awaitable[GenerationResult]] | None = None,
         batch_wait_s: float = 0.0,
+        watchdog: JobWatchdog | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -96,6 +106,8 @@ class JobDispatcher:
         # Turns the worker's file into what is posted (a continuation becomes the whole piece).
         self.prepare_result = prepare_result
         self.batch_wait_s = batch_wait_s
+        # Kills the worker of a job that misses its deadline or stalls (None: jobs may run for ever).
+        self.watchdog = watchdog
         # When each queued job arrived (loop time), for the batch wait.
         self._queued_at: dict[int, float] = {}
         # Interaction tokens are credentials that live 15 minutes: memory only, never the database.
@@ -308,7 +320,10 @@ class JobDispatcher:
             return
         # No await between the checks above and submit_batch() registering the jobs with the client.
         self._submitted.update(job.id for job, _ in to_submit)
-        tasks = self.inference.submit_batch([submission for _, submission in to_submit], self.output_dir)
+        batch_requests = [job.request for job, _ in to_submit]
+        tasks = self.inference.submit_batch(
+            [self._watched(submission, batch_requests) for _, submission in to_submit], self.output_dir
+        )
         await asyncio.gather(
             *(
                 self._finish_job(job, task, unfinished, batch_size=len(to_submit))
@@ -340,6 +355,32 @@ class JobDispatcher:
                 status.show(f"🎹 {label}: {text}")
 
         return job, JobSubmission(str(job_id), job.request, on_progress)
+
+    def _watched(self, submission: JobSubmission, batch: list[GenerationRequest]) -> JobSubmission:
+        """The submission with the watchdog armed once a worker takes it, and fed its progress.
+
+        Every row of a batch runs as long as its longest job: each gets the longest job's deadline.
+        A back end that does not report the start arms it at the first step instead.
+        """
+        watchdog = self.watchdog
+        if watchdog is None:
+            return submission
+        job_id, show_progress = submission.job_id, submission.on_progress
+        armed = False
+
+        def on_started() -> None:
+            nonlocal armed
+            armed = True
+            deadline_s = max(watchdog.policy.deadline_s(request) for request in batch)
+            watchdog.start(job_id, submission.request, deadline_s=deadline_s)
+
+        def on_progress(steps_done: int, steps_total: int) -> Awaitable[None] | None:
+            if not armed:
+                on_started()
+            watchdog.progress(job_id)
+            return None if show_progress is None else show_progress(steps_done, steps_total)
+
+        return replace(submission, on_started=on_started, on_progress=on_progress)
 
     async def _finish_job(
         self, job: Job, outcome: asyncio.Task[GenerationResult], unfinished: set[int], *, batch_size: int
@@ -378,6 +419,9 @@ class JobDispatcher:
         self._submitted.discard(job_id)
         self._running.discard(job_id)
         self.scheduler.finish(job_id)
+        if self.watchdog is not None:
+            self.watchdog.finish(str(job_id))
+            self.watchdog.missed(str(job_id))  # a kill that came too late for a job that ended anyway
 
     async def _fail_if_pending(self, job_id: int) -> None:
         job = await self.store.get(job_id)
@@ -395,7 +439,15 @@ class JobDispatcher:
         self._forget(job.id)
 
     async def _after_crash(self, job: Job, crash: WorkerCrashed, *, batch_size: int = 1) -> None:
-        logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
+        # Why the watchdog killed the worker, when it did: then the job took too long, it did not crash.
+        missed = None if self.watchdog is None else self.watchdog.missed(str(job.id))
+        if missed is None:
+            logger.error("job %s: %s (attempt %d)", job.id, crash, job.attempts)
+        else:
+            logger.error(
+                "job %s: its worker was killed because %s (attempt %d)", job.id, missed, job.attempts
+            )
+        cause = f"worker crashed: {crash}" if missed is None else f"stopped by the watchdog: {missed}"
         if self.stopping:
             # The shutdown took the worker down with the job: not the job's fault.
             await self._put_back_for_restart(job)
@@ -403,27 +455,32 @@ class JobDispatcher:
         if batch_size > 1:
             # Any job of the batch may have caused it: each runs again alone, and this crash does not
             # count against them, so one bad job cannot use up its neighbours' retry.
-            await self.store.requeue(
-                job.id, error=f"worker crashed during a batch: {crash}", refund_attempt=True
-            )
-            self._retry_reasons[job.id] = BATCH_CRASH_REASON
+            await self.store.requeue(job.id, error=f"during a batch: {cause}", refund_attempt=True)
+            self._retry_reasons[job.id] = BATCH_CRASH_REASON if missed is None else BATCH_DEADLINE_REASON
             self.scheduler.finish(job.id)
             self.scheduler.enqueue(scheduled(job), front=True)
             status = self._status.get(job.id)
+            what_happened = "the generator crashed" if missed is None else "its batch was taking too long"
             if status is not None:
-                status.show(f"⚠️ Job #{job.id}: the generator crashed; trying again on its own…")
+                status.show(f"⚠️ Job #{job.id}: {what_happened}; trying again on its own…")
             self._wake.set()
             return
         # job was read after mark_running, so attempts counts this run.
         if job.attempts <= self.job_retries:
-            await self.store.requeue(job.id, error=f"worker crashed: {crash}")
-            self._retry_reasons[job.id] = "the generator crashed on the first"
+            await self.store.requeue(job.id, error=cause)
+            self._retry_reasons[job.id] = (
+                "the generator crashed on the first" if missed is None else "the first took too long"
+            )
             self.scheduler.finish(job.id)
             self.scheduler.enqueue(scheduled(job), front=True)
             status = self._status.get(job.id)
+            what_happened = "the generator crashed" if missed is None else "it was taking too long"
             if status is not None:
-                status.show(f"⚠️ Job #{job.id}: the generator crashed; trying once more…")
+                status.show(f"⚠️ Job #{job.id}: {what_happened}; trying once more…")
             self._wake.set()
+            return
+        if missed is not None:
+            await self._fail(job, TOOK_TOO_LONG_TEXT)
             return
         await self._fail(
             job,

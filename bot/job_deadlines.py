@@ -9,6 +9,9 @@ with one worker, stalls every server. Each job gets two limits:
 - once it has reported progress, a stall limit: no new step for `stall_s` means the decoding loop
   stopped (a step takes well under a second on a GPU, a few on a CPU).
 
+A job's limits count from the moment its worker takes it (not while it waits for a worker). The jobs
+of a batch run as long as its longest job, so each gets the longest job's deadline.
+
 When a limit is missed the watchdog logs it and kills the job's worker; the inference client then
 reports a crash, and the dispatcher retries or fails the job as for any crash, with `missed(job)` to
 tell the member that it took too long rather than that it crashed.
@@ -43,9 +46,16 @@ class DeadlinePolicy:
         return self.base_s + self.per_audio_second_s * audio_s
 
 
+def seconds_text(seconds: float) -> str:
+    """600 -> "600 s", 0.5 -> "0.5 s": whole seconds, or a tenth for the short limits tests use."""
+    return f"{seconds:.1f}".rstrip("0").rstrip(".") + " s"
+
+
 @dataclass
 class _Watch:
     deadline: asyncio.TimerHandle
+    deadline_s: float
+    started_at: float
     stall: asyncio.TimerHandle | None = None
 
 
@@ -59,13 +69,16 @@ class JobWatchdog:
         self._missed: dict[str, str] = {}
         self._kills: set[asyncio.Task[None]] = set()
 
-    def start(self, job_id: str, request: GenerationRequest) -> float:
-        """The job was submitted: arm its deadline; returns it in seconds."""
+    def start(self, job_id: str, request: GenerationRequest, *, deadline_s: float | None = None) -> float:
+        """A worker took the job: arm its deadline (`deadline_s`, e.g. its batch's, or its own size's);
+        returns it in seconds."""
         self.finish(job_id)
-        deadline_s = self.policy.deadline_s(request)
+        if deadline_s is None:
+            deadline_s = self.policy.deadline_s(request)
         loop = asyncio.get_running_loop()
-        reason = f"it ran past its deadline of {deadline_s:.0f} s"
-        self._watches[job_id] = _Watch(loop.call_later(deadline_s, self._expire, job_id, reason))
+        reason = f"it ran past its deadline of {seconds_text(deadline_s)}"
+        timer = loop.call_later(deadline_s, self._expire, job_id, reason)
+        self._watches[job_id] = _Watch(timer, deadline_s, loop.time())
         return deadline_s
 
     def progress(self, job_id: str) -> None:
@@ -75,7 +88,7 @@ class JobWatchdog:
             return
         if watch.stall is not None:
             watch.stall.cancel()
-        reason = f"it made no progress for {self.policy.stall_s:.0f} s"
+        reason = f"it made no progress for {seconds_text(self.policy.stall_s)}"
         watch.stall = asyncio.get_running_loop().call_later(self.policy.stall_s, self._expire, job_id, reason)
 
     def finish(self, job_id: str) -> None:
@@ -88,7 +101,8 @@ class JobWatchdog:
             watch.stall.cancel()
 
     def missed(self, job_id: str) -> str | None:
-        """Why the watchdog killed this job's worker ("it ran past its deadline of 900 s"), if it did."""
+        """Why the watchdog killed this job's worker ("it ran past its deadline of 900 s"), if it did;
+        asking forgets it."""
         return self._missed.pop(job_id, None)
 
     @property
@@ -96,9 +110,21 @@ class JobWatchdog:
         return len(self._watches)
 
     def _expire(self, job_id: str, reason: str) -> None:
+        watch = self._watches.get(job_id)
         self.finish(job_id)
         self._missed[job_id] = reason
-        logger.error("job %s: %s; killing its worker, presumed hung", job_id, reason)
+        if watch is None:  # pragma: no cover - a fired timer's watch is still there
+            return
+        elapsed_s = asyncio.get_running_loop().time() - watch.started_at
+        logger.error(
+            "JOB DEADLINE: job %s %s (running for %s; deadline %s, stall limit %s); "
+            "killing its worker, presumed hung",
+            job_id,
+            reason.removeprefix("it "),
+            seconds_text(elapsed_s),
+            seconds_text(watch.deadline_s),
+            seconds_text(self.policy.stall_s),
+        )
         task = asyncio.ensure_future(self._kill(job_id))
         self._kills.add(task)
         task.add_done_callback(self._kills.discard)

@@ -5,7 +5,8 @@
 a time (a single job is a batch of one), preferring a free worker that already holds the batch's model. Every job of a batch is followed on its own: its progress is
 delivered on the event loop, it can be cancelled without disturbing the others, and it ends with its
 own result or exception. If a worker dies (kill -9, out of memory), every unfinished job of its batch
-fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches.
+fails with `WorkerCrashed` within moments and a replacement worker is started for the next batches;
+`kill_worker_of(job_id)` brings that about on purpose for a worker presumed hung.
 
 Importing this module never imports torch or the engine: the bot process uses it and stays light.
 """
@@ -80,11 +81,14 @@ class JobSubmission:
     """One job handed to `InferenceClient.submit_batch`.
 
     `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
+    `on_started()` runs on the event loop when a worker takes the job (its batch), e.g. to time it
+    from then rather than from the submission (it may wait for a worker first).
     """
 
     job_id: str
     request: GenerationRequest
     on_progress: ProgressCallback | None = None
+    on_started: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class _Job:
     request: GenerationRequest
     on_progress: ProgressCallback | None
     batch: _Batch
+    on_started: Callable[[], None] | None = None
     # Events for this job, consumed by the coroutine that follows it.
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
@@ -142,6 +147,8 @@ class _WorkerProcess:
     # Set by the reader thread once it has reaped the process. Only that thread waits on the
     # process: two threads calling waitpid on one child race, and the loser sees it as alive.
     reaped: threading.Event = field(default_factory=threading.Event)
+    # Killed by `kill_worker_of` (its death is on the way): another job of its batch needs no new kill.
+    killed: bool = False
 
     def send_signal(self, signum: int) -> None:
         """Send a signal unless the process is already reaped (its pid may then belong to another)."""
@@ -343,7 +350,9 @@ class InferenceClient:
                 raise ValueError(f"job {job_id!r} is already submitted")
         batch = _Batch(jobs=[], output_dir=str(output_dir))
         for submission in submissions:
-            job = _Job(submission.job_id, submission.request, submission.on_progress, batch)
+            job = _Job(
+                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
+            )
             batch.jobs.append(job)
             self._jobs[job.job_id] = job
         self._waiting.append(batch)
@@ -361,6 +370,28 @@ class InferenceClient:
             job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
             return True
         return self._send_cancel(job)
+
+    def kill_worker_of(self, job_id: str) -> bool:
+        """Kill (SIGKILL) the worker process running this job, presumed hung: as after any crash, every
+        unfinished job of its batch fails with WorkerCrashed and a replacement worker starts. False when
+        no worker is running the job (it is still waiting for one, has finished, or is unknown)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        batch, worker = job.batch, job.batch.worker
+        if worker is None or worker.exited or job_id not in batch.unfinished:
+            return False
+        if worker.killed:
+            return True
+        others = (
+            f" and {len(batch.unfinished) - 1} other job(s) of its batch" if len(batch.unfinished) > 1 else ""
+        )
+        logger.error(
+            "killing %s (pid %s), which runs job %s%s", worker.name, worker.process.pid, job_id, others
+        )
+        worker.killed = True
+        worker.send_signal(signal.SIGKILL)
+        return True
 
     def _leave_waiting_batch(self, job: _Job) -> bool:
         """Take a job out of its batch if that batch has not gone to a worker yet."""
@@ -406,7 +437,7 @@ class InferenceClient:
                     event = newer
                 await self._report_progress(job, event)
             elif isinstance(event, Started):
-                continue
+                self._report_start(job)
             elif isinstance(event, GenerationResult):
                 return event
             elif isinstance(event, GenerationError):
@@ -415,6 +446,14 @@ class InferenceClient:
                 raise event
             else:  # pragma: no cover - a protocol mismatch between client and worker
                 raise RuntimeError(f"unexpected worker event {event!r}")
+
+    def _report_start(self, job: _Job) -> None:
+        if job.on_started is None:
+            return
+        try:
+            job.on_started()
+        except Exception:  # like a broken progress display, it must not fail the generation
+            logger.exception("start callback for job %s failed", job.job_id)
 
     async def _report_progress(self, job: _Job, progress: Progress) -> None:
         if job.on_progress is None:

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -221,6 +221,7 @@ class _Job:
     request: GenerationRequest
     on_progress: ProgressCallback | None
     batch: _Batch
+    on_started: Callable[[], None] | None = None
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
 
@@ -398,7 +399,9 @@ class RayInferenceClient:
                 raise ValueError(f"job {job_id!r} is already submitted")
         batch = _Batch(jobs=[], output_dir=Path(output_dir))
         for submission in submissions:
-            job = _Job(submission.job_id, submission.request, submission.on_progress, batch)
+            job = _Job(
+                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
+            )
             batch.jobs.append(job)
             self._jobs[job.job_id] = job
         self._waiting.append(batch)
@@ -415,6 +418,22 @@ class RayInferenceClient:
             job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
             return True
         return self._send_cancel(job)
+
+    def kill_worker_of(self, job_id: str) -> bool:
+        """Kill the replica running this job, presumed hung: as when a replica dies, every unfinished job
+        of its batch fails with WorkerCrashed and a replacement starts. False when no replica runs it."""
+        job = self._jobs.get(job_id)
+        replica = None if job is None else job.batch.replica
+        if job is None or replica is None or replica.exited or job_id not in job.batch.unfinished:
+            return False
+        logger.error(
+            "killing %s, which runs job %s (%d job(s) in its batch)",
+            replica.name,
+            job_id,
+            len(job.batch.jobs),
+        )
+        ray.kill(replica.actor, no_restart=True)  # its run_batch call fails: `_run_batch` sees it gone
+        return True
 
     def _leave_waiting_batch(self, job: _Job) -> bool:
         batch = job.batch
@@ -461,6 +480,8 @@ class RayInferenceClient:
                 else:
                     continue
             if isinstance(event, Started):
+                if job.on_started is not None:
+                    job.on_started()
                 continue
             if isinstance(event, GenerationResult):
                 return event

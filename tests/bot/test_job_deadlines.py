@@ -1,23 +1,20 @@
 """A job that outlives its deadline gets its worker killed for real, and the next job runs on a fresh one.
 
-The watchdog is not wired into the dispatcher yet; here it drives the real inference client the way
-the dispatcher would (start at submit, progress on each step, finish at the end). With one worker
-process, the busy worker is the job's: killing it stands in for the client's missing
-"kill the worker running this job" call.
+Here the watchdog drives the real inference client directly (start at submit, progress on each step,
+finish at the end) with the client's own `kill_worker_of`; tests/bot/test_deadline_scenarios.py
+goes through the bot and its dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bot.job_deadlines import DeadlinePolicy, JobWatchdog
-from inference.client import InferenceClient
+from inference.client import InferenceClient, JobSubmission
 from inference.errors import WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import GenerationRequest
@@ -26,15 +23,16 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def killer(client: InferenceClient, killed: list[int]) -> Callable[[str], bool]:
-    def kill_the_busy_worker(job_id: str) -> bool:
-        if client.busy_workers != 1:
-            return False
-        (pid,) = client.worker_pids
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-        return True
+    """The client's kill_worker_of, noting the pid it was running on."""
 
-    return kill_the_busy_worker
+    def kill_worker_of(job_id: str) -> bool:
+        pids = client.worker_pids
+        if client.kill_worker_of(job_id):
+            killed.extend(pids)
+            return True
+        return False
+
+    return kill_worker_of
 
 
 async def run_watched(
@@ -60,7 +58,7 @@ async def test_a_job_past_its_deadline_has_its_worker_killed_and_the_next_job_ru
     with pytest.raises(WorkerCrashed):
         await run_watched(inference_client, watchdog, "hung-1", long_job, tmp_path)
     assert len(killed) == 1
-    assert watchdog.missed("hung-1") == "it ran past its deadline of 0 s"
+    assert watchdog.missed("hung-1") == "it ran past its deadline of 0.3 s"
     assert watchdog.watching == 0
 
     # A fresh worker takes the next job, and a job within its deadline is left alone.
@@ -94,7 +92,7 @@ async def test_progress_keeps_a_job_alive_and_a_stall_kills_it(
         await asyncio.sleep(0.1)
     assert calls == []
     await asyncio.sleep(1.0)  # the steps stop
-    assert calls == ["steady"] and watchdog.missed("steady") == "it made no progress for 0 s"
+    assert calls == ["steady"] and watchdog.missed("steady") == "it made no progress for 0.3 s"
     assert watchdog.watching == 0
 
 
@@ -106,3 +104,35 @@ async def test_the_deadline_grows_with_the_audio_a_job_makes_and_reads() -> None
     )
     with_clip = GenerationRequest(prompt="a", duration=8, seed=1, input_audio="clip.wav")
     assert policy.deadline_s(with_clip) == 600 + (8 + 30) * 60
+
+
+async def test_the_client_kills_only_the_worker_running_the_job(
+    inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    assert inference_client.kill_worker_of("never-submitted") is False
+    pids = inference_client.worker_pids
+    result = await inference_client.submit(
+        "already-done", GenerationRequest(prompt="a", duration=1, seed=4, model_version="small"), tmp_path
+    )
+    assert Path(result.output_path).is_file()
+    assert inference_client.kill_worker_of("already-done") is False
+    assert inference_client.worker_pids == pids
+
+
+async def test_the_client_says_when_a_worker_takes_a_job_so_its_deadline_starts_there(
+    inference_client: InferenceClient, tmp_path: Path
+) -> None:
+    events: list[str] = []
+    (task,) = inference_client.submit_batch(
+        [
+            JobSubmission(
+                "timed",
+                GenerationRequest(prompt="a", duration=1, seed=5, model_version="small"),
+                on_progress=lambda *_: events.append("progress"),
+                on_started=lambda: events.append("started"),
+            )
+        ],
+        tmp_path,
+    )
+    await task
+    assert events[0] == "started" and events.count("started") == 1 and "progress" in events

@@ -200,6 +200,39 @@ async def test_a_replica_killed_mid_batch_fails_its_jobs_as_crashed_and_a_replac
 
 
 @on_module_loop
+async def test_the_watchdog_can_kill_the_replica_of_a_hung_job_and_a_replacement_takes_over(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    (old_pid,) = replica_pids(client)
+    started: list[str] = []
+    kills: list[bool] = []
+
+    async def kill_on_first_progress(steps_done: int, steps_total: int) -> None:
+        if not kills:
+            kills.append(client.kill_worker_of("ray-hung"))
+
+    assert not client.kill_worker_of("ray-hung")  # unknown: nothing to kill
+    (task,) = client.submit_batch(
+        [
+            JobSubmission(
+                "ray-hung",
+                short_request(duration=LONG_DURATION_S),
+                kill_on_first_progress,
+                on_started=lambda: started.append("ray-hung"),
+            )
+        ],
+        tmp_path,
+    )
+    with pytest.raises(WorkerCrashed):
+        await asyncio.wait_for(task, JOB_TIMEOUT_S)
+    assert started == ["ray-hung"] and kills == [True]
+    result = await asyncio.wait_for(client.submit("ray-after-kill", short_request(), tmp_path), JOB_TIMEOUT_S)
+    assert Path(result.output_path).exists()
+    (new_pid,) = replica_pids(client)
+    assert new_pid != old_pid
+
+
+@on_module_loop
 async def test_a_replica_the_cluster_cannot_place_is_a_start_error_naming_the_missing_resources(
     ray_cluster: None, engine_settings: EngineSettings
 ) -> None:
