@@ -14,29 +14,27 @@ Importing this module never imports torch or the engine: the bot process uses it
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import inspect
 import itertools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from inference import placement
 from inference import worker as worker_module
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
+from inference.job_tracking import Batch, Job, JobSubmission, JobTracker, ProgressCallback
 from inference.protocol import (
     BatchJob,
     Cancel,
-    ErrorKind,
     GenerationError,
     GenerationResult,
     Progress,
@@ -46,7 +44,7 @@ from inference.protocol import (
     StartupFailed,
     SubmitBatch,
 )
-from inference.request import GenerationRequest, RequestError
+from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 
 __all__ = [
@@ -62,8 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], Awaitable[None] | None]
-
 # Importing torch and building the engine takes seconds; loading happens later, per job.
 DEFAULT_START_TIMEOUT_S = 180.0
 # A worker asked to shut down gets this long to finish before it is terminated, then killed.
@@ -74,21 +70,6 @@ EXIT_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 60.0
 # Model versions remembered per worker (most recent first): about what a model cache holds.
 REMEMBERED_MODELS = 4
-
-
-@dataclass(frozen=True)
-class JobSubmission:
-    """One job handed to `InferenceClient.submit_batch`.
-
-    `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
-    `on_started()` runs on the event loop when a worker takes the job (its batch), e.g. to time it
-    from then rather than from the submission (it may wait for a worker first).
-    """
-
-    job_id: str
-    request: GenerationRequest
-    on_progress: ProgressCallback | None = None
-    on_started: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,29 +87,13 @@ class WorkerStatus:
     jobs_run: int
 
 
-@dataclass(eq=False)
-class _Job:
-    job_id: str
-    request: GenerationRequest
-    on_progress: ProgressCallback | None
-    batch: _Batch
-    on_started: Callable[[], None] | None = None
-    # Events for this job, consumed by the coroutine that follows it.
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+# Jobs and batches as this client tracks them: a batch runs on one worker process.
+_Job = Job["_WorkerProcess"]
+_Batch = Batch["_WorkerProcess"]
 
 
-@dataclass(eq=False)
-class _Batch:
-    """Jobs that run together on one worker; a job cancelled while it waits leaves the batch."""
-
-    jobs: list[_Job]
-    output_dir: str
-    worker: _WorkerProcess | None = None
-    # Jobs on the worker that have not had their result or error yet; the worker is free when empty.
-    unfinished: set[str] = field(default_factory=set)
-
-    def message(self) -> SubmitBatch:
-        return SubmitBatch(tuple(BatchJob(job.job_id, job.request) for job in self.jobs), self.output_dir)
+def _batch_message(batch: _Batch) -> SubmitBatch:
+    return SubmitBatch(tuple(BatchJob(job.job_id, job.request) for job in batch.jobs), str(batch.output_dir))
 
 
 @dataclass(eq=False)
@@ -195,8 +160,7 @@ class InferenceClient:
         self._context = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[_WorkerProcess] = []
-        self._waiting: collections.deque[_Batch] = collections.deque()
-        self._jobs: dict[str, _Job] = {}
+        self._tracker: JobTracker[_WorkerProcess] = JobTracker(self._send_cancel)
         self._names = itertools.count(1)
         self._restarts: set[asyncio.Task[None]] = set()
         self._started = False
@@ -207,7 +171,7 @@ class InferenceClient:
     def idle_workers(self) -> int:
         """Workers that are ready and have no batch: how many batches would start right now."""
         idle = sum(1 for w in self._workers if w.is_ready and w.batch is None and not w.exited)
-        return max(0, idle - len(self._waiting))
+        return max(0, idle - len(self._tracker.waiting))
 
     @property
     def busy_workers(self) -> int:
@@ -281,9 +245,7 @@ class InferenceClient:
         self._closing = True
         for task in list(self._restarts):
             task.cancel()
-        while self._waiting:
-            for job in self._waiting.popleft().jobs:
-                job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
+        self._tracker.fail_waiting(lambda: GenerationCancelled("The inference client is shutting down."))
         for worker in self._workers:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(Shutdown())
@@ -321,7 +283,7 @@ class InferenceClient:
         `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
         """
         (job,) = self._add_batch([JobSubmission(job_id, request, on_progress)], output_dir)
-        return await self._follow(job)
+        return await self._tracker.follow(job)
 
     def submit_batch(
         self, jobs: Sequence[JobSubmission], output_dir: str | Path
@@ -336,46 +298,28 @@ class InferenceClient:
         """
         followed = self._add_batch(jobs, output_dir)
         return [
-            asyncio.create_task(self._follow(job), name=f"inference-job-{job.job_id}") for job in followed
+            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
+            for job in followed
         ]
 
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")
-        if not submissions:
-            raise ValueError("a batch needs at least one job")
-        job_ids = [submission.job_id for submission in submissions]
-        for job_id in job_ids:
-            if job_id in self._jobs or job_ids.count(job_id) > 1:
-                raise ValueError(f"job {job_id!r} is already submitted")
-        batch = _Batch(jobs=[], output_dir=str(output_dir))
-        for submission in submissions:
-            job = _Job(
-                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
-            )
-            batch.jobs.append(job)
-            self._jobs[job.job_id] = job
-        self._waiting.append(batch)
+        jobs = self._tracker.add_batch(submissions, output_dir)
         self._dispatch()
-        return list(batch.jobs)
+        return jobs
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or running job: True when the cancel was passed on, False for a job the
         client does not know (finished or never seen). A job finishing at that very moment still
         returns its result. The other jobs of its batch go on."""
-        job = self._jobs.get(job_id)
-        if job is None:
-            return False
-        if self._leave_waiting_batch(job):
-            job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
-            return True
-        return self._send_cancel(job)
+        return self._tracker.cancel(job_id)
 
     def kill_worker_of(self, job_id: str) -> bool:
         """Kill (SIGKILL) the worker process running this job, presumed hung: as after any crash, every
         unfinished job of its batch fails with WorkerCrashed and a replacement worker starts. False when
         no worker is running the job (it is still waiting for one, has finished, or is unknown)."""
-        job = self._jobs.get(job_id)
+        job = self._tracker.jobs.get(job_id)
         if job is None:
             return False
         batch, worker = job.batch, job.batch.worker
@@ -393,16 +337,6 @@ class InferenceClient:
         worker.send_signal(signal.SIGKILL)
         return True
 
-    def _leave_waiting_batch(self, job: _Job) -> bool:
-        """Take a job out of its batch if that batch has not gone to a worker yet."""
-        batch = job.batch
-        if batch.worker is not None or job not in batch.jobs:
-            return False
-        batch.jobs.remove(job)
-        if not batch.jobs and batch in self._waiting:
-            self._waiting.remove(batch)
-        return True
-
     def _send_cancel(self, job: _Job) -> bool:
         worker = job.batch.worker
         if worker is None or worker.exited or job.job_id not in job.batch.unfinished:
@@ -411,66 +345,13 @@ class InferenceClient:
             worker.conn.send(Cancel(job.job_id))
         return True
 
-    async def _follow(self, job: _Job) -> GenerationResult:
-        try:
-            return await self._await_outcome(job)
-        except asyncio.CancelledError:
-            # The caller gave up on the job (its task was cancelled): stop the worker's work too.
-            if not self._leave_waiting_batch(job):
-                self._send_cancel(job)
-            raise
-        finally:
-            self._jobs.pop(job.job_id, None)
-
-    async def _await_outcome(self, job: _Job) -> GenerationResult:
-        held_back: Any = None
-        while True:
-            event = held_back if held_back is not None else await job.events.get()
-            held_back = None
-            if isinstance(event, Progress):
-                # A slow callback should see the newest progress, not a backlog of stale ones.
-                while not job.events.empty():
-                    newer = job.events.get_nowait()
-                    if not isinstance(newer, Progress):
-                        held_back = newer
-                        break
-                    event = newer
-                await self._report_progress(job, event)
-            elif isinstance(event, Started):
-                self._report_start(job)
-            elif isinstance(event, GenerationResult):
-                return event
-            elif isinstance(event, GenerationError):
-                raise _error_for(event)
-            elif isinstance(event, BaseException):
-                raise event
-            else:  # pragma: no cover - a protocol mismatch between client and worker
-                raise RuntimeError(f"unexpected worker event {event!r}")
-
-    def _report_start(self, job: _Job) -> None:
-        if job.on_started is None:
-            return
-        try:
-            job.on_started()
-        except Exception:  # like a broken progress display, it must not fail the generation
-            logger.exception("start callback for job %s failed", job.job_id)
-
-    async def _report_progress(self, job: _Job, progress: Progress) -> None:
-        if job.on_progress is None:
-            return
-        try:
-            outcome = job.on_progress(progress.steps_done, progress.steps_total)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # a broken progress display must not fail the generation
-            logger.exception("progress callback for job %s failed", job.job_id)
-
     def _dispatch(self) -> None:
         """Hand waiting batches to free workers (oldest batch first), each to a free worker that
         holds its model where there is one."""
         free = [w for w in self._workers if w.batch is None and not w.exited and w.is_ready]
-        while self._waiting and free:
-            batch = self._waiting[0]
+        waiting = self._tracker.waiting
+        while waiting and free:
+            batch = waiting[0]
             model_version = batch.jobs[0].request.model_version
             choice = placement.choose_worker(
                 [placement.FreeWorker(w.name, tuple(w.models)) for w in free], model_version
@@ -478,11 +359,11 @@ class InferenceClient:
             worker = next(w for w in free if w.name == choice.name)
             free.remove(worker)
             try:
-                worker.conn.send(batch.message())
+                worker.conn.send(_batch_message(batch))
             except (OSError, ValueError):
                 # The worker died between its last message and now; its reader will report it.
                 continue
-            self._waiting.popleft()
+            waiting.popleft()
             worker.batch = batch
             batch.worker = worker
             batch.unfinished = {job.job_id for job in batch.jobs}
@@ -575,7 +456,7 @@ class InferenceClient:
         elif isinstance(event, _WorkerExited):
             self._worker_gone(worker)
         elif isinstance(event, Started | Progress | GenerationResult | GenerationError):
-            job = self._jobs.get(event.job_id)
+            job = self._tracker.jobs.get(event.job_id)
             if job is not None:
                 job.events.put_nowait(event)
             batch = worker.batch
@@ -602,7 +483,7 @@ class InferenceClient:
                 )
             )
         batch, worker.batch = worker.batch, None
-        lost = [] if batch is None else [job for job in batch.jobs if job.job_id in batch.unfinished]
+        lost = [] if batch is None else batch.unfinished_jobs()
         if batch is not None:
             batch.unfinished.clear()
         if self._closing:
@@ -649,18 +530,8 @@ class InferenceClient:
                     self._workers.remove(worker)
             if not any(w.is_ready and not w.exited for w in self._workers):
                 # No worker can take the waiting jobs: fail them rather than leave them hanging.
-                while self._waiting:
-                    for job in self._waiting.popleft().jobs:
-                        job.events.put_nowait(WorkerCrashed(f"No inference worker is running: {exc}"))
+                message = f"No inference worker is running: {exc}"
+                self._tracker.fail_waiting(lambda: WorkerCrashed(message))
             self._schedule_restart(device, min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
         else:
             self._dispatch()
-
-
-def _error_for(event: GenerationError) -> Exception:
-    """The exception a job's caller sees for the worker's error message."""
-    if event.kind is ErrorKind.REQUEST:
-        return RequestError(event.message)
-    if event.kind is ErrorKind.CANCELLED:
-        return GenerationCancelled(event.message)
-    return GenerationFailed(event.message)

@@ -28,10 +28,8 @@ the engine is imported inside the replica process.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import inspect
 import itertools
 import logging
 import os
@@ -39,8 +37,8 @@ import shutil
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,8 +46,8 @@ import ray
 from ray.exceptions import RayError
 
 from inference import worker as worker_module
-from inference.client import JobSubmission, ProgressCallback
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
+from inference.job_tracking import Batch, Job, JobSubmission, JobTracker, ProgressCallback
 from inference.protocol import (
     BatchJob,
     ErrorKind,
@@ -62,7 +60,7 @@ from inference.protocol import (
     SubmitBatch,
     WorkerEvent,
 )
-from inference.request import GenerationRequest, RequestError
+from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -215,25 +213,9 @@ def _with_file_bytes(outcome: GenerationResult | GenerationError) -> ReplicaOutc
         return GenerationError(outcome.job_id, worker_module.short_message(exc), ErrorKind.INTERNAL)
 
 
-@dataclass(eq=False)
-class _Job:
-    job_id: str
-    request: GenerationRequest
-    on_progress: ProgressCallback | None
-    batch: _Batch
-    on_started: Callable[[], None] | None = None
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-
-
-@dataclass(eq=False)
-class _Batch:
-    """Jobs that run together on one replica; a job cancelled while it waits leaves the batch."""
-
-    jobs: list[_Job]
-    output_dir: Path
-    replica: _Replica | None = None
-    # Jobs on the replica that have not had their outcome yet.
-    unfinished: set[str] = field(default_factory=set)
+# Jobs and batches as this client tracks them: a batch runs on one replica (its `worker`).
+_Job = Job["_Replica"]
+_Batch = Batch["_Replica"]
 
 
 @dataclass(eq=False)
@@ -277,8 +259,7 @@ class RayInferenceClient:
         self._init_options = init_options or {}
         self._owns_ray = False
         self._replicas: list[_Replica] = []
-        self._waiting: collections.deque[_Batch] = collections.deque()
-        self._jobs: dict[str, _Job] = {}
+        self._tracker: JobTracker[_Replica] = JobTracker(self._send_cancel)
         self._names = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._started = False
@@ -294,7 +275,7 @@ class RayInferenceClient:
     def idle_workers(self) -> int:
         """Replicas that are ready and have no batch: how many batches would start right now."""
         idle = sum(1 for r in self._replicas if r.ready and r.batch is None and not r.exited)
-        return max(0, idle - len(self._waiting))
+        return max(0, idle - len(self._tracker.waiting))
 
     @property
     def busy_workers(self) -> int:
@@ -356,9 +337,7 @@ class RayInferenceClient:
         self._closing = True
         for task in list(self._background):
             task.cancel()
-        while self._waiting:
-            for job in self._waiting.popleft().jobs:
-                job.events.put_nowait(GenerationCancelled("The inference client is shutting down."))
+        self._tracker.fail_waiting(lambda: GenerationCancelled("The inference client is shutting down."))
         for replica in list(self._replicas):
             if replica.runner is not None:
                 replica.runner.cancel()
@@ -377,7 +356,7 @@ class RayInferenceClient:
     ) -> GenerationResult:
         """Run one job (a batch of one) and return its result; as `InferenceClient.submit`."""
         (job,) = self._add_batch([JobSubmission(job_id, request, on_progress)], output_dir)
-        return await self._follow(job)
+        return await self._tracker.follow(job)
 
     def submit_batch(
         self, jobs: Sequence[JobSubmission], output_dir: str | Path
@@ -385,45 +364,27 @@ class RayInferenceClient:
         """Queue jobs to run together on one replica; one task per job; as `InferenceClient.submit_batch`."""
         followed = self._add_batch(jobs, output_dir)
         return [
-            asyncio.create_task(self._follow(job), name=f"inference-job-{job.job_id}") for job in followed
+            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
+            for job in followed
         ]
 
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")
-        if not submissions:
-            raise ValueError("a batch needs at least one job")
-        job_ids = [submission.job_id for submission in submissions]
-        for job_id in job_ids:
-            if job_id in self._jobs or job_ids.count(job_id) > 1:
-                raise ValueError(f"job {job_id!r} is already submitted")
-        batch = _Batch(jobs=[], output_dir=Path(output_dir))
-        for submission in submissions:
-            job = _Job(
-                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
-            )
-            batch.jobs.append(job)
-            self._jobs[job.job_id] = job
-        self._waiting.append(batch)
+        jobs = self._tracker.add_batch(submissions, output_dir)
         self._dispatch()
-        return list(batch.jobs)
+        return jobs
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or running job: True when the cancel was passed on, False for a job the
         client does not know. The other jobs of its batch go on."""
-        job = self._jobs.get(job_id)
-        if job is None:
-            return False
-        if self._leave_waiting_batch(job):
-            job.events.put_nowait(GenerationCancelled("Cancelled before it started."))
-            return True
-        return self._send_cancel(job)
+        return self._tracker.cancel(job_id)
 
     def kill_worker_of(self, job_id: str) -> bool:
         """Kill the replica running this job, presumed hung: as when a replica dies, every unfinished job
         of its batch fails with WorkerCrashed and a replacement starts. False when no replica runs it."""
-        job = self._jobs.get(job_id)
-        replica = None if job is None else job.batch.replica
+        job = self._tracker.jobs.get(job_id)
+        replica = None if job is None else job.batch.worker
         if job is None or replica is None or replica.exited or job_id not in job.batch.unfinished:
             return False
         logger.error(
@@ -435,82 +396,25 @@ class RayInferenceClient:
         ray.kill(replica.actor, no_restart=True)  # its run_batch call fails: `_run_batch` sees it gone
         return True
 
-    def _leave_waiting_batch(self, job: _Job) -> bool:
-        batch = job.batch
-        if batch.replica is not None or job not in batch.jobs:
-            return False
-        batch.jobs.remove(job)
-        if not batch.jobs and batch in self._waiting:
-            self._waiting.remove(batch)
-        return True
-
     def _send_cancel(self, job: _Job) -> bool:
-        replica = job.batch.replica
+        replica = job.batch.worker
         if replica is None or replica.exited or job.job_id not in job.batch.unfinished:
             return False
         # Fire and forget: the replica polls its cancelled set between decoder steps.
         replica.actor.cancel.remote(job.job_id)
         return True
 
-    async def _follow(self, job: _Job) -> GenerationResult:
-        try:
-            return await self._await_outcome(job)
-        except asyncio.CancelledError:
-            if not self._leave_waiting_batch(job):
-                self._send_cancel(job)
-            raise
-        finally:
-            self._jobs.pop(job.job_id, None)
-
-    async def _await_outcome(self, job: _Job) -> GenerationResult:
-        while True:
-            event = await job.events.get()
-            if isinstance(event, Progress):
-                # A slow callback should see the newest progress, not a backlog of stale ones.
-                held_back: Any = None
-                while not job.events.empty() and held_back is None:
-                    newer = job.events.get_nowait()
-                    if isinstance(newer, Progress):
-                        event = newer
-                    else:
-                        held_back = newer
-                await self._report_progress(job, event)
-                if held_back is not None:
-                    event = held_back
-                else:
-                    continue
-            if isinstance(event, Started):
-                if job.on_started is not None:
-                    job.on_started()
-                continue
-            if isinstance(event, GenerationResult):
-                return event
-            if isinstance(event, GenerationError):
-                raise _error_for(event)
-            if isinstance(event, BaseException):
-                raise event
-            raise RuntimeError(f"unexpected replica event {event!r}")  # pragma: no cover
-
-    async def _report_progress(self, job: _Job, progress: Progress) -> None:
-        if job.on_progress is None:
-            return
-        try:
-            outcome = job.on_progress(progress.steps_done, progress.steps_total)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # a broken progress display must not fail the generation
-            logger.exception("progress callback for job %s failed", job.job_id)
-
     def _dispatch(self) -> None:
         """Hand waiting batches to idle replicas (oldest batch first)."""
+        waiting = self._tracker.waiting
         for replica in self._replicas:
-            if not self._waiting:
+            if not waiting:
                 return
             if replica.batch is not None or replica.exited or not replica.ready:
                 continue
-            batch = self._waiting.popleft()
+            batch = waiting.popleft()
             replica.batch = batch
-            batch.replica = replica
+            batch.worker = replica
             batch.unfinished = {job.job_id for job in batch.jobs}
             replica.runner = asyncio.create_task(
                 self._run_batch(replica, batch), name=f"{replica.name}-batch"
@@ -535,11 +439,11 @@ class RayInferenceClient:
         for outcome in outcomes:
             event = await _saved(outcome, batch.output_dir)
             batch.unfinished.discard(event.job_id)
-            job = self._jobs.get(event.job_id)
+            job = self._tracker.jobs.get(event.job_id)
             if job is not None:
                 job.events.put_nowait(event)
         for job_id in batch.unfinished:  # pragma: no cover - run_batch answers every job
-            if (job := self._jobs.get(job_id)) is not None:
+            if (job := self._tracker.jobs.get(job_id)) is not None:
                 job.events.put_nowait(GenerationFailed(f"The replica returned no outcome for job {job_id}."))
         batch.unfinished.clear()
 
@@ -549,7 +453,7 @@ class RayInferenceClient:
         with contextlib.suppress(RayError):
             while True:
                 for event in await _awaited(replica.actor.events.remote(job_ids, EVENT_POLL_S)):
-                    job = self._jobs.get(event.job_id)
+                    job = self._tracker.jobs.get(event.job_id)
                     if job is not None and job.batch is batch:
                         job.events.put_nowait(event)
 
@@ -594,7 +498,7 @@ class RayInferenceClient:
         with contextlib.suppress(Exception):
             ray.kill(replica.actor, no_restart=True)
         batch, replica.batch = replica.batch, None
-        lost = [] if batch is None else [job for job in batch.jobs if job.job_id in batch.unfinished]
+        lost = [] if batch is None else batch.unfinished_jobs()
         if batch is not None:
             batch.unfinished.clear()
         if self._closing or cause is None:
@@ -632,9 +536,8 @@ class RayInferenceClient:
                 ray.kill(replica.actor, no_restart=True)
             if not any(r.ready and not r.exited for r in self._replicas):
                 # No replica can take the waiting jobs: fail them rather than leave them hanging.
-                while self._waiting:
-                    for job in self._waiting.popleft().jobs:
-                        job.events.put_nowait(WorkerCrashed(f"No inference replica is running: {exc}"))
+                message = f"No inference replica is running: {exc}"
+                self._tracker.fail_waiting(lambda: WorkerCrashed(message))
             self._schedule_restart(min(MAX_RESTART_BACKOFF_S, max(1.0, backoff_s * 2)))
 
 
@@ -677,12 +580,3 @@ async def _saved(outcome: ReplicaOutcome, output_dir: Path) -> GenerationResult 
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def _error_for(event: GenerationError) -> Exception:
-    """The exception a job's caller sees for the replica's error message (as the local client)."""
-    if event.kind is ErrorKind.REQUEST:
-        return RequestError(event.message)
-    if event.kind is ErrorKind.CANCELLED:
-        return GenerationCancelled(event.message)
-    return GenerationFailed(event.message)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from inference.client import JobSubmission, ProgressCallback
+    from inference.job_tracking import JobSubmission, ProgressCallback
     from inference.protocol import GenerationResult
     from inference.request import GenerationRequest
 
