@@ -1,7 +1,9 @@
 """Fixtures for the bot's scenario tests: a fake Discord, the real inference client, a running bot.
 
 One inference client (a real worker process on the tiny random models) and one fake Discord per
-test module keep the scenarios fast; each module starts its own bot(s) against them.
+test module keep the scenarios fast; each module starts its own bot(s) against them. A module that
+defines its `server` (and, for other limits, `scenario_limits`) gets the usual `bot`; one that needs
+another bot defines its own `bot`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from bot.bot import MusicGenBot
 from inference.client import InferenceClient
 from inference.settings import EngineSettings
+from tests.bot.scenario_harness import Server, make_sine, musicgen_bot, scenario_config
 from tests.fake_discord import FakeDiscord
 
 
@@ -32,8 +36,6 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
 @pytest.fixture(scope="module")
 def audio_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Uploads members attach: a 2 s MP3 tune, a 2 s WAV, and a file that is not audio at all."""
-    from tests.bot.scenario_harness import make_sine
-
     folder = tmp_path_factory.mktemp("clips")
     return {
         "tune.mp3": make_sine(folder / "tune.mp3", seconds=2.0),
@@ -45,3 +47,24 @@ def audio_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def module_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bot-data")
+
+
+@pytest.fixture(scope="module")
+def scenario_limits() -> dict[str, object]:
+    """`[limits]` the module's `bot` runs with, over `scenario_config`'s; a module overrides this."""
+    return {}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(
+    fake_discord: FakeDiscord,
+    server: Server,
+    inference_client: InferenceClient,
+    engine_settings: EngineSettings,
+    module_data_dir: Path,
+    scenario_limits: dict[str, object],
+) -> AsyncIterator[MusicGenBot]:
+    """The module's bot on `scenario_config` (with `scenario_limits`), started once its `server` exists."""
+    config = scenario_config(module_data_dir, engine_settings, **scenario_limits)
+    async with musicgen_bot(fake_discord, config, inference_client) as running:
+        yield running

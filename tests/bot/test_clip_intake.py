@@ -4,24 +4,18 @@ at a time for the whole bot, streamed to disk as they arrive."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_count,
-    musicgen_bot,
     private_reply,
     queued_job_id,
     run_command,
-    scenario_config,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
@@ -34,19 +28,9 @@ async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Slow network", ("alice", "bob", "carol"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    config = scenario_config(
-        module_data_dir, engine_settings, max_concurrent_downloads_per_member=1, max_concurrent_downloads=2
-    )
-    async with musicgen_bot(fake_discord, config, inference_client) as running:
-        yield running
+@pytest.fixture(scope="module")
+def scenario_limits() -> dict[str, object]:
+    return {"max_concurrent_downloads_per_member": 1, "max_concurrent_downloads": 2}
 
 
 async def _until(condition: object, timeout: float = 10) -> None:

@@ -7,21 +7,16 @@ tiny models. Each story asserts on what appears in the channel and in SQLite.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.settings import EngineSettings
 from tests.bot.fault_helpers import delivered_once, generate, results_of
 from tests.bot.scenario_harness import (
     Server,
     add_server,
-    musicgen_bot,
-    scenario_config,
     status_reads,
     stuck_jobs,
     wait_for_status,
@@ -40,17 +35,9 @@ async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Flaky Wi-Fi", ("alice", "bob"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    config = scenario_config(module_data_dir, engine_settings, max_pending_per_user=5)
-    async with musicgen_bot(fake_discord, config, inference_client) as running:
-        yield running
+@pytest.fixture(scope="module")
+def scenario_limits() -> dict[str, object]:
+    return {"max_pending_per_user": 5}
 
 
 @pytest.fixture(autouse=True)

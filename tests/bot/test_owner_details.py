@@ -8,22 +8,17 @@ job is refused by the worker with details only the bot owner can act on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
 from inference.settings import EngineSettings, MelodyOptions
 from tests.bot.scenario_harness import (
     Server,
     add_server,
-    musicgen_bot,
     queued_job_id,
     run_command,
-    scenario_config,
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction, Permission
 
@@ -47,20 +42,6 @@ async def server(fake_discord: FakeDiscord) -> Server:
         server.guild, "owner", permissions=Permission.MANAGE_GUILD
     )
     return server
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(
-        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
-    ) as running:
-        yield running
 
 
 async def _melody_refusal(

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_count,
     job_row,
-    musicgen_bot,
     posted_result,
     private_reply,
     queued_job_id,
     run_command,
-    scenario_config,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
@@ -35,20 +30,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Old jobs", ("alice", "bob"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(
-        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
-    ) as running:
-        yield running
 
 
 async def test_a_replay_whose_clip_was_swept_reposts_the_audio_from_discord(

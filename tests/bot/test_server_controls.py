@@ -3,24 +3,17 @@ member may make per day, and see how the bot is doing; every change is recorded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_count,
-    musicgen_bot,
     private_reply,
     queued_job_id,
     run_command,
-    scenario_config,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord, FakeDiscordValidationError, Permission
@@ -35,20 +28,6 @@ async def server(fake_discord: FakeDiscord) -> Server:
         server.guild, "admin", permissions=Permission.MANAGE_GUILD
     )
     return server
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(
-        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
-    ) as running:
-        yield running
 
 
 async def _channel_setting(fake: FakeDiscord, server: Server, channel: object, allowed: bool) -> str:

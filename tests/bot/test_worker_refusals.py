@@ -7,24 +7,20 @@ melody is only known once the worker has loaded it. Here the bot's fine-tune is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from inference.client import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_row,
-    musicgen_bot,
     posted_result,
     queued_job_id,
     run_command,
-    scenario_config,
     stuck_jobs,
     wait_for_status,
 )
@@ -43,20 +39,6 @@ def engine_settings(engine_settings: EngineSettings, tiny_model_dirs: dict[str, 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Fine-tuners", ("alice", "bob"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord,
-    server: Server,
-    inference_client: InferenceClient,
-    engine_settings: EngineSettings,
-    module_data_dir: Path,
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(
-        fake_discord, scenario_config(module_data_dir, engine_settings), inference_client
-    ) as running:
-        yield running
 
 
 async def test_the_generator_refuses_a_melody_for_a_text_only_fine_tune_and_the_next_job_still_runs(
