@@ -188,7 +188,7 @@ async def local_backend(workers: int, _time_scale: float, folder: Path) -> Async
 @asynccontextmanager
 async def ray_backend(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
     try:
-        from inference.ray_backend import RayInferenceClient  # type: ignore[import-not-found, unused-ignore]
+        from inference.ray_backend import RayInferenceClient
     except ImportError as error:
         raise SystemExit(
             f"the ray back end is not available here ({error}): install it with pip install -e '.[ray]'"
