@@ -2,7 +2,7 @@
 
 Loading decodes in a child ffmpeg process (see `inference.ffmpeg`), so a hostile upload can crash
 or stall only that process. Normalization follows audiocraft's `audio_utils.normalize_audio` as
-`audio_write` uses it (DESIGN.md §1) and is a pure function on tensors.
+`audio_write` uses it and is a pure function on tensors.
 """
 
 from __future__ import annotations

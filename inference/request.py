@@ -1,7 +1,7 @@
 """The one generation request shared by the bot, the worker and the CLI.
 
 It is validated once, at the edge (`GenerationRequest.validate()`), and then passed through
-unchanged. The semantics of every field are audiocraft's MusicGen (see DESIGN.md §1).
+unchanged. The semantics of every field are audiocraft's MusicGen (the README's Commands table).
 """
 
 from __future__ import annotations
