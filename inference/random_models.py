@@ -87,34 +87,19 @@ def t5_config(*, tiny: bool) -> Any:
     """T5-base's encoder numbers, or a 2-layer model with d_model 32."""
     from transformers import T5Config
 
-    if not tiny:
-        return T5Config(
-            vocab_size=T5_VOCAB_SIZE,
-            d_model=768,
-            d_kv=64,
-            d_ff=3072,
-            num_layers=12,
-            num_heads=12,
-            relative_attention_num_buckets=32,
-            dropout_rate=0.1,
-            feed_forward_proj="relu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
+    # What the two sizes share: T5-base's attention buckets, activation and special tokens.
+    common = {
+        "relative_attention_num_buckets": 32,
+        "dropout_rate": 0.1,
+        "feed_forward_proj": "relu",
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+    if tiny:
+        return T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **common)
     return T5Config(
-        vocab_size=512,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=32,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
+        vocab_size=T5_VOCAB_SIZE, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, **common
     )
 
 
