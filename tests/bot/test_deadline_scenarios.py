@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
-from bot.config import BotConfig, WorkerOptions, load_config
+from bot.config import WorkerOptions, load_config
 from bot.job_deadlines import DeadlinePolicy, JobWatchdog
 from inference.client import InferenceClient
 from inference.settings import EngineSettings
@@ -52,18 +52,13 @@ async def bot(
     engine_settings: EngineSettings,
     module_data_dir: Path,
 ) -> AsyncIterator[MusicGenBot]:
-    defaults = scenario_config(module_data_dir, engine_settings)
-    config = BotConfig(
-        bot=defaults.bot,
-        limits=defaults.limits,
-        worker=WorkerOptions(
-            processes=1,
-            job_retries=1,
-            job_deadline_base_s=TINY_DEADLINE.base_s,
-            job_deadline_per_audio_s=TINY_DEADLINE.per_audio_second_s,
-        ),
-        engine_settings=engine_settings,
+    worker = WorkerOptions(
+        processes=1,
+        job_retries=1,
+        job_deadline_base_s=TINY_DEADLINE.base_s,
+        job_deadline_per_audio_s=TINY_DEADLINE.per_audio_second_s,
     )
+    config = scenario_config(module_data_dir, engine_settings).model_copy(update={"worker": worker})
     async with musicgen_bot(fake_discord, config, inference_client) as running:
         yield running
 

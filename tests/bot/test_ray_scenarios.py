@@ -13,7 +13,7 @@ import pytest_asyncio
 import ray
 
 from bot.bot import MusicGenBot
-from bot.config import BotConfig, WorkerOptions
+from bot.config import WorkerOptions
 from inference.ray_backend import RayInferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
@@ -52,9 +52,7 @@ async def bot(
     worker = WorkerOptions(
         processes=1, job_retries=1, backend="ray", ray_address="", ray_num_gpus="auto", ray_num_cpus=1
     )
-    config = BotConfig(
-        bot=config.bot, limits=config.limits, worker=worker, engine_settings=config.engine_settings
-    )
+    config = config.model_copy(update={"worker": worker})
     # No client handed in: the bot builds the one its config names, and closes it.
     async with running_bot(fake_discord, MusicGenBot(config), ready_timeout=BOT_READY_TIMEOUT_S) as running:
         yield running
