@@ -13,8 +13,9 @@ music alone or in a batch.
 Rows leave the batch between steps: when they reach their own length (jobs of different durations
 share a batch), or when they are cancelled; the key/value cache keeps only the rows still running.
 
-What transformers still does for us: the decoder's forward pass (attention, KV cache, positions)
-and the delay pattern (`build_delay_pattern_mask`), so the numbers are its numbers.
+The decoder's forward pass is ours by default (`inference.decoder_step`: the same function, shaped
+for one code per step), or transformers' (`[engine] decoder = "transformers"`, and always with
+`static_cache` or `compile`). transformers still builds the delay pattern (`build_delay_pattern_mask`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from inference.decoder_step import DecoderStep
 from inference.errors import GenerationCancelled
 
 ProgressCallback = Callable[[int, int], None]
@@ -112,18 +114,29 @@ class _RowState:
 class MusicGenDecoder:
     """Runs the decoder of one loaded MusicGen model over batches of rows."""
 
-    def __init__(self, model: Any, *, cache_factory: Callable[[int, int], Any] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        step: DecoderStep | None = None,
+        cache_factory: Callable[[int, int], Any] | None = None,
+    ):
         """`model`: MusicgenForConditionalGeneration or MusicgenMelodyForConditionalGeneration.
-        `cache_factory(rows, max_length)`: a transformers cache to use instead of the dynamic one."""
+        `step`: our forward pass of its decoder (`inference.decoder_step`); without it, transformers'.
+        `cache_factory(rows, max_length)`: for transformers' pass, a fixed-size cache to use instead of
+        its dynamic one."""
         self.model = model
         self.decoder = model.decoder  # the ForCausalLM: embeddings, transformer, lm_heads
         self.num_codebooks = int(self.decoder.config.num_codebooks)
         generation_config = model.generation_config
         self.start_id = int(generation_config.decoder_start_token_id)
         self.pad_id = int(generation_config.pad_token_id)
-        self.cache_factory = cache_factory
         # The decoder's forward pass; `compile_forward` swaps in a compiled one.
-        self.forward: Callable[..., Any] = self.decoder
+        self.forward: Callable[..., Any] = self.decoder if step is None else step
+        self.cache_factory = cache_factory if step is None else step.new_cache
+        # A fixed-size transformers cache (static, for CUDA graphs) cannot drop rows: rows that leave
+        # stay in the batch as idle rows whose outputs are ignored, so every step has the same shapes.
+        self.rows_can_leave = step is not None or cache_factory is None
 
     def compile_forward(self, *, cuda_graphs: bool) -> None:
         """torch.compile the decoder's forward pass; with `cuda_graphs` (and a static cache, so each
@@ -144,8 +157,6 @@ class MusicGenDecoder:
             return [r for r in results if r is not None]
         device = batch[0].sequence.device
         states, masks = self._batched_conditioning([s.row for s in batch], device)
-        # A fixed-size cache (static, for CUDA graphs) cannot drop rows: rows that leave stay in the
-        # batch as idle rows whose outputs are ignored, so every step has the same shapes.
         cache = None
         if self.cache_factory is not None:
             longest = max(s.pattern.shape[-1] for s in batch)
@@ -164,7 +175,7 @@ class MusicGenDecoder:
             logits = output.logits.view(-1, self.num_codebooks, *output.logits.shape[-2:])
             self._sample_step(batch, logits[:, :, -1, :])
             self._after_step(batch, results)
-            if self.cache_factory is None and any(s.done for s in batch):
+            if self.rows_can_leave and any(s.done for s in batch):
                 kept = [s for s in batch if not s.done]
                 if kept:
                     rows_kept = self._row_indices(batch, kept, device)

@@ -36,6 +36,7 @@ import torch
 
 from inference import audio
 from inference.chroma import extract_chroma
+from inference.decoder_step import DecoderStep
 from inference.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
 from inference.errors import GenerationCancelled
 from inference.models import CODEC_DTYPE, LoadedCompression, LoadedMusicGen, ModelCache
@@ -297,6 +298,11 @@ class MusicGenEngine:
             if decoder.model is loaded.model:
                 return decoder
         options = self.settings.engine
+        if options.decoder == "own" and not (options.static_cache or options.compile):
+            step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul)
+            decoder = MusicGenDecoder(loaded.model, step=step)
+            self._decoders.append(decoder)
+            return decoder
         factory = _static_cache_factory(loaded.model) if options.static_cache else None
         decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
         if options.compile:

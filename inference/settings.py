@@ -54,6 +54,14 @@ class EngineOptions(_Section):
     # Memory budget of the model cache (LRU), per worker and so per device; models that do not fit
     # evict older ones.
     model_cache_gb: float = Field(default=16.0, gt=0)
+    # The decoder's forward pass: "own" (ours: a cache written in place, fused products, fbgemm's
+    # half-precision kernels on CPU; several times faster per step) or "transformers" (theirs, the
+    # reference). static_cache and compile below always run transformers' pass.
+    decoder: Literal["own", "transformers"] = "own"
+    # Matrix products of float16/bfloat16 weights on a CPU: "auto" runs them through fbgemm's
+    # float16 GEMM with float32 activations where the CPU supports it (x86 with AVX2; bfloat16
+    # weights are exact in float16), "torch" through torch's linear in the model's dtype.
+    cpu_matmul: Literal["auto", "torch"] = "auto"
     # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
     static_cache: bool = False
     # torch.compile the decoder step; on CUDA with static_cache the steps replay as CUDA graphs.

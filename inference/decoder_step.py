@@ -1,0 +1,287 @@
+"""Our forward pass of MusicGen's decoder, for the decoding loop (`inference.decoding`).
+
+It computes the function transformers' `MusicgenForCausalLM.forward` computes (and the melody
+variant's, whose conditioning is a prefix rather than cross-attention), shaped for decoding one code
+per step: a decoder step reads every weight once, so its speed is that of a few hundred small matrix
+products and of the work around them. What it does differently, and why:
+
+- The key/value cache is allocated once per batch and written in place. transformers' dynamic cache
+  concatenates, copying every layer's keys and values on every step (a third of a CPU step here).
+- q, k and v are one matrix product, the codebook heads another, and only the last position's
+  logits are computed: fewer, larger products stream the weights better.
+- The conditioning's cross-attention keys and values are computed once per batch, and attention for a
+  single query is two small batched products (SDPA's flash kernel costs more to start than to run).
+- On x86 CPUs, float16 and bfloat16 weights run through fbgemm's half-precision GEMM with float32
+  activations (`[engine] cpu_matmul = "auto"`). At the 2-16 rows a decoding batch has, it is 2-4x
+  faster here than oneDNN's bfloat16 products. bfloat16 values are exact in float16, so the weights
+  are the configured ones; activations and the cache stay in float32, more precise than bfloat16.
+  Elsewhere (CUDA, float32 weights, other CPUs) the products are torch's `linear` in the model's dtype.
+
+Every row of a batch is computed independently of the others (per-row products; attention within a
+row), so a job's logits depend on its batch only through the floating-point kernels a shape selects.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _pack_half(weight: torch.Tensor) -> Any:
+    """fbgemm's packed float16 form of a [out, in] weight (no bias)."""
+    return torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), None)
+
+
+@functools.cache
+def half_precision_kernel_available() -> bool:
+    """Whether fbgemm's float16-weight GEMM runs here (x86 CPUs with AVX2; not on other builds)."""
+    try:
+        out = torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 8), _pack_half(torch.ones(8, 8)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
+
+
+class Linear:
+    """A bias-free linear map, held in the form the fastest available kernel wants."""
+
+    def __init__(self, weight: torch.Tensor, *, half_kernel: bool):
+        self.out_features = int(weight.shape[0])
+        self.weight: torch.Tensor | None = None
+        if half_kernel:
+            # Packing converts to float16: exact for bfloat16 weights in float16's range. This is the
+            # kernel of torch's dynamic float16 quantization (`quantized::linear_dynamic_fp16`), which
+            # splits the work over torch's threads; each output row depends on its input row alone.
+            self._packed = _pack_half(weight)
+        else:
+            self.weight = weight.detach().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return F.linear(x, self.weight)
+        return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+
+
+@dataclass
+class _Norm:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, module: torch.nn.LayerNorm, dtype: torch.dtype) -> _Norm:
+        return cls(module.weight.detach().to(dtype), module.bias.detach().to(dtype), module.eps)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+@dataclass
+class _Layer:
+    self_norm: _Norm
+    qkv: Linear
+    self_out: Linear
+    ffn_norm: _Norm
+    fc1: Linear
+    fc2: Linear
+    # Cross-attention to the text (musicgen); None for prefix models (musicgen-melody).
+    cross_norm: _Norm | None
+    cross_q: Linear | None
+    cross_kv: Linear | None
+    cross_out: Linear | None
+
+
+class KeyValueCache:
+    """Every layer's self-attention keys and values for a batch, allocated once, plus the
+    cross-attention keys, values and additive mask of the conditioning."""
+
+    def __init__(
+        self,
+        layers: int,
+        rows: int,
+        heads: int,
+        positions: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: Any,
+    ):
+        shape = (layers, rows, heads, positions, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cross_mask: torch.Tensor | None = None  # [rows, 1, 1, text]: 0 or a large negative
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows `indices` (rows that left the batch), in that order."""
+        self.keys = self.keys.index_select(1, indices)
+        self.values = self.values.index_select(1, indices)
+        if self.cross is not None:
+            self.cross = [(k.index_select(0, indices), v.index_select(0, indices)) for k, v in self.cross]
+        if self.cross_mask is not None:
+            self.cross_mask = self.cross_mask.index_select(0, indices)
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # [rows * codebooks, 1, vocab]: the last position only
+    cache: KeyValueCache
+
+
+class DecoderStep:
+    """The decoder of one loaded MusicGen model as a callable with the keyword interface the decoding
+    loop gives transformers' forward pass (`input_ids`, `encoder_hidden_states`,
+    `encoder_attention_mask`, `cache`); its cache comes from `new_cache`."""
+
+    def __init__(self, model: Any, *, cpu_matmul: str = "auto"):
+        causal_lm = model.decoder
+        decoder = causal_lm.model.decoder
+        config = causal_lm.config
+        self.num_codebooks = int(config.num_codebooks)
+        self.hidden = int(config.hidden_size)
+        self.heads = int(config.num_attention_heads)
+        self.head_dim = self.hidden // self.heads
+        self.scaling = self.head_dim**-0.5
+        weight = decoder.layers[0].fc1.weight
+        self.device = weight.device
+        half_kernel = (
+            cpu_matmul == "auto"
+            and weight.device.type == "cpu"
+            and weight.dtype in HALF_DTYPES
+            and half_precision_kernel_available()
+        )
+        self.uses_half_kernel = half_kernel
+        # fbgemm's products take and give float32; elsewhere everything stays in the model's dtype.
+        self.dtype = torch.float32 if half_kernel else weight.dtype
+        self.embeddings = [e.weight.detach() for e in decoder.embed_tokens]
+        self.positions = decoder.embed_positions
+        self.layers = [self._layer(layer, half_kernel) for layer in decoder.layers]
+        self.final_norm = _Norm.of(decoder.layer_norm, self.dtype)
+        self.lm_heads = Linear(torch.cat([h.weight for h in causal_lm.lm_heads]), half_kernel=half_kernel)
+        self.vocab = int(causal_lm.lm_heads[0].weight.shape[0])
+        self.activation = decoder.layers[0].activation_fn
+        self.is_prefix_model = self.layers[0].cross_q is None
+
+    def _layer(self, layer: Any, half_kernel: bool) -> _Layer:
+        attention = layer.self_attn
+        cross = getattr(layer, "encoder_attn", None)
+
+        def linear(*weights: torch.Tensor) -> Linear:
+            return Linear(torch.cat(weights) if len(weights) > 1 else weights[0], half_kernel=half_kernel)
+
+        return _Layer(
+            self_norm=_Norm.of(layer.self_attn_layer_norm, self.dtype),
+            qkv=linear(attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight),
+            self_out=linear(attention.out_proj.weight),
+            ffn_norm=_Norm.of(layer.final_layer_norm, self.dtype),
+            fc1=linear(layer.fc1.weight),
+            fc2=linear(layer.fc2.weight),
+            cross_norm=None if cross is None else _Norm.of(layer.encoder_attn_layer_norm, self.dtype),
+            cross_q=None if cross is None else linear(cross.q_proj.weight),
+            cross_kv=None if cross is None else linear(cross.k_proj.weight, cross.v_proj.weight),
+            cross_out=None if cross is None else linear(cross.out_proj.weight),
+        )
+
+    def new_cache(self, rows: int, positions: int) -> KeyValueCache:
+        return KeyValueCache(
+            len(self.layers), rows, self.heads, positions, self.head_dim, self.dtype, self.device
+        )
+
+    # -- the pass --------------------------------------------------------------------------------
+    def __call__(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        cache: KeyValueCache,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> StepOutput:
+        """`input_ids` [rows * codebooks, length]: the whole sequence on the first call (the cache is
+        empty), one code per codebook afterwards. The conditioning is read on the first call only."""
+        codes = input_ids.reshape(-1, self.num_codebooks, input_ids.shape[-1])
+        x = sum(self.embeddings[k][codes[:, k]] for k in range(self.num_codebooks))
+        assert isinstance(x, torch.Tensor)
+        x = x.to(self.dtype)
+        first = cache.length == 0
+        if first and encoder_hidden_states is not None:
+            if self.is_prefix_model:
+                x = torch.cat([encoder_hidden_states.to(self.dtype), x], dim=1)
+            else:
+                self._fill_cross_attention(cache, encoder_hidden_states, encoder_attention_mask)
+        if not first and x.shape[1] != 1:
+            raise ValueError("after the first call the decoder step takes one position at a time")
+        x = x + self._positions(cache.length, x.shape[1])
+        for index, layer in enumerate(self.layers):
+            x = self._layer_pass(index, layer, x, cache)
+        cache.length += x.shape[1]
+        logits = self.lm_heads(self.final_norm(x[:, -1]))  # [rows, codebooks * vocab]
+        return StepOutput(logits.view(-1, 1, self.vocab), cache)
+
+    def _positions(self, start: int, length: int) -> torch.Tensor:
+        table = self.positions
+        if start + length > table.weights.shape[0]:
+            table.make_weights(start + length, table.embedding_dim)
+        return table.weights[start : start + length].to(self.dtype)
+
+    def _fill_cross_attention(
+        self, cache: KeyValueCache, states: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
+        rows, length = states.shape[:2]
+        states = states.to(self.dtype)
+        cache.cross = []
+        for layer in self.layers:
+            assert layer.cross_kv is not None
+            kv = layer.cross_kv(states).view(rows, length, 2, self.heads, self.head_dim)
+            # Contiguous once here: batched products over these strided views would cost ~3x more
+            # on every step.
+            keys, values = (kv[:, :, i].transpose(1, 2).contiguous() for i in range(2))
+            cache.cross.append((keys, values))
+        if mask is not None:
+            # A finite "minus infinity": a row with every position masked (the null condition, whose
+            # states are zeros) attends evenly to zeros instead of producing NaN.
+            blocked = torch.finfo(self.dtype).min
+            additive = torch.zeros(mask.shape, dtype=self.dtype, device=states.device)
+            cache.cross_mask = additive.masked_fill(mask == 0, blocked)[:, None, None, :]
+
+    def _layer_pass(self, index: int, layer: _Layer, x: torch.Tensor, cache: KeyValueCache) -> torch.Tensor:
+        rows, length = x.shape[:2]
+        qkv = layer.qkv(layer.self_norm(x)).view(rows, length, 3, self.heads, self.head_dim)
+        query, key, value = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        start, end = cache.length, cache.length + length
+        cache.keys[index, :, :, start:end] = key
+        cache.values[index, :, :, start:end] = value
+        keys, values = cache.keys[index, :, :, :end], cache.values[index, :, :, :end]
+        if length == 1:
+            attended = self._attend(query, keys, values, None)
+        else:  # the first call: causal attention over the whole sequence
+            attended = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=self.scaling)
+        x = x + layer.self_out(self._merge_heads(attended))
+        if layer.cross_q is not None:
+            assert layer.cross_norm is not None and layer.cross_out is not None and cache.cross is not None
+            query = layer.cross_q(layer.cross_norm(x)).view(rows, length, self.heads, self.head_dim)
+            cross_keys, cross_values = cache.cross[index]
+            attended = self._attend(query.transpose(1, 2), cross_keys, cross_values, cache.cross_mask)
+            x = x + layer.cross_out(self._merge_heads(attended))
+        return x + layer.fc2(self.activation(layer.fc1(layer.ffn_norm(x))))
+
+    def _merge_heads(self, attended: torch.Tensor) -> torch.Tensor:
+        """[rows, heads, length, head_dim] -> [rows, length, hidden] (a view when length is 1)."""
+        rows, _, length, _ = attended.shape
+        if length == 1:
+            return attended.reshape(rows, 1, self.hidden)
+        return attended.transpose(1, 2).reshape(rows, length, self.hidden)
+
+    def _attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        scores = torch.matmul(query * self.scaling, keys.transpose(-1, -2))
+        if mask is not None:
+            scores = scores + mask
+        return torch.matmul(torch.softmax(scores, dim=-1), values)

@@ -1,0 +1,163 @@
+"""Our forward pass of the decoder (`inference.decoder_step`) against transformers' own, on the tiny
+models: the same logits for text (padded and null conditions), melody prefixes and continuation
+prompts, step after step; the same music from an engine on either pass; and the float16 kernel used
+for half-precision weights on a CPU keeps each row independent of its batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from inference.decoder_step import DecoderStep, Linear, half_precision_kernel_available
+from inference.engine import EngineJob, GeneratedAudio, MusicGenEngine
+from inference.request import GenerationRequest
+from inference.settings import EngineSettings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def load(folder: Path, dtype: torch.dtype = torch.float32) -> Any:
+    from transformers import (
+        AutoConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+    melody = AutoConfig.from_pretrained(folder).model_type == "musicgen_melody"
+    model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    return model_class.from_pretrained(folder, dtype=dtype).eval()
+
+
+def run_both(model: Any, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor | None, steps: int):
+    """Logits of the last position from both passes: the first call over `ids`, then `steps` calls
+    of one (random) code each."""
+    ours = DecoderStep(model, cpu_matmul="torch")
+    theirs = model.decoder
+    codebooks = ours.num_codebooks
+    prefix = states.shape[1] if mask is None else 0
+    cache = ours.new_cache(states.shape[0], prefix + ids.shape[-1] + steps)
+    their_cache = None
+    generator = torch.Generator().manual_seed(0)
+    pairs = []
+    for step in range(steps + 1):
+        first = step == 0
+        mine = ours(
+            input_ids=ids, cache=cache, encoder_hidden_states=states, encoder_attention_mask=mask
+        ).logits[:, -1]
+        output = theirs(
+            input_ids=ids,
+            encoder_hidden_states=states if (first or mask is not None) else None,
+            encoder_attention_mask=mask,
+            cache=their_cache,
+            use_cache=True,
+        )
+        their_cache = output.cache
+        pairs.append((mine, output.logits[:, -1]))
+        ids = torch.randint(0, 2048 // 64, (states.shape[0] * codebooks, 1), generator=generator)
+    return pairs
+
+
+@torch.inference_mode()
+def test_our_pass_gives_transformers_logits_for_text_with_padding_and_the_null_condition(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model = load(tiny_model_dirs["small"])
+    hidden = model.decoder.config.hidden_size
+    states = torch.randn(3, 7, hidden)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0  # a shorter prompt, padded
+    mask[2] = 0  # the unconditional row of guidance: nothing to attend to
+    states = states * mask[..., None]
+    ids = torch.full((3 * 4, 1), 2048)
+    for mine, theirs in run_both(model, ids, states, mask, steps=12):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_our_pass_gives_transformers_logits_for_a_continuation_prompt(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model = load(tiny_model_dirs["small"])
+    hidden = model.decoder.config.hidden_size
+    states = torch.randn(2, 5, hidden)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    ids = torch.randint(0, 2048, (2 * 4, 9))  # the first call reads nine positions at once, causally
+    for mine, theirs in run_both(model, ids, states, mask, steps=6):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_our_pass_gives_transformers_logits_for_a_melody_prefix(tiny_model_dirs: dict[str, Path]) -> None:
+    model = load(tiny_model_dirs["melody"])
+    hidden = model.decoder.config.hidden_size
+    prefix = torch.randn(2, 11, hidden)
+    ids = torch.full((2 * 4, 1), 2048)
+    for mine, theirs in run_both(model, ids, prefix, None, steps=8):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def request(**changes: object) -> GenerationRequest:
+    return GenerationRequest(model_version="small", prompt="warm rhodes", duration=1, seed=3).replace(
+        **changes
+    )
+
+
+def test_an_engine_on_either_pass_makes_the_same_music(engine_settings: EngineSettings) -> None:
+    theirs_options = engine_settings.engine.model_copy(update={"decoder": "transformers"})
+    ours = MusicGenEngine(engine_settings)
+    theirs = MusicGenEngine(engine_settings.model_copy(update={"engine": theirs_options}), ours.cache)
+    jobs = [
+        EngineJob(request(temperature=0)),
+        EngineJob(request(prompt="a much longer description of a slow jazz ballad", seed=4, duration=2)),
+        EngineJob(request(model_version="melody", seed=5, top_p=0.9)),
+    ]
+    for mine, reference in zip(ours.generate_batch(jobs), theirs.generate_batch(jobs), strict=True):
+        assert isinstance(mine, GeneratedAudio) and isinstance(reference, GeneratedAudio)
+        assert torch.equal(mine.wav, reference.wav)
+
+
+needs_half_kernel = pytest.mark.skipif(
+    not half_precision_kernel_available(), reason="fbgemm's float16 GEMM does not run on this CPU"
+)
+
+
+@needs_half_kernel
+def test_the_float16_kernel_computes_each_row_alone_and_exactly_from_bfloat16_weights() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(384, 256).to(torch.bfloat16)
+    packed = Linear(weight, half_kernel=True)
+    rows = torch.randn(16, 256)
+    whole = packed(rows)
+    # Each row is the same alone, in a pair (a job with guidance) or among neighbours...
+    for start, count in [(0, 1), (3, 2), (5, 8), (15, 1)]:
+        assert torch.equal(packed(rows[start : start + count].contiguous()), whole[start : start + count])
+    # ...and it is the float32 product of the bfloat16 weights (exact in float16), not of a rounding.
+    reference = rows.double() @ weight.double().T
+    assert (whole.double() - reference).abs().max() < 1e-3
+
+
+@needs_half_kernel
+def test_a_bfloat16_engine_uses_the_float16_kernel_and_keeps_each_jobs_music_in_a_batch(
+    engine_settings: EngineSettings,
+) -> None:
+    options = engine_settings.engine.model_copy(update={"dtype": "bfloat16"})
+    engine = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
+    alone = engine.generate(request(seed=8))
+    decoder = engine._decoder_for(engine.cache.get("small"))
+    assert isinstance(decoder.forward, DecoderStep) and decoder.forward.uses_half_kernel
+    batch = engine.generate_batch(
+        [EngineJob(request(prompt="techno", seed=1)), EngineJob(request(seed=8)), EngineJob(request(seed=2))]
+    )
+    together = batch[1]
+    assert isinstance(together, GeneratedAudio)
+    assert torch.equal(together.wav, alone.wav)
