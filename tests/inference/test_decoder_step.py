@@ -161,3 +161,31 @@ def test_a_bfloat16_engine_uses_the_float16_kernel_and_keeps_each_jobs_music_in_
     together = batch[1]
     assert isinstance(together, GeneratedAudio)
     assert torch.equal(together.wav, alone.wav)
+
+
+@torch.inference_mode()
+def test_in_float16_with_torch_products_our_pass_stays_close_to_float32(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    # What runs on a GPU (float16 weights, activations and cache, torch's products), here on the CPU:
+    # the masked null condition must stay finite in float16, and the logits near float32's.
+    full = load(tiny_model_dirs["small"])
+    half = load(tiny_model_dirs["small"], torch.float16)
+    hidden = full.decoder.config.hidden_size
+    states = torch.randn(2, 6, hidden)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1] = 0
+    states = states * mask[..., None]
+    ids = torch.full((2 * 4, 1), 2048)
+    reference = run_both(full, ids, states, mask, steps=5)
+    half_step = DecoderStep(half, cpu_matmul="torch")
+    assert half_step.dtype == torch.float16 and not half_step.uses_half_kernel
+    cache = half_step.new_cache(2, 8)
+    generator = torch.Generator().manual_seed(0)
+    for mine_full, _ in reference:
+        logits = half_step(
+            input_ids=ids, cache=cache, encoder_hidden_states=states.half(), encoder_attention_mask=mask
+        ).logits[:, -1]
+        assert torch.isfinite(logits).all()
+        torch.testing.assert_close(logits.float(), mine_full, rtol=0.05, atol=0.05)
+        ids = torch.randint(0, 2048 // 64, (2 * 4, 1), generator=generator)
