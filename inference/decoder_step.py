@@ -97,6 +97,23 @@ class _Layer:
     cross_out: Linear | None
 
 
+# Set on a model whose decoder weights live only in a DecoderStep's packed copies.
+PACKED_MARK = "_musicgen_bot_decoder_packed"
+
+
+def _release_linear_weights(model: Any) -> None:
+    causal_lm = model.decoder
+    linears: list[torch.nn.Linear] = list(causal_lm.lm_heads)
+    for layer in causal_lm.model.decoder.layers:
+        for attention in (layer.self_attn, getattr(layer, "encoder_attn", None)):
+            if attention is not None:
+                linears += [attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj]
+        linears += [layer.fc1, layer.fc2]
+    for linear in linears:
+        linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
+    setattr(model, PACKED_MARK, True)
+
+
 class KeyValueCache:
     """Every layer's self-attention keys and values for a batch, allocated once, plus the
     cross-attention keys, values and additive mask of the conditioning."""
@@ -139,7 +156,10 @@ class DecoderStep:
     loop gives transformers' forward pass (`input_ids`, `encoder_hidden_states`,
     `encoder_attention_mask`, `cache`); its cache comes from `new_cache`."""
 
-    def __init__(self, model: Any, *, cpu_matmul: str = "auto"):
+    def __init__(self, model: Any, *, cpu_matmul: str = "auto", release_packed_weights: bool = False):
+        """`release_packed_weights`: once packed for fbgemm, drop the model's own copies of those
+        weights (as much memory again as the decoder), so that transformers' pass can no longer run
+        on this model: for a model used by this pass alone (the engine's)."""
         causal_lm = model.decoder
         decoder = causal_lm.model.decoder
         config = causal_lm.config
@@ -167,6 +187,8 @@ class DecoderStep:
         self.vocab = int(causal_lm.lm_heads[0].weight.shape[0])
         self.activation = decoder.layers[0].activation_fn
         self.is_prefix_model = self.layers[0].cross_q is None
+        if half_kernel and release_packed_weights:
+            _release_linear_weights(model)
 
     def _layer(self, layer: Any, half_kernel: bool) -> _Layer:
         attention = layer.self_attn

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from inference.decoder_step import DecoderStep
+from inference.decoder_step import PACKED_MARK, DecoderStep
 from inference.errors import GenerationCancelled
 
 ProgressCallback = Callable[[int, int], None]
@@ -125,6 +125,8 @@ class MusicGenDecoder:
         `step`: our forward pass of its decoder (`inference.decoder_step`); without it, transformers'.
         `cache_factory(rows, max_length)`: for transformers' pass, a fixed-size cache to use instead of
         its dynamic one."""
+        if step is None and getattr(model, PACKED_MARK, False):
+            raise ValueError("this model's decoder weights were packed for our decoder pass alone")
         self.model = model
         self.decoder = model.decoder  # the ForCausalLM: embeddings, transformer, lm_heads
         self.num_codebooks = int(self.decoder.config.num_codebooks)

@@ -299,7 +299,8 @@ class MusicGenEngine:
                 return decoder
         options = self.settings.engine
         if options.decoder == "own" and not (options.static_cache or options.compile):
-            step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul)
+            # The engine is the model's only user (its cache's models are loaded for it).
+            step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul, release_packed_weights=True)
             decoder = MusicGenDecoder(loaded.model, step=step)
             self._decoders.append(decoder)
             return decoder

@@ -189,3 +189,19 @@ def test_in_float16_with_torch_products_our_pass_stays_close_to_float32(
         assert torch.isfinite(logits).all()
         torch.testing.assert_close(logits.float(), mine_full, rtol=0.05, atol=0.05)
         ids = torch.randint(0, 2048 // 64, (2 * 4, 1), generator=generator)
+
+
+@needs_half_kernel
+def test_packed_weights_replace_the_models_own_so_memory_does_not_double(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    from inference.decoding import MusicGenDecoder
+
+    model = load(tiny_model_dirs["small"], torch.bfloat16)
+    fc1 = model.decoder.model.decoder.layers[0].fc1
+    before = fc1.weight.numel()
+    step = DecoderStep(model, release_packed_weights=True)
+    assert step.uses_half_kernel and before > 0 and fc1.weight.numel() == 0
+    # transformers' pass on such a model would run on empty weights: refused with a reason instead.
+    with pytest.raises(ValueError, match="packed"):
+        MusicGenDecoder(model)
