@@ -52,7 +52,6 @@ class Linear:
     """A bias-free linear map, held in the form the fastest available kernel wants."""
 
     def __init__(self, weight: torch.Tensor, *, half_kernel: bool):
-        self.out_features = int(weight.shape[0])
         self.weight: torch.Tensor | None = None
         if half_kernel:
             # Packing converts to float16: exact for bfloat16 weights in float16's range. This is the

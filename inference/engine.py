@@ -291,8 +291,8 @@ class MusicGenEngine:
         )
 
     def _decoder_for(self, loaded: LoadedMusicGen) -> MusicGenDecoder:
-        """The decoding loop of a model, set up as `[engine] static_cache` and `compile` say; kept
-        while the model is cached (a compiled forward pass is worth keeping)."""
+        """The decoding loop of a model, set up as `[engine] decoder`, `static_cache` and `compile`
+        say; kept while the model is cached (packed or compiled weights are worth keeping)."""
         self._decoders = [d for d in self._decoders if self.cache.holds(d.model)]
         for decoder in self._decoders:
             if decoder.model is loaded.model:
@@ -302,12 +302,11 @@ class MusicGenEngine:
             # The engine is the model's only user (its cache's models are loaded for it).
             step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul, release_packed_weights=True)
             decoder = MusicGenDecoder(loaded.model, step=step)
-            self._decoders.append(decoder)
-            return decoder
-        factory = _static_cache_factory(loaded.model) if options.static_cache else None
-        decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
-        if options.compile:
-            decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
+        else:
+            factory = _static_cache_factory(loaded.model) if options.static_cache else None
+            decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
+            if options.compile:
+                decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
         self._decoders.append(decoder)
         return decoder
 

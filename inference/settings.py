@@ -55,7 +55,7 @@ class EngineOptions(_Section):
     # evict older ones.
     model_cache_gb: float = Field(default=16.0, gt=0)
     # The decoder's forward pass: "own" (ours: a cache written in place, fused products, fbgemm's
-    # half-precision kernels on CPU; several times faster per step) or "transformers" (theirs, the
+    # half-precision kernel on CPU; about 2x faster per bfloat16 step there) or "transformers" (the
     # reference). static_cache and compile below always run transformers' pass.
     decoder: Literal["own", "transformers"] = "own"
     # Matrix products of float16/bfloat16 weights on a CPU: "auto" runs them through fbgemm's
