@@ -5,7 +5,6 @@ for half-precision weights on a CPU keeps each row independent of its batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,7 @@ from inference.engine import EngineJob, GeneratedAudio, MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(folder: Path, dtype: torch.dtype = torch.float32) -> Any:

@@ -4,7 +4,6 @@ that a test here would notice losing."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ SAMPLE_RATE = 32_000
 HOP = 640  # samples per EnCodec frame at 32 kHz / 50 Hz
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The machine is shared; a single thread also keeps CPU results bit-stable between runs.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
