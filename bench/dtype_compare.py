@@ -57,11 +57,18 @@ def settings(model_dir: Path, dtype: str) -> EngineSettings:
     )
 
 
+def prepared_row(engine: MusicGenEngine, request: GenerationRequest) -> Any:
+    """The engine's decoding row of a request, decoded here rather than finished by the engine."""
+    prepared = engine._prepare_music(EngineJob(request), lambda outcome: None)
+    prepared.row.on_finished = None
+    return prepared
+
+
 def decode_codes(
     engine: MusicGenEngine, request: GenerationRequest
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """(codes [K, frames], audio [C, T], the prepared row) of one request."""
-    prepared = engine._prepare_music(0, EngineJob(request))
+    prepared = prepared_row(engine, request)
     decoder = MusicGenDecoder(prepared.loaded.model)
     with torch.inference_mode():
         (decoded,) = decoder.decode([prepared.row])
@@ -76,7 +83,7 @@ def teacher_forced_agreement(
     """Share of (step, codebook) where both dtypes' guided argmax agree, given the same float32 codes."""
     picks = {}
     for name, engine in engines.items():
-        prepared = engine._prepare_music(0, EngineJob(request))
+        prepared = prepared_row(engine, request)
         picks[name] = guided_argmax(prepared.loaded.model, prepared.row, codes)
     a, b = picks.values()
     return float((a == b).float().mean())

@@ -24,6 +24,7 @@ row), so a job's logits depend on its batch only through the floating-point kern
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,12 @@ def _release_linear_weights(model: Any) -> None:
 
 class KeyValueCache:
     """Every layer's self-attention keys and values for a batch, allocated once, plus the
-    cross-attention keys, values and additive mask of the conditioning."""
+    cross-attention keys, values and additive mask of the conditioning.
+
+    Rows of one batch share the columns `[0, length)`. A row that joined a running batch
+    (`join_caches`) starts later: its columns before `starts[row]` were never written (zeros), its
+    positions count from its own start, and `self_mask` keeps its attention off those columns.
+    """
 
     def __init__(
         self,
@@ -126,22 +132,113 @@ class KeyValueCache:
         head_dim: int,
         dtype: torch.dtype,
         device: Any,
+        *,
+        zeroed: bool = False,
     ):
         shape = (layers, rows, heads, positions, head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        allocate = torch.zeros if zeroed else torch.empty
+        self.keys = allocate(shape, dtype=dtype, device=device)
+        self.values = allocate(shape, dtype=dtype, device=device)
         self.length = 0  # positions filled
+        self.starts = [0] * rows  # the first column each row wrote
+        # [rows, 1, 1, positions]: 0, or a large negative before the row's start; None while every
+        # row starts at column 0 (a batch that started together), which needs no mask.
+        self.self_mask: torch.Tensor | None = None
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.cross_mask: torch.Tensor | None = None  # [rows, 1, 1, text]: 0 or a large negative
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys.shape[1])
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys.shape[3])
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the batch rows `indices` (rows that left the batch), in that order."""
         self.keys = self.keys.index_select(1, indices)
         self.values = self.values.index_select(1, indices)
+        self.starts = [self.starts[i] for i in indices.tolist()]
+        if self.self_mask is not None:
+            self.self_mask = self.self_mask.index_select(0, indices)
         if self.cross is not None:
             self.cross = [(k.index_select(0, indices), v.index_select(0, indices)) for k, v in self.cross]
         if self.cross_mask is not None:
             self.cross_mask = self.cross_mask.index_select(0, indices)
+
+    def next_positions(self) -> torch.Tensor | None:
+        """Each row's position for the next column, [rows]; None when every row starts at 0 (they all
+        are at `length`)."""
+        if not any(self.starts):
+            return None
+        return torch.tensor([self.length - start for start in self.starts], device=self.keys.device)
+
+
+def join_caches(rows: Sequence[tuple[KeyValueCache, int]], spare_positions: int) -> KeyValueCache:
+    """One cache holding the given rows (each a cache and a row of it), in that order, with room for
+    `spare_positions` more steps.
+
+    Each row keeps the columns it wrote, right-aligned at the joined length, so its positions and
+    what it attends to are unchanged; the columns before its start are zeros it never attends to
+    (their probabilities are exactly 0, and 0 times a finite value adds nothing). Columns no row
+    uses any more are dropped. Cross-attention keys of different text lengths are padded and masked.
+    """
+    first = rows[0][0]
+    widths = [cache.length - cache.starts[row] for cache, row in rows]
+    length = max(widths)
+    layers, _, heads, _, head_dim = first.keys.shape
+    joined = KeyValueCache(
+        layers,
+        len(rows),
+        heads,
+        length + spare_positions,
+        head_dim,
+        first.keys.dtype,
+        first.keys.device,
+        zeroed=True,
+    )
+    joined.length = length
+    for out_row, ((cache, row), width) in enumerate(zip(rows, widths, strict=True)):
+        start = length - width
+        joined.keys[:, out_row, :, start:length] = cache.keys[:, row, :, cache.length - width : cache.length]
+        joined.values[:, out_row, :, start:length] = cache.values[
+            :, row, :, cache.length - width : cache.length
+        ]
+        joined.starts[out_row] = start
+    if any(joined.starts):
+        blocked = torch.finfo(joined.keys.dtype).min
+        columns = torch.arange(joined.capacity, device=joined.keys.device)
+        before_start = columns[None, :] < torch.tensor(joined.starts, device=columns.device)[:, None]
+        mask = torch.zeros(before_start.shape, dtype=joined.keys.dtype, device=columns.device)
+        joined.self_mask = mask.masked_fill(before_start, blocked)[:, None, None, :]
+    if first.cross is not None:
+        _join_cross_attention(joined, rows)
+    return joined
+
+
+def _join_cross_attention(joined: KeyValueCache, rows: Sequence[tuple[KeyValueCache, int]]) -> None:
+    """The conditioning's keys, values and mask of the rows, padded (and masked) to the longest text."""
+    texts = max(_cross_of(cache)[0][0].shape[2] for cache, _ in rows)
+    blocked = torch.finfo(joined.keys.dtype).min
+    sample = _cross_of(rows[0][0])[0][0]  # [rows, heads, text, head_dim]
+    shape = (len(rows), sample.shape[1], texts, sample.shape[3])
+    joined.cross = [(sample.new_zeros(shape), sample.new_zeros(shape)) for _ in range(joined.keys.shape[0])]
+    mask = torch.full((len(rows), 1, 1, texts), blocked, dtype=joined.keys.dtype, device=sample.device)
+    for out_row, (cache, row) in enumerate(rows):
+        cross = _cross_of(cache)
+        text = cross[0][0].shape[2]
+        for (keys, values), (their_keys, their_values) in zip(joined.cross, cross, strict=True):
+            keys[out_row, :, :text] = their_keys[row]
+            values[out_row, :, :text] = their_values[row]
+        mask[out_row, ..., :text] = 0 if cache.cross_mask is None else cache.cross_mask[row]
+    joined.cross_mask = mask
+
+
+def _cross_of(cache: KeyValueCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if cache.cross is None:
+        raise ValueError("a batch cannot join rows with cross-attention and rows without")
+    return cache.cross
 
 
 @dataclass
@@ -238,18 +335,26 @@ class DecoderStep:
                 self._fill_cross_attention(cache, encoder_hidden_states, encoder_attention_mask)
         if not first and x.shape[1] != 1:
             raise ValueError("after the first call the decoder step takes one position at a time")
-        x = x + self._positions(cache.length, x.shape[1])
+        x = x + self._positions(cache, x.shape[1])
         for index, layer in enumerate(self.layers):
             x = self._layer_pass(index, layer, x, cache)
         cache.length += x.shape[1]
         logits = self.lm_heads(self.final_norm(x[:, -1]))  # [rows, codebooks * vocab]
         return StepOutput(logits.view(-1, 1, self.vocab), cache)
 
-    def _positions(self, start: int, length: int) -> torch.Tensor:
+    def _positions(self, cache: KeyValueCache, length: int) -> torch.Tensor:
+        """Position embeddings of the next `length` columns: [length, hidden] when every row starts at
+        column 0, else [rows, 1, hidden] (rows that joined later count from their own start)."""
         table = self.positions
+        start = cache.length
         if start + length > table.weights.shape[0]:
             table.make_weights(start + length, table.embedding_dim)
-        return table.weights[start : start + length].to(self.dtype)
+        per_row = cache.next_positions()
+        if per_row is None:
+            return table.weights[start : start + length].to(self.dtype)
+        if length != 1:
+            raise ValueError("rows that joined a batch decode one position at a time")
+        return table.weights[per_row].to(self.dtype)[:, None, :]
 
     def _fill_cross_attention(
         self, cache: KeyValueCache, states: torch.Tensor, mask: torch.Tensor | None
@@ -280,7 +385,8 @@ class DecoderStep:
         cache.values[index, :, :, start:end] = value
         keys, values = cache.keys[index, :, :, :end], cache.values[index, :, :, :end]
         if length == 1:
-            attended = self._attend(query, keys, values, None)
+            mask = None if cache.self_mask is None else cache.self_mask[..., :end]
+            attended = self._attend(query, keys, values, mask)
         else:  # the first call: causal attention over the whole sequence
             attended = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=self.scaling)
         x = x + layer.self_out(self._merge_heads(attended))

@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 
-from inference.decoder_step import PACKED_MARK, DecoderStep
+from inference.decoder_step import PACKED_MARK, DecoderStep, join_caches
 from inference.errors import GenerationCancelled
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+# Asked between decoder steps for rows that join the running batch now ([] for none).
+RowSource = Callable[[], Sequence["DecodingRow"]]
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class DecodingRow:
     prompt_codes: torch.Tensor | None = None  # [codebooks, frames] for continuation
     on_progress: ProgressCallback | None = None
     is_cancelled: CancelCheck | None = None
+    # Called the moment the row ends (its codes, or GenerationCancelled), while the batch goes on.
+    on_finished: Callable[[DecodedRow | GenerationCancelled], None] | None = None
 
     def shape_key(self) -> tuple[int, int]:
         """Rows decode together only when their prefix and prompt have the same length: the positions
@@ -104,11 +108,38 @@ class DecodedRow:
 @dataclass
 class _RowState:
     row: DecodingRow
-    index: int  # position in the caller's list
     sequence: torch.Tensor  # [codebooks, length] with the delay pattern applied
     pattern: torch.Tensor  # [codebooks, max_length]: -1 where a sampled code goes, else the fixed id
     steps_done: int = 0
     done: bool = False  # finished or cancelled: its outputs are no longer used
+    outcome: DecodedRow | GenerationCancelled | None = None
+
+    def finish(self, outcome: DecodedRow | GenerationCancelled) -> None:
+        self.outcome = outcome
+        self.done = True
+        if self.row.on_finished is not None:
+            self.row.on_finished(outcome)
+
+
+@dataclass
+class _Batch:
+    """Rows decoding together: their states, in cache order (conditional rows; the unconditional rows
+    of the guided ones follow in the cache), and the cache. transformers' pass also reads the
+    conditioning on every step (`conditioning`, `masks`: None for ours once the rows have entered)."""
+
+    states: list[_RowState]
+    cache: Any
+    conditioning: torch.Tensor | None
+    masks: torch.Tensor | None
+
+    @property
+    def running(self) -> bool:
+        # A fixed-size cache keeps finished rows in the batch, idle.
+        return any(not s.done for s in self.states)
+
+    @property
+    def cache_device(self) -> torch.device:
+        return self.states[0].sequence.device
 
 
 class MusicGenDecoder:
@@ -146,50 +177,110 @@ class MusicGenDecoder:
         mode = "reduce-overhead" if cuda_graphs else "default"
         self.forward = torch.compile(self.decoder, mode=mode, dynamic=False)
 
+    @property
+    def can_join(self) -> bool:
+        """Whether rows can enter a running batch (and rows of different prefix or prompt lengths share
+        one): our forward pass, whose cache joins rows that start at different steps."""
+        return isinstance(self.forward, DecoderStep)
+
     # -- the loop --------------------------------------------------------------------------------
-    def decode(self, rows: Sequence[DecodingRow]) -> list[DecodedRow | GenerationCancelled]:
-        """Decode `rows` as one batch; one entry per row, same order. A cancelled row's entry is
-        GenerationCancelled; the others run to their own length."""
-        if len({row.shape_key() for row in rows}) > 1:
+    def decode(
+        self, rows: Sequence[DecodingRow], *, joining: RowSource | None = None
+    ) -> list[DecodedRow | GenerationCancelled]:
+        """Decode `rows` as one batch; one entry per row, in order: its codes, or GenerationCancelled.
+        Every row runs to its own length and reports its end at once (`DecodingRow.on_finished`).
+
+        With a decoder that `can_join`, `joining()` is asked between decoder steps for rows that enter
+        the batch now (their entries follow, in the order they came), and `rows` may differ in prefix
+        and prompt length. Otherwise every row must have the same `shape_key`.
+        """
+        if not self.can_join and len({row.shape_key() for row in rows}) > 1:
             raise ValueError("rows of one batch need the same prefix and prompt lengths")
-        results: list[DecodedRow | GenerationCancelled | None] = [None] * len(rows)
-        batch = [self._start(row, index) for index, row in enumerate(rows)]
-        batch = self._drop_cancelled(batch, results, before_start=True)
-        if not batch:
-            return [r for r in results if r is not None]
-        device = batch[0].sequence.device
-        states, masks = self._batched_conditioning([s.row for s in batch], device)
+        everyone: list[_RowState] = []  # in order of entry
+        batch: _Batch | None = None
+        entering = list(rows)
+        while True:
+            if entering:
+                started = [self._start(row) for row in entering]
+                everyone += started
+                batch = self._enter(batch, self._drop_cancelled(started, before_start=True))
+            if batch is None or not batch.running:
+                break
+            self._step(batch)
+            entering = list(joining()) if joining is not None and self.can_join else []
+        return [state.outcome for state in everyone if state.outcome is not None]
+
+    def _enter(self, batch: _Batch | None, states: list[_RowState]) -> _Batch | None:
+        """Rows start decoding: each group of one shape reads its whole sequence (prefix, prompt) in
+        one call and samples its first step; a running batch takes the groups' rows in one cache."""
+        if not states:
+            return batch
+        groups: dict[tuple[int, int], list[_RowState]] = {}
+        for state in states:
+            groups.setdefault(state.row.shape_key(), []).append(state)
+        entered = [self._first_step(group) for group in groups.values()]
+        if batch is not None:
+            entered.insert(0, batch)
+        entered = [b for b in entered if b.states]
+        if len(entered) <= 1:
+            return entered[0] if entered else batch
+        return self._merge(entered)
+
+    def _first_step(self, states: list[_RowState]) -> _Batch:
+        device = states[0].sequence.device
+        conditioning, masks = self._batched_conditioning([s.row for s in states], device)
         cache = None
         if self.cache_factory is not None:
-            longest = max(s.pattern.shape[-1] for s in batch)
-            cache = self.cache_factory(self._row_count(batch), longest + self._prefix_length(batch))
-        first = True
-        while any(not s.done for s in batch):
-            output = self.forward(
-                input_ids=self._next_inputs(batch, full=first),
-                encoder_hidden_states=states if (first or masks is not None) else None,
-                encoder_attention_mask=masks,
-                cache=cache,
-                use_cache=True,
-            )
-            cache = output.cache
-            first = False
-            logits = output.logits.view(-1, self.num_codebooks, *output.logits.shape[-2:])
-            self._sample_step(batch, logits[:, :, -1, :])
-            self._after_step(batch, results)
-            if self.rows_can_leave and any(s.done for s in batch):
-                kept = [s for s in batch if not s.done]
-                if kept:
-                    rows_kept = self._row_indices(batch, kept, device)
-                    cache.batch_select_indices(rows_kept)
-                    if masks is not None:
-                        states, masks = states[rows_kept], masks[rows_kept]
-                batch = kept
-        return [r for r in results if r is not None]
+            longest = max(s.pattern.shape[-1] for s in states)
+            cache = self.cache_factory(self._row_count(states), longest + self._prefix_length(states))
+        batch = _Batch(states, cache, conditioning, masks)
+        self._step(batch, first=True)
+        if self.can_join:  # our pass keeps the conditioning's keys and values in its cache
+            batch.conditioning = batch.masks = None
+        return batch
 
-    def _after_step(
-        self, batch: list[_RowState], results: list[DecodedRow | GenerationCancelled | None]
-    ) -> None:
+    def _merge(self, batches: list[_Batch]) -> _Batch:
+        """One batch of the running rows of `batches`, in order (conditional rows, then unconditional)."""
+        conditional = [(b.cache, i) for b in batches for i in range(len(b.states))]
+        unconditional = [
+            (b.cache, len(b.states) + j)
+            for b in batches
+            for j in range(sum(s.row.sampling.needs_unconditional for s in b.states))
+        ]
+        states = [s for b in batches for s in b.states]
+        spare = max(s.row.new_steps - s.steps_done for s in states)
+        cache = join_caches(conditional + unconditional, spare)
+        return _Batch(states, cache, None, None)
+
+    def _step(self, batch: _Batch, *, first: bool = False) -> None:
+        """One decoder step for every row of the batch: run the model, sample, report, retire rows."""
+        states, masks = batch.conditioning, batch.masks
+        output = self.forward(
+            input_ids=self._next_inputs(batch.states, full=first),
+            encoder_hidden_states=states if (first or masks is not None) else None,
+            encoder_attention_mask=masks,
+            cache=batch.cache,
+            use_cache=True,
+        )
+        batch.cache = output.cache
+        logits = output.logits.view(-1, self.num_codebooks, *output.logits.shape[-2:])
+        self._sample_step(batch.states, logits[:, :, -1, :])
+        self._after_step(batch.states)
+        if self.rows_can_leave and any(s.done for s in batch.states):
+            self._leave(batch)
+
+    def _leave(self, batch: _Batch) -> None:
+        """Drop the rows that are done from the batch and its cache."""
+        kept = [s for s in batch.states if not s.done]
+        if kept:
+            rows_kept = self._row_indices(batch.states, kept, batch.cache_device)
+            batch.cache.batch_select_indices(rows_kept)
+            if batch.masks is not None:
+                assert batch.conditioning is not None
+                batch.conditioning, batch.masks = batch.conditioning[rows_kept], batch.masks[rows_kept]
+        batch.states = kept
+
+    def _after_step(self, batch: list[_RowState]) -> None:
         """Report progress, and retire the rows that reached their length or were cancelled."""
         now = time.perf_counter()
         running = [s for s in batch if not s.done]
@@ -198,27 +289,21 @@ class MusicGenDecoder:
             if state.row.on_progress is not None:
                 state.row.on_progress(state.steps_done, state.row.new_steps)
             if state.steps_done >= state.row.new_steps:
-                results[state.index] = DecodedRow(self._strip_pattern(state), now)
-                state.done = True
-        self._drop_cancelled([s for s in running if not s.done], results, before_start=False)
+                state.finish(DecodedRow(self._strip_pattern(state), now))
+        self._drop_cancelled([s for s in running if not s.done], before_start=False)
 
     # -- rows ------------------------------------------------------------------------------------
-    def _start(self, row: DecodingRow, index: int) -> _RowState:
+    def _start(self, row: DecodingRow) -> _RowState:
         device = row.conditioning.states.device
         start = torch.full((self.num_codebooks, 1), self.start_id, dtype=torch.long, device=device)
         ids = start if row.prompt_codes is None else torch.cat([start, row.prompt_codes.to(device)], dim=-1)
         max_length = ids.shape[-1] + row.new_steps
         sequence, pattern = self.decoder.build_delay_pattern_mask(ids, self.start_id, max_length=max_length)
         sequence = self.decoder.apply_delay_pattern_mask(sequence, pattern)
-        return _RowState(row=row, index=index, sequence=sequence, pattern=pattern)
+        return _RowState(row=row, sequence=sequence, pattern=pattern)
 
-    def _drop_cancelled(
-        self,
-        states: list[_RowState],
-        results: list[DecodedRow | GenerationCancelled | None],
-        *,
-        before_start: bool,
-    ) -> list[_RowState]:
+    def _drop_cancelled(self, states: list[_RowState], *, before_start: bool) -> list[_RowState]:
+        """End the rows whose job was cancelled; the rest, in order."""
         kept = []
         for state in states:
             check = state.row.is_cancelled
@@ -228,8 +313,7 @@ class MusicGenDecoder:
                     if before_start
                     else f"after {state.steps_done} of {state.row.new_steps} decoder steps"
                 )
-                results[state.index] = GenerationCancelled(f"cancelled {when}")
-                state.done = True
+                state.finish(GenerationCancelled(f"cancelled {when}"))
             else:
                 kept.append(state)
         return kept

@@ -22,6 +22,8 @@ and sampling settings, its own length, progress and cancellation, and a bad requ
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import math
 import random
@@ -82,6 +84,12 @@ class EngineJob:
     is_cancelled: CancelCheck | None = None
 
 
+# Asked between decoder steps for jobs that join the running batch ([] for none).
+JobSource = Callable[[], Sequence[EngineJob]]
+# Told each job's outcome (its audio, or the exception that ended it) the moment it ends.
+OutcomeCallback = Callable[[EngineJob, "GeneratedAudio | Exception"], None]
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's `random`, numpy and torch (CPU and every CUDA device), as the Cog predictor does."""
     random.seed(seed)
@@ -121,13 +129,19 @@ class _PhaseClock:
 class _PreparedMusic:
     """A music job ready for the decoding loop."""
 
-    index: int  # position in the batch given to generate_batch
     loaded: LoadedMusicGen
     seed: int
     clock: _PhaseClock
     row: DecodingRow
     prompt_frames: int
     new_frames: int
+    report: Callable[[GeneratedAudio | Exception], None]
+    reported: bool = False
+
+    def report_once(self, outcome: GeneratedAudio | Exception) -> None:
+        if not self.reported:
+            self.reported = True
+            self.report(outcome)
 
 
 def sampling_of(request: GenerationRequest) -> Sampling:
@@ -179,31 +193,70 @@ class MusicGenEngine:
             raise outcome
         return outcome
 
-    def generate_batch(self, jobs: Sequence[EngineJob]) -> list[GeneratedAudio | Exception]:
+    def generate_batch(
+        self,
+        jobs: Sequence[EngineJob],
+        *,
+        joining: JobSource | None = None,
+        on_outcome: OutcomeCallback | None = None,
+    ) -> list[GeneratedAudio | Exception]:
         """Generate every job; one entry per job, in order: its audio, or the exception that ended it
         (RequestError for a request the person can fix, GenerationCancelled, or another error).
 
-        Music jobs that share a model decode as one batch (rows whose conditioning prefix or prompt
-        differ in length run as separate batches, one after the other); encode-decode jobs run alone.
-        A job's failure (a bad request, a cancellation) never touches the others' results.
+        Music jobs that share a model decode as one batch (with `[engine] decoder = "transformers"`,
+        rows whose conditioning prefix or prompt differ in length run as separate batches, one after
+        the other); encode-decode jobs run alone. A job's failure (a bad request, a cancellation)
+        never touches the others' results.
+
+        `on_outcome(job, outcome)` is called for each job the moment it ends, while the rest of its
+        batch goes on. `joining()` is asked between decoder steps (continuous batching, with our
+        decoder pass) for jobs that join the running batch; each of them is answered through
+        `on_outcome` only. A joining job of another model runs after this batch.
         """
         outcomes: list[GeneratedAudio | Exception | None] = [None] * len(jobs)
-        prepared: list[_PreparedMusic] = []
-        for index, job in enumerate(jobs):
-            try:
-                if job.request.validate().model_version == "encode-decode":
-                    outcomes[index] = self._encode_decode(job)
-                else:
-                    prepared.append(self._prepare_music(index, job))
-            except Exception as error:
-                outcomes[index] = self._job_failed(error)
-        for group in _decoding_groups(prepared):
-            for index, outcome in self._decode_group(group):
+
+        def reporter(index: int, job: EngineJob) -> Callable[[GeneratedAudio | Exception], None]:
+            def report(outcome: GeneratedAudio | Exception) -> None:
                 outcomes[index] = outcome
+                if on_outcome is not None:
+                    on_outcome(job, outcome)
+
+            return report
+
+        music = [self._start_job(job, reporter(index, job)) for index, job in enumerate(jobs)]
+        waiting = collections.deque(self._decoding_groups([m for m in music if m is not None]))
+        while waiting:
+            later: list[_PreparedMusic] = []
+            self._decode_group(waiting.popleft(), joining, on_outcome, later)
+            waiting.extend(self._decoding_groups(later))
         return [outcome if outcome is not None else RuntimeError("job was not run") for outcome in outcomes]
 
+    def _start_job(
+        self, job: EngineJob, report: Callable[[GeneratedAudio | Exception], None]
+    ) -> _PreparedMusic | None:
+        """A music job ready to decode; an encode-decode job, or one that fails here, is reported now."""
+        try:
+            if job.request.validate().model_version == "encode-decode":
+                report(self._encode_decode(job))
+                return None
+            return self._prepare_music(job, report)
+        except Exception as error:
+            report(self._job_failed(error))
+            return None
+
+    def _decoding_groups(self, prepared: list[_PreparedMusic]) -> list[list[_PreparedMusic]]:
+        """Jobs that can decode as one batch: the same model (and, for transformers' pass, rows of
+        the same shape)."""
+        groups: dict[tuple[int, tuple[int, int] | None], list[_PreparedMusic]] = {}
+        for job in prepared:
+            shape = None if self._decoder_for(job.loaded).can_join else job.row.shape_key()
+            groups.setdefault((id(job.loaded.model), shape), []).append(job)
+        return list(groups.values())
+
     # -- music -----------------------------------------------------------------------------------
-    def _prepare_music(self, index: int, job: EngineJob) -> _PreparedMusic:
+    def _prepare_music(
+        self, job: EngineJob, report: Callable[[GeneratedAudio | Exception], None]
+    ) -> _PreparedMusic:
         request = job.request
         clock = _PhaseClock()
         seed = choose_seed(request.seed)
@@ -249,30 +302,74 @@ class MusicGenEngine:
         )
         clock.lap("prepare")
         prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
-        return _PreparedMusic(index, loaded, seed, clock, row, prompt_frames, new_frames)
+        prepared = _PreparedMusic(loaded, seed, clock, row, prompt_frames, new_frames, report)
+        row.on_finished = functools.partial(self._row_finished, prepared)
+        return prepared
 
-    def _decode_group(self, group: list[_PreparedMusic]) -> list[tuple[int, GeneratedAudio | Exception]]:
-        loaded = group[0].loaded
-        decoder = self._decoder_for(loaded)
+    def _decode_group(
+        self,
+        group: list[_PreparedMusic],
+        joining: JobSource | None,
+        on_outcome: OutcomeCallback | None,
+        later: list[_PreparedMusic],
+    ) -> None:
+        """Decode a group as one batch, which jobs from `joining` may join; every job of it is reported
+        as it ends. Joining jobs of another model go to `later`."""
+        decoder = self._decoder_for(group[0].loaded)
+        members = list(group)
         for job in group:
             job.clock.restart()
+
+        def joining_rows() -> list[DecodingRow]:
+            assert joining is not None
+            joined = self._join(joining(), decoder.model, on_outcome, later)
+            members.extend(joined)
+            return [job.row for job in joined]
+
         try:
             with torch.inference_mode():
-                decoded = decoder.decode([job.row for job in group])
+                decoder.decode([job.row for job in group], joining=joining_rows if joining else None)
         except Exception as error:
-            # Not one job's fault (the batch itself failed): every job of it reports the error.
-            logger.exception("a batch of %d job(s) failed", len(group))
-            return [(job.index, self._job_failed(error)) for job in group]
-        outcomes: list[tuple[int, GeneratedAudio | Exception]] = []
-        for job, result in zip(group, decoded, strict=True):
-            if isinstance(result, GenerationCancelled):
-                outcomes.append((job.index, result))
+            # Not one job's fault (the batch itself failed): every job still in it reports the error.
+            logger.exception("a batch of %d job(s) failed", len(members))
+            for job in members:
+                if not job.reported:
+                    job.report_once(self._job_failed(error))
+
+    def _join(
+        self,
+        jobs: Sequence[EngineJob],
+        model: Any,
+        on_outcome: OutcomeCallback | None,
+        later: list[_PreparedMusic],
+    ) -> list[_PreparedMusic]:
+        """Prepare jobs that join a running batch of `model`: those of another model go to `later`, and
+        those that fail here (or are encode-decode) are reported at once."""
+        joined: list[_PreparedMusic] = []
+        for job in jobs:
+
+            def report(outcome: GeneratedAudio | Exception, job: EngineJob = job) -> None:
+                if on_outcome is not None:
+                    on_outcome(job, outcome)
+
+            # Loading (if it comes to that) must make ordinary tensors, as outside the batch.
+            with torch.inference_mode(False):
+                prepared = self._start_job(job, report)
+            if prepared is None:
                 continue
-            try:
-                outcomes.append((job.index, self._finish_music(job, result)))
-            except Exception as error:
-                outcomes.append((job.index, self._job_failed(error)))
-        return outcomes
+            prepared.clock.restart()
+            (joined if prepared.loaded.model is model else later).append(prepared)
+        return joined
+
+    def _row_finished(self, job: _PreparedMusic, decoded: DecodedRow | GenerationCancelled) -> None:
+        """A row left its batch: its audio (or its cancellation) is the job's outcome."""
+        if isinstance(decoded, GenerationCancelled):
+            job.report_once(decoded)
+            return
+        try:
+            job.report_once(self._finish_music(job, decoded))
+        except Exception as error:
+            job.report_once(self._job_failed(error))
 
     def _finish_music(self, job: _PreparedMusic, decoded: DecodedRow) -> GeneratedAudio:
         job.clock.lap("generate", until=decoded.finished_at)
@@ -505,11 +602,3 @@ def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
         )
 
     return make
-
-
-def _decoding_groups(prepared: list[_PreparedMusic]) -> list[list[_PreparedMusic]]:
-    """Jobs that can decode as one batch: the same model, and rows of the same shape."""
-    groups: dict[tuple[int, tuple[int, int]], list[_PreparedMusic]] = {}
-    for job in prepared:
-        groups.setdefault((id(job.loaded.model), job.row.shape_key()), []).append(job)
-    return list(groups.values())

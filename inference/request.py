@@ -204,13 +204,12 @@ def batch_key(request: GenerationRequest, model_source: str | None = None) -> tu
 
     The same model (version and checkpoint) and the same kind of conditioning share a batch: text
     jobs with text jobs, melody jobs with melody jobs; seeds, sampling settings, durations and
-    normalisations may all differ. encode-decode has no decoder to share, and a continuation's
-    prompt codes set the positions of everything after them, so prompts of different lengths
-    cannot share a batch: both run alone.
+    normalisations may all differ. A continuation is a text job whose clip is its prompt: the
+    decoder counts each row's positions from its own start, so prompts of different lengths share a
+    batch (with `[engine] decoder = "transformers"` the engine decodes each length in turn).
+    encode-decode has no decoder to share: it runs alone.
     """
     if request.model_version == "encode-decode":
         return None
-    if request.input_audio is not None and request.continuation:
-        return None
-    conditioning = "melody" if request.input_audio is not None else "text"
-    return (request.model_version, model_source or "", conditioning)
+    follows_melody = request.input_audio is not None and not request.continuation
+    return (request.model_version, model_source or "", "melody" if follows_melody else "text")

@@ -47,12 +47,12 @@ def test_text_jobs_of_one_model_share_a_batch_whatever_their_settings() -> None:
     assert batch_key(base) != batch_key(base, model_source="/models/other")
 
 
-def test_melody_jobs_batch_only_with_melody_jobs_and_continuations_and_round_trips_run_alone() -> None:
+def test_melody_jobs_batch_with_melody_jobs_continuations_with_text_and_round_trips_run_alone() -> None:
     from inference.request import batch_key
 
     text = GenerationRequest(model_version="melody", prompt="a")
     melody = text.replace(input_audio="a.wav")
     assert batch_key(melody) == batch_key(melody.replace(input_audio="b.wav", seed=4))
     assert batch_key(melody) != batch_key(text)
-    assert batch_key(melody.replace(continuation=True)) is None
+    assert batch_key(melody.replace(continuation=True)) == batch_key(text)
     assert batch_key(GenerationRequest(model_version="encode-decode", input_audio="a.wav")) is None
