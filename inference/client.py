@@ -302,6 +302,41 @@ class InferenceClient:
             for job in followed
         ]
 
+    def join_batch(
+        self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[asyncio.Task[GenerationResult]]:
+        """Add jobs to the batch that runs the first of `running_job_ids` still running (continuous
+        batching): its worker takes them in between two decoder steps. When none of them runs any more
+        (the batch just ended), the jobs wait as a batch of their own. One task per job, as `submit_batch`.
+
+        The caller is expected to join only jobs that can share that batch (the same `batch_key`); the
+        worker runs any others after it.
+        """
+        if not self._started or self._closing:
+            raise RuntimeError("the inference client is not running (call start() first)")
+        batch = self._tracker.running_batch_of(running_job_ids)
+        worker = None if batch is None else batch.worker
+        if batch is None or worker is None or worker.exited:
+            return self.submit_batch(jobs, output_dir)
+        joined = self._tracker.add_to_batch(batch, jobs)
+        # Unfinished from now on: should the worker die before it reads them, they fail as crashed.
+        batch.unfinished.update(job.job_id for job in joined)
+        worker.jobs_run += len(joined)
+        message = SubmitBatch(
+            tuple(BatchJob(job.job_id, job.request) for job in joined), str(output_dir), join=True
+        )
+        with contextlib.suppress(OSError, ValueError):  # a dead worker's reader reports its death
+            worker.conn.send(message)
+        return [
+            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
+            for job in joined
+        ]
+
+    @property
+    def can_join(self) -> bool:
+        """Whether `join_batch` puts jobs into running batches (continuous batching)."""
+        return True
+
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")

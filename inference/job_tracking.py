@@ -86,21 +86,35 @@ class JobTracker(Generic[WorkerT]):
 
     def add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[Job[WorkerT]]:
         """Queue the submissions as one waiting batch; its jobs, in order."""
+        batch: Batch[WorkerT] = Batch(jobs=[], output_dir=Path(output_dir))
+        jobs = self.add_to_batch(batch, submissions)
+        self.waiting.append(batch)
+        return jobs
+
+    def add_to_batch(self, batch: Batch[WorkerT], submissions: Sequence[JobSubmission]) -> list[Job[WorkerT]]:
+        """Follow the submissions as jobs of `batch` (a new one, or one that runs and they join); the new
+        jobs, in order."""
         if not submissions:
             raise ValueError("a batch needs at least one job")
         job_ids = [submission.job_id for submission in submissions]
         for job_id in job_ids:
             if job_id in self.jobs or job_ids.count(job_id) > 1:
                 raise ValueError(f"job {job_id!r} is already submitted")
-        batch: Batch[WorkerT] = Batch(jobs=[], output_dir=Path(output_dir))
-        for submission in submissions:
-            job = Job(
-                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
-            )
-            batch.jobs.append(job)
-            self.jobs[job.job_id] = job
-        self.waiting.append(batch)
-        return list(batch.jobs)
+        added = [
+            Job(submission.job_id, submission.request, submission.on_progress, batch, submission.on_started)
+            for submission in submissions
+        ]
+        batch.jobs.extend(added)
+        self.jobs.update((job.job_id, job) for job in added)
+        return added
+
+    def running_batch_of(self, job_ids: Sequence[str]) -> Batch[WorkerT] | None:
+        """The batch that runs the first of these jobs still running on a worker; None if none does."""
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.batch.worker is not None and job_id in job.batch.unfinished:
+                return job.batch
+        return None
 
     def fail_waiting(self, error: Callable[[], BaseException]) -> None:
         """End every job still waiting for a worker with a fresh `error()`."""

@@ -6,7 +6,8 @@ data, and every kind of a message is an enum, not a free string.
 
 A client submits a batch of jobs (`SubmitBatch`, one job is a batch of one); the worker answers
 each job of it on its own: `Started`, `Progress`..., then exactly one `GenerationResult` or
-`GenerationError`. `Cancel` names one job: the others of its batch go on.
+`GenerationError`, sent the moment that job ends. `Cancel` names one job: the others of its batch go
+on. A `SubmitBatch` with `join` set joins the batch the worker is running (continuous batching).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class SubmitBatch:
     jobs: tuple[BatchJob, ...]
     # Where the worker writes the finished files (a folder in the data directory).
     output_dir: str
+    # Join the batch the worker is running, between two decoder steps, when the jobs can share it
+    # (the same `batch_key`); else, or when none is running, run as the next batch.
+    join: bool = False
 
     @property
     def job_ids(self) -> tuple[str, ...]:

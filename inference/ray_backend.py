@@ -368,6 +368,16 @@ class RayInferenceClient:
             for job in followed
         ]
 
+    @property
+    def can_join(self) -> bool:
+        return False
+
+    def join_batch(
+        self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[asyncio.Task[GenerationResult]]:
+        """Replicas run one batch at a time: the jobs wait as a batch of their own."""
+        return self.submit_batch(jobs, output_dir)
+
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")

@@ -3,10 +3,13 @@
 `main(conn, settings)` is the target of a "spawn" process started by `inference.client`. It builds
 the engine, sends `Ready`, then runs the submitted batches in order, each as one
 `MusicGenEngine.generate_batch` call. A reader thread keeps receiving commands while a batch runs,
-so a `Cancel` reaches the engine between two decoder steps and drops that one job from its batch.
+so a `Cancel` reaches the engine between two decoder steps and drops that one job from its batch,
+and a `SubmitBatch` with `join` set enters the running batch between two steps (continuous batching)
+when its jobs can share it.
 
 The worker turns the engine's audio into protocol messages: it normalises and writes each job's
-file and answers every job of a batch with exactly one `GenerationResult` or `GenerationError`.
+file and answers every job of a batch with exactly one `GenerationResult` or `GenerationError`, as
+soon as that job ends.
 
 This module must stay importable without torch: the client references `main` by name, and the bot
 process that imports the client never loads torch. The engine is imported inside `main`.
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +47,7 @@ from inference.protocol import (
     SubmitBatch,
     WorkerEvent,
 )
-from inference.request import RequestError
+from inference.request import RequestError, batch_key
 from inference.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -162,6 +166,8 @@ class _WorkerLoop:
         self._state = threading.Condition()
         self._pending: collections.deque[SubmitBatch] = collections.deque()
         self._running_job_ids: set[str] = set()
+        # The batch key of the running batch; None when nothing may join it.
+        self._running_key: Hashable | None = None
         self._cancel_requested: set[str] = set()
         self._shutting_down = False
         self._client_gone = False
@@ -217,7 +223,7 @@ class _WorkerLoop:
             if job_id in batch.job_ids:
                 rest = tuple(job for job in batch.jobs if job.job_id != job_id)
                 if rest:
-                    self._pending[index] = SubmitBatch(rest, batch.output_dir)
+                    self._pending[index] = dataclasses.replace(batch, jobs=rest)
                 else:
                     del self._pending[index]
                 return True
@@ -245,12 +251,14 @@ class _WorkerLoop:
                     break
                 batch = self._pending.popleft()
                 self._running_job_ids = set(batch.job_ids)
+                self._running_key = shared_batch_key(batch)
             try:
                 self._run_batch(batch)
             finally:
                 with self._state:
                     self._cancel_requested.difference_update(self._running_job_ids)
                     self._running_job_ids = set()
+                    self._running_key = None
         with contextlib.suppress(OSError):
             self._conn.close()
 
@@ -258,7 +266,24 @@ class _WorkerLoop:
         return job_id in self._cancel_requested
 
     def _run_batch(self, batch: SubmitBatch) -> None:
-        run_batch(self._engine, batch, self.send, self._is_cancelled)
+        run_batch(self._engine, batch, self.send, self._is_cancelled, self._take_joining)
+
+    def _take_joining(self) -> list[SubmitBatch]:
+        """Waiting batches sent to join the running one that can share it; they are running from now on."""
+        with self._state:
+            if self._shutting_down or self._running_key is None:
+                return []
+            taken = [b for b in self._pending if b.join and shared_batch_key(b) == self._running_key]
+            for batch in taken:
+                self._pending.remove(batch)
+                self._running_job_ids.update(batch.job_ids)
+        return taken
+
+
+def shared_batch_key(batch: SubmitBatch) -> Hashable | None:
+    """The batch key all of the batch's jobs share; None when they differ or one runs alone."""
+    keys = {batch_key(job.request) for job in batch.jobs}
+    return keys.pop() if len(keys) == 1 else None
 
 
 def progress_reporter(job_id: str, send: Callable[[WorkerEvent], None]) -> Callable[[int, int], None]:
@@ -280,29 +305,51 @@ def run_batch(
     batch: SubmitBatch,
     send: Callable[[WorkerEvent], None],
     is_cancelled: Callable[[str], bool],
+    joining: Callable[[], list[SubmitBatch]] | None = None,
 ) -> None:
-    """Run one batch as one engine call: `Started` and `Progress` for each job, then exactly one outcome each.
+    """Run one batch as one engine call: `Started` and `Progress` for each job, then exactly one
+    outcome each, sent as soon as that job ends. `joining()`, asked between decoder steps, hands over
+    batches whose jobs join this one (continuous batching); they are answered the same way.
 
     Shared by the worker process (`send` writes to its pipe) and the Ray replica (`send` queues the
     event for the client's next poll); `is_cancelled(job_id)` is polled between decoder steps.
     """
     from inference.engine import EngineJob
 
-    engine_jobs = []
-    for job in batch.jobs:
-        send(Started(job.job_id))
-        engine_jobs.append(
-            EngineJob(
+    # Every job handed to the engine, by the identity of its EngineJob: the job and its output folder.
+    jobs: dict[int, tuple[BatchJob, str, EngineJob]] = {}
+    answered: set[str] = set()
+
+    def engine_jobs(submitted: SubmitBatch) -> list[EngineJob]:
+        made = []
+        for job in submitted.jobs:
+            send(Started(job.job_id))
+            engine_job = EngineJob(
                 request=job.request,
                 on_progress=progress_reporter(job.job_id, send),
                 is_cancelled=functools.partial(is_cancelled, job.job_id),
             )
-        )
+            jobs[id(engine_job)] = (job, submitted.output_dir, engine_job)
+            made.append(engine_job)
+        return made
+
+    def on_outcome(engine_job: EngineJob, generated: GeneratedAudio | Exception) -> None:
+        job, output_dir, _ = jobs[id(engine_job)]
+        if job.job_id not in answered:
+            answered.add(job.job_id)
+            send(job_outcome(job, generated, output_dir))
+
+    def joining_jobs() -> list[EngineJob]:
+        assert joining is not None
+        return [engine_job for submitted in joining() for engine_job in engine_jobs(submitted)]
+
+    first = engine_jobs(batch)
     try:
-        outcomes: list[GeneratedAudio | Exception] = engine.generate_batch(engine_jobs)
+        engine.generate_batch(first, joining=joining_jobs if joining else None, on_outcome=on_outcome)
     except Exception as exc:
-        # The engine answers per job; an exception out of the batch call itself fails all of it.
+        # The engine answers per job; an exception out of the batch call itself fails what is left.
         logger.exception("batch %s failed", ", ".join(batch.job_ids))
-        outcomes = [exc for _ in batch.jobs]
-    for job, generated in zip(batch.jobs, outcomes, strict=True):
-        send(job_outcome(job, generated, batch.output_dir))
+        for job, output_dir, _ in list(jobs.values()):
+            if job.job_id not in answered:
+                answered.add(job.job_id)
+                send(job_outcome(job, exc, output_dir))

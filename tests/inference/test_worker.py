@@ -313,6 +313,38 @@ async def test_a_worker_killed_mid_batch_fails_every_job_of_the_batch_as_crashed
 
 
 @on_module_loop
+async def test_jobs_joined_to_a_running_batch_run_in_it_and_each_ends_on_its_own(
+    client: InferenceClient, tmp_path: Path
+) -> None:
+    (before,) = client.workers
+    decoding = asyncio.Event()
+
+    async def on_progress(steps_done: int, steps_total: int) -> None:
+        decoding.set()
+
+    (long,) = client.submit_batch(
+        [JobSubmission("join-long", short_request(duration=3), on_progress)], tmp_path
+    )
+    await asyncio.wait_for(decoding.wait(), JOB_TIMEOUT_S)
+    (short,) = client.join_batch(
+        ["join-long"], [JobSubmission("join-short", short_request(seed=9))], tmp_path
+    )
+
+    short_result = await asyncio.wait_for(short, JOB_TIMEOUT_S)
+    assert not long.done()  # the joined job ended first, in the middle of the batch
+    long_result = await asyncio.wait_for(long, JOB_TIMEOUT_S)
+    assert (short_result.duration_s, long_result.duration_s) == (1.0, 3.0)
+    (after,) = client.workers
+    assert (after.batches_run, after.jobs_run) == (before.batches_run + 1, before.jobs_run + 2)
+
+    # Once the batch is over, a join waits for a worker as a batch of its own.
+    (late,) = client.join_batch(["join-long"], [JobSubmission("join-late", short_request())], tmp_path)
+    assert Path((await asyncio.wait_for(late, JOB_TIMEOUT_S)).output_path).exists()
+    (last,) = client.workers
+    assert last.batches_run == before.batches_run + 2
+
+
+@on_module_loop
 async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
     engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
@@ -397,6 +429,54 @@ def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from
         assert dropped.kind is ErrorKind.CANCELLED
         first_progress = [e for e in events if isinstance(e, Progress) and e.job_id == "first"]
         assert first_progress[-1].steps_done == first_progress[-1].steps_total
+
+        parent_conn.send(Shutdown())
+        process.join(JOB_TIMEOUT_S)
+        assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def test_a_batch_sent_to_join_enters_the_running_batch_and_is_answered_when_it_ends(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    """The raw protocol: while "long" decodes, a join with a job of the same kind starts at once and
+    is answered before "long" ends; a join that cannot share the batch (a melody job) runs after it."""
+    context = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = context.Pipe()
+    process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
+    process.start()
+    child_conn.close()
+    try:
+        assert parent_conn.poll(JOB_TIMEOUT_S)
+        assert isinstance(parent_conn.recv(), Ready)
+        parent_conn.send(SubmitBatch((BatchJob("long", short_request(duration=4)),), str(tmp_path)))
+        events: list[object] = []
+        while not any(isinstance(e, Progress) and e.job_id == "long" for e in events):
+            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
+            events.append(parent_conn.recv())
+        melody = short_request(model_version="melody")
+        parent_conn.send(SubmitBatch((BatchJob("melody", melody),), str(tmp_path), join=True))
+        parent_conn.send(SubmitBatch((BatchJob("joins", short_request(seed=5)),), str(tmp_path), join=True))
+        while not (events and isinstance(events[-1], GenerationResult) and events[-1].job_id == "melody"):
+            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
+            events.append(parent_conn.recv())
+
+        order = [(type(e).__name__, e.job_id) for e in events if isinstance(e, Started | GenerationResult)]
+        assert order == [
+            ("Started", "long"),
+            ("Started", "joins"),
+            ("GenerationResult", "joins"),
+            ("GenerationResult", "long"),
+            ("Started", "melody"),
+            ("GenerationResult", "melody"),
+        ]
+        long_steps = [e.steps_done for e in events if isinstance(e, Progress) and e.job_id == "long"]
+        assert long_steps[-1] == 4 * 50 + 3  # "long" ran to its own end with a neighbour joining
+        for name, seconds in (("joins", 1), ("long", 4), ("melody", 1)):
+            assert soundfile.info(tmp_path / f"{name}.wav").duration == pytest.approx(seconds)
 
         parent_conn.send(Shutdown())
         process.join(JOB_TIMEOUT_S)
