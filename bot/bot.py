@@ -231,6 +231,9 @@ class MusicGenBot(commands.AutoShardedBot):
             worker_slots=self.inference.worker_count,
             job_retries=self.config.worker.job_retries,
             batch_wait_s=self.config.worker.batch_wait_s,
+            continuous_batching=(
+                self.config.worker.continuous_batching and self.config.engine_settings.engine.runs_our_decoder
+            ),
             progress_interval_s=limits.progress_interval_s,
             prepare_result=self.prepare_result,
             watchdog=JobWatchdog(

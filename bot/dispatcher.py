@@ -4,7 +4,9 @@ The dispatcher pulls the next batch from the fair scheduler whenever a worker sl
 jobs running, submits them together to the `InferenceClient`, and then follows each job on its own:
 its progress becomes its status-message edits, its cancel stops it alone, and its result is posted
 as soon as it is there. The database row is updated at each step, so a restart knows what to resume.
-A worker crash under a batch of several puts each of its jobs back to run alone. A job that runs far
+With continuous batching, while every worker is busy, queued jobs that can share a running batch join
+it between two decoder steps instead of waiting for it to end (the same round-robin order and caps
+as a new batch). A worker crash under several jobs puts each of them back to run alone. A job that runs far
 past its deadline, or stops making progress, has its worker killed by the watchdog
 (`bot/job_deadlines.py`) and is then retried or failed as after a crash, with a "took too long" message.
 """
@@ -14,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,20 @@ TOOK_TOO_LONG_TEXT = (
     "This took too long to make, twice, so I stopped it. It was not your fault: "
     "try a shorter duration, or try again later."
 )
+
+
+@dataclass(eq=False)
+class _WorkerBatch:
+    """A batch on a worker: it holds the worker while any of its jobs (joined ones included) runs."""
+
+    # Its jobs still on the worker (or about to be), with their seconds of audio.
+    members: dict[int, float]
+    # The batch key queued jobs may join it with (continuous batching); None: nobody joins it.
+    joinable_key: Hashable | None
+
+    @property
+    def longest_seconds(self) -> float:
+        return max(self.members.values())
 
 
 def scheduled(job: Job) -> ScheduledJob:
@@ -94,6 +110,7 @@ class JobDispatcher:
         prepare_result: Callable[[Job, GenerationResult], Awaitable[GenerationResult]] | None = None,
         batch_wait_s: float = 0.0,
         watchdog: JobWatchdog | None = None,
+        continuous_batching: bool = False,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -106,6 +123,8 @@ class JobDispatcher:
         # Turns the worker's file into what is posted (a continuation becomes the whole piece).
         self.prepare_result = prepare_result
         self.batch_wait_s = batch_wait_s
+        # Queued jobs join running batches while every worker is busy (when the back end can).
+        self.continuous_batching = continuous_batching and inference.can_join
         # Kills the worker of a job that misses its deadline or stalls (None: jobs may run for ever).
         self.watchdog = watchdog
         # When each queued job arrived (loop time), for the batch wait.
@@ -118,6 +137,9 @@ class JobDispatcher:
         self._retry_reasons: dict[int, str] = {}
         # One task per batch on the workers; the ids of the jobs in them.
         self._batches: set[asyncio.Task[None]] = set()
+        # The batches on the workers (one worker each), and one task per group of jobs joining one.
+        self._on_workers: list[_WorkerBatch] = []
+        self._joins: set[asyncio.Task[None]] = set()
         self._running: set[int] = set()
         self._cancel_requested: set[int] = set()
         # Running jobs the inference client has been given (a running job is briefly not one yet).
@@ -146,8 +168,8 @@ class JobDispatcher:
                 await self._loop_task
         for job_id in list(self._running):
             await self.inference.cancel(str(job_id))
-        if self._batches:
-            _, still_running = await asyncio.wait(list(self._batches), timeout=timeout_s)
+        if self._batches or self._joins:
+            _, still_running = await asyncio.wait(list(self._batches | self._joins), timeout=timeout_s)
             for task in still_running:
                 # Left 'running' in the database: the next start retries it.
                 task.cancel()
@@ -248,30 +270,70 @@ class JobDispatcher:
             # While the database refuses writes no job starts (each would wait on its first write).
             await self.store.gate.wait_writable()
             wait_s: float | None = None  # until woken
-            while not self.paused and len(self._batches) < self.worker_slots:
-                wait_s = self._batch_wait_left()
+            while not self.paused and len(self._on_workers) < self.worker_slots:
+                planned = self.scheduler.peek_batch()
+                wait_s = self._batch_wait_left(planned)
                 if wait_s is None or wait_s > 0:
                     break
-                batch = self.scheduler.next_batch()
-                for queued in batch:
-                    self._queued_at.pop(queued.job_id, None)
-                self._running.update(queued.job_id for queued in batch)
-                self._batches.add(
-                    asyncio.create_task(self._run_batch(batch), name=f"batch-{batch[0].job_id}")
-                )
-                self._refresh_positions()
+                self._start_batch(shared=not self.scheduler.runs_alone(planned[0]))
+            if self.continuous_batching and not self.paused and len(self._on_workers) >= self.worker_slots:
+                self._start_joins()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
 
-    def _batch_wait_left(self) -> float | None:
+    def _start_batch(self, *, shared: bool) -> None:
+        """Take the next batch from the scheduler and run it; `shared`: others may join it later."""
+        batch = self.scheduler.next_batch()
+        for queued in batch:
+            self._queued_at.pop(queued.job_id, None)
+        self._running.update(queued.job_id for queued in batch)
+        joinable_key = batch[0].batch_key if self.continuous_batching and shared else None
+        on_worker = _WorkerBatch({q.job_id: q.audio_seconds for q in batch}, joinable_key)
+        self._on_workers.append(on_worker)
+        self._batches.add(
+            asyncio.create_task(self._run_batch(batch, on_worker), name=f"batch-{batch[0].job_id}")
+        )
+        self._refresh_positions()
+
+    def _start_joins(self) -> None:
+        """Queued jobs that can share a running batch join it now, in round-robin order."""
+        for on_worker in list(self._on_workers):
+            if on_worker.joinable_key is None:
+                continue
+            if not any(job_id in self._submitted for job_id in on_worker.members):
+                continue  # not on its worker yet: joins wait until it is
+            joiners = self.scheduler.next_joiners(
+                on_worker.joinable_key, len(on_worker.members), on_worker.longest_seconds
+            )
+            if not joiners:
+                continue
+            for queued in joiners:
+                self._queued_at.pop(queued.job_id, None)
+                on_worker.members[queued.job_id] = queued.audio_seconds
+            self._running.update(queued.job_id for queued in joiners)
+            self._joins.add(
+                asyncio.create_task(
+                    self._run_batch(joiners, on_worker, join=True), name=f"join-{joiners[0].job_id}"
+                )
+            )
+            self._refresh_positions()
+
+    def _off_worker(self, job_id: int) -> None:
+        """The job left its worker (its outcome came, or it never got there): a batch whose jobs have
+        all left frees its worker."""
+        for on_worker in list(self._on_workers):
+            if on_worker.members.pop(job_id, None) is not None and not on_worker.members:
+                self._on_workers.remove(on_worker)
+                self._wake.set()
+
+    def _batch_wait_left(self, batch: list[ScheduledJob]) -> float | None:
         """None when nothing is queued; else how long a free worker should still wait for more jobs to
-        join the next batch (0: start it now).
+        join the next batch (`batch`, as planned now; 0: start it now).
 
         Only a batch that could still grow waits, and only until `batch_wait_s` after its first job
         arrived: a job that waited behind a running batch starts as soon as a worker is free.
         """
-        batch = self.scheduler.peek_batch()
         if not batch:
             return None
         if self.batch_wait_s <= 0 or not self.scheduler.can_grow(batch):
@@ -281,13 +343,16 @@ class JobDispatcher:
             return 0.0
         return max(0.0, arrived + self.batch_wait_s - asyncio.get_running_loop().time())
 
-    async def _run_batch(self, batch: list[ScheduledJob]) -> None:
+    async def _run_batch(
+        self, batch: list[ScheduledJob], on_worker: _WorkerBatch, *, join: bool = False
+    ) -> None:
+        """Run a batch (or, with `join`, jobs joining the one `on_worker` runs) and follow each job to its end."""
         job_ids = [queued.job_id for queued in batch]
         # The jobs this batch still answers for: each leaves it once (a retried one may be running in
         # another batch by the time this one ends, and is no longer this batch's to finish).
         unfinished = set(job_ids)
         try:
-            await self._run_jobs(job_ids, unfinished)
+            await self._run_jobs(job_ids, unfinished, on_worker if join else None)
         except Exception:
             logger.exception("batch %s: unexpected error in the dispatcher", job_ids)
             for job_id in sorted(unfinished):
@@ -298,9 +363,10 @@ class JobDispatcher:
             task = asyncio.current_task()
             if task is not None:
                 self._batches.discard(task)
+                self._joins.discard(task)
             self._wake.set()
 
-    async def _run_jobs(self, job_ids: list[int], unfinished: set[int]) -> None:
+    async def _run_jobs(self, job_ids: list[int], unfinished: set[int], joining: _WorkerBatch | None) -> None:
         started: list[tuple[Job, JobSubmission]] = []
         for job_id in job_ids:
             if (prepared := await self._start_job(job_id)) is not None:
@@ -318,15 +384,20 @@ class JobDispatcher:
                 to_submit.append((job, submission))
         if not to_submit:
             return
-        # No await between the checks above and submit_batch() registering the jobs with the client.
+        # No await between the checks above and the client registering the jobs.
+        running = [] if joining is None else [str(i) for i in joining.members if i in self._submitted]
         self._submitted.update(job.id for job, _ in to_submit)
         batch_requests = [job.request for job, _ in to_submit]
-        tasks = self.inference.submit_batch(
-            [self._watched(submission, batch_requests) for _, submission in to_submit], self.output_dir
-        )
+        submissions = [self._watched(submission, batch_requests) for _, submission in to_submit]
+        if joining is None:
+            tasks = self.inference.submit_batch(submissions, self.output_dir)
+        else:
+            # Should its batch have ended meanwhile, the client runs them as a batch of their own.
+            tasks = self.inference.join_batch(running, submissions, self.output_dir)
+        self._wake.set()  # jobs on a worker now: others may join their batch
         await asyncio.gather(
             *(
-                self._finish_job(job, task, unfinished, batch_size=len(to_submit))
+                self._finish_job(job, task, unfinished)
                 for (job, _), task in zip(to_submit, tasks, strict=True)
             )
         )
@@ -383,16 +454,19 @@ class JobDispatcher:
         return replace(submission, on_started=on_started, on_progress=on_progress)
 
     async def _finish_job(
-        self, job: Job, outcome: asyncio.Task[GenerationResult], unfinished: set[int], *, batch_size: int
+        self, job: Job, outcome: asyncio.Task[GenerationResult], unfinished: set[int]
     ) -> None:
         """Follow one job of a batch to its end: deliver, fail, cancel or retry it."""
         try:
             try:
-                result = await outcome
+                try:
+                    result = await outcome
+                finally:
+                    self._off_worker(job.id)
             except GenerationCancelled:
                 await self._after_cancel(job)
             except WorkerCrashed as crash:
-                await self._after_crash(job, crash, batch_size=batch_size)
+                await self._after_crash(job, crash)
             except RequestError as error:
                 await self._fail(
                     job,
@@ -418,6 +492,7 @@ class JobDispatcher:
         self._progress.pop(job_id, None)
         self._submitted.discard(job_id)
         self._running.discard(job_id)
+        self._off_worker(job_id)
         self.scheduler.finish(job_id)
         if self.watchdog is not None:
             self.watchdog.finish(str(job_id))
@@ -438,7 +513,7 @@ class JobDispatcher:
         await self._finish_status(job.id, cancelled_text(job.id))
         self._forget(job.id)
 
-    async def _after_crash(self, job: Job, crash: WorkerCrashed, *, batch_size: int = 1) -> None:
+    async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
         # Why the watchdog killed the worker, when it did: then the job took too long, it did not crash.
         missed = None if self.watchdog is None else self.watchdog.missed(str(job.id))
         if missed is None:
@@ -452,9 +527,9 @@ class JobDispatcher:
             # The shutdown took the worker down with the job: not the job's fault.
             await self._put_back_for_restart(job)
             return
-        if batch_size > 1:
-            # Any job of the batch may have caused it: each runs again alone, and this crash does not
-            # count against them, so one bad job cannot use up its neighbours' retry.
+        if crash.running_jobs > 1:
+            # Any job running with it may have caused it: each runs again alone, and this crash does
+            # not count against them, so one bad job cannot use up its neighbours' retry.
             await self.store.requeue(job.id, error=f"during a batch: {cause}", refund_attempt=True)
             self._retry_reasons[job.id] = BATCH_CRASH_REASON if missed is None else BATCH_DEADLINE_REASON
             self.scheduler.finish(job.id)

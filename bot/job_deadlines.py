@@ -9,8 +9,8 @@ with one worker, stalls every server. Each job gets two limits:
 - once it has reported progress, a stall limit: no new step for `stall_s` means the decoding loop
   stopped (a step takes well under a second on a GPU, a few on a CPU).
 
-A job's limits count from the moment its worker takes it (not while it waits for a worker). The jobs
-of a batch run as long as its longest job, so each gets the longest job's deadline.
+A job's limits count from the moment its worker takes it (not while it waits for a worker). A job in
+a batch decodes only as fast as the whole batch, so each gets the longest job's deadline.
 
 When a limit is missed the watchdog logs it and kills the job's worker; the inference client then
 reports a crash, and the dispatcher retries or fails the job as for any crash, with `missed(job)` to

@@ -147,12 +147,21 @@ class FairScheduler:
 
     def can_grow(self, batch: list[ScheduledJob]) -> bool:
         """Whether jobs queued later could still join this batch (it is not full and may be shared)."""
-        first = batch[0]
-        return (
-            len(batch) < self.batching.max_jobs
-            and first.batch_key is not None
-            and first.job_id not in self._retried
-        )
+        return len(batch) < self.batching.max_jobs and not self.runs_alone(batch[0])
+
+    def runs_alone(self, job: ScheduledJob) -> bool:
+        """Whether a queued job's batch is its alone: it shares with nobody, or is a retry after a crash."""
+        return job.batch_key is None or job.job_id in self._retried
+
+    def next_joiners(
+        self, batch_key: Hashable, running_jobs: int, longest_seconds: float
+    ) -> list[ScheduledJob]:
+        """Take the queued jobs that join a running batch now (continuous batching): in round-robin
+        order, the jobs with its key that fit beside its `running_jobs` (the longest of them making
+        `longest_seconds`), under the same rules as a new batch (a job passed over once is passed over
+        no more). They count as running until `finish`."""
+        joiners = self._grow(batch_key, running_jobs, longest_seconds, self.queued_in_order(), self.batching)
+        return self._take(joiners)
 
     def _plan_batch(self, limits: BatchLimits, *, mark_passed_over: bool = True) -> list[ScheduledJob]:
         """The next batch, in round-robin order, without taking it; marks the jobs it passes over."""
@@ -160,22 +169,36 @@ class FairScheduler:
         if not order:
             return []
         first = order[0]
-        batch = [first]
-        if first.batch_key is None or first.job_id in self._retried:
-            return batch
-        longest = first.audio_seconds
+        if self.runs_alone(first):
+            return [first]
+        assert first.batch_key is not None
+        joined = self._grow(first.batch_key, 1, first.audio_seconds, order[1:], limits, mark_passed_over)
+        return [first, *joined]
+
+    def _grow(
+        self,
+        batch_key: Hashable,
+        size: int,
+        longest: float,
+        candidates: list[ScheduledJob],
+        limits: BatchLimits,
+        mark_passed_over: bool = True,
+    ) -> list[ScheduledJob]:
+        """The candidates, in order, that join a batch of `size` jobs with this key; marks the jobs they
+        pass over (skipped before one that joins), and stops rather than pass one over twice."""
+        joined: list[ScheduledJob] = []
         skipped: list[ScheduledJob] = []
         passed_over: list[ScheduledJob] = []
-        for candidate in order[1:]:
-            if len(batch) >= limits.max_jobs:
+        for candidate in candidates:
+            if size + len(joined) >= limits.max_jobs:
                 break
             joined_longest = max(longest, candidate.audio_seconds)
             if (
-                candidate.batch_key == first.batch_key
+                candidate.batch_key == batch_key
                 and candidate.job_id not in self._retried
-                and limits.fits(len(batch) + 1, joined_longest)
+                and limits.fits(size + len(joined) + 1, joined_longest)
             ):
-                batch.append(candidate)
+                joined.append(candidate)
                 longest = joined_longest
                 # Only the jobs skipped before one that joins are passed over (the rest just wait).
                 passed_over.extend(skipped)
@@ -186,7 +209,7 @@ class FairScheduler:
                 skipped.append(candidate)
         if mark_passed_over:
             self._passed_over.update(job.job_id for job in passed_over)
-        return batch
+        return joined
 
     def _take(self, batch: list[ScheduledJob]) -> list[ScheduledJob]:
         """Move planned jobs from their queues to running, each guild counted as served in turn."""

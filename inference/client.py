@@ -527,10 +527,11 @@ class InferenceClient:
             return
         logger.error("%s (pid %s) died with exit code %s", worker.name, worker.process.pid, exitcode)
         for job in lost:
-            others = f" in a batch of {len(batch.jobs)}" if batch is not None and len(batch.jobs) > 1 else ""
+            others = f" in a batch of {len(lost)}" if len(lost) > 1 else ""
             job.events.put_nowait(
                 WorkerCrashed(
-                    f"The inference worker died while running job {job.job_id}{others} (exit code {exitcode})."
+                    f"The inference worker died while running job {job.job_id}{others} (exit code {exitcode}).",
+                    running_jobs=len(lost),
                 )
             )
         if worker in self._workers:

@@ -395,7 +395,7 @@ class MusicGenEngine:
             if decoder.model is loaded.model:
                 return decoder
         options = self.settings.engine
-        if options.decoder == "own" and not (options.static_cache or options.compile):
+        if options.runs_our_decoder:
             # The engine is the model's only user (its cache's models are loaded for it).
             step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul, release_packed_weights=True)
             decoder = MusicGenDecoder(loaded.model, step=step)

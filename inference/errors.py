@@ -12,7 +12,14 @@ class GenerationCancelled(Exception):
 
 
 class WorkerCrashed(RuntimeError):
-    """The worker process running the job died (killed, out of memory, segfault)."""
+    """The worker process running the job died (killed, out of memory, segfault).
+
+    `running_jobs`: how many jobs it was running together when it died (any of them may have caused it).
+    """
+
+    def __init__(self, message: str, *, running_jobs: int = 1) -> None:
+        super().__init__(message)
+        self.running_jobs = running_jobs
 
 
 class WorkerStartError(RuntimeError):

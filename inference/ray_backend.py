@@ -517,9 +517,12 @@ class RayInferenceClient:
             return
         logger.error("%s died: %s", replica.name, cause)
         for job in lost:
-            others = f" in a batch of {len(batch.jobs)}" if batch is not None and len(batch.jobs) > 1 else ""
+            others = f" in a batch of {len(lost)}" if len(lost) > 1 else ""
             job.events.put_nowait(
-                WorkerCrashed(f"The inference replica died while running job {job.job_id}{others}.")
+                WorkerCrashed(
+                    f"The inference replica died while running job {job.job_id}{others}.",
+                    running_jobs=len(lost),
+                )
             )
         self._schedule_restart(0.0)
 

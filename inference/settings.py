@@ -73,6 +73,12 @@ class EngineOptions(_Section):
     # here (by `load_engine_settings` and the bot's config) so the worker and the bot use one limit.
     max_input_seconds: float = Field(default=600.0, gt=0)
 
+    @property
+    def runs_our_decoder(self) -> bool:
+        """Whether the decoder runs our pass, which alone lets jobs join a running batch
+        (static_cache and compile need transformers' pass, whose shapes can be fixed)."""
+        return self.decoder == "own" and not (self.static_cache or self.compile)
+
 
 class MelodyOptions(_Section):
     # audiocraft removes drums and bass with demucs before taking the chroma; false uses the full mix.

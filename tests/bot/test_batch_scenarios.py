@@ -4,7 +4,6 @@ own music, and a worker crash under a batch costs nobody their retry."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
+    until,
     wait_for_status,
     wav_seconds,
 )
@@ -82,9 +82,10 @@ async def everyone_generates(
 
 
 async def test_members_of_four_servers_generate_at_once_and_everyone_gets_their_own_music(
-    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server]
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server], inference_client: InferenceClient
 ) -> None:
     fake = fake_discord
+    (worker_before,) = inference_client.workers
     bot.dispatcher.pause()  # everyone's command is queued before the first batch forms
     try:
         jobs = await everyone_generates(fake, servers, duration=1)
@@ -103,13 +104,18 @@ async def test_members_of_four_servers_generate_at_once_and_everyone_gets_their_
     assert await stuck_jobs(bot) == []
 
     # Eight jobs, batches of four: the first batch is one job of every server (the round-robin),
-    # all running together (each started before any of them finished), then the second four.
+    # all running together (each started before any of them finished), then the second four. The
+    # first four end in the same step, so the second four cannot join them: they are a batch of their own.
     by_start = sorted(rows, key=lambda row: row["started_at"])
     first, second = by_start[:4], by_start[4:]
     assert {row["guild_id"] for row in first} == {s.guild.id for s in servers}
     assert max(row["started_at"] for row in first) < min(row["finished_at"] for row in first)
-    assert max(row["finished_at"] for row in first) <= min(row["started_at"] for row in second)
     assert max(row["started_at"] for row in second) < min(row["finished_at"] for row in second)
+    (worker_after,) = inference_client.workers
+    assert (worker_after.batches_run, worker_after.jobs_run) == (
+        worker_before.batches_run + 2,
+        worker_before.jobs_run + 8,
+    )
 
 
 async def _kill_worker_while_generating(
@@ -157,11 +163,56 @@ async def test_a_worker_killed_under_a_batch_retries_each_job_alone_and_all_are_
         )
     rows = [await wait_for_status(bot, job_id, "done") for job_id in job_ids]
     # The crash under the batch is not counted against anyone (each keeps its retry), and the jobs
-    # ran again one at a time, each after the previous one was done.
+    # ran again one at a time: three batches of one on the new worker, nobody joining them.
     assert [row["attempts"] for row in rows] == [1, 1, 1]
-    retries = sorted(rows, key=lambda row: row["started_at"])
-    for earlier, later in itertools.pairwise(retries):
-        assert earlier["finished_at"] <= later["started_at"]
+    (replacement,) = inference_client.workers
+    assert (replacement.batches_run, replacement.jobs_run) == (3, 3)
+    assert await stuck_jobs(bot) == []
+
+
+async def _generate(
+    fake: FakeDiscord, server: Server, member: str, prompt: str, duration: int
+) -> tuple[int, FakeInteraction]:
+    interaction = await run_command(
+        fake, server[member], server.channel, "generate", prompt=prompt, duration=duration
+    )
+    return await queued_job_id(interaction), interaction
+
+
+async def test_a_job_sent_while_a_batch_runs_joins_it_and_is_posted_as_soon_as_it_is_made(
+    bot: MusicGenBot, fake_discord: FakeDiscord, servers: list[Server], inference_client: InferenceClient
+) -> None:
+    fake, north, south = fake_discord, servers[0], servers[1]
+    (before,) = inference_client.workers
+    long_id, _ = await _generate(fake, north, "ann", "slow river at dusk", duration=10)
+    await until(lambda: bot.dispatcher.progress_of(long_id) is not None, "the long job is decoding")
+    short_id, short_interaction = await _generate(fake, south, "ben", "a bird call", duration=1)
+
+    short_result = await posted_result(fake, south.channel, short_id)
+    assert wav_seconds(short_result.attachments[0].data) == pytest.approx(1.0, abs=0.05)
+    status = await short_interaction.wait_for_final(lambda m: "is done" in m.content)
+    assert f"Job #{short_id} is done" in status.content
+    long_result = await posted_result(fake, north.channel, long_id)
+    assert wav_seconds(long_result.attachments[0].data) == pytest.approx(10.0, abs=0.05)
+    rows = [await wait_for_status(bot, job_id, "done") for job_id in (long_id, short_id)]
+    assert [row["attempts"] for row in rows] == [1, 1]
+    # One batch on the one worker: the short job joined the long one's and left it at its own end.
+    (after,) = inference_client.workers
+    assert (after.batches_run, after.jobs_run) == (before.batches_run + 1, before.jobs_run + 2)
+
+    # With continuous batching off, the same sequence is two batches on the one worker: the short
+    # job waits until the long one is made.
+    bot.dispatcher.continuous_batching = False
+    try:
+        long_id, _ = await _generate(fake, north, "ann", "slow river at night", duration=10)
+        await until(lambda: bot.dispatcher.progress_of(long_id) is not None, "the long job is decoding")
+        short_id, _ = await _generate(fake, south, "ben", "another bird call", duration=1)
+        for job_id in (long_id, short_id):
+            await wait_for_status(bot, job_id, "done")
+    finally:
+        bot.dispatcher.continuous_batching = True
+    (last,) = inference_client.workers
+    assert (last.batches_run, last.jobs_run) == (after.batches_run + 2, after.jobs_run + 2)
     assert await stuck_jobs(bot) == []
 
 

@@ -3,11 +3,10 @@ retried, and failed with "took too long" if it misses again; the queue goes on."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
+    until,
     wait_for_status,
     wav_seconds,
 )
@@ -71,14 +71,6 @@ def watchdog_of(bot: MusicGenBot) -> JobWatchdog:
 
 def logged(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 def status_texts(interaction: FakeInteraction) -> list[str]:
@@ -156,8 +148,9 @@ async def test_a_batch_past_its_deadline_runs_again_job_by_job_without_using_up_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    # Alone, the 1 s job's deadline would be 0.21 s and the 20 s job's 0.4 s; in one batch both run
-    # as long as the longest, so both get 0.4 s.
+    # Alone, the 10 s job's deadline would be 0.3 s and the 20 s job's 0.4 s; in one batch both step
+    # as fast as the batch, so both get the longest one's 0.4 s. (Neither can end before it: a job
+    # that ends first leaves the batch and is posted, and could not be blamed for the hang.)
     watchdog_of(bot).policy = DeadlinePolicy(base_s=0.2, per_audio_second_s=0.01, stall_s=300)
     bot.dispatcher.pause()  # both commands are queued before the batch forms
     try:
@@ -167,7 +160,7 @@ async def test_a_batch_past_its_deadline_runs_again_job_by_job_without_using_up_
                 await run_command(
                     fake_discord, server[member], server.channel, "generate", prompt=prompt, duration=duration
                 )
-                for member, prompt, duration in (("ann", "a long night", 20), ("ben", "a short day", 1))
+                for member, prompt, duration in (("ann", "a long night", 20), ("ben", "a shorter day", 10))
             ]
         ]
     finally:
@@ -180,7 +173,7 @@ async def test_a_batch_past_its_deadline_runs_again_job_by_job_without_using_up_
     )  # fmt: skip
     watchdog_of(bot).policy = DeadlinePolicy()  # each job alone now has all the time it needs
 
-    for (job_id, interaction), seconds in zip(jobs, (20, 1), strict=True):
+    for (job_id, interaction), seconds in zip(jobs, (20, 10), strict=True):
         result = await posted_result(fake_discord, server.channel, job_id)
         assert wav_seconds(result.attachments[0].data) == pytest.approx(seconds, abs=0.05)
         row = await wait_for_status(bot, job_id, "done")
@@ -188,7 +181,7 @@ async def test_a_batch_past_its_deadline_runs_again_job_by_job_without_using_up_
         assert row["attempts"] == 1
         texts = status_texts(interaction)
         assert any("trying again on its own" in t or "its batch took too long" in t for t in texts)
-    # The short job had the batch's deadline, not its own; the worker was killed once for both.
+    # The shorter job had the batch's deadline, not its own; the worker was killed once for both.
     missed = logged(caplog, logging.ERROR, "JOB DEADLINE")
     assert missed and all("ran past its deadline of 0.4 s" in line for line in missed)
     assert len(logged(caplog, logging.ERROR, "killing inference-worker")) == 1

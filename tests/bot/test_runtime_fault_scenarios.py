@@ -28,6 +28,7 @@ from tests.bot.scenario_harness import (
     musicgen_bot,
     scenario_config,
     stuck_jobs,
+    until,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
@@ -73,14 +74,6 @@ async def database_locked(database: Path) -> AsyncIterator[sqlite3.Connection]:
         locker.execute("COMMIT")
     finally:
         locker.close()
-
-
-async def until(condition: object, timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def logged(caplog: pytest.LogCaptureFixture, level: int, text: str) -> bool:

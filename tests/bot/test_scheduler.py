@@ -272,3 +272,56 @@ def test_peeking_at_the_next_batch_changes_nothing_and_says_whether_it_could_gro
     alone = batching_scheduler()
     alone.enqueue(job(6, GUILD_A, key=None))
     assert not alone.can_grow(alone.peek_batch())
+
+
+# -- continuous batching: jobs joining a running batch ------------------------------------------------
+def joiners(scheduler: FairScheduler, key: object, running: int, longest: float = 8.0) -> list[int]:
+    return [queued.job_id for queued in scheduler.next_joiners(key, running, longest)]
+
+
+def test_jobs_join_a_running_batch_in_round_robin_order_up_to_its_size() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    scheduler.enqueue(job(1, GUILD_A))
+    assert [queued.job_id for queued in scheduler.next_batch()] == [1]
+    for job_id in (2, 3, 4):
+        scheduler.enqueue(job(job_id, GUILD_A))
+    scheduler.enqueue(job(10, GUILD_B))
+    # Three places left beside job 1, taken in the round-robin order: guild A was just served, so
+    # guild B's job goes first, then A's, then B's turn is over and A's next one.
+    assert joiners(scheduler, SMALL, running=1) == [10, 2, 3]
+    assert scheduler.is_running(10) and scheduler.position(4) == 1
+    assert joiners(scheduler, SMALL, running=4) == []  # full
+    assert joiners(scheduler, SMALL, running=3) == [4]  # a job left: room for one more
+
+
+def test_joiners_respect_the_audio_budget_of_the_running_batch() -> None:
+    scheduler = batching_scheduler(max_jobs=4, max_audio_seconds=60)
+    scheduler.enqueue(job(1, GUILD_A, seconds=30))
+    scheduler.enqueue(job(2, GUILD_B, seconds=10))
+    # Two running jobs, the longest 20 s: job 1 would make 3 x 30 = 90 s, job 2 makes 3 x 20 = 60 s.
+    assert joiners(scheduler, SMALL, running=2, longest=20) == [2]
+    assert [queued.job_id for queued in scheduler.queued_in_order()] == [1]
+
+
+def test_only_jobs_of_the_running_batch_s_key_join_and_none_passes_a_job_over_twice() -> None:
+    scheduler = batching_scheduler(max_jobs=8)
+    scheduler.enqueue(job(1, GUILD_A, key=MELODY))
+    scheduler.enqueue(job(2, GUILD_B, key=SMALL))
+    assert joiners(scheduler, SMALL, running=1) == [2]  # job 1 is passed over once
+    scheduler.enqueue(job(3, GUILD_C, key=SMALL))
+    # Job 3 would pass job 1 over a second time: it waits, and job 1 starts the next batch.
+    assert joiners(scheduler, SMALL, running=2) == []
+    assert [queued.job_id for queued in scheduler.queued_in_order()] == [1, 3]
+    assert joiners(scheduler, None, running=1) == []  # a batch that runs alone takes nobody
+
+
+def test_a_retried_job_never_joins_a_running_batch() -> None:
+    scheduler = batching_scheduler(max_jobs=4)
+    retried = job(1, GUILD_A)
+    scheduler.enqueue(retried)
+    scheduler.next_batch()
+    scheduler.finish(1)
+    scheduler.enqueue(retried, front=True)  # its worker crashed under a batch: it runs alone next
+    assert scheduler.runs_alone(retried)
+    assert joiners(scheduler, SMALL, running=1) == []
+    assert [queued.job_id for queued in scheduler.next_batch()] == [1]
