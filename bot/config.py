@@ -68,7 +68,7 @@ class WorkerOptions(_Section):
     batch_wait_s: float = Field(default=0.2, ge=0)
     # While every worker is busy, queued jobs join a running batch they can share between two decoder
     # steps (within max_batch_size and max_batch_audio_s) instead of waiting for it to end. Needs our
-    # decoder pass ([engine] decoder = "own", without static_cache or compile) and local workers.
+    # decoder pass ([engine] decoder = "own", without static_cache or compile).
     continuous_batching: bool = True
     # Where the workers run: "local" = worker processes on this machine, "ray" = replicas on a Ray
     # cluster (`processes` of them; the optional ray extra must be installed).

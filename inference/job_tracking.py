@@ -108,6 +108,13 @@ class JobTracker(Generic[WorkerT]):
         self.jobs.update((job.job_id, job) for job in added)
         return added
 
+    def requeue_as_batch(self, jobs: Sequence[Job[WorkerT]], output_dir: str | Path) -> None:
+        """Followed jobs that a worker did not take wait again, as a batch of their own."""
+        batch: Batch[WorkerT] = Batch(jobs=list(jobs), output_dir=Path(output_dir))
+        for job in jobs:
+            job.batch = batch
+        self.waiting.append(batch)
+
     def running_batch_of(self, job_ids: Sequence[str]) -> Batch[WorkerT] | None:
         """The batch that runs the first of these jobs still running on a worker; None if none does."""
         for job_id in job_ids:

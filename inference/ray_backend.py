@@ -91,8 +91,14 @@ class FinishedFile:
     result: GenerationResult
     data: bytes
 
+    @property
+    def job_id(self) -> str:
+        return self.result.job_id
+
 
 ReplicaOutcome = FinishedFile | GenerationError
+# What a replica's event poll returns: a job's start, its progress, or its outcome.
+ReplicaEvent = Started | Progress | ReplicaOutcome
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class InputFile:
 
 
 class InferenceReplica:
-    """One engine in one Ray actor: runs one batch at a time, answers cancels and progress polls meanwhile.
+    """One engine in one Ray actor: runs one batch at a time, answers cancels, joins and event polls meanwhile.
 
     Made a Ray actor by `RayInferenceClient` (`ray.remote(InferenceReplica).options(...)`), with
     `max_concurrency` > 1 so its methods run on a small thread pool.
@@ -113,8 +119,12 @@ class InferenceReplica:
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._engine: MusicGenEngine | None = None
+        # Guards the events, the joins and the running batch's folder.
         self._events_ready = threading.Condition()
-        self._events: list[Started | Progress] = []
+        self._events: list[ReplicaEvent] = []
+        # Jobs sent to join the running batch, taken between two of its decoder steps.
+        self._joining: list[SubmitBatch] = []
+        self._batch_folder: str | None = None  # the running batch's scratch folder; None when idle
         # Cancels may arrive before run_batch has started (the calls race); kept until that batch ends.
         self._cancelled: set[str] = set()
 
@@ -134,50 +144,85 @@ class InferenceReplica:
     def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
 
-    def events(self, job_ids: frozenset[str], timeout_s: float) -> list[Started | Progress]:
-        """`Started` and `Progress` events of these jobs since the last call; waits up to `timeout_s` for one.
+    def join(self, jobs: tuple[BatchJob, ...], input_files: dict[str, InputFile]) -> bool:
+        """Jobs that join the running batch between two decoder steps (continuous batching); False
+        when no batch runs any more (the client then runs them as a batch of their own)."""
+        with self._events_ready:
+            if self._batch_folder is None:
+                return False
+            folder = self._batch_folder
+            local = tuple(_with_local_input(job, input_files, folder) for job in jobs)
+            self._joining.append(SubmitBatch(local, folder, join=True))
+        return True
+
+    def events(self, job_ids: frozenset[str], timeout_s: float) -> list[ReplicaEvent]:
+        """`Started`, `Progress` and outcome events of these jobs since the last call; waits up to
+        `timeout_s` for one.
 
         Only the named jobs' events are taken: a poll of the previous batch, still waiting here after
         the client moved on, cannot swallow the events of the next one.
         """
         with self._events_ready:
             self._events_ready.wait_for(lambda: any(e.job_id in job_ids for e in self._events), timeout_s)
-            taken = [event for event in self._events if event.job_id in job_ids]
-            self._events = [event for event in self._events if event.job_id not in job_ids]
+            return self._take_events(job_ids)
+
+    def _take_events(self, job_ids: frozenset[str] | set[str]) -> list[ReplicaEvent]:
+        taken = [event for event in self._events if event.job_id in job_ids]
+        self._events = [event for event in self._events if event.job_id not in job_ids]
         return taken
 
-    def run_batch(
-        self, jobs: tuple[BatchJob, ...], input_files: dict[str, InputFile]
-    ) -> list[ReplicaOutcome]:
-        """Run the jobs as one batch; one outcome per job, in order, each file's bytes included.
+    def run_batch(self, jobs: tuple[BatchJob, ...], input_files: dict[str, InputFile]) -> list[ReplicaEvent]:
+        """Run the jobs as one batch, with the jobs that join it meanwhile (`join`).
 
-        `input_files` are the uploaded clips of the jobs that have one (by job id), sent as bytes:
-        they are written here and the requests pointed at them.
+        Each job's outcome (with its file's bytes) is queued for the client's event poll as soon as
+        the job ends; what no poll has taken yet is returned at the end. `input_files` are the
+        uploaded clips of the jobs that have one (by job id), sent as bytes: they are written here
+        and the requests pointed at them.
         """
         if self._engine is None:
             raise RuntimeError("run_batch() before start()")
-        outcomes: list[GenerationResult | GenerationError] = []
+        ran: set[str] = set()
 
         def send(event: WorkerEvent) -> None:
+            queued: ReplicaEvent
             if isinstance(event, GenerationResult | GenerationError):
-                outcomes.append(event)
+                queued = _with_file_bytes(event)
+            elif isinstance(event, Started | Progress):
+                queued = event
+            else:
                 return
-            if not isinstance(event, Started | Progress):
-                return
+            ran.add(queued.job_id)
             with self._events_ready:
-                self._events.append(event)
+                self._events.append(queued)
                 self._events_ready.notify_all()
 
+        folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         with self._events_ready:
             self._events = []  # the previous batch's last events, which nobody polled any more
-        folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+            self._batch_folder = folder
         try:
             batch = SubmitBatch(tuple(_with_local_input(job, input_files, folder) for job in jobs), folder)
-            worker_module.run_batch(self._engine, batch, send, self._cancelled.__contains__)
-            return [_with_file_bytes(outcome) for outcome in outcomes]
+            while batch.jobs:
+                worker_module.run_batch(
+                    self._engine, batch, send, self._cancelled.__contains__, self._take_joining
+                )
+                # Jobs that came to join after the last step run now, as a batch of their own.
+                batch = SubmitBatch(
+                    tuple(job for b in self._take_joining(last=True) for job in b.jobs), folder
+                )
+            with self._events_ready:
+                return self._take_events(ran)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-            self._cancelled.difference_update(job.job_id for job in jobs)
+            self._cancelled.difference_update(ran | {job.job_id for job in jobs})
+
+    def _take_joining(self, *, last: bool = False) -> list[SubmitBatch]:
+        """The batches sent to join; `last`: and from now on no batch runs to join (when none is left)."""
+        with self._events_ready:
+            taken, self._joining = self._joining, []
+            if last and not taken:
+                self._batch_folder = None
+        return taken
 
 
 def _remove_dead_replicas_folders() -> None:
@@ -262,6 +307,8 @@ class RayInferenceClient:
         self._tracker: JobTracker[_Replica] = JobTracker(self._send_cancel)
         self._names = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
+        # Jobs sent to join a replica's batch that has not yet said whether it took them.
+        self._unconfirmed: set[str] = set()
         self._started = False
         self._closing = False
 
@@ -370,13 +417,47 @@ class RayInferenceClient:
 
     @property
     def can_join(self) -> bool:
-        return False
+        return True
 
     def join_batch(
         self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
     ) -> list[asyncio.Task[GenerationResult]]:
-        """Replicas run one batch at a time: the jobs wait as a batch of their own."""
-        return self.submit_batch(jobs, output_dir)
+        """Add jobs to the batch a replica runs with the first of `running_job_ids` (continuous
+        batching); as `InferenceClient.join_batch`. Should the replica have finished that batch before
+        they arrive, they wait as a batch of their own."""
+        if not self._started or self._closing:
+            raise RuntimeError("the inference client is not running (call start() first)")
+        batch = self._tracker.running_batch_of(running_job_ids)
+        replica = None if batch is None else batch.worker
+        if batch is None or replica is None or replica.exited:
+            return self.submit_batch(jobs, output_dir)
+        joined = self._tracker.add_to_batch(batch, jobs)
+        batch.unfinished.update(job.job_id for job in joined)
+        self._unconfirmed.update(job.job_id for job in joined)
+        task = asyncio.create_task(self._send_join(replica, joined, output_dir), name=f"{replica.name}-join")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return [
+            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
+            for job in joined
+        ]
+
+    async def _send_join(self, replica: _Replica, joined: list[_Job], output_dir: str | Path) -> None:
+        jobs = tuple(BatchJob(job.job_id, job.request) for job in joined)
+        try:
+            input_files = await asyncio.to_thread(_read_inputs, jobs)
+            accepted = await _awaited(replica.actor.join.remote(jobs, input_files))
+        except RayError:
+            accepted = True  # the replica is gone: its death fails them as crashed, with its batch
+        finally:
+            self._unconfirmed.difference_update(job.job_id for job in joined)
+        if not accepted:
+            # Its batch ended first: the jobs wait for a replica as a batch of their own.
+            for job in joined:
+                job.batch.jobs.remove(job)
+                job.batch.unfinished.discard(job.job_id)
+            self._tracker.requeue_as_batch(joined, output_dir)
+            self._dispatch()
 
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:
@@ -433,39 +514,52 @@ class RayInferenceClient:
     async def _run_batch(self, replica: _Replica, batch: _Batch) -> None:
         jobs = tuple(BatchJob(job.job_id, job.request) for job in batch.jobs)
         input_files = await asyncio.to_thread(_read_inputs, jobs)
-        poller = asyncio.create_task(self._forward_events(replica, batch), name=f"{replica.name}-events")
+        done_running = asyncio.Event()
+        poller = asyncio.create_task(
+            self._forward_events(replica, batch, done_running), name=f"{replica.name}-events"
+        )
         try:
-            outcomes: list[ReplicaOutcome] = await _awaited(replica.actor.run_batch.remote(jobs, input_files))
+            unpolled: list[ReplicaEvent] = await _awaited(replica.actor.run_batch.remote(jobs, input_files))
         except Exception as exc:
             # RayActorError: the replica died (killed, its node lost, out of memory). Anything else
             # (a RayTaskError from a bug in run_batch) leaves it in an unknown state: replace it too.
+            poller.cancel()
             self._replica_gone(replica, exc)
             return
-        finally:
-            poller.cancel()
         replica.batch = None
         replica.runner = None
         self._dispatch()
-        for outcome in outcomes:
-            event = await _saved(outcome, batch.output_dir)
-            batch.unfinished.discard(event.job_id)
-            job = self._tracker.jobs.get(event.job_id)
-            if job is not None:
-                job.events.put_nowait(event)
-        for job_id in batch.unfinished:  # pragma: no cover - run_batch answers every job
+        done_running.set()
+        with contextlib.suppress(RayError):
+            await poller  # its last poll may hold outcomes
+        for event in unpolled:
+            await self._forward(batch, event)
+        for job_id in batch.unfinished - self._unconfirmed:  # pragma: no cover - every job is answered
             if (job := self._tracker.jobs.get(job_id)) is not None:
                 job.events.put_nowait(GenerationFailed(f"The replica returned no outcome for job {job_id}."))
-        batch.unfinished.clear()
+        batch.unfinished &= self._unconfirmed
 
-    async def _forward_events(self, replica: _Replica, batch: _Batch) -> None:
-        """Poll the replica for `Started`/`Progress` while it runs `batch`; its death ends the poll."""
-        job_ids = frozenset(job.job_id for job in batch.jobs)
+    async def _forward_events(self, replica: _Replica, batch: _Batch, done_running: asyncio.Event) -> None:
+        """Poll the replica for the events of `batch` (the jobs that joined it included) while it runs;
+        its death ends the poll."""
         with contextlib.suppress(RayError):
-            while True:
+            while not done_running.is_set():
+                job_ids = frozenset(job.job_id for job in batch.jobs)
                 for event in await _awaited(replica.actor.events.remote(job_ids, EVENT_POLL_S)):
-                    job = self._tracker.jobs.get(event.job_id)
-                    if job is not None and job.batch is batch:
-                        job.events.put_nowait(event)
+                    await self._forward(batch, event)
+
+    async def _forward(self, batch: _Batch, event: ReplicaEvent) -> None:
+        """Pass a replica's event to its job; an outcome's file is saved on this host first."""
+        if isinstance(event, FinishedFile | GenerationError):
+            saved = await _saved(event, batch.output_dir)
+            batch.unfinished.discard(saved.job_id)
+            job = self._tracker.jobs.get(saved.job_id)
+            if job is not None:
+                job.events.put_nowait(saved)
+            return
+        job = self._tracker.jobs.get(event.job_id)
+        if job is not None and job.batch is batch:
+            job.events.put_nowait(event)
 
     # -- replicas -------------------------------------------------------------------------------
     def _new_replica(self) -> _Replica:

@@ -24,6 +24,7 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
+    until,
     wait_for_status,
     wav_seconds,
 )
@@ -87,6 +88,33 @@ async def test_members_generate_on_ray_replicas_and_their_music_is_posted(
         # The replica sent the bytes back; the file lives in the bot's own data folder.
         assert Path(row["output_path"]).parent == bot.outputs_dir
         assert Path(row["output_path"]).read_bytes()
+    assert await stuck_jobs(bot) == []
+
+
+async def test_a_job_sent_while_a_replica_runs_a_batch_joins_it(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    assert isinstance(bot.inference, RayInferenceClient) and bot.dispatcher.continuous_batching
+    long = await run_command(
+        fake_discord, server["ann"], server.channel, "generate", prompt="tide", duration=20
+    )
+    long_id = await queued_job_id(long)
+    await until(lambda: bot.dispatcher.progress_of(long_id) is not None, "the long job is decoding")
+    short = await run_command(
+        fake_discord, server["ben"], server.channel, "generate", prompt="gull", duration=1
+    )
+    short_id = await queued_job_id(short)
+
+    short_result = await posted_result(fake_discord, server.channel, short_id, timeout=120)
+    # Posted while the long job was still decoding: it ran inside the long one's batch (one replica)
+    # and left it at its own end. Waiting for the batch to end, it would have started after 100 %.
+    long_progress = bot.dispatcher.progress_of(long_id)
+    assert long_progress is not None and "100%" not in long_progress, long_progress
+    assert wav_seconds(short_result.attachments[0].data) == pytest.approx(1.0, abs=0.05)
+    long_result = await posted_result(fake_discord, server.channel, long_id, timeout=120)
+    assert wav_seconds(long_result.attachments[0].data) == pytest.approx(20.0, abs=0.05)
+    rows = [await wait_for_status(bot, job_id, "done") for job_id in (long_id, short_id)]
+    assert [row["attempts"] for row in rows] == [1, 1]
     assert await stuck_jobs(bot) == []
 
 

@@ -136,6 +136,33 @@ async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_th
 
 
 @on_module_loop
+async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_ends(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    decoding = asyncio.Event()
+
+    async def on_progress(steps_done: int, steps_total: int) -> None:
+        decoding.set()
+
+    (long,) = client.submit_batch(
+        [JobSubmission("ray-long", short_request(duration=4), on_progress)], tmp_path
+    )
+    await asyncio.wait_for(decoding.wait(), JOB_TIMEOUT_S)
+    (short,) = client.join_batch(["ray-long"], [JobSubmission("ray-short", short_request(seed=5))], tmp_path)
+
+    short_result = await asyncio.wait_for(short, JOB_TIMEOUT_S)
+    assert not long.done()  # the joined job came back while the batch went on
+    long_result = await asyncio.wait_for(long, JOB_TIMEOUT_S)
+    for result, seconds in ((short_result, 1), (long_result, 4)):
+        assert Path(result.output_path).parent == tmp_path
+        assert soundfile.info(result.output_path).frames == seconds * 32_000
+    # The batch is over: a late join waits for the replica as a batch of its own.
+    (late,) = client.join_batch(["ray-long"], [JobSubmission("ray-late", short_request(seed=6))], tmp_path)
+    assert (await asyncio.wait_for(late, JOB_TIMEOUT_S)).seed == 6
+    assert client.idle_workers == 1 and client.busy_workers == 0
+
+
+@on_module_loop
 async def test_a_job_waiting_for_the_busy_replica_can_be_cancelled_and_never_runs(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -261,7 +288,7 @@ async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
     # What a replica on another node sees: a path that does not exist there, and the clip's bytes.
     (actor,) = client.replica_actors
     elsewhere = BatchJob("ray-melody-elsewhere", melody.replace(input_audio="/nowhere/on/this/node/tune.wav"))
-    (outcome,) = await asyncio.wait_for(
+    unpolled = await asyncio.wait_for(
         asyncio.wrap_future(
             actor.run_batch.remote(
                 (elsewhere,), {elsewhere.job_id: InputFile(".wav", clip.read_bytes())}
@@ -269,6 +296,8 @@ async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
         ),
         JOB_TIMEOUT_S,
     )
+    # Nobody polled this batch's events: they all come back with it, the outcome last.
+    outcome = unpolled[-1]
     assert isinstance(outcome, FinishedFile), outcome
     assert outcome.data == Path(result.output_path).read_bytes()  # same clip, prompt, seed: same music
 
