@@ -3,7 +3,7 @@
     python bench/bot_bench.py            # the full sizes below
     python bench/bot_bench.py --quick    # smaller bursts
 
-Three measurements, each ending with `TARGET <name> measured=<x> target=<y> ok|short`:
+Four measurements, each ending with `TARGET <name> measured=<x> target=<y> ok|short`:
 
 - throughput: 8 members of 4 servers run /generate (2 s of audio each, the real `small` architecture
   with random weights) at the same moment; seconds until all 8 results are posted, with batching
@@ -13,6 +13,10 @@ Three measurements, each ending with `TARGET <name> measured=<x> target=<y> ok|s
 - burst: 300 /generate commands from 60 servers at once; their acknowledgement p99 against the fake
   Discord's own floor, a trivial bot whose /generate acknowledges at once, measured the same way in
   the same run. Target: within 1.5x of the floor.
+- staggered (continuous batching): members of 3 servers run /generate one after another, a few
+  seconds apart (the real `small` architecture), so each arrives while earlier ones are being made;
+  the mean time from a command to its posted result with `[worker] continuous_batching` on against
+  off. Kept only if it helps: target > 1.
 
 The acknowledgement and burst sections run their jobs on the tiny test model: what they measure is
 the bot's event loop before the acknowledgement, which does not depend on the model, and a real model
@@ -30,6 +34,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the packages importable
@@ -49,8 +54,10 @@ from tests.bot.scenario_harness import add_server, posted_result  # noqa: E402
 from tests.fake_discord import FakeDiscord, FakeMember, running_bot  # noqa: E402
 
 THROUGHPUT_TARGET = 2.5
+STAGGERED_GAIN_TARGET = 1.0
 ACK_P99_TARGET_MS = 100.0
 BURST_FLOOR_RATIO_TARGET = 1.5
+Measured = TypeVar("Measured")
 # Hang guards, not measurements.
 RESULT_TIMEOUT_S = 1800.0
 ACK_TIMEOUT_S = 120.0
@@ -67,9 +74,15 @@ class Sizes:
     # Each latency section runs this many times, alternating bot and floor; the best p99 is kept
     # (other work on a shared machine only ever adds latency).
     repeats: int = 2
+    # Staggered arrivals: this many jobs of these seconds of audio, one every interval.
+    staggered_jobs: int = 6
+    staggered_seconds: int = 2
+    staggered_interval_s: float = 2.0
 
 
-QUICK = Sizes(ack_commands=50, burst_commands=120, burst_servers=24, repeats=1)
+QUICK = Sizes(
+    ack_commands=50, burst_commands=120, burst_servers=24, repeats=1, staggered_jobs=4, staggered_seconds=1
+)
 
 
 def target_line(name: str, measured: float, target: float, *, higher_is_better: bool) -> str:
@@ -100,12 +113,14 @@ def engine_settings(model_dir: Path, *, dtype: str, threads: int) -> EngineSetti
     )
 
 
-def bot_config(data_dir: Path, settings: EngineSettings, *, max_batch_size: int) -> BotConfig:
-    """The embedded defaults, except the data folder and the batch size under test."""
+def bot_config(
+    data_dir: Path, settings: EngineSettings, *, max_batch_size: int, continuous_batching: bool = True
+) -> BotConfig:
+    """The embedded defaults, except the data folder and the batching under test."""
     return BotConfig(
         bot=BotOptions(default_model_version="small", data_dir=str(data_dir)),
         limits=Limits(),
-        worker=WorkerOptions(max_batch_size=max_batch_size),
+        worker=WorkerOptions(max_batch_size=max_batch_size, continuous_batching=continuous_batching),
         engine_settings=settings,
     )
 
@@ -162,13 +177,76 @@ async def acknowledgement_latencies(
 async def with_bot(
     bot_factory: Callable[[], commands.AutoShardedBot],
     layout: Callable[[FakeDiscord], list[FakeMember]],
-    measure: Callable[[FakeDiscord, list[FakeMember]], Awaitable[float]],
-) -> float:
+    measure: Callable[[FakeDiscord, list[FakeMember]], Awaitable[Measured]],
+) -> Measured:
     """Run `measure` against a fresh fake Discord (with the members `layout` adds) and a fresh bot."""
     async with FakeDiscord() as fake:
         members = layout(fake)
         async with running_bot(fake, bot_factory(), ready_timeout=120):
             return await measure(fake, members)
+
+
+async def generate_and_wait(fake: FakeDiscord, member: FakeMember, options: dict[str, object]) -> None:
+    """`member` runs /generate in their server's channel; returns once the result is posted."""
+    channel = next(iter(member.guild.channels.values()))
+    interaction = await fake.invoke_slash_command(member, channel, "generate", options)
+    message = await interaction.wait_for_final(lambda m: "Job #" in m.content, ACK_TIMEOUT_S)
+    job_id = int(message.content.split("Job #", 1)[1].split()[0].rstrip(":.,"))
+    await posted_result(fake, channel, job_id, timeout=RESULT_TIMEOUT_S)
+
+
+async def staggered_latencies(
+    client: InferenceClient, settings: EngineSettings, work_dir: Path, sizes: Sizes, *, continuous: bool
+) -> list[float]:
+    """Seconds from each command to its posted result, the commands sent `staggered_interval_s` apart."""
+    data_dir = Path(tempfile.mkdtemp(prefix=f"staggered-{continuous}-", dir=work_dir))
+
+    def layout(fake: FakeDiscord) -> list[FakeMember]:
+        return members_of(fake, 3, -(-sizes.staggered_jobs // 3), "Staggered")[: sizes.staggered_jobs]
+
+    async def measure(fake: FakeDiscord, members: list[FakeMember]) -> list[float]:
+        loop = asyncio.get_running_loop()
+
+        async def one(index: int, member: FakeMember) -> float:
+            await asyncio.sleep(index * sizes.staggered_interval_s)
+            sent = loop.time()
+            options = {"prompt": f"ambient {index}", "duration": sizes.staggered_seconds, "seed": index}
+            await generate_and_wait(fake, member, options)
+            return loop.time() - sent
+
+        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(members))))
+
+    config = bot_config(data_dir, settings, max_batch_size=4, continuous_batching=continuous)
+    return await with_bot(lambda: MusicGenBot(config, inference=client), layout, measure)
+
+
+async def staggered_section(
+    model_dir: Path, work_dir: Path, sizes: Sizes, *, dtype: str, threads: int
+) -> list[str]:
+    """Jobs arriving while others are made, with continuous batching on and off."""
+    settings = engine_settings(model_dir, dtype=dtype, threads=threads)
+    print(
+        f"staggered: {sizes.staggered_jobs} /generate of {sizes.staggered_seconds} s, one every "
+        f"{sizes.staggered_interval_s:g} s, small architecture (dtype {dtype})",
+        flush=True,
+    )
+    means: dict[bool, float] = {}
+    async with InferenceClient(settings) as client:
+        warm_up = GenerationRequest(model_version="small", prompt="warm up", duration=1, seed=0)
+        await client.submit("warm-up", warm_up, work_dir)  # loads the model: not part of either run
+        for continuous in (True, False):
+            latencies = await staggered_latencies(client, settings, work_dir, sizes, continuous=continuous)
+            means[continuous] = sum(latencies) / len(latencies)
+            print(
+                f"  continuous_batching {'on ' if continuous else 'off'}: mean {means[continuous]:.1f} s, "
+                f"longest {max(latencies):.1f} s (each: {', '.join(f'{x:.1f}' for x in latencies)})",
+                flush=True,
+            )
+    gain = means[False] / means[True]
+    print(f"  continuous batching answers {gain:.2f}x sooner on average", flush=True)
+    return [
+        target_line("continuous_batching_latency_gain", gain, STAGGERED_GAIN_TARGET, higher_is_better=True)
+    ]
 
 
 async def time_until_all_posted(
@@ -183,20 +261,16 @@ async def time_until_all_posted(
     async def measure(fake: FakeDiscord, members: list[FakeMember]) -> float:
         loop = asyncio.get_running_loop()
         started = loop.time()
-
-        async def one(index: int, member: FakeMember) -> None:
-            channel = next(iter(member.guild.channels.values()))
-            interaction = await fake.invoke_slash_command(
-                member,
-                channel,
-                "generate",
-                {"prompt": f"lofi beat {index}", "duration": sizes.throughput_seconds, "seed": index},
+        await asyncio.gather(
+            *(
+                generate_and_wait(
+                    fake,
+                    member,
+                    {"prompt": f"lofi beat {index}", "duration": sizes.throughput_seconds, "seed": index},
+                )
+                for index, member in enumerate(members)
             )
-            message = await interaction.wait_for_final(lambda m: "Job #" in m.content, ACK_TIMEOUT_S)
-            job_id = int(message.content.split("Job #", 1)[1].split()[0].rstrip(":.,"))
-            await posted_result(fake, channel, job_id, timeout=RESULT_TIMEOUT_S)
-
-        await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
+        )
         return loop.time() - started
 
     config = bot_config(data_dir, settings, max_batch_size=max_batch_size)
@@ -286,7 +360,7 @@ async def latency_section(tiny_dir: Path, work_dir: Path, sizes: Sizes, *, threa
     ]
 
 
-SECTIONS = ("throughput", "latency")
+SECTIONS = ("throughput", "latency", "staggered")
 
 
 async def run_async(
@@ -299,6 +373,8 @@ async def run_async(
             lines += await throughput_section(model_dir, work_dir, sizes, dtype=dtype, threads=threads)
         if "latency" in sections:
             lines += await latency_section(tiny_dir, work_dir, sizes, threads=threads)
+        if "staggered" in sections:
+            lines += await staggered_section(model_dir, work_dir, sizes, dtype=dtype, threads=threads)
     return lines
 
 

@@ -120,6 +120,24 @@ class SimulatedInferenceClient:
         task.cancel()
         return True
 
+    @property
+    def can_join(self) -> bool:
+        return True
+
+    def join_batch(
+        self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[asyncio.Task[GenerationResult]]:
+        """Jobs joining a running batch (continuous batching): each starts at once and takes as long
+        as it would alone (an extra row costs its batch little), on the worker of that batch."""
+        tasks = []
+        for job in jobs:
+            joined = asyncio.ensure_future(asyncio.sleep(self.batch_seconds([job]) * self.time_scale))
+            task = asyncio.create_task(self._job_of(joined, job, output_dir))
+            self._running[job.job_id] = task
+            task.add_done_callback(functools.partial(self._forget, job.job_id))
+            tasks.append(task)
+        return tasks
+
     def batch_seconds(self, jobs: Sequence[JobSubmission]) -> float:
         """Simulated seconds a batch takes (before scaling)."""
         longest = max(job.request.duration for job in jobs)
@@ -283,6 +301,7 @@ class RecordingScheduler(FairScheduler):
         super().__init__(limits, batching)
         self.order = order
         self.batches = 0
+        self.joins = 0  # groups of jobs that joined a running batch
 
     def enqueue(self, job: ScheduledJob, *, front: bool = False) -> None:
         super().enqueue(job, front=front)
@@ -294,6 +313,13 @@ class RecordingScheduler(FairScheduler):
         for job in batch:
             self.order.started(job.job_id, job.guild_id)
         return batch
+
+    def next_joiners(self, batch_key: Any, running_jobs: int, longest_seconds: float) -> list[ScheduledJob]:
+        joiners = super().next_joiners(batch_key, running_jobs, longest_seconds)
+        self.joins += bool(joiners)
+        for job in joiners:
+            self.order.started(job.job_id, job.guild_id)
+        return joiners
 
 
 def fairness_violations(order: StartOrder) -> list[str]:
@@ -362,6 +388,7 @@ class SimulationReport:
     waits_s: dict[int, float]
     busy_guilds: set[int]
     batches: int
+    joins: int  # groups of jobs that joined a running batch (continuous batching)
     wall_s: float
 
     def percentile(self, values: list[float], q: float) -> float:
@@ -374,7 +401,7 @@ class SimulationReport:
         busy = [w for job_id, w in self.waits_s.items() if guild_of[job_id] in self.busy_guilds]
         out = [
             f"jobs {self.jobs}, completed {self.completed}, failed {len(self.failures)}, batches {self.batches}, "
-            f"wall {self.wall_s:.1f} s",
+            f"joins {self.joins}, wall {self.wall_s:.1f} s",
             f"fairness violations: {len(self.violations)}",
         ]
         for name, waits in (("all", all_waits), ("quiet servers", quiet), ("busy servers", busy)):
@@ -393,6 +420,7 @@ async def simulate(
     max_batch_size: int = 4,
     time_scale: float = 0.01,
     batch_wait_s: float = 0.0,
+    continuous_batching: bool = True,
     folder: Path,
 ) -> tuple[SimulationReport, dict[int, int]]:
     """Run the traffic through a real job store, scheduler and dispatcher on the chosen back end."""
@@ -422,16 +450,27 @@ async def simulate(
             job_retries=1,
             progress_interval_s=0,
             batch_wait_s=batch_wait_s,
+            continuous_batching=continuous_batching,
         )
-        original_submit_batch = inference.submit_batch
+        original_submit_batch, original_join_batch = inference.submit_batch, inference.join_batch
 
-        def recording_submit_batch(jobs: Sequence[JobSubmission], output_dir: str | Path) -> Any:
+        def started(jobs: Sequence[JobSubmission]) -> None:
             now = loop.time()
             for job in jobs:
                 starts[int(job.job_id)] = now
+
+        def recording_submit_batch(jobs: Sequence[JobSubmission], output_dir: str | Path) -> Any:
+            started(jobs)
             return original_submit_batch(jobs, output_dir)
 
+        def recording_join_batch(
+            running: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
+        ) -> Any:
+            started(jobs)
+            return original_join_batch(running, jobs, output_dir)
+
         inference.submit_batch = recording_submit_batch
+        inference.join_batch = recording_join_batch
         dispatcher.start()
         began = loop.time()
         for arrival in arrivals:
@@ -462,6 +501,7 @@ async def simulate(
         waits_s=waits,
         busy_guilds=set(range(1, traffic.busy_servers + 1)),
         batches=scheduler.batches,
+        joins=scheduler.joins,
         wall_s=wall_s,
     )
     return report, guild_of
@@ -478,6 +518,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--time-scale", type=float, default=0.01, help="wall seconds per simulated second")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-continuous-batching",
+        action="store_true",
+        help="queued jobs wait for the next batch instead of joining a running one",
+    )
     return parser.parse_args(argv)
 
 
@@ -501,12 +546,14 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 max_batch_size=args.max_batch_size,
                 time_scale=args.time_scale,
+                continuous_batching=not args.no_continuous_batching,
                 folder=Path(folder),
             )
         )
+    joining = "off" if args.no_continuous_batching else "on"
     print(
         f"# {traffic.servers} servers ({traffic.busy_servers} busy), {args.backend} back end, "
-        f"{args.workers} workers, batches of up to {args.max_batch_size}"
+        f"{args.workers} workers, batches of up to {args.max_batch_size}, continuous batching {joining}"
     )
     for line in report.lines(guild_of):
         print(line)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.server_sim import StartOrder, Traffic, bursty_arrivals, fairness_violations, simulate
 
 
@@ -39,15 +41,25 @@ def test_the_traffic_has_a_few_busy_servers_and_many_quiet_ones() -> None:
     assert [a.at_s for a in arrivals] == sorted(a.at_s for a in arrivals)
 
 
-async def test_bursty_servers_all_get_their_jobs_done_in_a_fair_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("continuous_batching", [True, False], ids=["joining", "batches-only"])
+async def test_bursty_servers_all_get_their_jobs_done_in_a_fair_order(
+    tmp_path: Path, continuous_batching: bool
+) -> None:
     traffic = Traffic(servers=80, busy_servers=4, busy_jobs=16, burst_size=8, window_s=60, seed=1)
     report, guild_of = await simulate(
-        traffic, backend="simulated", workers=2, max_batch_size=4, time_scale=0.005, folder=tmp_path
+        traffic,
+        backend="simulated",
+        workers=2,
+        max_batch_size=4,
+        time_scale=0.005,
+        continuous_batching=continuous_batching,
+        folder=tmp_path,
     )
     assert report.jobs == len(bursty_arrivals(traffic))
     assert report.completed == report.jobs
     assert report.failures == []
-    assert report.violations == []
+    assert report.violations == []  # jobs joining running batches keep the round-robin's fairness
     assert sorted(report.waits_s) == sorted(guild_of)  # every job started exactly once, and was timed
     assert report.batches < report.jobs  # bursts were batched
+    assert (report.joins > 0) is continuous_batching  # and, with it on, jobs joined running batches
     assert any("p99" in line for line in report.lines(guild_of))
