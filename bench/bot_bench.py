@@ -14,9 +14,9 @@ Four measurements, each ending with `TARGET <name> measured=<x> target=<y> ok|sh
   Discord's own floor, a trivial bot whose /generate acknowledges at once, measured the same way in
   the same run. Target: within 1.5x of the floor.
 - staggered (continuous batching): members of 3 servers run /generate one after another, a few
-  seconds apart (the real `small` architecture), so each arrives while earlier ones are being made;
-  the mean time from a command to its posted result with `[worker] continuous_batching` on against
-  off. Kept only if it helps: target > 1.
+  seconds apart, asking for different durations (the real `small` architecture), so each arrives
+  while earlier ones are being made; the mean time from a command to its posted result with
+  `[worker] continuous_batching` on against off. Kept only if it helps: target > 1.
 
 The acknowledgement and burst sections run their jobs on the tiny test model: what they measure is
 the bot's event loop before the acknowledgement, which does not depend on the model, and a real model
@@ -74,14 +74,20 @@ class Sizes:
     # Each latency section runs this many times, alternating bot and floor; the best p99 is kept
     # (other work on a shared machine only ever adds latency).
     repeats: int = 2
-    # Staggered arrivals: this many jobs of these seconds of audio, one every interval.
+    # Staggered arrivals: this many jobs, one every interval, their seconds of audio taken in turn
+    # from the cycle (members ask for different lengths).
     staggered_jobs: int = 6
-    staggered_seconds: int = 2
+    staggered_seconds: tuple[int, ...] = (4, 1, 2)
     staggered_interval_s: float = 2.0
 
 
 QUICK = Sizes(
-    ack_commands=50, burst_commands=120, burst_servers=24, repeats=1, staggered_jobs=4, staggered_seconds=1
+    ack_commands=50,
+    burst_commands=120,
+    burst_servers=24,
+    repeats=1,
+    staggered_jobs=4,
+    staggered_seconds=(2, 1),
 )
 
 
@@ -210,7 +216,8 @@ async def staggered_latencies(
         async def one(index: int, member: FakeMember) -> float:
             await asyncio.sleep(index * sizes.staggered_interval_s)
             sent = loop.time()
-            options = {"prompt": f"ambient {index}", "duration": sizes.staggered_seconds, "seed": index}
+            seconds = sizes.staggered_seconds[index % len(sizes.staggered_seconds)]
+            options = {"prompt": f"ambient {index}", "duration": seconds, "seed": index}
             await generate_and_wait(fake, member, options)
             return loop.time() - sent
 
@@ -225,8 +232,9 @@ async def staggered_section(
 ) -> list[str]:
     """Jobs arriving while others are made, with continuous batching on and off."""
     settings = engine_settings(model_dir, dtype=dtype, threads=threads)
+    cycle = ", ".join(str(seconds) for seconds in sizes.staggered_seconds)
     print(
-        f"staggered: {sizes.staggered_jobs} /generate of {sizes.staggered_seconds} s, one every "
+        f"staggered: {sizes.staggered_jobs} /generate of {cycle} s in turn, one every "
         f"{sizes.staggered_interval_s:g} s, small architecture (dtype {dtype})",
         flush=True,
     )
