@@ -10,7 +10,9 @@ moments of a window. Every job is a real row in a real SQLite job store and goes
 `FairScheduler` and `JobDispatcher`; only Discord (results are recorded, not posted) and, with the
 default `simulated` back end, the model are left out: `SimulatedInferenceClient` has the inference
 client's interface and sleeps for as long as a batch would take (rows cost 5 % each on top of the
-longest job, as measured), with every sleep scaled down by `--time-scale`.
+longest job, as measured), with every sleep scaled down by `--time-scale`. A job that joins a
+running batch (continuous batching, on unless `--no-continuous-batching`) starts at once and takes
+as long as it would alone plus 5 % per row beside it.
 
 It checks that every job completes, and fairness from the recorded start order (the order the
 scheduler handed jobs to the workers): no server waits behind more than one job of any other server
@@ -127,11 +129,14 @@ class SimulatedInferenceClient:
     def join_batch(
         self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
     ) -> list[asyncio.Task[GenerationResult]]:
-        """Jobs joining a running batch (continuous batching): each starts at once and takes as long
-        as it would alone (an extra row costs its batch little), on the worker of that batch."""
+        """Jobs joining a running batch (continuous batching): each starts at once, on the worker of
+        that batch, and takes as long as it would alone plus 5 % for every row it shares the batch with
+        (as rows cost in `batch_seconds`; the rows already there are not slowed down here)."""
+        rows = len(running_job_ids) + len(jobs)
         tasks = []
         for job in jobs:
-            joined = asyncio.ensure_future(asyncio.sleep(self.batch_seconds([job]) * self.time_scale))
+            seconds = self.batch_seconds([job]) * (1 + SIMULATED_ROW_COST * (rows - 1))
+            joined = asyncio.ensure_future(asyncio.sleep(seconds * self.time_scale))
             task = asyncio.create_task(self._job_of(joined, job, output_dir))
             self._running[job.job_id] = task
             task.add_done_callback(functools.partial(self._forget, job.job_id))
