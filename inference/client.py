@@ -314,13 +314,11 @@ class InferenceClient:
         """
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")
-        batch = self._tracker.running_batch_of(running_job_ids)
-        worker = None if batch is None else batch.worker
-        if batch is None or worker is None or worker.exited:
+        joined = self._tracker.join_running_batch(running_job_ids, jobs, lambda worker: not worker.exited)
+        if joined is None:
             return self.submit_batch(jobs, output_dir)
-        joined = self._tracker.add_to_batch(batch, jobs)
-        # Unfinished from now on: should the worker die before it reads them, they fail as crashed.
-        batch.unfinished.update(job.job_id for job in joined)
+        worker = joined[0].batch.worker
+        assert worker is not None
         worker.jobs_run += len(joined)
         message = SubmitBatch(
             tuple(BatchJob(job.job_id, job.request) for job in joined), str(output_dir), join=True

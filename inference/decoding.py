@@ -11,7 +11,12 @@ except the floating-point kernels the batch shape selects (see the README), so a
 music alone or in a batch.
 
 Rows leave the batch between steps: when they reach their own length (jobs of different durations
-share a batch), or when they are cancelled; the key/value cache keeps only the rows still running.
+share a batch), or when they are cancelled; each row's end is reported at once, and the key/value
+cache keeps only the rows still running. With our forward pass, rows also enter between steps
+(continuous batching): a group of new rows reads its own prefix and prompt and samples its first
+step, then its cache is joined with the batch's (`inference.decoder_step.join_caches`: every row
+keeps its own positions, and a mask hides the columns it never wrote), so rows that start at
+different steps, or with prompts of different lengths, decode together.
 
 The decoder's forward pass is ours by default (`inference.decoder_step`: the same function, shaped
 for one code per step), or transformers' (`[engine] decoder = "transformers"`, and always with
@@ -90,8 +95,10 @@ class DecodingRow:
     on_finished: Callable[[DecodedRow | GenerationCancelled], None] | None = None
 
     def shape_key(self) -> tuple[int, int]:
-        """Rows decode together only when their prefix and prompt have the same length: the positions
-        of their codes depend on both, and padding either would move them."""
+        """Rows read their whole sequence (prefix, prompt) in one call only when both have the same
+        lengths: the positions of their codes depend on both, and padding either would move them.
+        With our pass, groups of different lengths then share the batch (each row counts its
+        positions from its own start); with transformers' pass they decode one after another."""
         prefix = int(self.conditioning.states.shape[0]) if self.conditioning.is_prefix else 0
         prompt = 0 if self.prompt_codes is None else int(self.prompt_codes.shape[-1])
         return prefix, prompt

@@ -396,8 +396,9 @@ class MusicGenEngine:
                 return decoder
         options = self.settings.engine
         if options.runs_our_decoder:
-            # The engine is the model's only user (its cache's models are loaded for it).
-            step = DecoderStep(loaded.model, cpu_matmul=options.cpu_matmul, release_packed_weights=True)
+            # The cache's models are loaded for the engines alone: their decoder weights can live in
+            # the packed copies of one step that every engine on this cache shares.
+            step = DecoderStep.of_model(loaded.model, cpu_matmul=options.cpu_matmul)
             decoder = MusicGenDecoder(loaded.model, step=step)
         else:
             factory = _static_cache_factory(loaded.model) if options.static_cache else None

@@ -115,12 +115,24 @@ class JobTracker(Generic[WorkerT]):
             job.batch = batch
         self.waiting.append(batch)
 
-    def running_batch_of(self, job_ids: Sequence[str]) -> Batch[WorkerT] | None:
-        """The batch that runs the first of these jobs still running on a worker; None if none does."""
-        for job_id in job_ids:
+    def join_running_batch(
+        self,
+        running_job_ids: Sequence[str],
+        submissions: Sequence[JobSubmission],
+        is_alive: Callable[[WorkerT], bool],
+    ) -> list[Job[WorkerT]] | None:
+        """Follow the submissions as jobs of the batch that runs the first of `running_job_ids` still
+        running on a live worker, unfinished from now on (should that worker die before it takes them,
+        they fail with its batch); None when no such batch runs any more."""
+        for job_id in running_job_ids:
             job = self.jobs.get(job_id)
-            if job is not None and job.batch.worker is not None and job_id in job.batch.unfinished:
-                return job.batch
+            if job is None or job_id not in job.batch.unfinished:
+                continue
+            batch, worker = job.batch, job.batch.worker
+            if worker is not None and is_alive(worker):
+                joined = self.add_to_batch(batch, submissions)
+                batch.unfinished.update(joined_job.job_id for joined_job in joined)
+                return joined
         return None
 
     def fail_waiting(self, error: Callable[[], BaseException]) -> None:

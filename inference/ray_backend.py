@@ -427,12 +427,11 @@ class RayInferenceClient:
         they arrive, they wait as a batch of their own."""
         if not self._started or self._closing:
             raise RuntimeError("the inference client is not running (call start() first)")
-        batch = self._tracker.running_batch_of(running_job_ids)
-        replica = None if batch is None else batch.worker
-        if batch is None or replica is None or replica.exited:
+        joined = self._tracker.join_running_batch(running_job_ids, jobs, lambda replica: not replica.exited)
+        if joined is None:
             return self.submit_batch(jobs, output_dir)
-        joined = self._tracker.add_to_batch(batch, jobs)
-        batch.unfinished.update(job.job_id for job in joined)
+        replica = joined[0].batch.worker
+        assert replica is not None
         self._unconfirmed.update(job.job_id for job in joined)
         task = asyncio.create_task(self._send_join(replica, joined, output_dir), name=f"{replica.name}-join")
         self._background.add(task)

@@ -58,9 +58,10 @@ class EngineOptions(_Section):
     # half-precision kernel on CPU; about 2x faster per bfloat16 step there) or "transformers" (the
     # reference). static_cache and compile below always run transformers' pass.
     decoder: Literal["own", "transformers"] = "own"
-    # Matrix products of float16/bfloat16 weights on a CPU: "auto" runs them through fbgemm's
+    # The decoder's matrix products on a CPU: "auto" runs float16/bfloat16 weights through fbgemm's
     # float16 GEMM with float32 activations where the CPU supports it (x86 with AVX2; bfloat16
-    # weights are exact in float16), "torch" through torch's linear in the model's dtype.
+    # weights are exact in float16) and float32 weights through oneDNN's GEMM on packed weights;
+    # "torch" through torch's linear in the model's dtype.
     cpu_matmul: Literal["auto", "torch"] = "auto"
     # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
     static_cache: bool = False

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from inference.engine import MusicGenEngine
+    from inference.settings import EngineSettings
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +22,11 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def engine(engine_settings: EngineSettings) -> MusicGenEngine:
+    """An engine on the tiny models, one per test module (its model cache warms up once there)."""
+    from inference.engine import MusicGenEngine
+
+    return MusicGenEngine(engine_settings)

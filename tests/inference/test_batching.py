@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
-from inference.engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
+from inference.engine import EngineJob, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
+from tests.inference.audio_checks import audio_of, same
 
 SAMPLE_RATE = 32_000
 
@@ -29,25 +29,10 @@ SAMPLE_RATE = 32_000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def engine(engine_settings: EngineSettings) -> MusicGenEngine:
-    return MusicGenEngine(engine_settings)
-
-
 def request(**changes: object) -> GenerationRequest:
     return GenerationRequest(
         model_version="small", prompt="calm acoustic guitar", duration=1, seed=11
     ).replace(**changes)
-
-
-def audio_of(outcome: GeneratedAudio | Exception) -> GeneratedAudio:
-    assert isinstance(outcome, GeneratedAudio), outcome
-    return outcome
-
-
-def same(a: GeneratedAudio | Exception, b: GeneratedAudio | Exception) -> bool:
-    first, second = audio_of(a), audio_of(b)
-    return first.wav.shape == second.wav.shape and torch.equal(first.wav, second.wav)
 
 
 # Different prompts (and so text lengths), seeds, sampling settings and guidance, greedy included.
@@ -167,7 +152,7 @@ def test_melody_jobs_batch_together_and_follow_their_own_melodies(
     jobs = [
         melody.replace(input_audio=tone("a.wav", 440.0)),
         melody.replace(input_audio=tone("c.wav", 261.63), seed=5, temperature=1.0),
-        # Another text length: its conditioning prefix differs, so it decodes in a batch of its own.
+        # Another text length makes another prefix length: it shares the batch all the same.
         melody.replace(input_audio=tone("e.wav", 329.63), prompt="a much longer description of the song"),
         melody.replace(prompt="no melody at all"),
     ]
@@ -203,7 +188,8 @@ def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
     engine: MusicGenEngine, engine_settings: EngineSettings
 ) -> None:
     options = engine_settings.engine.model_copy(update={"static_cache": True})
-    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}), engine.cache)
+    # Its own model cache: the default engine keeps the decoder's weights only in its packed copies.
+    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
     steps_seen: list[int] = []
     jobs = [
         EngineJob(request(temperature=0, duration=2)),

@@ -15,34 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from inference.engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
-from inference.settings import EngineSettings
+from tests.inference.audio_checks import audio_of, same
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def engine(engine_settings: EngineSettings) -> MusicGenEngine:
-    return MusicGenEngine(engine_settings)
 
 
 def request(**changes: object) -> GenerationRequest:
     return GenerationRequest(
         model_version="small", prompt="calm acoustic guitar", duration=2, seed=11
     ).replace(**changes)
-
-
-def audio_of(outcome: GeneratedAudio | Exception | None) -> GeneratedAudio:
-    assert isinstance(outcome, GeneratedAudio), outcome
-    return outcome
-
-
-def same(a: GeneratedAudio | Exception | None, b: GeneratedAudio | Exception | None) -> bool:
-    first, second = audio_of(a), audio_of(b)
-    return first.wav.shape == second.wav.shape and torch.equal(first.wav, second.wav)
 
 
 class Steps:

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from inference.decoder_step import DecoderStep, Linear, half_precision_kernel_available
+from inference.decoder_step import (
+    DecoderStep,
+    Linear,
+    MatmulKernel,
+    half_precision_kernel_available,
+    onednn_kernel_available,
+)
 from inference.engine import EngineJob, GeneratedAudio, MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
@@ -108,7 +114,8 @@ def request(**changes: object) -> GenerationRequest:
 def test_an_engine_on_either_pass_makes_the_same_music(engine_settings: EngineSettings) -> None:
     theirs_options = engine_settings.engine.model_copy(update={"decoder": "transformers"})
     ours = MusicGenEngine(engine_settings)
-    theirs = MusicGenEngine(engine_settings.model_copy(update={"engine": theirs_options}), ours.cache)
+    # Its own model cache: ours keeps the decoder's weights only in its packed copies.
+    theirs = MusicGenEngine(engine_settings.model_copy(update={"engine": theirs_options}))
     jobs = [
         EngineJob(request(temperature=0)),
         EngineJob(request(prompt="a much longer description of a slow jazz ballad", seed=4, duration=2)),
@@ -128,7 +135,7 @@ needs_half_kernel = pytest.mark.skipif(
 def test_the_float16_kernel_computes_each_row_alone_and_exactly_from_bfloat16_weights() -> None:
     torch.manual_seed(0)
     weight = torch.randn(384, 256).to(torch.bfloat16)
-    packed = Linear(weight, half_kernel=True)
+    packed = Linear(weight, kernel=MatmulKernel.HALF)
     rows = torch.randn(16, 256)
     whole = packed(rows)
     # Each row is the same alone, in a pair (a job with guidance) or among neighbours...
@@ -154,6 +161,48 @@ def test_a_bfloat16_engine_uses_the_float16_kernel_and_keeps_each_jobs_music_in_
     together = batch[1]
     assert isinstance(together, GeneratedAudio)
     assert torch.equal(together.wav, alone.wav)
+
+
+needs_onednn_kernel = pytest.mark.skipif(
+    not onednn_kernel_available(), reason="this torch has no oneDNN float32 GEMM on packed weights"
+)
+
+
+@needs_onednn_kernel
+def test_the_onednn_kernel_computes_each_row_alone_as_float32_does() -> None:
+    torch.manual_seed(0)
+    weight = 0.05 * torch.randn(384, 256)  # about the scale of a model's weights
+    packed = Linear(weight, kernel=MatmulKernel.ONEDNN)
+    rows = torch.randn(16, 256)
+    whole = packed(rows)
+    # Each row is the same alone, in a pair (a job with guidance) or among neighbours...
+    for start, count in [(0, 1), (3, 2), (5, 8), (4, 12), (15, 1)]:
+        assert torch.equal(packed(rows[start : start + count].contiguous()), whole[start : start + count])
+    # ...and it is the float32 product (to float32's rounding).
+    torch.testing.assert_close(whole.double(), rows.double() @ weight.double().T, rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed(rows[None]), whole[None])  # [rows, length, hidden] inputs too
+
+
+@needs_onednn_kernel
+def test_engines_sharing_a_model_cache_share_one_packed_float32_decoder(
+    engine_settings: EngineSettings,
+) -> None:
+    first = MusicGenEngine(engine_settings)
+    second = MusicGenEngine(engine_settings, first.cache)
+    alone = first.generate(request(seed=12))
+    loaded = first.cache.get("small")
+    step = first._decoder_for(loaded).forward
+    assert isinstance(step, DecoderStep) and step.kernel is MatmulKernel.ONEDNN
+    # The packed weights replace the model's own (memory does not double), once for both engines.
+    assert loaded.model.decoder.model.decoder.layers[0].fc1.weight.numel() == 0
+    assert second._decoder_for(loaded).forward is step
+    again = second.generate(request(seed=12))
+    assert torch.equal(again.wav, alone.wav)
+    # torch's own products (cpu_matmul = "torch") are another packing: not on this model any more.
+    torch_options = engine_settings.engine.model_copy(update={"cpu_matmul": "torch"})
+    third = MusicGenEngine(engine_settings.model_copy(update={"engine": torch_options}), first.cache)
+    with pytest.raises(ValueError, match="packed for cpu_matmul = 'auto'"):
+        third.generate(request(seed=12))
 
 
 @torch.inference_mode()

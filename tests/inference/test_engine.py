@@ -13,20 +13,17 @@ import torch
 
 from inference.audio import write_generated
 from inference.decoding import Sampling, pick_codes
-from inference.engine import GeneratedAudio, GenerationCancelled, MusicGenEngine
+from inference.engine import GenerationCancelled, MusicGenEngine
+from inference.models import ModelCache
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings, MelodyOptions
+from tests.inference.audio_checks import same
 
 SAMPLE_RATE = 32_000
 HOP = 640  # samples per EnCodec frame at 32 kHz / 50 Hz
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def engine(engine_settings: EngineSettings) -> MusicGenEngine:
-    return MusicGenEngine(engine_settings)
 
 
 def text_request(**changes: object) -> GenerationRequest:
@@ -56,10 +53,6 @@ def encodec_round_trip(engine: MusicGenEngine, version: str, wav: torch.Tensor) 
     with torch.inference_mode():
         encoded = codec.encode(wav[None])
         return codec.decode(encoded.audio_codes, encoded.audio_scales).audio_values[0]
-
-
-def same(a: GeneratedAudio, b: GeneratedAudio) -> bool:
-    return a.wav.shape == b.wav.shape and torch.equal(a.wav, b.wav)
 
 
 # -- text-to-music --------------------------------------------------------------------------------
@@ -449,7 +442,8 @@ def test_greedy_decoding_makes_exactly_what_transformers_generate_makes(
     # Our decoding loop replaces transformers' generate(); at batch 1 their greedy codes (and so the
     # audio) are identical, guidance included.
     ours = engine.generate(text_request(model_version=version, temperature=0, duration=1))
-    loaded = engine.cache.get(version)
+    # A copy of the model of its own: the engine's keeps its decoder weights in packed form only.
+    loaded = ModelCache(engine.settings).get(version)
     tokens = loaded.tokenizer(["calm acoustic guitar melody"], return_tensors="pt")
     with torch.inference_mode():
         theirs = loaded.model.generate(

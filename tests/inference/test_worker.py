@@ -7,10 +7,12 @@ imports torch takes seconds. Tests that need their own processes say so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -388,10 +390,9 @@ async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(
     assert {child.pid for child in multiprocessing.active_children()} == children_before
 
 
-def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from_its_batch(
-    engine_settings: EngineSettings, tmp_path: Path
-) -> None:
-    """The raw protocol, without the client: a batch waits behind another, and one of its jobs is cancelled."""
+@contextlib.contextmanager
+def raw_worker(engine_settings: EngineSettings) -> Iterator[tuple[Connection, Ready]]:
+    """A worker process spoken to over its pipe, without the client; it must then shut down cleanly."""
     context = multiprocessing.get_context("spawn")
     parent_conn, child_conn = context.Pipe()
     process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
@@ -401,20 +402,46 @@ def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from
         assert parent_conn.poll(JOB_TIMEOUT_S)
         ready = parent_conn.recv()
         assert isinstance(ready, Ready)
-        assert (ready.device, ready.dtype) == ("cpu", "float32")
+        yield parent_conn, ready
+        parent_conn.send(Shutdown())
+        process.join(JOB_TIMEOUT_S)
+        assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
 
-        parent_conn.send(SubmitBatch((BatchJob("first", short_request(duration=2)),), str(tmp_path)))
-        parent_conn.send(
+
+def receive_until(conn: Connection, events: list[object], done: Callable[[list[object]], bool]) -> None:
+    """Append the worker's events to `events` until `done(events)`."""
+    while not done(events):
+        assert conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
+        events.append(conn.recv())
+
+
+def ended(job_id: str) -> Callable[[list[object]], bool]:
+    """Whether the last event received is `job_id`'s result."""
+    return lambda events: (
+        bool(events) and isinstance(events[-1], GenerationResult) and events[-1].job_id == job_id
+    )
+
+
+def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from_its_batch(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    """The raw protocol, without the client: a batch waits behind another, and one of its jobs is cancelled."""
+    with raw_worker(engine_settings) as (conn, ready):
+        assert (ready.device, ready.dtype) == ("cpu", "float32")
+        conn.send(SubmitBatch((BatchJob("first", short_request(duration=2)),), str(tmp_path)))
+        conn.send(
             SubmitBatch(
                 (BatchJob("second", short_request()), BatchJob("third", short_request(seed=3))), str(tmp_path)
             )
         )
-        parent_conn.send(Cancel("second"))
+        conn.send(Cancel("second"))
 
         events: list[object] = []
-        while not (events and isinstance(events[-1], GenerationResult) and events[-1].job_id == "third"):
-            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
-            events.append(parent_conn.recv())
+        receive_until(conn, events, ended("third"))
 
         finished = [
             (e.job_id, type(e).__name__) for e in events if isinstance(e, GenerationResult | GenerationError)
@@ -430,39 +457,22 @@ def test_the_worker_runs_batches_in_order_and_drops_a_cancelled_waiting_job_from
         first_progress = [e for e in events if isinstance(e, Progress) and e.job_id == "first"]
         assert first_progress[-1].steps_done == first_progress[-1].steps_total
 
-        parent_conn.send(Shutdown())
-        process.join(JOB_TIMEOUT_S)
-        assert process.exitcode == 0
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join()
-
 
 def test_a_batch_sent_to_join_enters_the_running_batch_and_is_answered_when_it_ends(
     engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
     """The raw protocol: while "long" decodes, a join with a job of the same kind starts at once and
     is answered before "long" ends; a join that cannot share the batch (a melody job) runs after it."""
-    context = multiprocessing.get_context("spawn")
-    parent_conn, child_conn = context.Pipe()
-    process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
-    process.start()
-    child_conn.close()
-    try:
-        assert parent_conn.poll(JOB_TIMEOUT_S)
-        assert isinstance(parent_conn.recv(), Ready)
-        parent_conn.send(SubmitBatch((BatchJob("long", short_request(duration=4)),), str(tmp_path)))
+    with raw_worker(engine_settings) as (conn, _):
+        conn.send(SubmitBatch((BatchJob("long", short_request(duration=4)),), str(tmp_path)))
         events: list[object] = []
-        while not any(isinstance(e, Progress) and e.job_id == "long" for e in events):
-            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
-            events.append(parent_conn.recv())
+        receive_until(
+            conn, events, lambda got: any(isinstance(e, Progress) and e.job_id == "long" for e in got)
+        )
         melody = short_request(model_version="melody")
-        parent_conn.send(SubmitBatch((BatchJob("melody", melody),), str(tmp_path), join=True))
-        parent_conn.send(SubmitBatch((BatchJob("joins", short_request(seed=5)),), str(tmp_path), join=True))
-        while not (events and isinstance(events[-1], GenerationResult) and events[-1].job_id == "melody"):
-            assert parent_conn.poll(JOB_TIMEOUT_S), f"worker went quiet after {events!r}"
-            events.append(parent_conn.recv())
+        conn.send(SubmitBatch((BatchJob("melody", melody),), str(tmp_path), join=True))
+        conn.send(SubmitBatch((BatchJob("joins", short_request(seed=5)),), str(tmp_path), join=True))
+        receive_until(conn, events, ended("melody"))
 
         order = [(type(e).__name__, e.job_id) for e in events if isinstance(e, Started | GenerationResult)]
         assert order == [
@@ -477,11 +487,3 @@ def test_a_batch_sent_to_join_enters_the_running_batch_and_is_answered_when_it_e
         assert long_steps[-1] == 4 * 50 + 3  # "long" ran to its own end with a neighbour joining
         for name, seconds in (("joins", 1), ("long", 4), ("melody", 1)):
             assert soundfile.info(tmp_path / f"{name}.wav").duration == pytest.approx(seconds)
-
-        parent_conn.send(Shutdown())
-        process.join(JOB_TIMEOUT_S)
-        assert process.exitcode == 0
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join()
