@@ -321,7 +321,11 @@ class ModelCache:
             model_class = (
                 MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             )
-            model = model_class.from_pretrained(weights, dtype=self.dtype)
+            # Weights the decoder step packs for a CPU kernel replace the model's own: read into
+            # memory, those are freed then; memory-mapped from the file, their pages would stay.
+            model = model_class.from_pretrained(
+                weights, dtype=self.dtype, disable_mmap=self._packs_decoder_weights
+            )
             # The tokenizer alone: the melody processor's feature extractor needs torchaudio.
             tokenizer = AutoTokenizer.from_pretrained(weights)
         except Exception as error:
@@ -343,6 +347,11 @@ class ModelCache:
             size_bytes=module_size_bytes(model),
             weights_path=weights,
         )
+
+    @property
+    def _packs_decoder_weights(self) -> bool:
+        options = self.settings.engine
+        return self.device.type == "cpu" and options.runs_our_decoder and options.cpu_matmul == "auto"
 
     def _load_compression(self, source: str) -> LoadedCompression:
         from transformers import EncodecModel
