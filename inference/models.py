@@ -321,7 +321,7 @@ class ModelCache:
             model_class = (
                 MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             )
-            # Weights the decoder step packs for a CPU kernel replace the model's own: read into
+            # Float32 weights the decoder step packs for oneDNN replace the model's own: read into
             # memory, those are freed then; memory-mapped from the file, their pages would stay.
             model = model_class.from_pretrained(
                 weights, dtype=self.dtype, disable_mmap=self._packs_decoder_weights
@@ -350,8 +350,15 @@ class ModelCache:
 
     @property
     def _packs_decoder_weights(self) -> bool:
+        """Whether the decoder's float32 weights will be packed for oneDNN (other dtypes are converted
+        on loading: new tensors either way, and reading the file whole would only raise the peak)."""
         options = self.settings.engine
-        return self.device.type == "cpu" and options.runs_our_decoder and options.cpu_matmul == "auto"
+        return (
+            self.device.type == "cpu"
+            and self.dtype == torch.float32
+            and options.runs_our_decoder
+            and options.cpu_matmul == "auto"
+        )
 
     def _load_compression(self, source: str) -> LoadedCompression:
         from transformers import EncodecModel
