@@ -200,10 +200,6 @@ class KeyValueCache:
         self.cross_mask: torch.Tensor | None = None  # [rows, 1, 1, text]: 0 or a large negative
 
     @property
-    def rows(self) -> int:
-        return int(self.keys.shape[1])
-
-    @property
     def capacity(self) -> int:
         return int(self.keys.shape[3])
 
