@@ -106,11 +106,7 @@ class SimulatedInferenceClient:
         self, jobs: Sequence[JobSubmission], output_dir: str | Path
     ) -> list[asyncio.Task[GenerationResult]]:
         batch = asyncio.ensure_future(self._run_batch(list(jobs)))
-        tasks = [asyncio.create_task(self._job_of(batch, job, output_dir)) for job in jobs]
-        for job, task in zip(jobs, tasks, strict=True):
-            self._running[job.job_id] = task
-            task.add_done_callback(functools.partial(self._forget, job.job_id))
-        return tasks
+        return [self._follow(batch, job, output_dir) for job in jobs]
 
     def _forget(self, job_id: str, _task: object) -> None:
         self._running.pop(job_id, None)
@@ -120,10 +116,6 @@ class SimulatedInferenceClient:
         if task is None:
             return False
         task.cancel()
-        return True
-
-    @property
-    def can_join(self) -> bool:
         return True
 
     def join_batch(
@@ -136,12 +128,19 @@ class SimulatedInferenceClient:
         tasks = []
         for job in jobs:
             seconds = self.batch_seconds([job]) * (1 + SIMULATED_ROW_COST * (rows - 1))
-            joined = asyncio.ensure_future(asyncio.sleep(seconds * self.time_scale))
-            task = asyncio.create_task(self._job_of(joined, job, output_dir))
-            self._running[job.job_id] = task
-            task.add_done_callback(functools.partial(self._forget, job.job_id))
-            tasks.append(task)
+            tasks.append(
+                self._follow(asyncio.ensure_future(asyncio.sleep(seconds * self.time_scale)), job, output_dir)
+            )
         return tasks
+
+    def _follow(
+        self, work: asyncio.Future[None], job: JobSubmission, output_dir: str | Path
+    ) -> asyncio.Task[GenerationResult]:
+        """The task that answers `job` once `work` (its batch, or its own run) is done; cancellable."""
+        task = asyncio.create_task(self._job_of(work, job, output_dir))
+        self._running[job.job_id] = task
+        task.add_done_callback(functools.partial(self._forget, job.job_id))
+        return task
 
     def batch_seconds(self, jobs: Sequence[JobSubmission]) -> float:
         """Simulated seconds a batch takes (before scaling)."""

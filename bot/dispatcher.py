@@ -123,8 +123,8 @@ class JobDispatcher:
         # Turns the worker's file into what is posted (a continuation becomes the whole piece).
         self.prepare_result = prepare_result
         self.batch_wait_s = batch_wait_s
-        # Queued jobs join running batches while every worker is busy (when the back end can).
-        self.continuous_batching = continuous_batching and inference.can_join
+        # Queued jobs join running batches while every worker is busy.
+        self.continuous_batching = continuous_batching
         # Kills the worker of a job that misses its deadline or stalls (None: jobs may run for ever).
         self.watchdog = watchdog
         # When each queued job arrived (loop time), for the batch wait.

@@ -297,10 +297,7 @@ class InferenceClient:
         the engine runs any others apart.
         """
         followed = self._add_batch(jobs, output_dir)
-        return [
-            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
-            for job in followed
-        ]
+        return self._tracker.follow_all(followed)
 
     def join_batch(
         self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
@@ -325,15 +322,7 @@ class InferenceClient:
         )
         with contextlib.suppress(OSError, ValueError):  # a dead worker's reader reports its death
             worker.conn.send(message)
-        return [
-            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
-            for job in joined
-        ]
-
-    @property
-    def can_join(self) -> bool:
-        """Whether `join_batch` puts jobs into running batches (continuous batching)."""
-        return True
+        return self._tracker.follow_all(joined)
 
     def _add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[_Job]:
         if not self._started or self._closing:

@@ -83,12 +83,13 @@ class MatmulKernel(enum.Enum):
     ONEDNN = "onednn"
 
     @classmethod
-    def for_weight(cls, weight: torch.Tensor, cpu_matmul: str) -> MatmulKernel:
-        if cpu_matmul != "auto" or weight.device.type != "cpu":
+    def choose(cls, device: torch.device, dtype: torch.dtype, cpu_matmul: str) -> MatmulKernel:
+        """The kernel for weights of `dtype` on `device` under `[engine] cpu_matmul`."""
+        if cpu_matmul != "auto" or device.type != "cpu":
             return cls.TORCH
-        if weight.dtype in HALF_DTYPES and half_precision_kernel_available():
+        if dtype in HALF_DTYPES and half_precision_kernel_available():
             return cls.HALF
-        if weight.dtype == torch.float32 and onednn_kernel_available():
+        if dtype == torch.float32 and onednn_kernel_available():
             return cls.ONEDNN
         return cls.TORCH
 
@@ -314,7 +315,7 @@ class DecoderStep:
         self.scaling = self.head_dim**-0.5
         weight = decoder.layers[0].fc1.weight
         self.device = weight.device
-        self.kernel = MatmulKernel.for_weight(weight, cpu_matmul)
+        self.kernel = MatmulKernel.choose(weight.device, weight.dtype, cpu_matmul)
         # fbgemm's products take and give float32; elsewhere everything stays in the model's dtype.
         self.dtype = torch.float32 if self.kernel is MatmulKernel.HALF else weight.dtype
         self.embeddings = [e.weight.detach() for e in decoder.embed_tokens]

@@ -109,9 +109,12 @@ class JobTracker(Generic[WorkerT]):
         return added
 
     def requeue_as_batch(self, jobs: Sequence[Job[WorkerT]], output_dir: str | Path) -> None:
-        """Followed jobs that a worker did not take wait again, as a batch of their own."""
+        """Followed jobs that a worker did not take after all leave the batch they were sent to join
+        and wait again, as a batch of their own."""
         batch: Batch[WorkerT] = Batch(jobs=list(jobs), output_dir=Path(output_dir))
         for job in jobs:
+            job.batch.jobs.remove(job)
+            job.batch.unfinished.discard(job.job_id)
             job.batch = batch
         self.waiting.append(batch)
 
@@ -161,6 +164,10 @@ class JobTracker(Generic[WorkerT]):
         if not batch.jobs and batch in self.waiting:
             self.waiting.remove(batch)
         return True
+
+    def follow_all(self, jobs: Sequence[Job[WorkerT]]) -> list[asyncio.Task[GenerationResult]]:
+        """One task per job that follows it to its outcome (`follow`), in order."""
+        return [asyncio.create_task(self.follow(job), name=f"inference-job-{job.job_id}") for job in jobs]
 
     async def follow(self, job: Job[WorkerT]) -> GenerationResult:
         """Deliver the job's progress until its outcome: its result, or the exception it ended with."""

@@ -27,6 +27,7 @@ from inference.convert import (
     convert_audiocraft_checkpoint,
     is_audiocraft_checkpoint,
 )
+from inference.decoder_step import MatmulKernel
 from inference.request import RequestError
 from inference.settings import EngineOptions, EngineSettings
 
@@ -350,15 +351,12 @@ class ModelCache:
 
     @property
     def _packs_decoder_weights(self) -> bool:
-        """Whether the decoder's float32 weights will be packed for oneDNN (other dtypes are converted
-        on loading: new tensors either way, and reading the file whole would only raise the peak)."""
+        """Whether the engine's decoder step will pack the decoder's float32 weights for oneDNN
+        (other dtypes are converted on loading: new tensors either way, and reading the file whole
+        would only raise the peak)."""
         options = self.settings.engine
-        return (
-            self.device.type == "cpu"
-            and self.dtype == torch.float32
-            and options.runs_our_decoder
-            and options.cpu_matmul == "auto"
-        )
+        kernel = MatmulKernel.choose(self.device, self.dtype, options.cpu_matmul)
+        return options.runs_our_decoder and kernel is MatmulKernel.ONEDNN
 
     def _load_compression(self, source: str) -> LoadedCompression:
         from transformers import EncodecModel

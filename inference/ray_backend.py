@@ -410,14 +410,7 @@ class RayInferenceClient:
     ) -> list[asyncio.Task[GenerationResult]]:
         """Queue jobs to run together on one replica; one task per job; as `InferenceClient.submit_batch`."""
         followed = self._add_batch(jobs, output_dir)
-        return [
-            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
-            for job in followed
-        ]
-
-    @property
-    def can_join(self) -> bool:
-        return True
+        return self._tracker.follow_all(followed)
 
     def join_batch(
         self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
@@ -436,10 +429,7 @@ class RayInferenceClient:
         task = asyncio.create_task(self._send_join(replica, joined, output_dir), name=f"{replica.name}-join")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return [
-            asyncio.create_task(self._tracker.follow(job), name=f"inference-job-{job.job_id}")
-            for job in joined
-        ]
+        return self._tracker.follow_all(joined)
 
     async def _send_join(self, replica: _Replica, joined: list[_Job], output_dir: str | Path) -> None:
         jobs = tuple(BatchJob(job.job_id, job.request) for job in joined)
@@ -452,9 +442,6 @@ class RayInferenceClient:
             self._unconfirmed.difference_update(job.job_id for job in joined)
         if not accepted:
             # Its batch ended first: the jobs wait for a replica as a batch of their own.
-            for job in joined:
-                job.batch.jobs.remove(job)
-                job.batch.unfinished.discard(job.job_id)
             self._tracker.requeue_as_batch(joined, output_dir)
             self._dispatch()
 

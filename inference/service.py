@@ -45,9 +45,6 @@ class InferenceService(Protocol):
         self, jobs: Sequence[JobSubmission], output_dir: str | Path
     ) -> list[asyncio.Task[GenerationResult]]: ...
 
-    @property
-    def can_join(self) -> bool: ...
-
     def join_batch(
         self, running_job_ids: Sequence[str], jobs: Sequence[JobSubmission], output_dir: str | Path
     ) -> list[asyncio.Task[GenerationResult]]: ...

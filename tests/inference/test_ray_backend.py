@@ -160,6 +160,10 @@ async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_en
     (late,) = client.join_batch(["ray-long"], [JobSubmission("ray-late", short_request(seed=6))], tmp_path)
     assert (await asyncio.wait_for(late, JOB_TIMEOUT_S)).seed == 6
     assert client.idle_workers == 1 and client.busy_workers == 0
+    # A replica running no batch refuses a join (the client then queues those jobs as a batch).
+    (actor,) = client.replica_actors
+    idle_join = actor.join.remote((BatchJob("ray-refused", short_request()),), {})
+    assert await asyncio.wait_for(asyncio.wrap_future(idle_join.future()), JOB_TIMEOUT_S) is False
 
 
 @on_module_loop
