@@ -160,6 +160,8 @@ class FairScheduler:
         order, the jobs with its key that fit beside its `running_jobs` (the longest of them making
         `longest_seconds`), under the same rules as a new batch (a job passed over once is passed over
         no more). They count as running until `finish`."""
+        if running_jobs >= self.batching.max_jobs:
+            return []  # full: no need to work out the round-robin order on every wake
         joiners = self._grow(batch_key, running_jobs, longest_seconds, self.queued_in_order(), self.batching)
         return self._take(joiners)
 
