@@ -16,10 +16,11 @@ products and of the work around them. What it does differently, and why:
   faster than oneDNN's bfloat16 products on a CPU without AMX. bfloat16 values are exact in float16,
   so the weights are the configured ones; activations and the cache stay in float32, more precise
   than bfloat16.
-- On CPUs, float32 weights run through oneDNN's GEMM on weights packed once: on a Xeon with AMX, a
-  step of 16 rows took 90 ms against MKL's 157 ms (torch's `linear`), and 2 rows 60 ms against 54.
-  Elsewhere (CUDA, other builds) the products are torch's `linear` in the model's dtype. Both
-  packings replace the model's own copies of the weights (`DecoderStep.of_model`).
+- On CPUs, float32 weights run through torch's `linear` (MKL) for up to 3 rows (one job) and through
+  oneDNN's GEMM, on the same weights, for more: on a Xeon with AMX, MKL's products for 16 rows took
+  161 ms and oneDNN's 112 ms, while for 2 rows MKL's took 56 ms and oneDNN's 77.
+  Elsewhere (CUDA, other builds) the products are torch's `linear` in the model's dtype. fbgemm's
+  packed weights replace the model's own copies (`DecoderStep.of_model`).
 
 Every row of a batch is computed independently of the others (per-row products; attention within a
 row), so a job's logits depend on its batch only through the floating-point kernels a shape selects.
@@ -54,19 +55,24 @@ def half_precision_kernel_available() -> bool:
     return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
 
 
-# oneDNN packs a weight for an expected number of rows; the layout it picks for 8 served 2 to 16
-# rows (what decoding batches have) as well as any other here, and every row's result is the same.
-ONEDNN_ROWS_HINT = 8
+# From this many rows on, float32 products go to oneDNN rather than MKL (torch's linear). On a 2-core
+# Xeon the decoder's products took 56 / 59 / 96 / 125 / 161 ms with MKL for 2 / 3 / 4 / 8 / 16 rows,
+# and 77 / 80 / 87 / 94 / 112 ms with oneDNN: MKL is faster for one job (2 rows with guidance).
+ONEDNN_MIN_ROWS = 4
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's float32 GEMM (`mkldnn::_linear_pointwise`) on a plain [out, in] weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 @functools.cache
 def onednn_kernel_available() -> bool:
-    """Whether oneDNN's float32 GEMM on prepacked weights runs here (torch built with oneDNN)."""
+    """Whether oneDNN's float32 GEMM runs here (torch built with oneDNN)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8), ONEDNN_ROWS_HINT)
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8), packed, None, "none", [], "")
+        out = _onednn_linear(torch.ones(1, 8), torch.ones(8, 8))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
@@ -79,8 +85,13 @@ class MatmulKernel(enum.Enum):
     TORCH = "torch"
     # float16/bfloat16 weights on an x86 CPU: fbgemm's float16 GEMM with float32 activations.
     HALF = "fbgemm-fp16"
-    # float32 weights on a CPU: oneDNN's GEMM on weights packed once.
+    # float32 weights on a CPU: torch's linear (MKL) for a few rows, oneDNN's GEMM for more.
     ONEDNN = "onednn"
+
+    @property
+    def packs_weights(self) -> bool:
+        """Whether the kernel keeps its own copy of a weight (the model's can then be released)."""
+        return self is MatmulKernel.HALF
 
     @classmethod
     def choose(cls, device: torch.device, dtype: torch.dtype, cpu_matmul: str) -> MatmulKernel:
@@ -96,7 +107,8 @@ class MatmulKernel(enum.Enum):
 
 class Linear:
     """A bias-free linear map, held in the form its kernel wants. Each output row depends on its
-    input row alone, whatever the number of rows (the kernels below were checked for this)."""
+    input row alone (the kernels below were checked for this); which kernel runs may depend on the
+    number of rows, which only rounds the last bit of a float32 result differently."""
 
     def __init__(self, weight: torch.Tensor, *, kernel: MatmulKernel):
         self.kernel = kernel
@@ -107,18 +119,15 @@ class Linear:
             # kernel of torch's dynamic float16 quantization (`quantized::linear_dynamic_fp16`), which
             # splits the work over torch's threads.
             self._weight = _pack_half(weight)
-        elif kernel is MatmulKernel.ONEDNN:
-            # MKL's float32 products (torch's linear) slow down with every row a batch adds on some
-            # CPUs; oneDNN's, on a weight packed once, take about as long for 2 rows and far less for 8-16.
-            self._weight = torch.ops.mkldnn._reorder_linear_weight(weight, ONEDNN_ROWS_HINT)
         else:
             self._weight = weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is MatmulKernel.HALF:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._weight)
-        if self.kernel is MatmulKernel.ONEDNN:
-            return torch.ops.mkldnn._linear_pointwise(x, self._weight, None, "none", [], "")
+        if self.kernel is MatmulKernel.ONEDNN and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]:
+            # MKL's float32 products slow down sharply with every row a batch adds on some CPUs.
+            return _onednn_linear(x, self._weight)
         return F.linear(x, self._weight)
 
 
@@ -151,8 +160,10 @@ class _Layer:
     cross_out: Linear | None
 
 
-# Set on a model whose decoder weights live only in a DecoderStep's packed copies (that step).
+# Set on a model whose decoder weights live only in a DecoderStep's packed copies.
 PACKED_MARK = "_musicgen_bot_decoder_packed"
+# The DecoderStep that `DecoderStep.of_model` built for a model.
+STEP_MARK = "_musicgen_bot_decoder_step"
 
 
 def _release_linear_weights(model: Any) -> None:
@@ -165,6 +176,7 @@ def _release_linear_weights(model: Any) -> None:
         linears += [layer.fc1, layer.fc2]
     for linear in linears:
         linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
+    setattr(model, PACKED_MARK, True)
 
 
 class KeyValueCache:
@@ -327,22 +339,21 @@ class DecoderStep:
         self.activation = decoder.layers[0].activation_fn
         self.is_prefix_model = self.layers[0].cross_q is None
         self.cpu_matmul = cpu_matmul
-        if self.kernel is not MatmulKernel.TORCH and release_packed_weights:
+        if self.kernel.packs_weights and release_packed_weights:
             _release_linear_weights(model)
-            setattr(model, PACKED_MARK, self)
 
     @classmethod
     def of_model(cls, model: Any, *, cpu_matmul: str = "auto") -> DecoderStep:
-        """The step of a model used by our pass alone (the engines' models): built once, its packed
-        weights replacing the model's own, then shared by every engine that uses the model."""
-        packed = getattr(model, PACKED_MARK, None)
-        if isinstance(packed, DecoderStep):
-            if packed.cpu_matmul != cpu_matmul:
-                raise ValueError(
-                    f"this model's decoder weights were packed for cpu_matmul = {packed.cpu_matmul!r}"
-                )
-            return packed
-        return cls(model, cpu_matmul=cpu_matmul, release_packed_weights=True)
+        """The step of a model used by our pass alone (the engines' models): built once (packed
+        weights replacing the model's own), then shared by every engine that uses the model."""
+        step: DecoderStep | None = getattr(model, STEP_MARK, None)
+        if step is not None and step.cpu_matmul == cpu_matmul:
+            return step
+        if step is not None and getattr(model, PACKED_MARK, False):
+            raise ValueError(f"this model's decoder weights were packed for cpu_matmul = {step.cpu_matmul!r}")
+        step = cls(model, cpu_matmul=cpu_matmul, release_packed_weights=True)
+        setattr(model, STEP_MARK, step)
+        return step
 
     @property
     def uses_half_kernel(self) -> bool:

@@ -27,7 +27,6 @@ from inference.convert import (
     convert_audiocraft_checkpoint,
     is_audiocraft_checkpoint,
 )
-from inference.decoder_step import MatmulKernel
 from inference.request import RequestError
 from inference.settings import EngineOptions, EngineSettings
 
@@ -322,11 +321,7 @@ class ModelCache:
             model_class = (
                 MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             )
-            # Float32 weights the decoder step packs for oneDNN replace the model's own: read into
-            # memory, those are freed then; memory-mapped from the file, their pages would stay.
-            model = model_class.from_pretrained(
-                weights, dtype=self.dtype, disable_mmap=self._packs_decoder_weights
-            )
+            model = model_class.from_pretrained(weights, dtype=self.dtype)
             # The tokenizer alone: the melody processor's feature extractor needs torchaudio.
             tokenizer = AutoTokenizer.from_pretrained(weights)
         except Exception as error:
@@ -348,15 +343,6 @@ class ModelCache:
             size_bytes=module_size_bytes(model),
             weights_path=weights,
         )
-
-    @property
-    def _packs_decoder_weights(self) -> bool:
-        """Whether the engine's decoder step will pack the decoder's float32 weights for oneDNN
-        (other dtypes are converted on loading: new tensors either way, and reading the file whole
-        would only raise the peak)."""
-        options = self.settings.engine
-        kernel = MatmulKernel.choose(self.device, self.dtype, options.cpu_matmul)
-        return options.runs_our_decoder and kernel is MatmulKernel.ONEDNN
 
     def _load_compression(self, source: str) -> LoadedCompression:
         from transformers import EncodecModel

@@ -60,8 +60,8 @@ class EngineOptions(_Section):
     decoder: Literal["own", "transformers"] = "own"
     # The decoder's matrix products on a CPU: "auto" runs float16/bfloat16 weights through fbgemm's
     # float16 GEMM with float32 activations where the CPU supports it (x86 with AVX2; bfloat16
-    # weights are exact in float16) and float32 weights through oneDNN's GEMM on packed weights;
-    # "torch" through torch's linear in the model's dtype.
+    # weights are exact in float16), and float32 weights through torch's linear for one job (up to
+    # 3 rows) and oneDNN's GEMM for a batch; "torch" through torch's linear in the model's dtype.
     cpu_matmul: Literal["auto", "torch"] = "auto"
     # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
     static_cache: bool = False

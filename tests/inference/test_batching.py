@@ -188,8 +188,7 @@ def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
     engine: MusicGenEngine, engine_settings: EngineSettings
 ) -> None:
     options = engine_settings.engine.model_copy(update={"static_cache": True})
-    # Its own model cache: the default engine keeps the decoder's weights only in its packed copies.
-    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
+    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}), engine.cache)
     steps_seen: list[int] = []
     jobs = [
         EngineJob(request(temperature=0, duration=2)),

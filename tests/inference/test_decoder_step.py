@@ -114,8 +114,7 @@ def request(**changes: object) -> GenerationRequest:
 def test_an_engine_on_either_pass_makes_the_same_music(engine_settings: EngineSettings) -> None:
     theirs_options = engine_settings.engine.model_copy(update={"decoder": "transformers"})
     ours = MusicGenEngine(engine_settings)
-    # Its own model cache: ours keeps the decoder's weights only in its packed copies.
-    theirs = MusicGenEngine(engine_settings.model_copy(update={"engine": theirs_options}))
+    theirs = MusicGenEngine(engine_settings.model_copy(update={"engine": theirs_options}), ours.cache)
     jobs = [
         EngineJob(request(temperature=0)),
         EngineJob(request(prompt="a much longer description of a slow jazz ballad", seed=4, duration=2)),
@@ -168,41 +167,67 @@ needs_onednn_kernel = pytest.mark.skipif(
 )
 
 
+def kernels_run(linear: Linear, rows: torch.Tensor) -> set[str]:
+    """The oneDNN operators torch's profiler saw while `linear` multiplied `rows`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as seen:
+        linear(rows)
+    return {event.name for event in seen.events() if event.name.startswith("mkldnn::")}
+
+
 @needs_onednn_kernel
-def test_the_onednn_kernel_computes_each_row_alone_as_float32_does() -> None:
+def test_float32_products_take_torch_s_kernel_for_one_job_and_onednn_s_for_a_batch() -> None:
     torch.manual_seed(0)
     weight = 0.05 * torch.randn(384, 256)  # about the scale of a model's weights
-    packed = Linear(weight, kernel=MatmulKernel.ONEDNN)
+    linear = Linear(weight, kernel=MatmulKernel.ONEDNN)
     rows = torch.randn(16, 256)
-    whole = packed(rows)
-    # Each row is the same alone, in a pair (a job with guidance) or among neighbours...
-    for start, count in [(0, 1), (3, 2), (5, 8), (4, 12), (15, 1)]:
-        assert torch.equal(packed(rows[start : start + count].contiguous()), whole[start : start + count])
-    # ...and it is the float32 product (to float32's rounding).
+    assert kernels_run(linear, rows[:3]) == set() and kernels_run(linear, rows[:4]) == {
+        "mkldnn::_linear_pointwise"
+    }
+    whole = linear(rows)
+    # From 4 rows on, oneDNN's: each row the same among 4, 8 or 16 rows, in 2-D or 3-D inputs...
+    for start, count in [(0, 4), (5, 8), (4, 12)]:
+        assert torch.equal(linear(rows[start : start + count].contiguous()), whole[start : start + count])
+    assert torch.equal(linear(rows[None]), whole[None])
+    # ...below, torch's own (one job: 2 rows with guidance)...
+    for count in (1, 2, 3):
+        assert torch.equal(linear(rows[:count]), torch.nn.functional.linear(rows[:count], weight))
+    # ...and both are the float32 product, to float32's rounding.
     torch.testing.assert_close(whole.double(), rows.double() @ weight.double().T, rtol=1e-5, atol=1e-5)
-    assert torch.equal(packed(rows[None]), whole[None])  # [rows, length, hidden] inputs too
 
 
-@needs_onednn_kernel
-def test_engines_sharing_a_model_cache_share_one_packed_float32_decoder(
-    engine_settings: EngineSettings,
-) -> None:
-    first = MusicGenEngine(engine_settings)
-    second = MusicGenEngine(engine_settings, first.cache)
+@needs_half_kernel
+def test_engines_sharing_a_model_cache_share_one_packed_decoder(engine_settings: EngineSettings) -> None:
+    bfloat16 = engine_settings.model_copy(
+        update={"engine": engine_settings.engine.model_copy(update={"dtype": "bfloat16"})}
+    )
+    first = MusicGenEngine(bfloat16)
+    second = MusicGenEngine(bfloat16, first.cache)
     alone = first.generate(request(seed=12))
     loaded = first.cache.get("small")
     step = first._decoder_for(loaded).forward
-    assert isinstance(step, DecoderStep) and step.kernel is MatmulKernel.ONEDNN
+    assert isinstance(step, DecoderStep) and step.uses_half_kernel
     # The packed weights replace the model's own (memory does not double), once for both engines.
     assert loaded.model.decoder.model.decoder.layers[0].fc1.weight.numel() == 0
     assert second._decoder_for(loaded).forward is step
-    again = second.generate(request(seed=12))
-    assert torch.equal(again.wav, alone.wav)
-    # torch's own products (cpu_matmul = "torch") are another packing: not on this model any more.
-    torch_options = engine_settings.engine.model_copy(update={"cpu_matmul": "torch"})
-    third = MusicGenEngine(engine_settings.model_copy(update={"engine": torch_options}), first.cache)
+    assert torch.equal(second.generate(request(seed=12)).wav, alone.wav)
+    # torch's own products (cpu_matmul = "torch") would need the weights the packing replaced.
+    torch_options = bfloat16.engine.model_copy(update={"cpu_matmul": "torch"})
+    third = MusicGenEngine(bfloat16.model_copy(update={"engine": torch_options}), first.cache)
     with pytest.raises(ValueError, match="packed for cpu_matmul = 'auto'"):
         third.generate(request(seed=12))
+
+
+def test_float32_weights_stay_the_models_own_for_every_engine(engine_settings: EngineSettings) -> None:
+    first = MusicGenEngine(engine_settings)
+    alone = first.generate(request(seed=13))
+    loaded = first.cache.get("small")
+    assert loaded.model.decoder.model.decoder.layers[0].fc1.weight.numel() > 0
+    torch_options = engine_settings.engine.model_copy(update={"cpu_matmul": "torch"})
+    other = MusicGenEngine(engine_settings.model_copy(update={"engine": torch_options}), first.cache)
+    # One job is 2 rows: torch's products either way, so the same audio.
+    assert torch.equal(other.generate(request(seed=13)).wav, alone.wav)
 
 
 @torch.inference_mode()

@@ -14,7 +14,6 @@ import torch
 from inference.audio import write_generated
 from inference.decoding import Sampling, pick_codes
 from inference.engine import GenerationCancelled, MusicGenEngine
-from inference.models import ModelCache
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings, MelodyOptions
 from tests.inference.audio_checks import same
@@ -442,8 +441,7 @@ def test_greedy_decoding_makes_exactly_what_transformers_generate_makes(
     # Our decoding loop replaces transformers' generate(); at batch 1 their greedy codes (and so the
     # audio) are identical, guidance included.
     ours = engine.generate(text_request(model_version=version, temperature=0, duration=1))
-    # A copy of the model of its own: the engine's keeps its decoder weights in packed form only.
-    loaded = ModelCache(engine.settings).get(version)
+    loaded = engine.cache.get(version)
     tokens = loaded.tokenizer(["calm acoustic guitar melody"], return_tensors="pt")
     with torch.inference_mode():
         theirs = loaded.model.generate(
