@@ -31,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from inference.audio import measure_loudness  # noqa: E402
+from inference.decoder_step import DecoderStep  # noqa: E402
 from inference.decoding import DecodingRow, MusicGenDecoder  # noqa: E402
 from inference.engine import EngineJob, MusicGenEngine  # noqa: E402
 from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
@@ -45,14 +46,14 @@ PROMPTS = [
 SEEDS = [1, 2]
 
 
-def settings(model_dir: Path, dtype: str) -> EngineSettings:
+def settings(model_dir: Path, dtype: str, cpu_matmul: str = "auto") -> EngineSettings:
     return EngineSettings(
         models=ModelSources(
             small=str(model_dir),
             text_encoder=str(model_dir / TEXT_ENCODER_DIR),
             compression=str(model_dir / COMPRESSION_DIR),
         ),
-        engine=EngineOptions(device="cpu", dtype=dtype),  # type: ignore[arg-type]
+        engine=EngineOptions(device="cpu", dtype=dtype, cpu_matmul=cpu_matmul),  # type: ignore[arg-type]
         melody=MelodyOptions(stem_separation=False),
     )
 
@@ -64,17 +65,15 @@ def prepared_row(engine: MusicGenEngine, request: GenerationRequest) -> Any:
     return prepared
 
 
-def decode_codes(
-    engine: MusicGenEngine, request: GenerationRequest
-) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(codes [K, frames], audio [C, T], the prepared row) of one request."""
+def decode_codes(engine: MusicGenEngine, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [K, frames], audio [C, T]) of one request, through the engine's own decoding loop."""
     prepared = prepared_row(engine, request)
-    decoder = MusicGenDecoder(prepared.loaded.model)
+    decoder = engine._decoder_for(prepared.loaded)
     with torch.inference_mode():
         (decoded,) = decoder.decode([prepared.row])
         assert not isinstance(decoded, Exception)
         wav = engine._decode_codes(prepared.loaded, decoded.codes)
-    return decoded.codes, wav, prepared
+    return decoded.codes, wav
 
 
 def teacher_forced_agreement(
@@ -84,17 +83,20 @@ def teacher_forced_agreement(
     picks = {}
     for name, engine in engines.items():
         prepared = prepared_row(engine, request)
-        picks[name] = guided_argmax(prepared.loaded.model, prepared.row, codes)
+        decoder = engine._decoder_for(prepared.loaded)
+        picks[name] = guided_argmax(decoder, prepared.row, codes)
     a, b = picks.values()
     return float((a == b).float().mean())
 
 
-def guided_argmax(model: Any, row: DecodingRow, codes: torch.Tensor) -> torch.Tensor:
-    """Argmax of the guided logits at every position, the whole sequence in one forward pass."""
-    decoder = MusicGenDecoder(model)
+def guided_argmax(decoder: MusicGenDecoder, row: DecodingRow, codes: torch.Tensor) -> torch.Tensor:
+    """Argmax of the guided logits at every position, fed `codes` (not its own picks) step by step
+    through the engine's decoder pass (a text model's)."""
+    step = decoder.forward
+    assert isinstance(step, DecoderStep), "the engines run our decoder pass"
     with torch.inference_mode():
         start = torch.full((codes.shape[0], 1), decoder.start_id, dtype=torch.long)
-        _, pattern = model.decoder.build_delay_pattern_mask(
+        _, pattern = decoder.decoder.build_delay_pattern_mask(
             start, decoder.start_id, max_length=codes.shape[-1] + codes.shape[0]
         )
         # The float32 codes laid out with the delay pattern: codebook k shifted right by k + 1.
@@ -107,15 +109,20 @@ def guided_argmax(model: Any, row: DecodingRow, codes: torch.Tensor) -> torch.Te
         masks = None
         if conditioning.mask is not None and conditioning.null_mask is not None:
             masks = torch.stack([conditioning.mask, conditioning.null_mask])
-        output = model.decoder(
-            input_ids=torch.cat([full, full]), encoder_hidden_states=states, encoder_attention_mask=masks
-        )
-        logits = output.logits.float().view(2, codes.shape[0], full.shape[-1], -1)
-        if conditioning.is_prefix:
-            logits = logits[:, :, -full.shape[-1] :]
-        guided = logits[1] + row.sampling.guidance * (logits[0] - logits[1])
+        cache = step.new_cache(2, full.shape[-1])
+        picks = []
+        for position in range(full.shape[-1] - 1):
+            column = full[:, position : position + 1]
+            logits = step(
+                input_ids=torch.cat([column, column]),
+                cache=cache,
+                encoder_hidden_states=states,
+                encoder_attention_mask=masks,
+            ).logits.float()
+            logits = logits.view(2, codes.shape[0], -1)
+            picks.append((logits[1] + row.sampling.guidance * (logits[0] - logits[1])).argmax(-1))
         # Position j predicts position j + 1; only the positions the pattern leaves to the model count.
-        return guided.argmax(-1)[:, :-1][pattern[:, 1:] == -1]
+        return torch.stack(picks, dim=-1)[pattern[:, 1:] == -1]
 
 
 def spectral_difference_db(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,13 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny test model instead of the real small")
     parser.add_argument("--duration", type=int, default=2)
     parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "data" / "bench-models")
+    parser.add_argument(
+        "--cpu-matmul",
+        choices=["auto", "fbgemm", "torch"],
+        default="auto",
+        help="[engine] cpu_matmul of the bfloat16 engine (the float32 one keeps auto)",
+    )
     args = parser.parse_args(argv)
     folder = args.model_dir / ("tiny-small" if args.tiny else "small")
     if not (folder / "config.json").exists():
         make_test_model("small", folder, tiny=args.tiny, seed=0)
-    engines = {name: MusicGenEngine(settings(folder, name)) for name in ("float32", "bfloat16")}
+    engines = {
+        "float32": MusicGenEngine(settings(folder, "float32")),
+        "bfloat16": MusicGenEngine(settings(folder, "bfloat16", args.cpu_matmul)),
+    }
     print(
-        f"{'small (real architecture)' if not args.tiny else 'tiny small'}, random weights, {args.duration} s"
+        f"{'small (real architecture)' if not args.tiny else 'tiny small'}, random weights, {args.duration} s, "
+        f"bfloat16 with cpu_matmul = {args.cpu_matmul!r}"
     )
     print(
         f"{'request':<34} {'forced':>7} {'free':>6} {'diverge':>8} {'LUFS f32':>9} {'LUFS bf16':>10} {'spec dB':>8}"
@@ -159,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                     temperature=temperature,
                 )
-                codes, wav, _ = decode_codes(engines["float32"], request)
-                half_codes, half_wav, _ = decode_codes(engines["bfloat16"], request)
+                codes, wav = decode_codes(engines["float32"], request)
+                half_codes, half_wav = decode_codes(engines["bfloat16"], request)
                 forced = teacher_forced_agreement(engines, request, codes)
                 same = codes == half_codes
                 free = float(same.float().mean())

@@ -16,6 +16,12 @@ products and of the work around them. What it does differently, and why:
   faster than oneDNN's bfloat16 products on a CPU without AMX. bfloat16 values are exact in float16,
   so the weights are the configured ones; activations and the cache stay in float32, more precise
   than bfloat16.
+- On CPUs with AMX tiles, bfloat16 weights run through oneDNN's bfloat16 GEMM on weights packed for
+  it: the weights stream at nearly the memory's speed whatever the rows, so on a 2-core Xeon the decoder's
+  products took 34 ms for 2 rows and 38 ms for 16, where fbgemm's took 35 and 87. The products'
+  inputs and results are rounded to bfloat16 (as in the model run in bfloat16); everything around
+  them (norms, attention, the cache, the residual sums) stays float32, and the codebook heads keep
+  fbgemm's float32 logits.
 - On CPUs, float32 weights run through torch's `linear` (MKL) for up to 3 rows (one job) and through
   oneDNN's GEMM, on the same weights, for more: on a Xeon with AMX, MKL's products for 16 rows took
   161 ms and oneDNN's 112 ms, while for 2 rows MKL's took 56 ms and oneDNN's 77.
@@ -36,6 +42,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from inference.cpu_features import cpu_flags, has_amx_bfloat16
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -78,6 +86,36 @@ def onednn_kernel_available() -> bool:
     return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
 
 
+# oneDNN's bfloat16 GEMM computes each of up to this many rows exactly as it computes that row alone;
+# from 33 rows on it switches to another blocking whose sums round differently. Longer inputs (the
+# first call over a prompt, the text's cross-attention keys) go through it in blocks of this size,
+# so that a job's numbers never depend on what it is batched with.
+AMX_ROWS_PER_CALL = 32
+
+
+def _amx_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's bfloat16 GEMM (AMX tiles) on a weight packed by `_pack_amx`: bfloat16 in, bfloat16 out."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+def _pack_amx(weight: torch.Tensor) -> Any:
+    """oneDNN's packed bfloat16 form of a [out, in] weight."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous())
+
+
+@functools.cache
+def amx_kernel_available() -> bool:
+    """Whether oneDNN's bfloat16 GEMM runs on AMX tiles here (a Xeon with amx_bf16, torch with oneDNN).
+    Without AMX, oneDNN's bfloat16 products are slower than fbgemm's float16 ones at a decoder's rows."""
+    if not (has_amx_bfloat16(cpu_flags()) and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        out = _amx_linear(torch.ones(1, 32, dtype=torch.bfloat16), _pack_amx(torch.ones(16, 32)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.equal(out.float(), torch.full((1, 16), 32.0)))
+
+
 class MatmulKernel(enum.Enum):
     """Which kernel multiplies by a decoder weight."""
 
@@ -85,19 +123,29 @@ class MatmulKernel(enum.Enum):
     TORCH = "torch"
     # float16/bfloat16 weights on an x86 CPU: fbgemm's float16 GEMM with float32 activations.
     HALF = "fbgemm-fp16"
+    # bfloat16 weights on a CPU with AMX: oneDNN's bfloat16 GEMM, activations rounded to bfloat16 for
+    # the product and its result returned in float32.
+    AMX = "onednn-amx-bf16"
     # float32 weights on a CPU: torch's linear (MKL) for a few rows, oneDNN's GEMM for more.
     ONEDNN = "onednn"
 
     @property
     def packs_weights(self) -> bool:
         """Whether the kernel keeps its own copy of a weight (the model's can then be released)."""
-        return self is MatmulKernel.HALF
+        return self in (MatmulKernel.HALF, MatmulKernel.AMX)
+
+    @property
+    def computes_in_float32(self) -> bool:
+        """Whether the activations around the products are float32 whatever the weights' dtype."""
+        return self in (MatmulKernel.HALF, MatmulKernel.AMX)
 
     @classmethod
     def choose(cls, device: torch.device, dtype: torch.dtype, cpu_matmul: str) -> MatmulKernel:
         """The kernel for weights of `dtype` on `device` under `[engine] cpu_matmul`."""
-        if cpu_matmul != "auto" or device.type != "cpu":
+        if cpu_matmul == "torch" or device.type != "cpu":
             return cls.TORCH
+        if dtype == torch.bfloat16 and cpu_matmul == "auto" and amx_kernel_available():
+            return cls.AMX
         if dtype in HALF_DTYPES and half_precision_kernel_available():
             return cls.HALF
         if dtype == torch.float32 and onednn_kernel_available():
@@ -119,16 +167,28 @@ class Linear:
             # kernel of torch's dynamic float16 quantization (`quantized::linear_dynamic_fp16`), which
             # splits the work over torch's threads.
             self._weight = _pack_half(weight)
+        elif kernel is MatmulKernel.AMX:
+            self._weight = _pack_amx(weight)
         else:
             self._weight = weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is MatmulKernel.HALF:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._weight)
+        if self.kernel is MatmulKernel.AMX:
+            return self._amx(x)
         if self.kernel is MatmulKernel.ONEDNN and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]:
             # MKL's float32 products slow down sharply with every row a batch adds on some CPUs.
             return _onednn_linear(x, self._weight)
         return F.linear(x, self._weight)
+
+    def _amx(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        if rows.shape[0] <= AMX_ROWS_PER_CALL:
+            out = _amx_linear(rows, self._weight)
+        else:
+            out = torch.cat([_amx_linear(block, self._weight) for block in rows.split(AMX_ROWS_PER_CALL)])
+        return out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
 
 
 @dataclass
@@ -328,13 +388,19 @@ class DecoderStep:
         weight = decoder.layers[0].fc1.weight
         self.device = weight.device
         self.kernel = MatmulKernel.choose(weight.device, weight.dtype, cpu_matmul)
-        # fbgemm's products take and give float32; elsewhere everything stays in the model's dtype.
-        self.dtype = torch.float32 if self.kernel is MatmulKernel.HALF else weight.dtype
+        # fbgemm's and the AMX kernel's products take and give float32; elsewhere everything stays in
+        # the model's dtype.
+        self.dtype = torch.float32 if self.kernel.computes_in_float32 else weight.dtype
         self.embeddings = [e.weight.detach() for e in decoder.embed_tokens]
         self.positions = decoder.embed_positions
         self.layers = [self._layer(layer) for layer in decoder.layers]
         self.final_norm = _Norm.of(decoder.layer_norm, self.dtype)
-        self.lm_heads = Linear(torch.cat([h.weight for h in causal_lm.lm_heads]), kernel=self.kernel)
+        # With AMX, the codebook heads keep fbgemm's float32 result: logits rounded to bfloat16 (three
+        # significant digits) would tie codes that float32 tells apart. Their weights are 2 % of the step's.
+        heads_kernel = self.kernel
+        if heads_kernel is MatmulKernel.AMX and half_precision_kernel_available():
+            heads_kernel = MatmulKernel.HALF
+        self.lm_heads = Linear(torch.cat([h.weight for h in causal_lm.lm_heads]), kernel=heads_kernel)
         self.vocab = int(causal_lm.lm_heads[0].weight.shape[0])
         self.activation = decoder.layers[0].activation_fn
         self.is_prefix_model = self.layers[0].cross_q is None
@@ -354,10 +420,6 @@ class DecoderStep:
         step = cls(model, cpu_matmul=cpu_matmul, release_packed_weights=True)
         setattr(model, STEP_MARK, step)
         return step
-
-    @property
-    def uses_half_kernel(self) -> bool:
-        return self.kernel is MatmulKernel.HALF
 
     def _layer(self, layer: Any) -> _Layer:
         attention = layer.self_attn

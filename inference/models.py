@@ -27,6 +27,7 @@ from inference.convert import (
     convert_audiocraft_checkpoint,
     is_audiocraft_checkpoint,
 )
+from inference.cpu_features import cpu_flags, has_native_bfloat16
 from inference.request import RequestError
 from inference.settings import EngineOptions, EngineSettings
 
@@ -108,22 +109,9 @@ def resolve_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
     return _DTYPES[options.dtype]
 
 
-# CPU flags (Linux /proc/cpuinfo) of bfloat16 arithmetic in hardware: AVX-512 BF16, or AMX tiles.
-NATIVE_BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
 def cpu_has_native_bfloat16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bfloat16 natively (from /proc/cpuinfo; False where it is unreadable)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() == "flags" and NATIVE_BFLOAT16_CPU_FLAGS & set(value.split()):
-            return True
-    return False
+    return has_native_bfloat16(cpu_flags(cpuinfo))
 
 
 def module_size_bytes(module: torch.nn.Module) -> int:

@@ -58,11 +58,13 @@ class EngineOptions(_Section):
     # half-precision kernel on CPU; about 2x faster per bfloat16 step there) or "transformers" (the
     # reference). static_cache and compile below always run transformers' pass.
     decoder: Literal["own", "transformers"] = "own"
-    # The decoder's matrix products on a CPU: "auto" runs float16/bfloat16 weights through fbgemm's
-    # float16 GEMM with float32 activations where the CPU supports it (x86 with AVX2; bfloat16
-    # weights are exact in float16), and float32 weights through torch's linear for one job (up to
-    # 3 rows) and oneDNN's GEMM for a batch; "torch" through torch's linear in the model's dtype.
-    cpu_matmul: Literal["auto", "torch"] = "auto"
+    # The decoder's matrix products on a CPU: "auto" runs bfloat16 weights through oneDNN's bfloat16
+    # GEMM on AMX tiles where the CPU has them (a batch costs little more than one job there), other
+    # float16/bfloat16 weights through fbgemm's float16 GEMM with float32 activations (x86 with AVX2;
+    # bfloat16 weights are exact in float16), and float32 weights through torch's linear for one job
+    # (up to 3 rows) and oneDNN's GEMM for a batch; "fbgemm" is "auto" without AMX (float32
+    # activations: more precise, slower for batches); "torch" is torch's linear in the model's dtype.
+    cpu_matmul: Literal["auto", "fbgemm", "torch"] = "auto"
     # A fixed-size key/value cache: every decoder step has the same shapes (what CUDA graphs need).
     static_cache: bool = False
     # torch.compile the decoder step; on CUDA with static_cache the steps replay as CUDA graphs.

@@ -16,6 +16,7 @@ from transformers import EncodecModel
 
 from inference import models as models_module
 from inference.convert import UnsupportedCheckpoint, convert_audiocraft_checkpoint, is_audiocraft_checkpoint
+from inference.cpu_features import cpu_flags, has_amx_bfloat16
 from inference.engine import MusicGenEngine
 from inference.models import ModelCache, cpu_has_native_bfloat16, resolve_device, resolve_dtype
 from inference.random_models import (
@@ -239,6 +240,9 @@ def test_auto_dtype_uses_bfloat16_only_on_cpus_that_compute_it_natively():
     assert cpu_has_native_bfloat16(cpuinfo("amx_tile amx_bf16 amx_int8"))
     assert not cpu_has_native_bfloat16(cpuinfo("avx512f avx512bw"))
     assert not cpu_has_native_bfloat16("")  # no flags line (not Linux, or a stripped container)
+    # Only AMX tiles get oneDNN's bfloat16 products (`cpu_matmul = "auto"`); AVX-512 BF16 keeps fbgemm's.
+    assert has_amx_bfloat16(cpu_flags(cpuinfo("amx_tile amx_bf16 amx_int8")))
+    assert not has_amx_bfloat16(cpu_flags(cpuinfo("avx512f avx512_bf16")))
 
 
 def test_device_and_dtype_follow_the_config():

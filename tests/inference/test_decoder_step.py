@@ -1,7 +1,8 @@
 """Our forward pass of the decoder (`inference.decoder_step`) against transformers' own, on the tiny
 models: the same logits for text (padded and null conditions), melody prefixes and continuation
-prompts, step after step; the same music from an engine on either pass; and the float16 kernel used
-for half-precision weights on a CPU keeps each row independent of its batch."""
+prompts, step after step; the same music from an engine on either pass; and the CPU kernels for
+half-precision weights (fbgemm's float16, oneDNN's bfloat16 on AMX) keep each row independent of its
+batch."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 from inference.decoder_step import (
+    AMX_ROWS_PER_CALL,
     DecoderStep,
     Linear,
     MatmulKernel,
+    amx_kernel_available,
     half_precision_kernel_available,
     onednn_kernel_available,
 )
@@ -145,15 +148,55 @@ def test_the_float16_kernel_computes_each_row_alone_and_exactly_from_bfloat16_we
     assert (whole.double() - reference).abs().max() < 1e-3
 
 
+needs_amx_kernel = pytest.mark.skipif(
+    not amx_kernel_available(), reason="this CPU has no AMX tiles for oneDNN's bfloat16 GEMM"
+)
+
+
+@needs_amx_kernel
+def test_the_amx_kernel_computes_each_row_alone_in_any_batch_and_in_long_inputs() -> None:
+    torch.manual_seed(0)
+    # A shape for which oneDNN alone rounds rows differently beyond 32 of them (not every shape does).
+    weight = (0.05 * torch.randn(384, 512)).to(torch.bfloat16)
+    linear = Linear(weight, kernel=MatmulKernel.AMX)
+    rows = torch.randn(3 * AMX_ROWS_PER_CALL + 5, 512)  # a long first call: several blocks
+    whole = linear(rows)
+    assert whole.dtype == torch.float32
+    # Every row is the same alone, in a pair, among neighbours and in an input longer than a block
+    # (from 33 rows on oneDNN's own blocking would round some sums differently)...
+    alone = torch.cat([linear(rows[r : r + 1]) for r in range(rows.shape[0])])
+    assert torch.equal(whole, alone)
+    for start, count in [(3, 2), (5, 8), (7, 40)]:
+        assert torch.equal(linear(rows[start : start + count]), whole[start : start + count])
+    assert torch.equal(linear(rows[:64].view(4, 16, 512)), whole[:64].view(4, 16, 384))
+    # ...and it is the product of the bfloat16-rounded rows and weights, rounded to bfloat16.
+    reference = rows.to(torch.bfloat16).double() @ weight.double().T
+    torch.testing.assert_close(whole.double(), reference, rtol=2**-8, atol=1e-6)
+
+
+def test_the_kernel_follows_the_weights_dtype_the_device_and_cpu_matmul() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    half = MatmulKernel.HALF if half_precision_kernel_available() else MatmulKernel.TORCH
+    amx_or_half = MatmulKernel.AMX if amx_kernel_available() else half
+    assert MatmulKernel.choose(cpu, torch.bfloat16, "auto") is amx_or_half
+    assert MatmulKernel.choose(cpu, torch.bfloat16, "fbgemm") is half
+    assert MatmulKernel.choose(cpu, torch.float16, "auto") is half
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert MatmulKernel.choose(cpu, dtype, "torch") is MatmulKernel.TORCH
+        assert MatmulKernel.choose(cuda, dtype, "auto") is MatmulKernel.TORCH
+
+
 @needs_half_kernel
-def test_a_bfloat16_engine_uses_the_float16_kernel_and_keeps_each_jobs_music_in_a_batch(
-    engine_settings: EngineSettings,
+@pytest.mark.parametrize("cpu_matmul", ["auto", "fbgemm"])
+def test_a_bfloat16_engine_keeps_each_jobs_music_in_a_batch_with_either_cpu_kernel(
+    engine_settings: EngineSettings, cpu_matmul: str
 ) -> None:
-    options = engine_settings.engine.model_copy(update={"dtype": "bfloat16"})
+    options = engine_settings.engine.model_copy(update={"dtype": "bfloat16", "cpu_matmul": cpu_matmul})
     engine = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
     alone = engine.generate(request(seed=8))
     decoder = engine._decoder_for(engine.cache.get("small"))
-    assert isinstance(decoder.forward, DecoderStep) and decoder.forward.uses_half_kernel
+    assert isinstance(decoder.forward, DecoderStep)
+    assert decoder.forward.kernel is MatmulKernel.choose(torch.device("cpu"), torch.bfloat16, cpu_matmul)
     batch = engine.generate_batch(
         [EngineJob(request(prompt="techno", seed=1)), EngineJob(request(seed=8)), EngineJob(request(seed=2))]
     )
@@ -207,7 +250,7 @@ def test_engines_sharing_a_model_cache_share_one_packed_decoder(engine_settings:
     alone = first.generate(request(seed=12))
     loaded = first.cache.get("small")
     step = first._decoder_for(loaded).forward
-    assert isinstance(step, DecoderStep) and step.uses_half_kernel
+    assert isinstance(step, DecoderStep) and step.kernel.packs_weights
     # The packed weights replace the model's own (memory does not double), once for both engines.
     assert loaded.model.decoder.model.decoder.layers[0].fc1.weight.numel() == 0
     assert second._decoder_for(loaded).forward is step
@@ -246,7 +289,7 @@ def test_in_float16_with_torch_products_our_pass_stays_close_to_float32(
     ids = torch.full((2 * 4, 1), 2048)
     reference = run_both(full, ids, states, mask, steps=5)
     half_step = DecoderStep(half, cpu_matmul="torch")
-    assert half_step.dtype == torch.float16 and not half_step.uses_half_kernel
+    assert half_step.dtype == torch.float16 and half_step.kernel is MatmulKernel.TORCH
     cache = half_step.new_cache(2, 8)
     generator = torch.Generator().manual_seed(0)
     for mine_full, _ in reference:
@@ -268,7 +311,7 @@ def test_packed_weights_replace_the_models_own_so_memory_does_not_double(
     fc1 = model.decoder.model.decoder.layers[0].fc1
     before = fc1.weight.numel()
     step = DecoderStep(model, release_packed_weights=True)
-    assert step.uses_half_kernel and before > 0 and fc1.weight.numel() == 0
+    assert step.kernel.packs_weights and before > 0 and fc1.weight.numel() == 0
     # transformers' pass on such a model would run on empty weights: refused with a reason instead.
     with pytest.raises(ValueError, match="packed"):
         MusicGenDecoder(model)
