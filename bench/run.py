@@ -437,15 +437,29 @@ def parity_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
 
 
 def batching_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
-    """N concurrent jobs as one batch against the same N jobs one after another, float32 both ways.
+    """N concurrent jobs as one batch against the same N jobs one after another, float32 both ways
+    (the targets); then the same in the default dtype where that is not float32 (for information)."""
+    from inference.models import resolve_dtype
 
-    One after another is N times the batch-1 run (the same job N times, so measured once)."""
+    speedups = batching_table(args, small_dir, "float32")
+    default_dtype = resolve_dtype(bench_settings(small_dir, "auto", 0).engine, torch.device("cpu"))
+    if default_dtype != torch.float32:
+        batching_table(args, small_dir, str(default_dtype).removeprefix("torch."))
+    return [
+        target_line(f"batch{size}_speedup", speedups[size], target, higher_is_better=True)
+        for size, target in BATCH_SPEEDUP_TARGETS.items()
+    ]
+
+
+def batching_table(args: argparse.Namespace, small_dir: Path, dtype: str) -> dict[int, float]:
+    """Prints the throughput of each batch size in `dtype`; returns the speed-ups over one after another
+    (N times the batch-1 run: the same job N times, so measured once)."""
     print(
-        f"batching: float32, {args.duration} s audio per job, batch sizes {', '.join(map(str, BATCH_SIZES))}, "
+        f"batching: {dtype}, {args.duration} s audio per job, batch sizes {', '.join(map(str, BATCH_SIZES))}, "
         f"best of {args.batch_repeats}",
         flush=True,
     )
-    ours = OurEngine(bench_settings(small_dir, "float32", args.threads))
+    ours = OurEngine(bench_settings(small_dir, dtype, args.threads))
     ours.generate(1)
     walls: dict[int, float] = {}
     for size in BATCH_SIZES:
@@ -465,10 +479,7 @@ def batching_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
             f"{size:>6} {wall:>8.2f} {throughput:>10.3f} {wall / size / args.duration:>8.2f} {speedups[size]:>20.2f}x"
         )
     print("(audio s/s = seconds of audio made per wall second, all jobs together)\n", flush=True)
-    return [
-        target_line(f"batch{size}_speedup", speedups[size], target, higher_is_better=True)
-        for size, target in BATCH_SPEEDUP_TARGETS.items()
-    ]
+    return speedups
 
 
 def default_configuration_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
