@@ -18,7 +18,7 @@ import soundfile
 
 from inference.engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
-from tests.inference.audio_checks import audio_of, same
+from tests.inference.audio_checks import audio_of, continuation_clip, same
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -109,14 +109,6 @@ def test_melody_jobs_join_a_melody_batch(engine: MusicGenEngine, tmp_path: Path)
     outcomes = run_with_joins(engine, first, {9: [late]})
     assert same(outcomes[id(late)], engine.generate(joiner))
     assert same(outcomes[0], engine.generate(first))
-
-
-def continuation_clip(folder: Path, seconds: float, frequency: float) -> str:
-    rate = 32_000
-    t = np.arange(int(rate * seconds)) / rate
-    path = folder / f"clip-{seconds}-{frequency}.wav"
-    soundfile.write(path, (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate)
-    return str(path)
 
 
 def test_continuations_of_different_lengths_share_one_batch(engine: MusicGenEngine, tmp_path: Path) -> None:
