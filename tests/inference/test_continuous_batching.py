@@ -18,6 +18,7 @@ import soundfile
 
 from inference.engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
+from inference.settings import EngineSettings
 from tests.inference.audio_checks import audio_of, continuation_clip, same
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,6 +94,24 @@ def test_jobs_join_at_several_steps_and_after_others_have_left(engine: MusicGenE
     # holds the second alone, with columns the third never wrote.
     outcomes = run_with_joins(engine, first, {5: [second], 53: [third]})
     for job in (second, third):
+        assert same(outcomes[id(job)], engine.generate(job.request))
+    assert same(outcomes[0], engine.generate(first))
+
+
+def test_in_bfloat16_rows_that_join_make_the_music_they_make_alone(
+    engine_settings: EngineSettings, tmp_path: Path
+) -> None:
+    # On a CPU with AMX: oneDNN's bfloat16 products and a bfloat16 cache, whose join masks go to
+    # SDPA's kernel; elsewhere fbgemm's products and a float32 cache.
+    options = engine_settings.engine.model_copy(update={"dtype": "bfloat16"})
+    engine = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))
+    first = request(seed=61)
+    longer_text = EngineJob(request(prompt="a much longer description of a slow jazz ballad", seed=62))
+    continuation = EngineJob(
+        request(input_audio=continuation_clip(tmp_path, 0.5, 440), continuation=True, duration=1, seed=63)
+    )
+    outcomes = run_with_joins(engine, first, {5: [longer_text], 9: [continuation]})
+    for job in (longer_text, continuation):
         assert same(outcomes[id(job)], engine.generate(job.request))
     assert same(outcomes[0], engine.generate(first))
 
