@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +54,22 @@ def _pack_half(weight: torch.Tensor) -> Any:
     return torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), None)
 
 
+def _product_runs(product: Callable[[], torch.Tensor], expected: float) -> bool:
+    """Whether a kernel's smoke test runs here and gives `expected` everywhere (a kernel missing from
+    this build or CPU raises)."""
+    try:
+        out = product()
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.equal(out.float(), torch.full(out.shape, expected)))
+
+
 @functools.cache
 def half_precision_kernel_available() -> bool:
     """Whether fbgemm's float16-weight GEMM runs here (x86 CPUs with AVX2; not on other builds)."""
-    try:
-        out = torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 8), _pack_half(torch.ones(8, 8)))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
+    return _product_runs(
+        lambda: torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 8), _pack_half(torch.ones(8, 8))), 8.0
+    )
 
 
 # From this many rows on, float32 products go to oneDNN rather than MKL (torch's linear). On a 2-core
@@ -71,20 +79,17 @@ ONEDNN_MIN_ROWS = 4
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """oneDNN's float32 GEMM (`mkldnn::_linear_pointwise`) on a plain [out, in] weight."""
+    """oneDNN's GEMM (`mkldnn::_linear_pointwise`): float32 on a plain [out, in] weight, or bfloat16
+    (AMX tiles where the CPU has them) on a weight packed by `_pack_amx`, in and out."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 @functools.cache
 def onednn_kernel_available() -> bool:
     """Whether oneDNN's float32 GEMM runs here (torch built with oneDNN)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        out = _onednn_linear(torch.ones(1, 8), torch.ones(8, 8))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
+    return torch.backends.mkldnn.is_available() and _product_runs(
+        lambda: _onednn_linear(torch.ones(1, 8), torch.ones(8, 8)), 8.0
+    )
 
 
 # oneDNN's bfloat16 GEMM computes each of up to this many rows exactly as it computes that row alone;
@@ -92,11 +97,6 @@ def onednn_kernel_available() -> bool:
 # first call over a prompt, the text's cross-attention keys) go through it in blocks of this size,
 # so that a job's numbers never depend on what it is batched with.
 AMX_ROWS_PER_CALL = 32
-
-
-def _amx_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """oneDNN's bfloat16 GEMM (AMX tiles) on a weight packed by `_pack_amx`: bfloat16 in, bfloat16 out."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 def _pack_amx(weight: torch.Tensor) -> Any:
@@ -108,13 +108,14 @@ def _pack_amx(weight: torch.Tensor) -> Any:
 def amx_kernel_available() -> bool:
     """Whether oneDNN's bfloat16 GEMM runs on AMX tiles here (a Xeon with amx_bf16, torch with oneDNN).
     Without AMX, oneDNN's bfloat16 products are slower than fbgemm's float16 ones at a decoder's rows."""
-    if not (has_amx_bfloat16(cpu_flags()) and torch.backends.mkldnn.is_available()):
-        return False
-    try:
-        out = _amx_linear(torch.ones(1, 32, dtype=torch.bfloat16), _pack_amx(torch.ones(16, 32)))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.equal(out.float(), torch.full((1, 16), 32.0)))
+    return (
+        has_amx_bfloat16(cpu_flags())
+        and torch.backends.mkldnn.is_available()
+        and _product_runs(
+            lambda: _onednn_linear(torch.ones(1, 32, dtype=torch.bfloat16), _pack_amx(torch.ones(16, 32))),
+            32.0,
+        )
+    )
 
 
 class MatmulKernel(enum.Enum):
@@ -186,9 +187,9 @@ class Linear:
     def _amx(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         if rows.shape[0] <= AMX_ROWS_PER_CALL:
-            out = _amx_linear(rows, self._weight)
+            out = _onednn_linear(rows, self._weight)
         else:
-            out = torch.cat([_amx_linear(block, self._weight) for block in rows.split(AMX_ROWS_PER_CALL)])
+            out = torch.cat([_onednn_linear(block, self._weight) for block in rows.split(AMX_ROWS_PER_CALL)])
         return out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
 
 
@@ -551,7 +552,7 @@ class DecoderStep:
     def _attend(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        if keys.dtype == torch.bfloat16 and self.dtype == torch.float32:
+        if self.cache_dtype != self.dtype:
             # A bfloat16 cache under float32 activations (the AMX kernel): SDPA's fused kernel keeps the
             # scores and the softmax in float32 and returns bfloat16 within about one rounding of the
             # exact result (measured: 0.25 % at most), which the output projection rounds to bfloat16

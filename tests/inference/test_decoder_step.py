@@ -212,7 +212,7 @@ def test_a_bfloat16_engine_keeps_each_jobs_music_in_a_batch_with_either_cpu_kern
 
 
 needs_onednn_kernel = pytest.mark.skipif(
-    not onednn_kernel_available(), reason="this torch has no oneDNN float32 GEMM on packed weights"
+    not onednn_kernel_available(), reason="this torch has no oneDNN float32 GEMM"
 )
 
 
