@@ -20,9 +20,10 @@ products and of the work around them. What it does differently, and why:
   it: the weights stream at nearly the memory's speed whatever the rows, so on a 2-core Xeon the decoder's
   products took 34 ms for 2 rows and 38 ms for 16, where fbgemm's took 35 and 87. The products'
   inputs and results are rounded to bfloat16 (as in the model run in bfloat16); norms, softmax and
-  the residual sums stay float32, and the codebook heads keep fbgemm's float32 logits. Keys and
-  values are products' results, so a bfloat16 cache holds them exactly; attention over it runs in
-  SDPA's fused kernel.
+  the residual sums stay float32, and the codebook heads keep fbgemm's float32 logits. Results stay
+  bfloat16 until they are added to a float32 sum (no conversions in between), and fc1's GELU is
+  applied by the kernel to its float32 sums: 4 % off a one-job step. Keys and values are products'
+  results, so a bfloat16 cache holds them exactly; attention over it runs in SDPA's fused kernel.
 - On CPUs, float32 weights run through torch's `linear` (MKL) for up to 3 rows (one job) and through
   oneDNN's GEMM, on the same weights, for more: on a Xeon with AMX, MKL's products for 16 rows took
   161 ms and oneDNN's 112 ms, while for 2 rows MKL's took 56 ms and oneDNN's 77.
@@ -78,10 +79,11 @@ def half_precision_kernel_available() -> bool:
 ONEDNN_MIN_ROWS = 4
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, post_op: str = "none") -> torch.Tensor:
     """oneDNN's GEMM (`mkldnn::_linear_pointwise`): float32 on a plain [out, in] weight, or bfloat16
-    (AMX tiles where the CPU has them) on a weight packed by `_pack_amx`, in and out."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    (AMX tiles where the CPU has them) on a weight packed by `_pack_amx`, in and out. `post_op`
+    "gelu" applies exact (erf) GELU to the sums before they are rounded to the output's dtype."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, post_op, [], "none")
 
 
 @functools.cache
@@ -160,8 +162,12 @@ class Linear:
     input row alone (the kernels below were checked for this); which kernel runs may depend on the
     number of rows, which only rounds the last bit of a float32 result differently."""
 
-    def __init__(self, weight: torch.Tensor, *, kernel: MatmulKernel):
+    def __init__(self, weight: torch.Tensor, *, kernel: MatmulKernel, then_gelu: bool = False):
+        """`then_gelu`: the map is followed by exact GELU, which the AMX kernel applies to its float32
+        sums before rounding them (one rounding instead of two, and three fewer operators a layer)."""
         self.kernel = kernel
+        self.then_gelu = then_gelu
+        self.out_features, self.in_features = (int(n) for n in weight.shape)
         weight = weight.detach().contiguous()
         self._weight: Any
         if kernel is MatmulKernel.HALF:
@@ -175,22 +181,28 @@ class Linear:
             self._weight = weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel is MatmulKernel.HALF:
-            return torch.ops.quantized.linear_dynamic_fp16(x, self._weight)
+        """The product in x's dtype; the AMX kernel's in bfloat16, as it computes it (exact in float32:
+        added to a float32 sum, it promotes without loss)."""
         if self.kernel is MatmulKernel.AMX:
             return self._amx(x)
-        if self.kernel is MatmulKernel.ONEDNN and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]:
+        if self.kernel is MatmulKernel.HALF:
+            out = torch.ops.quantized.linear_dynamic_fp16(x, self._weight)
+        elif self.kernel is MatmulKernel.ONEDNN and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]:
             # MKL's float32 products slow down sharply with every row a batch adds on some CPUs.
-            return _onednn_linear(x, self._weight)
-        return F.linear(x, self._weight)
+            out = _onednn_linear(x, self._weight)
+        else:
+            out = F.linear(x, self._weight)
+        return F.gelu(out) if self.then_gelu else out
 
     def _amx(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        post_op = "gelu" if self.then_gelu else "none"
         if rows.shape[0] <= AMX_ROWS_PER_CALL:
-            out = _onednn_linear(rows, self._weight)
+            out = _onednn_linear(rows, self._weight, post_op)
         else:
-            out = torch.cat([_onednn_linear(block, self._weight) for block in rows.split(AMX_ROWS_PER_CALL)])
-        return out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
+            blocks = rows.split(AMX_ROWS_PER_CALL)
+            out = torch.cat([_onednn_linear(block, self._weight, post_op) for block in blocks])
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 @dataclass
@@ -400,6 +412,8 @@ class DecoderStep:
         self.cache_dtype = torch.bfloat16 if self.kernel is MatmulKernel.AMX else self.dtype
         self.embeddings = [e.weight.detach() for e in decoder.embed_tokens]
         self.positions = decoder.embed_positions
+        # transformers' MusicGen configs use exact GELU (audiocraft's too): fc1's kernel applies it.
+        self.fc1_gelu = config.activation_function == "gelu"
         self.layers = [self._layer(layer) for layer in decoder.layers]
         self.final_norm = _Norm.of(decoder.layer_norm, self.dtype)
         # With AMX, the codebook heads keep fbgemm's float32 result: logits rounded to bfloat16 (three
@@ -432,21 +446,31 @@ class DecoderStep:
         attention = layer.self_attn
         cross = getattr(layer, "encoder_attn", None)
 
-        def linear(*weights: torch.Tensor) -> Linear:
-            return Linear(torch.cat(weights) if len(weights) > 1 else weights[0], kernel=self.kernel)
+        def linear(*weights: torch.Tensor, then_gelu: bool = False) -> Linear:
+            weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+            return Linear(weight, kernel=self.kernel, then_gelu=then_gelu)
 
         return _Layer(
             self_norm=_Norm.of(layer.self_attn_layer_norm, self.dtype),
             qkv=linear(attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight),
             self_out=linear(attention.out_proj.weight),
             ffn_norm=_Norm.of(layer.final_layer_norm, self.dtype),
-            fc1=linear(layer.fc1.weight),
+            fc1=linear(layer.fc1.weight, then_gelu=self.fc1_gelu),
             fc2=linear(layer.fc2.weight),
             cross_norm=None if cross is None else _Norm.of(layer.encoder_attn_layer_norm, self.dtype),
             cross_q=None if cross is None else linear(cross.q_proj.weight),
             cross_kv=None if cross is None else linear(cross.k_proj.weight, cross.v_proj.weight),
             cross_out=None if cross is None else linear(cross.out_proj.weight),
         )
+
+    @property
+    def linears(self) -> list[Linear]:
+        """Every matrix product of a step after the first, in the order the step runs them (the
+        text's cross-attention keys and values are computed on the first call only)."""
+        products: list[Linear | None] = []
+        for layer in self.layers:
+            products += [layer.qkv, layer.self_out, layer.cross_q, layer.cross_out, layer.fc1, layer.fc2]
+        return [linear for linear in products if linear is not None] + [self.lm_heads]
 
     def new_cache(self, rows: int, positions: int) -> KeyValueCache:
         return KeyValueCache(
@@ -540,7 +564,10 @@ class DecoderStep:
             cross_keys, cross_values = cache.cross[index]
             attended = self._attend(query.transpose(1, 2), cross_keys, cross_values, cache.cross_mask)
             x = x + layer.cross_out(self._merge_heads(attended))
-        return x + layer.fc2(self.activation(layer.fc1(layer.ffn_norm(x))))
+        hidden = layer.fc1(layer.ffn_norm(x))
+        if not self.fc1_gelu:
+            hidden = self.activation(hidden.to(self.dtype))
+        return x + layer.fc2(hidden)
 
     def _merge_heads(self, attended: torch.Tensor) -> torch.Tensor:
         """[rows, heads, length, head_dim] -> [rows, length, hidden] (a view when length is 1)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from inference.decoder_step import (
     AMX_ROWS_PER_CALL,
@@ -109,6 +110,21 @@ def test_our_pass_gives_transformers_logits_for_a_melody_prefix(tiny_model_dirs:
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("version", ["small", "melody"])
+def test_a_step_lists_each_of_the_decoders_matrix_products_once(
+    tiny_model_dirs: dict[str, Path], version: str
+) -> None:
+    model = load(tiny_model_dirs[version])
+    step = DecoderStep(model, cpu_matmul="torch")
+    weights = [m.weight for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    # Every weight but the text's cross-attention keys and values, which the first call alone reads.
+    once = [layer.cross_kv for layer in step.layers if layer.cross_kv is not None]
+    assert bool(once) == (version == "small")
+    listed = step.linears + once
+    assert sum(p.out_features * p.in_features for p in listed) == sum(w.numel() for w in weights)
+    assert step.linears[-1] is step.lm_heads
+
+
 def request(**changes: object) -> GenerationRequest:
     return GenerationRequest(model_version="small", prompt="warm rhodes", duration=1, seed=3).replace(
         **changes
@@ -162,7 +178,7 @@ def test_the_amx_kernel_computes_each_row_alone_in_any_batch_and_in_long_inputs(
     linear = Linear(weight, kernel=MatmulKernel.AMX)
     rows = torch.randn(3 * AMX_ROWS_PER_CALL + 5, 512)  # a long first call: several blocks
     whole = linear(rows)
-    assert whole.dtype == torch.float32
+    assert whole.dtype == torch.bfloat16  # as computed: the step adds it to its float32 sums
     # Every row is the same alone, in a pair, among neighbours and in an input longer than a block
     # (from 33 rows on oneDNN's own blocking would round some sums differently)...
     alone = torch.cat([linear(rows[r : r + 1]) for r in range(rows.shape[0])])
@@ -173,6 +189,24 @@ def test_the_amx_kernel_computes_each_row_alone_in_any_batch_and_in_long_inputs(
     # ...and it is the product of the bfloat16-rounded rows and weights, rounded to bfloat16.
     reference = rows.to(torch.bfloat16).double() @ weight.double().T
     torch.testing.assert_close(whole.double(), reference, rtol=2**-8, atol=1e-6)
+
+
+@needs_amx_kernel
+def test_the_amx_kernel_applies_exact_gelu_before_rounding_and_row_by_row() -> None:
+    torch.manual_seed(0)
+    weight = (0.05 * torch.randn(384, 512)).to(torch.bfloat16)
+    fc1 = Linear(weight, kernel=MatmulKernel.AMX, then_gelu=True)
+    rows = torch.randn(AMX_ROWS_PER_CALL + 7, 512)
+    whole = fc1(rows)
+    alone = torch.cat([fc1(rows[r : r + 1]) for r in range(rows.shape[0])])
+    assert torch.equal(whole, alone)
+    sums = rows.to(torch.bfloat16).double() @ weight.double().T
+    exact, tanh = F.gelu(sums).to(torch.bfloat16), F.gelu(sums, approximate="tanh").to(torch.bfloat16)
+    # GELU of the float32 sums, rounded once: equal to the exact (erf) GELU of the exact sums but where
+    # a sum's own rounding tips it over a bfloat16 tie (0.05 % here), and not the tanh approximation
+    # (9.5 % of the values differ).
+    assert (whole == exact).float().mean() > 0.99 > 0.95 > (whole == tanh).float().mean()
+    torch.testing.assert_close(whole.double(), exact.double(), rtol=2**-7, atol=1e-3)
 
 
 def test_the_kernel_follows_the_weights_dtype_the_device_and_cpu_matmul() -> None:
