@@ -48,6 +48,7 @@ import torch  # noqa: E402
 # What torch picks on this machine before --threads changes it: the default configuration's count.
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
+from inference.decoder_step import DecoderStep  # noqa: E402
 from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
@@ -217,6 +218,13 @@ class OurEngine:
         self.engine.generate(bench_request(duration), on_progress=on_progress)
         return times
 
+    def decoder_step(self) -> DecoderStep:
+        """The decoding step the engine runs for `small` (shared through the model, built on first use)."""
+        from inference.decoder_step import DecoderStep
+
+        loaded = self.engine.cache.get("small")
+        return DecoderStep.of_model(loaded.model, cpu_matmul=self.engine.settings.engine.cpu_matmul)
+
     def generate_batch(self, duration: int, size: int) -> StepTimes:
         """`size` concurrent jobs (different seeds) as one batch; the step times of the first."""
         from inference.engine import EngineJob
@@ -238,6 +246,21 @@ class OurEngine:
         if failed:
             raise failed[0]
         return times
+
+
+def products_alone_s(step: DecoderStep, rows: int, repeats: int = 5) -> float:
+    """Best time of one decoding step's matrix products alone, on `rows` rows of random input (each
+    product once, in the step's order): what a step costs at least with these kernels, whatever
+    the work around the products."""
+    inputs = {n: torch.randn(rows, 1, n, dtype=step.dtype) for n in {p.in_features for p in step.linears}}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first run also sets up oneDNN's primitives
+            started = time.perf_counter()
+            for product in step.linears:
+                product(inputs[product.in_features])
+            best = min(best, time.perf_counter() - started)
+    return best
 
 
 class _StepClock:
@@ -462,23 +485,35 @@ def batching_table(args: argparse.Namespace, small_dir: Path, dtype: str) -> dic
     ours = OurEngine(bench_settings(small_dir, dtype, args.threads))
     ours.generate(1)
     walls: dict[int, float] = {}
+    steps: dict[int, float] = {}
     for size in BATCH_SIZES:
         runs = [
             measure(functools.partial(ours.generate_batch, args.duration, size))
             for _ in range(args.batch_repeats)
         ]
         walls[size] = min(r.wall_s for r in runs)
+        steps[size] = min(r.median_step_s for r in runs)
         print(f"  batch {size}: {walls[size]:.1f} s", flush=True)
+    products = {size: products_alone_s(ours.decoder_step(), 2 * size) for size in BATCH_SIZES}
     print()
-    print(f"{'batch':>6} {'wall s':>8} {'audio s/s':>10} {'RTF/job':>8} {'vs one after another':>21}")
+    print(
+        f"{'batch':>6} {'wall s':>8} {'audio s/s':>10} {'RTF/job':>8} {'vs one after another':>21} "
+        f"{'step ms':>8} {'products ms':>12}"
+    )
     speedups: dict[int, float] = {}
     for size, wall in walls.items():
         speedups[size] = size * walls[1] / wall
         throughput = size * args.duration / wall
         print(
-            f"{size:>6} {wall:>8.2f} {throughput:>10.3f} {wall / size / args.duration:>8.2f} {speedups[size]:>20.2f}x"
+            f"{size:>6} {wall:>8.2f} {throughput:>10.3f} {wall / size / args.duration:>8.2f} "
+            f"{speedups[size]:>20.2f}x {steps[size] * 1000:>8.1f} {products[size] * 1000:>12.1f}"
         )
-    print("(audio s/s = seconds of audio made per wall second, all jobs together)\n", flush=True)
+    print(
+        "(audio s/s = seconds of audio made per wall second, all jobs together; step = the median decoder\n"
+        " step; products = that step's matrix products alone on its rows, 2 a job with guidance: a step\n"
+        " costs at least that with this machine's kernels)\n",
+        flush=True,
+    )
     return speedups
 
 
@@ -500,12 +535,16 @@ def default_configuration_section(args: argparse.Namespace, small_dir: Path) -> 
         ours = OurEngine(settings)
         ours.generate(1)
         runs = [measure(lambda: ours.generate(args.duration)) for _ in range(args.repeats)]
+        products = products_alone_s(ours.decoder_step(), 2)
     finally:
         torch.set_num_threads(previous_threads)
     summary = summarize("default", runs, args.duration)
     print(
         f"  wall {summary.wall_s:.2f} s, RTF {summary.real_time_factor:.2f}, "
-        f"median step {summary.median_step_s * 1000:.1f} ms\n",
+        f"median step {summary.median_step_s * 1000:.1f} ms",
+        f"  the step's products alone: {products * 1000:.1f} ms, so at least RTF "
+        f"{products * summary.steps / args.duration:.2f} with these kernels and nothing else\n",
+        sep="\n",
         flush=True,
     )
     return [
