@@ -5,8 +5,11 @@
 
 - parity: our engine against a plain transformers `generate()`, batch 1, the same dtype;
 - batching (float32): N concurrent jobs (N = 1, 2, 4, 8) decoded as one batch against the same jobs
-  one after another (N times the batch-1 run), with the throughput of each batch size;
-- default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16);
+  one after another (N times the batch-1 run), with the throughput of each batch size, and the
+  step's matrix products timed alone on its rows: the speed-up batching could reach at most if a
+  step cost nothing but its products;
+- default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16),
+  and the real-time factor its products alone would give;
 - bot: through the bot and the fake Discord, in the default configuration (bench/bot_bench.py: batched
   vs batch size 1 throughput, acknowledgement latency, a burst against the fake Discord's floor);
 - replicas: jobs per minute with 1, 2 and 4 local workers of the tiny model (bench/replica_scaling.py).
@@ -495,23 +498,29 @@ def batching_table(args: argparse.Namespace, small_dir: Path, dtype: str) -> dic
         steps[size] = min(r.median_step_s for r in runs)
         print(f"  batch {size}: {walls[size]:.1f} s", flush=True)
     products = {size: products_alone_s(ours.decoder_step(), 2 * size) for size in BATCH_SIZES}
+    decoder_steps = FRAME_RATE * args.duration + DELAY_STEPS
     print()
     print(
         f"{'batch':>6} {'wall s':>8} {'audio s/s':>10} {'RTF/job':>8} {'vs one after another':>21} "
-        f"{'step ms':>8} {'products ms':>12}"
+        f"{'step ms':>8} {'products ms':>12} {'at most':>8}"
     )
     speedups: dict[int, float] = {}
     for size, wall in walls.items():
         speedups[size] = size * walls[1] / wall
         throughput = size * args.duration / wall
+        # If a batched step cost its products alone and nothing else: the most batching can give
+        # with these kernels, against the measured jobs one after another.
+        at_most = size * walls[1] / (decoder_steps * products[size])
         print(
             f"{size:>6} {wall:>8.2f} {throughput:>10.3f} {wall / size / args.duration:>8.2f} "
-            f"{speedups[size]:>20.2f}x {steps[size] * 1000:>8.1f} {products[size] * 1000:>12.1f}"
+            f"{speedups[size]:>20.2f}x {steps[size] * 1000:>8.1f} {products[size] * 1000:>12.1f} "
+            f"{at_most:>7.2f}x"
         )
     print(
         "(audio s/s = seconds of audio made per wall second, all jobs together; step = the median decoder\n"
-        " step; products = that step's matrix products alone on its rows, 2 a job with guidance: a step\n"
-        " costs at least that with this machine's kernels)\n",
+        " step; products = that step's matrix products timed alone on its rows, 2 a job with guidance;\n"
+        " at most = the speed-up if a batch's steps cost their products alone: none can cost less with\n"
+        " this machine's kernels)\n",
         flush=True,
     )
     return speedups
