@@ -11,12 +11,15 @@ result is deterministic on a given machine.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from inference.engine import EngineJob, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
@@ -182,8 +185,7 @@ def test_encode_decode_in_a_batch_runs_on_its_own(engine: MusicGenEngine, tmp_pa
     assert same(outcomes[1], engine.generate(request(seed=9)))
 
 
-# -- [engine] static_cache ------------------------------------------------------------------------
-# torch.compile (`[engine] compile`) is not run here: compiling takes minutes on a CPU.
+# -- [engine] static_cache and compile -------------------------------------------------------------
 def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
     engine: MusicGenEngine, engine_settings: EngineSettings
 ) -> None:
@@ -209,3 +211,28 @@ def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
         assert same(got, want)
     melody = request(model_version="melody", temperature=0)
     assert same(static.generate(melody), engine.generate(melody))
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) would build with, if there is one."""
+    return next(
+        filter(None, (shutil.which(name) for name in (os.environ.get("CXX", "g++"), "clang++"))), None
+    )
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_the_compiled_step_on_the_static_cache_gives_the_plain_paths_greedy_tokens(
+    engine: MusicGenEngine, engine_settings: EngineSettings
+) -> None:
+    # What a GPU runs as CUDA graphs ("reduce-overhead"); on a CPU the same compiled graph without
+    # them. Compiling the tiny model took about 30 s on a 2-core CI machine.
+    options = engine_settings.engine.model_copy(update={"static_cache": True, "compile": True})
+    compiled = MusicGenEngine(engine_settings.model_copy(update={"engine": options}), engine.cache)
+    jobs = [
+        EngineJob(request(temperature=0, duration=2)),
+        EngineJob(request(temperature=0, prompt="dark techno with a long description")),
+    ]
+    for got, want in zip(compiled.generate_batch(jobs), engine.generate_batch(jobs), strict=True):
+        assert same(got, want)
+    decoder = compiled._decoder_for(compiled.cache.get("small"))
+    assert isinstance(decoder.forward, torch._dynamo.eval_frame.OptimizedModule)
