@@ -223,8 +223,6 @@ class OurEngine:
 
     def decoder_step(self) -> DecoderStep:
         """The decoding step the engine runs for `small` (shared through the model, built on first use)."""
-        from inference.decoder_step import DecoderStep
-
         loaded = self.engine.cache.get("small")
         return DecoderStep.of_model(loaded.model, cpu_matmul=self.engine.settings.engine.cpu_matmul)
 

@@ -128,7 +128,7 @@ class MatmulKernel(enum.Enum):
     # float16/bfloat16 weights on an x86 CPU: fbgemm's float16 GEMM with float32 activations.
     HALF = "fbgemm-fp16"
     # bfloat16 weights on a CPU with AMX: oneDNN's bfloat16 GEMM, activations rounded to bfloat16 for
-    # the product and its result returned in float32.
+    # the product and its result returned in bfloat16 (the step keeps its sums in float32).
     AMX = "onednn-amx-bf16"
     # float32 weights on a CPU: torch's linear (MKL) for a few rows, oneDNN's GEMM for more.
     ONEDNN = "onednn"
@@ -402,8 +402,8 @@ class DecoderStep:
         weight = decoder.layers[0].fc1.weight
         self.device = weight.device
         self.kernel = MatmulKernel.choose(weight.device, weight.dtype, cpu_matmul)
-        # fbgemm's and the AMX kernel's products take and give float32; elsewhere everything stays in
-        # the model's dtype.
+        # fbgemm's products take and give float32, the AMX kernel's take float32 and give bfloat16: both
+        # keep the norms and residual sums in float32. Elsewhere everything stays in the model's dtype.
         self.dtype = torch.float32 if self.kernel.computes_in_float32 else weight.dtype
         # The AMX kernel's products give bfloat16 values, so its keys and values are bfloat16-exact:
         # a bfloat16 cache holds them without loss in half the memory traffic (attention read 26 of
@@ -533,7 +533,7 @@ class DecoderStep:
             kv = layer.cross_kv(states).view(rows, length, 2, self.heads, self.head_dim)
             # Contiguous once here: batched products over these strided views would cost ~3x more
             # on every step.
-            keys, values = (kv[:, :, i].transpose(1, 2).to(self.cache_dtype).contiguous() for i in range(2))
+            keys, values = (kv[:, :, i].transpose(1, 2).contiguous() for i in range(2))
             cache.cross.append((keys, values))
         if mask is not None:
             # A finite "minus infinity": a row with every position masked (the null condition, whose
@@ -554,9 +554,7 @@ class DecoderStep:
             mask = None if cache.self_mask is None else cache.self_mask[..., :end]
             attended = self._attend(query, keys, values, mask)
         else:  # the first call: causal attention over the whole sequence
-            attended = F.scaled_dot_product_attention(
-                query.to(keys.dtype), keys, values, is_causal=True, scale=self.scaling
-            )
+            attended = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=self.scaling)
         x = x + layer.self_out(self._merge_heads(attended))
         if layer.cross_q is not None:
             assert layer.cross_norm is not None and layer.cross_out is not None and cache.cross is not None
@@ -580,13 +578,12 @@ class DecoderStep:
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         if self.cache_dtype != self.dtype:
-            # A bfloat16 cache under float32 activations (the AMX kernel): SDPA's fused kernel keeps the
-            # scores and the softmax in float32 and returns bfloat16 within about one rounding of the
-            # exact result (measured: 0.25 % at most), which the output projection rounds to bfloat16
-            # anyway. torch's bfloat16 matmuls would round the scores, and ran 2-3x slower here.
-            return F.scaled_dot_product_attention(
-                query.to(keys.dtype), keys, values, attn_mask=mask, scale=self.scaling
-            )
+            # A bfloat16 cache and queries (the AMX kernel's products) under float32 sums: SDPA's fused
+            # kernel keeps the scores and the softmax in float32 and returns bfloat16 within about one
+            # rounding of the exact result (measured: 0.25 % at most), which the output projection
+            # rounds to bfloat16 anyway. torch's bfloat16 matmuls would round the scores, and ran 2-3x
+            # slower here.
+            return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self.scaling)
         scores = torch.matmul(query * self.scaling, keys.transpose(-1, -2))
         if mask is not None:
             scores = scores + mask

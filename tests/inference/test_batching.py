@@ -213,14 +213,12 @@ def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
     assert same(static.generate(melody), engine.generate(melody))
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) would build with, if there is one."""
-    return next(
-        filter(None, (shutil.which(name) for name in (os.environ.get("CXX", "g++"), "clang++"))), None
-    )
+def has_cxx_compiler() -> bool:
+    """Whether there is a C++ compiler for torch.compile's CPU backend (inductor) to build with."""
+    return any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "clang++"))
 
 
-@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
 def test_the_compiled_step_on_the_static_cache_gives_the_plain_paths_greedy_tokens(
     engine: MusicGenEngine, engine_settings: EngineSettings
 ) -> None:
