@@ -25,7 +25,19 @@ from inference.request import MAX_DURATION_S, MIN_DURATION_S, GenerationRequest,
 DEFAULT_NEW_SECONDS = 8
 
 # "12s", "12 s", "12 sec", "12 secs", "12 second(s)"; a number alone is part of the prompt.
-_DURATION = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s*(?:seconds|second|secs|sec|s)\b", re.IGNORECASE)
+_UNIT = r"(?:seconds|second|secs|sec|s)"
+_NUMBER = r"\d+(?:[.,]\d+)?"
+# A duration stands first or last in a mention (a "12s, " or " - " after it goes with it): in the
+# middle of the words it is too often part of the description ("a 2 second pause every bar").
+_LEADING_DURATION = re.compile(
+    rf"^\s*(?P<number>{_NUMBER})\s*(?P<unit>{_UNIT})(?=[\s,;:.!?]|$)(?:\s*[,;:]|\s+[-–—](?=\s))?",
+    re.IGNORECASE,
+)
+_TRAILING_DURATION = re.compile(
+    rf"(?:^|(?<=[\s,;:]))(?P<number>{_NUMBER})\s*(?P<unit>{_UNIT})[.!?]*\s*$", re.IGNORECASE
+)
+# "1 sec of silence", "10 seconds of rain": a length inside the description, not the job's.
+_FOLLOWED_BY_OF = re.compile(r"\s+of\b", re.IGNORECASE)
 
 
 def audio_attachments(message: discord.Message) -> list[discord.Attachment]:
@@ -38,7 +50,7 @@ def parse_seconds(text: str | None) -> int:
     text = (text or "").strip()
     if not text:
         return DEFAULT_NEW_SECONDS
-    match = re.fullmatch(r"([^\s]+?)\s*(?:seconds|second|secs|sec|s)?", text, re.IGNORECASE)
+    match = re.fullmatch(rf"([^\s]+?)\s*{_UNIT}?", text, re.IGNORECASE)
     value = match.group(1) if match else text
     try:
         number = float(value.replace(",", "."))
@@ -65,7 +77,10 @@ class MentionRequest:
     """What a reply that mentions the bot asks for: "@bot 12s add brass and drums"."""
 
     prompt: str | None
-    seconds: int
+    seconds: int | None  # None: no duration was typed (the caller's default applies)
+
+    def seconds_or(self, default: int) -> int:
+        return self.seconds if self.seconds is not None else default
 
 
 def mentions_bot(content: str, bot_user_id: int) -> bool:
@@ -74,15 +89,49 @@ def mentions_bot(content: str, bot_user_id: int) -> bool:
 
 
 def parse_mention_request(content: str, bot_user_id: int) -> MentionRequest:
-    """The prompt and seconds of "@bot [prompt] [10s]" (the duration anywhere, default 8 s)."""
-    text = re.sub(rf"<@!?{bot_user_id}>", " ", content)
-    seconds = DEFAULT_NEW_SECONDS
-    match = _DURATION.search(text)
-    if match is not None:
-        seconds = _whole_seconds(float(match.group(1).replace(",", ".")), match.group(0))
-        text = text[: match.start()] + " " + text[match.end() :]
-    prompt = " ".join(text.split()) or None
+    """The prompt and seconds of "@bot [10s] [prompt] [10s]"; every other word is the prompt.
+
+    Only an unambiguous duration is taken: a whole number with a unit, first or last (around the
+    mention). `s` alone on a multiple of ten or outside 1-30 is a decade or a plural ("80s synthwave",
+    "20s jazz", "1980s disco", "808s"), and a duration followed by "of" describes the music ("1 sec of
+    silence"): both stay in the prompt. Two durations, or one out of range, are refused.
+    """
+    pieces = [" ".join(piece.split()) for piece in re.split(rf"<@!?{bot_user_id}>", content)]
+    found: list[tuple[int, re.Match[str]]] = []
+    for index, piece in enumerate(pieces):
+        taken_up_to = 0
+        leading = _LEADING_DURATION.match(piece)
+        if leading is not None and _is_duration(leading, piece):
+            found.append((index, leading))
+            taken_up_to = leading.end()
+        trailing = _TRAILING_DURATION.search(piece, taken_up_to)
+        if trailing is not None and _is_duration(trailing, piece):
+            found.append((index, trailing))
+    if len(found) > 1:
+        typed = " and ".join(f"`{match.group('number')} {match.group('unit')}`" for _, match in found)
+        raise RequestError(f"Type the seconds once: I found {typed}. Like `12s add brass`.")
+    seconds = None
+    if found:
+        index, match = found[0]
+        typed = f"{match.group('number')} {match.group('unit')}"
+        seconds = _whole_seconds(float(match.group("number").replace(",", ".")), typed)
+        piece = pieces[index]
+        before, after = piece[: match.start()], piece[match.end() :]
+        # The comma or dash that set the duration off goes with it.
+        pieces[index] = re.sub(r"(?:\s*[,;:]|\s+[-–—])?\s*$", "", before) + after
+    prompt = " ".join(" ".join(pieces).split()) or None
     return MentionRequest(prompt=prompt, seconds=seconds)
+
+
+def _is_duration(match: re.Match[str], text: str) -> bool:
+    """Seconds, not a decade, a plural or a length inside the description."""
+    if _FOLLOWED_BY_OF.match(text, match.end("unit")):
+        return False
+    number, unit = match.group("number"), match.group("unit")
+    if unit.lower() == "s" and number.isdigit():
+        value = int(number)
+        return value % 10 != 0 and MIN_DURATION_S <= value <= MAX_DURATION_S
+    return True
 
 
 def continuation_request(

@@ -16,6 +16,7 @@ from PIL import Image
 from bot.audio_edit import SAMPLE_RATE, decode_clip, write_wav
 from bot.bot import MusicGenBot
 from bot.config import BotConfig, BotOptions
+from bot.continuation import DEFAULT_NEW_SECONDS
 from inference.client import InferenceClient
 from inference.ffmpeg import ffmpeg_executable
 from inference.settings import EngineSettings
@@ -236,6 +237,24 @@ async def test_a_reply_with_a_mention_continues_a_bot_result_without_the_content
     assert rerolled["source_message_id"] == result.id and rerolled["context_s"] == row["context_s"]
     assert rerolled["seed"] != row["seed"]
     assert decoded(again.attachments[0].data, tmp_path, "again.wav").shape[0] == 3 * SAMPLE_RATE
+
+
+async def test_a_reply_asking_for_80s_synthwave_gets_that_prompt_and_the_default_seconds(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot
+) -> None:
+    fake, bob = fake_discord, server["bob"]
+    result = await generate_result(fake, server, bob, "lofi drums")
+    reply = await fake.post_user_message(
+        bob, server.channel, f"{fake.bot_user.mention} 80s synthwave", reply_to=result
+    )
+    status = await fake.wait_for_message(
+        server.channel, lambda m: m.author is fake.bot_user and m.reference is reply and "Job #" in m.content
+    )
+    assert "between" not in status.content  # no refusal of "80 seconds"
+    job_id = int(status.content.split("Job #", 1)[1].split()[0].rstrip(":.,"))
+    row = await job_row(bot, job_id)
+    assert (row["prompt"], row["duration"]) == ("80s synthwave", DEFAULT_NEW_SECONDS)
+    await posted_result(fake, server.channel, job_id)
 
 
 async def test_a_reply_to_a_members_clip_without_the_intent_explains_the_context_menu(
