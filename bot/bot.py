@@ -24,12 +24,13 @@ from bot.database import Database
 from bot.delivery import ResultPoster
 from bot.dispatcher import JobDispatcher
 from bot.downloads import ClipIntake
+from bot.jams import JamStore
 from bot.job_deadlines import DeadlinePolicy, JobWatchdog
-from bot.jobs import Job, JobStore
+from bot.jobs import Job
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from bot.server_controls import ServerControls
-from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, low_disk_refusal
+from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, files_in_use, low_disk_refusal
 from bot.storage_faults import PatientJobStore
 from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
@@ -92,7 +93,8 @@ class MusicGenBot(commands.AutoShardedBot):
     """The shared services hang off the bot: config, database, jobs, scheduler, inference, dispatcher."""
 
     database: Database
-    jobs: JobStore
+    jobs: PatientJobStore
+    jam_store: JamStore
     scheduler: FairScheduler
     inference: InferenceService
     dispatcher: JobDispatcher
@@ -195,7 +197,11 @@ class MusicGenBot(commands.AutoShardedBot):
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.database = await Database.open(self.config.database_path)
-        self.jobs = JobStore(self.database)
+        # Both stores wait out a locked or full database through one gate (one storage state): the
+        # dispatcher's writes and a jam turn's progress wait until it takes them; a new row a
+        # member's command waits on gives up after a few seconds, and the member is told the bot is busy.
+        self.jobs = PatientJobStore(self.database)
+        self.jam_store = JamStore(self.database, gate=self.jobs.gate)
         self.controls = ServerControls(self.database)
         limits = self.config.limits
         self.clip_intake = ClipIntake(
@@ -223,7 +229,7 @@ class MusicGenBot(commands.AutoShardedBot):
             await self.inference.start()
         self.dispatcher = JobDispatcher(
             # Its writes wait out a locked or full database instead of failing the job.
-            store=PatientJobStore(self.database),
+            store=self.jobs,
             scheduler=self.scheduler,
             inference=self.inference,
             poster=ResultPoster(self),
@@ -259,11 +265,8 @@ class MusicGenBot(commands.AutoShardedBot):
         self.janitor.start()
 
     async def files_in_use(self) -> set[Path]:
-        """Uploads that queued or running jobs still need (the storage sweep leaves them alone)."""
-        async with self.database.connection.execute(
-            "SELECT input_audio FROM jobs WHERE status IN ('queued', 'running') AND input_audio IS NOT NULL"
-        ) as cursor:
-            return {Path(row[0]) for row in await cursor.fetchall()}
+        """What pending jobs and open jams still need (the storage sweep leaves them alone)."""
+        return await files_in_use(self.database.connection, self.outputs_dir)
 
     def low_disk_refusal(self) -> str | None:
         """Why no new job can be taken while the disk is nearly full, or None."""

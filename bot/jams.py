@@ -4,6 +4,11 @@ A jam lives in a thread. Its turns are kept in the order members asked for them;
 ordinary job only when every turn before it has finished, because it continues the piece those
 turns leave behind. Each change is one guarded statement committed on its own (as in `JobStore`),
 so a restart finds every jam, every waiting turn and every finished part as they were.
+
+Reads and writes go through the database's `StorageGate`, the one the job store uses: while the
+database refuses writes (locked by another process, full), a turn's progress waits until it takes
+them, as a job's does, so a finished turn is never lost to a locked database. A new jam or turn a
+member waits on gives up after the gate's patience with `StorageBusy` (nothing written).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from bot.database import Database
+from bot.storage_faults import StorageGate, shared_gate, sql_summary
 
 
 class JamStatus(enum.StrEnum):
@@ -146,6 +153,12 @@ class JamState:
         return done[-1].piece_path if done else None
 
     @property
+    def piece_missing(self) -> bool:
+        """The piece so far should be on disk and is not (the storage sweep keeps an open jam's piece,
+        so someone deleted it by hand): export, the next turn and the final piece cannot use it."""
+        return self.piece_path is not None and not Path(self.piece_path).is_file()
+
+    @property
     def turns_in_play(self) -> int:
         return sum(t.status in TURNS_IN_PLAY for t in self.turns)
 
@@ -157,10 +170,12 @@ class JamState:
 
 
 class JamStore:
-    """Reads and writes the jams and jam_turns tables."""
+    """Reads and writes the jams and jam_turns tables, waiting out storage faults (see the module doc)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, gate: StorageGate | None = None) -> None:
         self._db = database.connection
+        # The job store's gate unless told otherwise: one storage state for the whole bot.
+        self.gate = gate or shared_gate(database)
 
     # -- jams ---------------------------------------------------------------------------------------
     async def create(
@@ -175,7 +190,7 @@ class JamStore:
         turn_seconds: int,
         max_turns: int,
     ) -> Jam:
-        cursor = await self._db.execute(
+        jam_id = await self._insert(
             "INSERT INTO jams (guild_id, channel_id, thread_id, starter_id, prompt, model_version, turn_seconds, "
             "max_turns, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -190,8 +205,7 @@ class JamStore:
                 time.time(),
             ),
         )
-        await self._db.commit()
-        jam = await self.get(int(cursor.lastrowid))  # type: ignore[arg-type]
+        jam = await self.get(jam_id)
         assert jam is not None
         return jam
 
@@ -211,52 +225,49 @@ class JamStore:
                 "SELECT * FROM jams WHERE status = 'open' AND guild_id = ? ORDER BY id",
                 (guild_id,),
             )
-        async with self._db.execute(sql, parameters) as cursor:
-            return [Jam.from_row(row) for row in await cursor.fetchall()]
+        return [Jam.from_row(row) for row in await self._rows(sql, parameters)]
 
     async def end(self, jam_id: int, reason: str) -> bool:
         """Close the jam and drop its waiting turns; False if it had already ended."""
-        cursor = await self._db.execute(
-            "UPDATE jams SET status = 'ended', end_reason = ?, ended_at = ? WHERE id = ? AND status = 'open'",
-            (reason, time.time(), jam_id),
-        )
-        await self._db.execute(
-            "UPDATE jam_turns SET status = 'dropped' WHERE jam_id = ? AND status = 'waiting'", (jam_id,)
-        )
-        await self._db.commit()
-        return cursor.rowcount > 0
+
+        async def end_and_drop() -> bool:
+            cursor = await self._db.execute(
+                "UPDATE jams SET status = 'ended', end_reason = ?, ended_at = ? WHERE id = ? AND status = 'open'",
+                (reason, time.time(), jam_id),
+            )
+            await self._db.execute(
+                "UPDATE jam_turns SET status = 'dropped' WHERE jam_id = ? AND status = 'waiting'", (jam_id,)
+            )
+            await self._db.commit()
+            return cursor.rowcount > 0
+
+        return await self.gate.run(end_and_drop, what=f"ending jam {jam_id}")
 
     # -- turns --------------------------------------------------------------------------------------
     async def state(self, jam_id: int) -> JamState:
         jam = await self.get(jam_id)
         assert jam is not None
-        async with self._db.execute(
-            "SELECT * FROM jam_turns WHERE jam_id = ? ORDER BY id", (jam_id,)
-        ) as cursor:
-            turns = [JamTurn.from_row(row) for row in await cursor.fetchall()]
-        return JamState(jam, turns)
+        rows = await self._rows("SELECT * FROM jam_turns WHERE jam_id = ? ORDER BY id", (jam_id,))
+        return JamState(jam, [JamTurn.from_row(row) for row in rows])
 
     async def add_turn(
         self, jam_id: int, *, user_id: int, user_name: str, prompt: str | None, seconds: int
     ) -> JamTurn:
-        cursor = await self._db.execute(
+        turn_id = await self._insert(
             "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
             (jam_id, user_id, user_name, prompt, seconds, time.time()),
         )
-        await self._db.commit()
-        turn = await self.turn(int(cursor.lastrowid))  # type: ignore[arg-type]
+        turn = await self.turn(turn_id)
         assert turn is not None
         return turn
 
     async def turn(self, turn_id: int) -> JamTurn | None:
-        async with self._db.execute("SELECT * FROM jam_turns WHERE id = ?", (turn_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else JamTurn.from_row(row)
+        rows = await self._rows("SELECT * FROM jam_turns WHERE id = ?", (turn_id,))
+        return JamTurn.from_row(rows[0]) if rows else None
 
     async def turn_of_job(self, job_id: int) -> JamTurn | None:
-        async with self._db.execute("SELECT * FROM jam_turns WHERE job_id = ?", (job_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else JamTurn.from_row(row)
+        rows = await self._rows("SELECT * FROM jam_turns WHERE job_id = ?", (job_id,))
+        return JamTurn.from_row(rows[0]) if rows else None
 
     async def waiting_turns_of(self, guild_id: int, user_id: int) -> int:
         """A member's turns still waiting for their place in this guild's jams (they count towards the caps)."""
@@ -296,22 +307,41 @@ class JamStore:
 
     async def contributors(self, jam_id: int) -> list[Contributor]:
         """Everyone with a part in the piece, in the order they first played."""
-        async with self._db.execute(
+        rows = await self._rows(
             "SELECT user_id, user_name, turns, seconds FROM jam_contributors WHERE jam_id = ? ORDER BY first_turn",
             (jam_id,),
-        ) as cursor:
-            return [
-                Contributor(row["user_id"], row["user_name"], row["turns"], row["seconds"])
-                for row in await cursor.fetchall()
-            ]
+        )
+        return [Contributor(row["user_id"], row["user_name"], row["turns"], row["seconds"]) for row in rows]
 
-    # -- plumbing -----------------------------------------------------------------------------------
+    # -- plumbing: every statement through the gate -------------------------------------------------
     async def _one(self, sql: str, parameters: tuple[Any, ...]) -> Jam | None:
-        async with self._db.execute(sql, parameters) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else Jam.from_row(row)
+        rows = await self._rows(sql, parameters)
+        return Jam.from_row(rows[0]) if rows else None
+
+    async def _rows(self, sql: str, parameters: tuple[Any, ...]) -> list[aiosqlite.Row]:
+        async def read() -> list[aiosqlite.Row]:
+            async with self._db.execute(sql, parameters) as cursor:
+                return list(await cursor.fetchall())
+
+        return await self.gate.run(read, what=sql_summary(sql))
+
+    async def _insert(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        """A new jam or turn: a member waits on it, so it gives up after the gate's patience."""
+
+        async def insert() -> int:
+            cursor = await self._db.execute(sql, parameters)
+            await self._db.commit()
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self.gate.run(insert, what=sql_summary(sql), member_waits=True)
 
     async def _update(self, sql: str, parameters: tuple[Any, ...]) -> bool:
-        cursor = await self._db.execute(sql, parameters)
-        await self._db.commit()
-        return cursor.rowcount > 0
+        """A turn's progress: waits until the database takes it."""
+
+        async def update() -> bool:
+            cursor = await self._db.execute(sql, parameters)
+            await self._db.commit()
+            return cursor.rowcount > 0
+
+        return await self.gate.run(update, what=sql_summary(sql))

@@ -175,12 +175,10 @@ class JobStore:
             )
         columns = ", ".join(fields)
         placeholders = ", ".join("?" for _ in fields)
-        cursor = await self._db.execute(
+        job_id = await self._insert(
             f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", tuple(fields.values())
         )
-        job_id = cursor.lastrowid
-        await self._db.commit()
-        job = await self.get(int(job_id))  # type: ignore[arg-type]
+        job = await self.get(job_id)
         assert job is not None
         return job
 
@@ -262,6 +260,7 @@ class JobStore:
             "INSERT INTO guild_settings (guild_id, max_pending) VALUES (?, ?) "
             "ON CONFLICT(guild_id) DO UPDATE SET max_pending = excluded.max_pending",
             (guild_id, max_pending),
+            member_waits=True,
         )
 
     async def guild_default_models(self) -> dict[int, str]:
@@ -284,6 +283,7 @@ class JobStore:
             "INSERT INTO guild_settings (guild_id, default_model_version) VALUES (?, ?) "
             "ON CONFLICT(guild_id) DO UPDATE SET default_model_version = excluded.default_model_version",
             (guild_id, model_version),
+            member_waits=True,
         )
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -291,7 +291,18 @@ class JobStore:
         async with self._db.execute(sql, parameters) as cursor:
             return [Job.from_row(row) for row in await cursor.fetchall()]
 
-    async def _update(self, sql: str, parameters: tuple[Any, ...]) -> bool:
+    async def _insert(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        """Insert the row a member's command makes; returns its id."""
+        cursor = await self._db.execute(sql, parameters)
+        await self._db.commit()
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def _update(self, sql: str, parameters: tuple[Any, ...], *, member_waits: bool = False) -> bool:
+        """One write committed on its own; True if it changed a row.
+
+        `member_waits`: a member's command waits on it (the patient store gives up on it sooner).
+        """
         cursor = await self._db.execute(sql, parameters)
         await self._db.commit()
         return cursor.rowcount > 0

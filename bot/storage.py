@@ -2,9 +2,10 @@
 refused while the disk is nearly full.
 
 `[storage] keep_days` and `max_gb` bound what the bot keeps; a sweep at start-up and then every
-hour deletes files past the age, then the oldest ones until the total fits. Files a pending job
-still needs (its upload) are never deleted. A job whose files are gone can no longer be replayed;
-/replay says so.
+hour deletes files past the age, then the oldest ones until the total fits. Files still in use are
+never deleted (`files_in_use`): a pending job's upload and outputs, and what an open jam needs (its
+piece so far, with the new part of its latest turn, and the outputs of the turn being made). A job
+whose files are gone can no longer be replayed; /replay says so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiosqlite
+
+from bot.audio_edit import new_part_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,50 @@ def sweep_files(
             deleted.append(path)
         kept_bytes -= size
     return deleted
+
+
+async def files_in_use(connection: aiosqlite.Connection, outputs_dir: Path) -> set[Path]:
+    """The files the sweep must leave alone.
+
+    - a queued or running job's upload, and the outputs it writes when it ends (until it is posted);
+    - an open jam's piece so far (its latest finished turn's whole piece: what `/jam export`,
+      `/jam end` and the next turn read) with that turn's new part, and every output of its turn in
+      progress, also once the job is done and the turn not yet recorded. The pieces of earlier turns
+      are each a beginning of the latest one and nothing reads them: they age like any output.
+    """
+    keep: set[Path] = set()
+    async with connection.execute(
+        "SELECT id, input_audio, output_format FROM jobs WHERE status IN ('queued', 'running')"
+    ) as cursor:
+        for job_id, input_audio, output_format in await cursor.fetchall():
+            if input_audio is not None:
+                keep.add(Path(input_audio))
+            keep |= job_outputs(outputs_dir, job_id, output_format)
+    async with connection.execute(
+        "SELECT t.piece_path FROM jam_turns t JOIN jams ON jams.id = t.jam_id "
+        "WHERE jams.status = 'open' AND t.status = 'done' AND t.piece_path IS NOT NULL "
+        "AND t.number = (SELECT MAX(number) FROM jam_turns d WHERE d.jam_id = t.jam_id AND d.status = 'done')"
+    ) as cursor:
+        for (piece_path,) in await cursor.fetchall():
+            keep |= {Path(piece_path), new_part_path_for(piece_path)}
+    async with connection.execute(
+        "SELECT jobs.id, jobs.output_format, jobs.output_path FROM jam_turns t "
+        "JOIN jams ON jams.id = t.jam_id JOIN jobs ON jobs.id = t.job_id "
+        "WHERE jams.status = 'open' AND t.status = 'started'"
+    ) as cursor:
+        for job_id, output_format, output_path in await cursor.fetchall():
+            keep |= job_outputs(outputs_dir, job_id, output_format)
+            if output_path is not None:
+                keep |= {Path(output_path), new_part_path_for(output_path)}
+    return keep
+
+
+def job_outputs(outputs_dir: Path, job_id: int, output_format: str) -> set[Path]:
+    """What a job writes in the outputs: the model's file (named by the worker) and, for a
+    continuation, the whole piece and its new part (named when the piece is stitched)."""
+    made = outputs_dir / f"{job_id}.{output_format}"
+    piece = made.with_name(f"{made.stem}-piece.wav")
+    return {made, piece, new_part_path_for(piece)}
 
 
 def _size(path: Path) -> int:

@@ -10,6 +10,12 @@ every job still in its queue, and resumes when the database is writable again.
 
 Only faults of the storage are waited out (busy/locked, I/O error, full, read-only, cannot open);
 an SQL error is a bug and raises at once.
+
+One gate per database (`shared_gate`) serves every store (jobs and jams), so the bot has one storage
+state. A write that moves existing work along (a job's or a jam turn's status) waits as long as it
+takes. A write a member is waiting on that would make something new (a job row for /generate, a jam,
+a turn, a server setting) waits `member_patience_s` at most, then raises `StorageBusy`: the member is
+told privately that the bot is busy and to try again, and nothing was written.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +33,7 @@ import aiosqlite
 
 from bot.database import Database
 from bot.jobs import Job, JobStore
+from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,18 @@ _STORAGE_FAULT_CODES = frozenset(
 )
 # Pauses between tries while the database refuses writes; the last one repeats.
 STORAGE_RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# How long a member's command waits for the database before being told the bot is busy. A try itself
+# may wait SQLite's busy timeout (5 s): this gives a locked database two chances, within ~11 s, well
+# inside the 15 minutes a deferred interaction lives.
+MEMBER_PATIENCE_S = 10.0
+BUSY_TEXT = "The bot is too busy to take this right now, so nothing was done. Please try again in a minute."
+
+
+class StorageBusy(RequestError):
+    """The database refused a write a member waits on for longer than they should wait: nothing was written."""
+
+    def __init__(self, text: str = BUSY_TEXT) -> None:
+        super().__init__(text)
 
 
 def is_storage_fault(error: BaseException) -> bool:
@@ -58,40 +78,76 @@ def is_storage_fault(error: BaseException) -> bool:
 
 
 class StorageGate:
-    """Runs writes until the database takes them, and knows whether it currently does."""
+    """Runs writes until the database takes them, and knows whether it currently does.
+
+    Operations run one at a time, so a failed one is rolled back before another starts: the
+    rollback can never take another operation's uncommitted statement with it.
+    """
 
     def __init__(
-        self, connection: aiosqlite.Connection, *, delays_s: Sequence[float] = STORAGE_RETRY_DELAYS_S
+        self,
+        connection: aiosqlite.Connection,
+        *,
+        delays_s: Sequence[float] = STORAGE_RETRY_DELAYS_S,
+        member_patience_s: float = MEMBER_PATIENCE_S,
     ):
         self._connection = connection
         self.delays_s = tuple(delays_s)
+        self.member_patience_s = member_patience_s
         self.writable = True
         self.failed_since: float | None = None
         self.faults_seen = 0
         self._recovered = asyncio.Event()
         self._recovered.set()
+        self._one_at_a_time = asyncio.Lock()
+        # Operations between their first fault and their end: while there are none, nobody would
+        # see the database recover, so the fault is no longer assumed.
+        self._retrying = 0
 
     async def wait_writable(self) -> None:
         """Return at once while the database is writable; else when a waiting write went through."""
         await self._recovered.wait()
 
-    async def run(self, operation: Callable[[], Awaitable[T]], *, what: str) -> T:
-        """`operation()`, tried again after each storage fault until it succeeds."""
+    async def run(self, operation: Callable[[], Awaitable[T]], *, what: str, member_waits: bool = False) -> T:
+        """`operation()`, tried again after each storage fault until it succeeds.
+
+        `member_waits`: a member's command waits on it, so after `member_patience_s` it raises
+        `StorageBusy` instead (each failed try was rolled back: nothing of it was written).
+        """
+        started = time.monotonic()
         tries = 0
-        while True:
-            try:
-                outcome = await operation()
-            except sqlite3.Error as error:
-                if not is_storage_fault(error):
-                    raise
-                await self._roll_back()
+        try:
+            while True:
+                async with self._one_at_a_time:
+                    try:
+                        outcome = await operation()
+                    except sqlite3.Error as error:
+                        if not is_storage_fault(error):
+                            raise
+                        await self._roll_back()
+                        fault = error
+                    else:
+                        self._note_success()
+                        return outcome
                 delay = self.delays_s[min(tries, len(self.delays_s) - 1)]
                 tries += 1
-                self._note_fault(error, what=what, tries=tries, delay=delay)
+                if tries == 1:
+                    self._retrying += 1
+                self._note_fault(fault, what=what, tries=tries, delay=delay)
+                waited_s = time.monotonic() - started
+                if member_waits and waited_s + delay > self.member_patience_s:
+                    logger.warning(
+                        "storage fault: gave up on %s after %.0f s; the member was told the bot is busy",
+                        what,
+                        waited_s,
+                    )
+                    raise StorageBusy() from fault
                 await asyncio.sleep(delay)
-                continue
-            self._note_success()
-            return outcome
+        finally:
+            if tries:
+                self._retrying -= 1
+                if not self._retrying and not self.writable:
+                    self._no_longer_waiting()
 
     def _note_fault(self, error: sqlite3.Error, *, what: str, tries: int, delay: float) -> None:
         self.faults_seen += 1
@@ -125,6 +181,15 @@ class StorageGate:
             "storage recovered: the database takes writes again after %.0f s; dispatching resumes",
             time.monotonic() - self.failed_since,
         )
+        self._mark_writable()
+
+    def _no_longer_waiting(self) -> None:
+        # Only writes that gave up (a member's, or a cancelled one) met the fault: no write is left to
+        # find out when it ends, so the next one tries afresh (and waits, if it is still there).
+        logger.warning("storage: no write waits on the database any more; the next one will try again")
+        self._mark_writable()
+
+    def _mark_writable(self) -> None:
         self.writable = True
         self.failed_since = None
         self._recovered.set()
@@ -137,12 +202,27 @@ class StorageGate:
                 await self._connection.rollback()
 
 
-class PatientJobStore(JobStore):
-    """The dispatcher's job store: reads and writes wait out storage faults instead of raising them."""
+_GATES: weakref.WeakKeyDictionary[Database, StorageGate] = weakref.WeakKeyDictionary()
 
-    def __init__(self, database: Database, *, delays_s: Sequence[float] = STORAGE_RETRY_DELAYS_S) -> None:
+
+def shared_gate(database: Database) -> StorageGate:
+    """The one gate of `database`: every store's writes wait out its faults together, with one state."""
+    gate = _GATES.get(database)
+    if gate is None:
+        gate = _GATES[database] = StorageGate(database.connection)
+    return gate
+
+
+class PatientJobStore(JobStore):
+    """The bot's job store: reads and writes wait out storage faults instead of raising them.
+
+    A new job row, or a server setting, that a member's command waits on gives up after the gate's
+    `member_patience_s` with `StorageBusy` (nothing written).
+    """
+
+    def __init__(self, database: Database, *, gate: StorageGate | None = None) -> None:
         super().__init__(database)
-        self.gate = StorageGate(database.connection, delays_s=delays_s)
+        self.gate = gate or shared_gate(database)
 
     async def get(self, job_id: int) -> Job | None:
         return await self.gate.run(
@@ -151,16 +231,25 @@ class PatientJobStore(JobStore):
 
     async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Job]:
         return await self.gate.run(
-            lambda: super(PatientJobStore, self)._select(sql, parameters), what=_summary(sql)
+            lambda: super(PatientJobStore, self)._select(sql, parameters), what=sql_summary(sql)
         )
 
-    async def _update(self, sql: str, parameters: tuple[Any, ...]) -> bool:
+    async def _insert(self, sql: str, parameters: tuple[Any, ...]) -> int:
         return await self.gate.run(
-            lambda: super(PatientJobStore, self)._update(sql, parameters), what=_summary(sql)
+            lambda: super(PatientJobStore, self)._insert(sql, parameters),
+            what=sql_summary(sql),
+            member_waits=True,
+        )
+
+    async def _update(self, sql: str, parameters: tuple[Any, ...], *, member_waits: bool = False) -> bool:
+        return await self.gate.run(
+            lambda: super(PatientJobStore, self)._update(sql, parameters),
+            what=sql_summary(sql),
+            member_waits=member_waits,
         )
 
 
-def _summary(sql: str) -> str:
+def sql_summary(sql: str) -> str:
     """'UPDATE jobs SET status = 'running'…' → the first words, enough to tell the writes apart."""
     words = sql.split()
     return " ".join(words[:6]) + ("…" if len(words) > 6 else "")

@@ -1,13 +1,18 @@
-"""The SQLite schema: versioned migrations applied once, in order, atomically; jobs rows round-trip."""
+"""The SQLite schema: versioned migrations applied once, in order, atomically; jobs rows round-trip;
+a locked database makes a member's new row give up cleanly while work in progress waits for it."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bot.database import MIGRATIONS_DIR, Database, MigrationError, discover_migrations
+from bot.jams import JamStore
 from bot.jobs import JobOrigin, JobStatus, JobStore
+from bot.storage_faults import PatientJobStore, StorageBusy
 from inference.request import GenerationRequest
 
 
@@ -143,3 +148,36 @@ async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_
     assert await store.guild_default_model(10) == "melody"
     assert await store.guild_limits() == {10: 4}  # setting one column leaves the other alone
     await upgraded.close()
+
+
+async def test_a_new_row_a_member_waits_on_gives_up_on_a_locked_database_while_work_in_progress_waits(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bot.sqlite3"
+    database = await Database.open(path)
+    await database.connection.execute("PRAGMA busy_timeout = 100")  # SQLite's own wait, shortened
+    jobs = PatientJobStore(database)
+    assert JamStore(database).gate is jobs.gate  # one storage state for the whole bot
+    jobs.gate.delays_s, jobs.gate.member_patience_s = (0.05,), 0.5
+    request = GenerationRequest(model_version="small", prompt="x", duration=1, seed=1)
+    origin = JobOrigin(guild_id=1, channel_id=2, user_id=3)
+    running = await jobs.create(origin, request, seed_was_random=False)
+    await jobs.mark_running(running.id)
+
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageBusy, match="try again in a minute"):
+            await jobs.create(origin, request, seed_was_random=False)
+        # Nothing waits on the database now, so nothing holds the queue.
+        assert jobs.gate.writable
+        finishing = asyncio.create_task(jobs.mark_failed(running.id, "the generator crashed"))
+        await asyncio.sleep(0.5)
+        assert not finishing.done() and not jobs.gate.writable  # it waits, it does not fail
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert await asyncio.wait_for(finishing, 5)
+    assert jobs.gate.writable
+    assert [job.id for job in await jobs.history(1, 3)] == [running.id]  # the refused row was not made
+    await database.close()

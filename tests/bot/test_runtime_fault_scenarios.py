@@ -25,7 +25,11 @@ from tests.bot.fault_helpers import delivered_once, generate
 from tests.bot.scenario_harness import (
     Server,
     add_server,
+    job_count,
     musicgen_bot,
+    private_reply,
+    queued_job_id,
+    run_command,
     scenario_config,
     stuck_jobs,
     until,
@@ -78,6 +82,21 @@ async def database_locked(database: Path) -> AsyncIterator[sqlite3.Connection]:
 
 def logged(caplog: pytest.LogCaptureFixture, level: int, text: str) -> bool:
     return any(record.levelno == level and text in record.getMessage() for record in caplog.records)
+
+
+@asynccontextmanager
+async def members_wait(bot: MusicGenBot, *, patience_s: float) -> AsyncIterator[None]:
+    """A member's command waits `patience_s` for the database, and SQLite's own busy wait is 0.2 s
+    (not 5 s), so a try that meets the lock is refused sooner: the same steps, quicker."""
+    gate, connection = bot.dispatcher.store.gate, bot.database.connection
+    patience_before = gate.member_patience_s
+    gate.member_patience_s = patience_s
+    await connection.execute("PRAGMA busy_timeout = 200")
+    try:
+        yield
+    finally:
+        await connection.execute("PRAGMA busy_timeout = 5000")
+        gate.member_patience_s = patience_before
 
 
 async def test_a_locked_database_holds_the_queue_and_every_job_completes_once_it_is_free(
@@ -150,3 +169,34 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_the_queue_goes_on(
     await delivered_once(bot, fake, server, job_id)
     assert crashes == ["boom"]
     assert logged(caplog, logging.ERROR, "the job dispatcher loop died; restarting it")
+
+
+async def test_a_member_who_generates_while_the_database_stays_locked_is_told_privately_the_bot_is_busy(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    rows_before = await job_count(bot)
+    async with members_wait(bot, patience_s=1.0), database_locked(bot.config.database_path):
+        refused = await run_command(fake, server["alice"], server.channel, "generate", prompt="in the outage")
+        # Answered privately, and the public "thinking…" message is gone (private_reply checks).
+        text = await private_reply(refused)
+    assert "too busy" in text and "try again in a minute" in text
+    assert await job_count(bot) == rows_before
+    assert logged(caplog, logging.WARNING, "the member was told the bot is busy")
+    # Nothing waits on the database any more: the queue is not held, and the next job is made.
+    assert bot.dispatcher.store.gate.writable
+    job_id, _ = await generate(fake, server, "after the outage")
+    await delivered_once(bot, fake, server, job_id)
+
+
+async def test_a_member_who_generates_while_the_database_is_locked_for_a_moment_gets_the_job_made(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    fake, gate = fake_discord, bot.dispatcher.store.gate
+    async with members_wait(bot, patience_s=30.0):
+        async with database_locked(bot.config.database_path):
+            asked = await run_command(fake, server["bob"], server.channel, "generate", prompt="in a blip")
+            await until(lambda: not gate.writable, "inserting the job met the lock", timeout=10)
+            await asyncio.sleep(0.5)  # refused more than once
+        job_id = await queued_job_id(asked)
+    await delivered_once(bot, fake, server, job_id)

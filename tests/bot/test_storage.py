@@ -15,8 +15,12 @@ import pytest_asyncio
 
 from bot.bot import MusicGenBot
 from bot.config import BotConfig, StorageOptions
-from bot.storage import RetentionPolicy, sweep_files
+from bot.database import Database
+from bot.jams import JamStore
+from bot.jobs import Job, JobOrigin, JobStore
+from bot.storage import RetentionPolicy, StorageJanitor, files_in_use, sweep_files
 from inference.client import InferenceClient
+from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
@@ -60,6 +64,93 @@ def test_files_past_the_age_go_and_then_the_oldest_until_the_rest_fit(tmp_path: 
         sweep_files([uploads, outputs], policy=RetentionPolicy(keep_days=30, max_bytes=850), keep={needed})
         == []
     )
+
+
+async def played(jobs: JobStore, request: GenerationRequest, *, output: Path | None) -> Job:
+    """A job that ran; done with `output` (None: still running)."""
+    job = await jobs.create(JobOrigin(guild_id=1, channel_id=2, user_id=3), request, seed_was_random=False)
+    await jobs.mark_running(job.id)
+    if output is not None:
+        await jobs.mark_done(
+            job.id, output_path=str(output), seed=1, posted_format="wav", result_message_id=None
+        )
+    return job
+
+
+async def test_the_sweep_keeps_what_an_open_jam_needs_and_lets_an_ended_jams_files_go(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "bot.db")
+    try:
+        uploads, outputs = tmp_path / "uploads", tmp_path / "outputs"
+        jobs, jams = JobStore(database), JamStore(database)
+        # Every file is 40 days old: past keep_days, and the oldest there are.
+        old = {
+            name: _file(outputs, name, 100, age_days=40)
+            for name in (
+                "1.wav",
+                "2.wav",
+                "2-piece.wav",
+                "2-new.wav",
+                "3.wav",
+                "3-piece.wav",
+                "3-new.wav",
+                "4.wav",
+            )
+        }
+        clip = _file(uploads, "clip.mp3", 100, age_days=40)
+
+        async def jam(thread_id: int) -> int:
+            made = await jams.create(
+                guild_id=1, channel_id=2, thread_id=thread_id, starter_id=3, prompt="lofi",
+                model_version="small", turn_seconds=2, max_turns=5,
+            )  # fmt: skip
+            return made.id
+
+        async def turn(jam_id: int, job: Job, *, number: int, piece: Path | None) -> None:
+            added = await jams.add_turn(jam_id, user_id=3, user_name="alice", prompt=None, seconds=2)
+            await jams.mark_started(added.id, job.id)
+            if piece is not None:
+                await jams.mark_done(
+                    added.id, number=number, start_s=0.0, end_s=2.0 * number, piece_path=str(piece)
+                )
+
+        opening = GenerationRequest(model_version="small", prompt="lofi", duration=2, seed=1)
+
+        def continuing(piece: Path) -> GenerationRequest:
+            return opening.replace(input_audio=str(piece), continuation=True)
+
+        open_jam, ended_jam = await jam(100), await jam(200)
+        await turn(open_jam, await played(jobs, opening, output=old["1.wav"]), number=1, piece=old["1.wav"])
+        second = await played(jobs, continuing(old["1.wav"]), output=old["2-piece.wav"])
+        await turn(open_jam, second, number=2, piece=old["2-piece.wav"])
+        # The third turn's music is made, and the jam has not recorded it yet.
+        third = await played(jobs, continuing(old["2-piece.wav"]), output=old["3-piece.wav"])
+        await turn(open_jam, third, number=3, piece=None)
+        await turn(ended_jam, await played(jobs, opening, output=old["4.wav"]), number=1, piece=old["4.wav"])
+        await jams.end(ended_jam, "over")
+        # A member's job with an upload, still queued.
+        await jobs.create(
+            JobOrigin(guild_id=1, channel_id=2, user_id=4),
+            opening.replace(input_audio=str(clip), continuation=True),
+            seed_was_random=False,
+        )
+
+        janitor = StorageJanitor(
+            [uploads, outputs],
+            RetentionPolicy(keep_days=30, max_bytes=0),
+            lambda: files_in_use(database.connection, outputs),
+        )
+        deleted = await janitor.sweep()
+    finally:
+        await database.close()
+
+    # The open jam's piece so far with its new part, and all of the turn being made, stay.
+    assert all(
+        old[name].exists() for name in ("2-piece.wav", "2-new.wav", "3.wav", "3-piece.wav", "3-new.wav")
+    )
+    assert clip.exists()
+    # The ended jam's piece, the open jam's earlier piece (the start of the latest) and a model's raw
+    # output that became a piece go.
+    assert sorted(path.name for path in deleted) == ["1.wav", "2.wav", "4.wav"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,176 @@
+"""A jam's storage: its piece outlives every sweep while the jam is open, and a turn that ends while
+the database is locked waits for it instead of being failed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+import pytest_asyncio
+
+from bot.bot import MusicGenBot
+from bot.config import BotConfig
+from bot.jobs import Job
+from bot.storage import RetentionPolicy
+from inference.client import InferenceClient
+from inference.protocol import GenerationResult
+from inference.settings import EngineSettings
+from tests.bot.scenario_harness import (
+    Server,
+    add_server,
+    job_row,
+    musicgen_bot,
+    run_command,
+    scenario_config,
+    until,
+    wav_seconds,
+)
+from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# A sweep that keeps nothing it may delete: every file is past its age and over the size budget.
+KEEP_NOTHING = RetentionPolicy(keep_days=0, max_bytes=0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(fake_discord: FakeDiscord) -> Server:
+    return add_server(fake_discord, "Jam storage", ("alice", "bob"))
+
+
+@pytest.fixture
+def config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
+    return scenario_config(tmp_path / "data", engine_settings)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def bot(
+    fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
+) -> AsyncIterator[MusicGenBot]:
+    async with musicgen_bot(fake_discord, config, inference_client) as running:
+        # The same waits, sooner: SQLite's busy wait (5 s) and the gate's pauses between tries.
+        await running.database.connection.execute("PRAGMA busy_timeout = 200")
+        running.dispatcher.store.gate.delays_s = (0.1, 0.3)
+        yield running
+
+
+async def rows(bot: MusicGenBot, sql: str, *parameters: object) -> list[aiosqlite.Row]:
+    async with bot.database.connection.execute(sql, parameters) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def start_jam(fake: FakeDiscord, server: Server, prompt: str) -> FakeChannel:
+    interaction = await run_command(
+        fake, server["alice"], server.channel, "jam start", prompt=prompt, turn_seconds=2, max_turns=4
+    )
+    await interaction.wait_for_final(lambda m: not m.is_loading and "started a jam" in m.content)
+    (thread,) = [c for c in fake.channels.values() if c.is_thread and c.name == prompt]
+    return thread
+
+
+async def turn_result(fake: FakeDiscord, thread: FakeChannel, number: int) -> FakeMessage:
+    return await fake.wait_for_message(
+        thread,
+        lambda m: m.author is fake.bot_user and f"**Turn {number} of" in m.content and bool(m.attachments),
+        90,
+    )
+
+
+def piece_of(message: FakeMessage) -> bytes:
+    """The whole piece a message carries (a turn's also carries its new part alone)."""
+    (piece,) = [
+        a for a in message.attachments if a.filename.endswith((".wav", ".mp3")) and "-new" not in a.filename
+    ]
+    return piece.data
+
+
+async def until_ended(bot: MusicGenBot, job_id: int) -> None:
+    while (await job_row(bot, job_id))["status"] in ("queued", "running"):
+        await asyncio.sleep(0.05)
+
+
+async def pieces(bot: MusicGenBot) -> list[Path]:
+    """Each finished turn's whole piece, in turn order."""
+    done = await rows(bot, "SELECT piece_path FROM jam_turns WHERE status = 'done' ORDER BY number")
+    return [Path(row["piece_path"]) for row in done]
+
+
+async def test_an_open_jams_piece_survives_every_sweep_and_the_export_and_next_turn_use_it(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot
+) -> None:
+    fake = fake_discord
+    thread = await start_jam(fake, server, "dub techno")
+    first = await turn_result(fake, thread, 1)
+    bot.janitor.policy = KEEP_NOTHING
+    await bot.janitor.sweep()
+    (opening_piece,) = await pieces(bot)
+    assert opening_piece.is_file()
+
+    export = await run_command(fake, server["bob"], thread, "jam export")
+    exported = await export.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
+    assert piece_of(exported) == piece_of(first)
+
+    await run_command(fake, server["bob"], thread, "jam add", prompt="add a bassline", seconds=3)
+    second = await turn_result(fake, thread, 2)
+    assert wav_seconds(piece_of(second)) == pytest.approx(5.0)
+    (second_job,) = await rows(bot, "SELECT job_id FROM jam_turns WHERE number = 2")
+    await until_ended(bot, second_job[0])  # until then its job needs the opening piece it continues
+    await bot.janitor.sweep()
+    _, latest = await pieces(bot)
+    # The latest piece and its new part stay; the opening piece, now the start of it, goes.
+    assert latest.is_file() and latest.with_name(latest.name.replace("-piece", "-new")).is_file()
+    assert not opening_piece.exists()
+
+    ending = await run_command(fake, server["alice"], thread, "jam end")
+    final = await ending.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
+    assert piece_of(final) == piece_of(second)
+    # Once the jam is over its files are like any others.
+    await bot.janitor.sweep()
+    assert not latest.exists()
+
+
+async def test_a_turn_that_ends_while_the_database_is_locked_is_posted_and_done_once_it_is_free(
+    fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, gate = fake_discord, bot.dispatcher.store.gate
+    locker = sqlite3.connect(bot.config.database_path, isolation_level=None, check_same_thread=False)
+    locked = asyncio.Event()
+    make_whole_piece = bot.dispatcher.prepare_result
+    assert make_whole_piece is not None
+
+    async def lock_as_the_music_is_made(job: Job, result: GenerationResult) -> GenerationResult:
+        prepared = await make_whole_piece(job, result)
+        if not locked.is_set():
+            # Another process (a backup, a second bot) takes the database's write lock right now.
+            await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+            locked.set()
+        return prepared
+
+    monkeypatch.setattr(bot.dispatcher, "prepare_result", lock_as_the_music_is_made)
+    try:
+        thread = await start_jam(fake, server, "tape loops")
+        await locked.wait()
+        await until(lambda: not gate.writable, "recording the turn met the lock", timeout=30)
+        await asyncio.sleep(1)  # several refused tries
+        # The turn waits to be recorded, and its job is not failed meanwhile.
+        (turn,) = locker.execute("SELECT status, job_id FROM jam_turns").fetchall()
+        assert turn[0] == "started"
+        assert locker.execute("SELECT status FROM jobs WHERE id = ?", (turn[1],)).fetchone() == ("running",)
+    finally:
+        if locked.is_set():
+            locker.execute("COMMIT")
+        locker.close()
+
+    await until_ended(bot, turn[1])
+    job = await job_row(bot, turn[1])
+    assert (job["status"], job["error"]) == ("done", None)  # the music made is not lost
+    posted = await turn_result(fake, thread, 1)
+    assert wav_seconds(piece_of(posted)) == pytest.approx(2.0) and job["result_message_id"] == posted.id
+    assert [m for m in fake.bot_messages(thread) if "**Turn 1 of" in m.content] == [posted]
+    (recorded,) = await rows(bot, "SELECT status, number, end_s FROM jam_turns")
+    assert tuple(recorded) == ("done", 1, pytest.approx(2.0))
+    assert gate.writable
