@@ -601,7 +601,8 @@ class JobDispatcher:
 
         `ephemeral`: the reason is for the requester alone (a request they can fix) while the token lives.
         """
-        await self.store.mark_failed(job.id, message)
+        # An ephemeral reason is a request the member can fix: the one failure that is their fault.
+        await self.store.mark_failed(job.id, message, by_member=ephemeral)
         interaction = self._interactions.get(job.id)
         status = self._status.get(job.id)
         if status is not None and status.via_token and interaction is not None:

@@ -223,11 +223,15 @@ class JobStore:
             (output_path, seed, posted_format, result_message_id, time.time(), job_id),
         )
 
-    async def mark_failed(self, job_id: int, error: str, *, output_path: str | None = None) -> bool:
+    async def mark_failed(
+        self, job_id: int, error: str, *, output_path: str | None = None, by_member: bool = False
+    ) -> bool:
+        """`by_member`: the member's request could not be made (it counts towards their daily quota);
+        otherwise the bot failed them (a crash, a deadline, storage, delivery), which does not count."""
         return await self._update(
-            "UPDATE jobs SET status = 'failed', error = ?, output_path = COALESCE(?, output_path), finished_at = ? "
-            "WHERE id = ? AND status IN ('queued', 'running')",
-            (error, output_path, time.time(), job_id),
+            "UPDATE jobs SET status = 'failed', error = ?, output_path = COALESCE(?, output_path), finished_at = ?, "
+            "failed_by = ? WHERE id = ? AND status IN ('queued', 'running')",
+            (error, output_path, time.time(), "member" if by_member else "bot", job_id),
         )
 
     async def mark_cancelled(self, job_id: int) -> bool:

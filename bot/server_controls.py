@@ -90,9 +90,14 @@ class ServerControls:
         await self._record(guild_id, by, "daily_quota", _optional(before), _optional(quota))
 
     async def jobs_today(self, guild_id: int, user_id: int) -> int:
-        """Jobs the member started here since midnight UTC (cancelled ones do not count)."""
+        """Jobs the member started here since midnight UTC, towards their daily quota.
+
+        Cancelled jobs do not count, nor jobs the bot failed through no fault of the member (a crash,
+        a deadline, storage or delivery): those they may run again. Their own failures count.
+        """
         async with self._db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ? AND status != 'cancelled'",
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ? "
+            "AND status != 'cancelled' AND COALESCE(failed_by, 'member') != 'bot'",
             (guild_id, user_id, start_of_utc_day()),
         ) as cursor:
             row = await cursor.fetchone()

@@ -12,6 +12,7 @@ import pytest
 from bot.database import MIGRATIONS_DIR, Database, MigrationError, discover_migrations
 from bot.jams import JamStore
 from bot.jobs import JobOrigin, JobStatus, JobStore
+from bot.server_controls import ServerControls
 from bot.storage_faults import PatientJobStore, StorageBusy
 from inference.request import GenerationRequest
 
@@ -148,6 +149,23 @@ async def test_a_database_from_the_first_release_is_upgraded_in_place_and_keeps_
     assert await store.guild_default_model(10) == "melody"
     assert await store.guild_limits() == {10: 4}  # setting one column leaves the other alone
     await upgraded.close()
+
+
+async def test_only_failures_that_were_the_members_own_count_towards_their_daily_quota(
+    tmp_path: Path,
+) -> None:
+    database = await Database.open(tmp_path / "bot.sqlite3")
+    store, controls = JobStore(database), ServerControls(database)
+    request = GenerationRequest(model_version="small", prompt="x", duration=1, seed=1)
+    origin = JobOrigin(guild_id=1, channel_id=2, user_id=3)
+    jobs = [await store.create(origin, request, seed_was_random=False) for _ in range(4)]
+    assert await store.mark_failed(jobs[0].id, "the generator crashed, twice")  # the bot's doing
+    assert await store.mark_failed(jobs[1].id, "could not post the result", output_path="/out.wav")
+    assert await store.mark_failed(jobs[2].id, "that clip cannot be read", by_member=True)
+    assert await store.mark_cancelled(jobs[3].id)
+    await store.create(origin, request, seed_was_random=False)  # still queued: it counts
+    assert await controls.jobs_today(1, 3) == 2
+    await database.close()
 
 
 async def test_a_new_row_a_member_waits_on_gives_up_on_a_locked_database_while_work_in_progress_waits(

@@ -3,14 +3,20 @@ member may make per day, and see how the bot is doing; every change is recorded.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import pytest
 import pytest_asyncio
 
 from bot.bot import MusicGenBot
+from inference.client import InferenceClient
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_count,
+    job_row,
     private_reply,
     queued_job_id,
     run_command,
@@ -156,3 +162,40 @@ async def test_an_admin_reads_the_bots_status_and_members_cannot(
     assert "**Last error here:** none" in status
     assert "jams off" in status and "replies off" in status
     assert f"<@{server['admin'].id}> set max_pending: 20 → 7" in status
+
+
+async def _kill_the_worker_while_it_makes(
+    bot: MusicGenBot, client: InferenceClient, job_id: int, attempt: int
+) -> None:
+    """The generator dies under the job's `attempt`-th run (as if killed for memory)."""
+    while (await job_row(bot, job_id))["attempts"] < attempt or bot.dispatcher.progress_of(job_id) is None:
+        await asyncio.sleep(0.01)
+    for pid in client.worker_pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_job_the_generator_crashed_on_does_not_use_up_the_members_daily_quota(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server, inference_client: InferenceClient
+) -> None:
+    # Last in the module: the failure shows in /musicgen-status (which the test above reads).
+    fake, admin, bob = fake_discord, server["admin"], server["bob"]
+    made_today = await bot.controls.jobs_today(server.guild.id, bob.id)
+    await run_command(fake, admin, server.channel, "musicgen-settings daily_quota", limit=made_today + 1)
+    try:
+        doomed = await queued_job_id(
+            await run_command(fake, bob, server.channel, "generate", prompt="doomed", duration=30)
+        )
+        for attempt in (1, 2):  # the first try and the retry
+            await asyncio.wait_for(
+                _kill_the_worker_while_it_makes(bot, inference_client, doomed, attempt), 60
+            )
+        failed = await wait_for_status(bot, doomed, "failed")
+        assert "It was not your fault" in failed["error"]
+
+        again = await run_command(fake, bob, server.channel, "generate", prompt="again", duration=1)
+        await wait_for_status(bot, await queued_job_id(again), "done")
+        # That one counts: the day's quota is used up now.
+        over = await run_command(fake, bob, server.channel, "generate", prompt="and more", duration=1)
+        assert "this server's daily limit" in await private_reply(over)
+    finally:
+        await run_command(fake, admin, server.channel, "musicgen-settings daily_quota")
