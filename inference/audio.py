@@ -1,7 +1,8 @@
 """Audio in and out for the engine: load uploads, normalize generated audio, write wav/mp3.
 
-Loading decodes in a child ffmpeg process (see `inference.ffmpeg`), so a hostile upload can crash
-or stall only that process. Normalization follows audiocraft's `audio_utils.normalize_audio` as
+Loading decodes in a child ffmpeg process (see `inference.ffmpeg`: the bundled imageio-ffmpeg
+binary unless `[engine] ffmpeg` names another, see `use_ffmpeg`), so a hostile upload can crash or
+stall only that process. Normalization follows audiocraft's `audio_utils.normalize_audio` as
 `audio_write` uses it and is a pure function on tensors.
 """
 
@@ -25,6 +26,7 @@ from inference.ffmpeg import (
     encode_mp3,
     ffmpeg_executable,
     probe_duration,
+    use_ffmpeg,
 )
 from inference.request import (
     MAX_DURATION_S,
@@ -44,6 +46,7 @@ __all__ = [
     "load_audio",
     "normalize_audio",
     "probe_duration",
+    "use_ffmpeg",
     "write_audio",
     "write_generated",
 ]

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,16 +67,51 @@ class AudioDecodeError(RequestError):
         self.details = details
 
 
-def ffmpeg_executable() -> str:
-    """The ffmpeg to run: a system `ffmpeg` on PATH if there is one, else imageio-ffmpeg's binary."""
-    system_ffmpeg = shutil.which("ffmpeg")
-    if system_ffmpeg:
-        return system_ffmpeg
+def bundled_ffmpeg() -> str:
+    """imageio-ffmpeg's binary: the one this project is tested with, on every machine the same."""
     try:
         import imageio_ffmpeg
     except ImportError as exc:  # pragma: no cover - imageio-ffmpeg is a hard dependency
-        raise RuntimeError("No ffmpeg found: install ffmpeg or the imageio-ffmpeg package.") from exc
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        raise RuntimeError("No ffmpeg found: install the imageio-ffmpeg package.") from exc
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def resolve_ffmpeg_setting(setting: str) -> str | None:
+    """The binary `[engine] ffmpeg` names: None for "" (the bundled one), else a path or a command
+    looked up on PATH. ValueError, saying what to fix, when there is no such executable."""
+    if not setting.strip():
+        return None
+    found = shutil.which(setting.strip())
+    if found is None:
+        raise ValueError(
+            f"[engine] ffmpeg = {setting!r}: no such executable (give a path, a command on PATH, "
+            'or "" for the bundled imageio-ffmpeg binary)'
+        )
+    return found
+
+
+# The binary `[engine] ffmpeg` names, once `use_ffmpeg` has been told; None: the bundled one.
+_configured_ffmpeg: str | None = None
+
+
+def use_ffmpeg(setting: str) -> str:
+    """Run every later ffmpeg of this process with the binary `[engine] ffmpeg` names ("" = bundled).
+
+    The bot and each worker call it once at start-up with their settings. Returns the executable.
+    """
+    global _configured_ffmpeg
+    _configured_ffmpeg = resolve_ffmpeg_setting(setting)
+    return ffmpeg_executable()
+
+
+def ffmpeg_executable() -> str:
+    """The ffmpeg to run: the one `use_ffmpeg` was given, else imageio-ffmpeg's binary.
+
+    Never whatever `ffmpeg` happens to be on PATH: a distribution's older ffmpeg decodes some files
+    to other lengths (an AAC clip's end padding) and ignores some write errors, so results would
+    depend on the host. A system binary is used only when configured.
+    """
+    return _configured_ffmpeg if _configured_ffmpeg is not None else bundled_ffmpeg()
 
 
 # -- running ffmpeg ----------------------------------------------------------------------------
@@ -225,19 +261,122 @@ def _too_long_error(max_seconds: float) -> AudioDecodeError:
     )
 
 
+# -- the end of a clip, as its container states it -----------------------------------------------
+
+# Boxes an ISO base media file (mp4, m4a, mov, 3gp) starts with.
+_MOV_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
+# Room for the packet list of a long clip (a line per packet, about 60 bytes; AAC has 47 packets a
+# second at 48 kHz): the list is parsed as it arrives, never held.
+_PACKET_LIST_LIMIT_BYTES = 256 << 20
+
+
+def _looks_like_mov(path: Path) -> bool:
+    # Only regular files are sniffed: opening a named pipe would block until someone writes to it.
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        head = file.read(8)
+    return len(head) == 8 and head[4:8] in _MOV_FIRST_BOXES
+
+
+class _PacketEnd:
+    """Reads ffmpeg's framecrc listing of the audio packets: where the last one ends, in seconds."""
+
+    def __init__(self) -> None:
+        self.time_base: tuple[int, int] | None = None
+        self.end_ticks: int | None = None
+        self.unknown_duration = False
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bool:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._read(line.decode("ascii", "replace").strip())
+        return True
+
+    def _read(self, line: str) -> None:
+        if line.startswith("#tb 0:"):
+            numerator, _, denominator = line.removeprefix("#tb 0:").strip().partition("/")
+            self.time_base = int(numerator), int(denominator)
+            return
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) < 5 or fields[0] != "0":
+            return
+        pts, duration = int(fields[2]), int(fields[3])
+        if duration <= 0:
+            self.unknown_duration = True
+        end = pts + duration
+        self.end_ticks = end if self.end_ticks is None else max(self.end_ticks, end)
+
+    def end_s(self) -> str | None:
+        """The end as atrim takes it (seconds to the microsecond: exact to the sample below 1 MHz)."""
+        if self.time_base is None or self.end_ticks is None or self.unknown_duration:
+            return None
+        numerator, denominator = self.time_base
+        if numerator <= 0 or denominator <= 0 or self.end_ticks <= 0:
+            return None
+        microseconds = (self.end_ticks * numerator * 1_000_000 * 2 + denominator) // (2 * denominator)
+        return f"{microseconds // 1_000_000}.{microseconds % 1_000_000:06d}"
+
+
+def _container_end_filters(path: Path, *, timeout_s: float, limit_s: float) -> list[str]:
+    """A trim at the end the container states, for the formats whose decoders may run past it.
+
+    An AAC encoder pads its last packet to 1024 samples; mp4/m4a/mov record the real length (the
+    edit list, the last packet's duration). imageio-ffmpeg's ffmpeg drops the padding; older ones
+    (Debian 12's 5.1) decode it, so the same clip came out up to 1023 samples longer. Trimming to the
+    packets' own end gives every ffmpeg the same length. Costs one demuxing pass (no decoding), only
+    for those containers; if that pass fails the decode goes on untrimmed and reports any problem.
+    """
+    if not _looks_like_mov(path):
+        return []
+    args = [*_input_args(path), "-t", f"{limit_s:.6f}", "-c:a", "copy", "-f", "framecrc", "pipe:1"]
+    packets = _PacketEnd()
+    run = _run_ffmpeg(
+        args,
+        timeout_s=timeout_s,
+        output_limit_bytes=_PACKET_LIST_LIMIT_BYTES,
+        keep_output=False,
+        sink=packets,
+    )
+    end_s = packets.end_s()
+    if run.returncode != 0 or run.timed_out or run.over_limit or end_s is None:
+        return []
+    return [f"atrim=end={end_s}"]
+
+
+def _decode_args(
+    path: Path, *, sample_rate: int, limit_s: float, timeout_s: float, then: tuple[str, ...] = ()
+) -> list[str]:
+    """Input, trim, resampling and channel options shared by every decode, so a clip counted,
+    streamed, written as WAV or decoded into memory always has the same samples (`then`: filters
+    after these)."""
+    filters = [
+        *_container_end_filters(path, timeout_s=timeout_s, limit_s=limit_s),
+        # Mono and stereo pass through unmixed, so the caller can mix the way audiocraft does;
+        # anything wider is folded to stereo by ffmpeg's standard down-mix.
+        "aformat=channel_layouts=mono|stereo",
+        *then,
+    ]
+    return [
+        *_input_args(path),
+        "-t", f"{limit_s:.6f}",
+        "-ar", str(sample_rate),
+        "-af", ",".join(filters),
+    ]  # fmt: skip
+
+
 # -- public functions --------------------------------------------------------------------------
 
 
-class _AuWindow:
-    """Reads ffmpeg's AU stream and keeps only the sample frames [first, last): the rest of the file
-    is counted, never stored, so memory is bounded by the window, not by the upload."""
+class _AuStream:
+    """Reads ffmpeg's AU stream (a header, then big-endian float32 sample frames) as it arrives and
+    hands whole frames to `take`; this base only counts them."""
 
-    def __init__(self, first_frame: int, last_frame: int | None) -> None:
-        self.first_frame = first_frame
-        self.last_frame = last_frame
+    def __init__(self) -> None:
         self.frames_seen = 0
         self.channels = 0
-        self.kept = bytearray()
         self._head = bytearray()  # the header and any bytes before the samples, until parsed
         self._frame_bytes = 0
         self._partial = b""
@@ -255,14 +394,40 @@ class _AuWindow:
                 return True
             self.channels, self._frame_bytes = channels, 4 * channels
             chunk, self._head = bytes(self._head[data_offset:]), bytearray()
-        data = self._partial + chunk
+        data = self._partial + chunk if self._partial else chunk
         usable = len(data) - len(data) % self._frame_bytes
         self._partial = data[usable:]
         frames = usable // self._frame_bytes
         start = self.frames_seen
         self.frames_seen += frames
-        keep_from = max(self.first_frame - start, 0)
-        keep_to = frames if self.last_frame is None else min(self.last_frame - start, frames)
+        return self.take(data, start, frames) if frames else True
+
+    def take(self, data: bytes, first_frame: int, frames: int) -> bool:
+        """The stream's frames [first_frame, first_frame + frames), the start of `data`; False when
+        nothing more is needed."""
+        return True
+
+    def as_samples(self, data: bytes | bytearray, frames: int) -> np.ndarray:
+        return (
+            np.frombuffer(data, dtype=">f4", count=frames * self.channels)
+            .reshape(-1, self.channels)
+            .astype(np.float32)
+        )
+
+
+class _AuWindow(_AuStream):
+    """Keeps only the sample frames [first, last): the rest of the file is counted, never stored,
+    so memory is bounded by the window, not by the upload."""
+
+    def __init__(self, first_frame: int, last_frame: int | None) -> None:
+        super().__init__()
+        self.first_frame = first_frame
+        self.last_frame = last_frame
+        self.kept = bytearray()
+
+    def take(self, data: bytes, first_frame: int, frames: int) -> bool:
+        keep_from = max(self.first_frame - first_frame, 0)
+        keep_to = frames if self.last_frame is None else min(self.last_frame - first_frame, frames)
         if keep_to > keep_from:
             self.kept += data[keep_from * self._frame_bytes : keep_to * self._frame_bytes]
         return self.last_frame is None or self.frames_seen < self.last_frame
@@ -270,7 +435,49 @@ class _AuWindow:
     def samples(self) -> np.ndarray:
         if not self.channels:
             return np.zeros((0, 1), dtype=np.float32)
-        return np.frombuffer(bytes(self.kept), dtype=">f4").reshape(-1, self.channels).astype(np.float32)
+        return self.as_samples(self.kept, len(self.kept) // self._frame_bytes)
+
+
+class _AuConsumer(_AuStream):
+    """Hands each arriving stretch of samples to `consume`, keeping none of them."""
+
+    def __init__(self, consume: Callable[[np.ndarray], None]) -> None:
+        super().__init__()
+        self.consume = consume
+
+    def take(self, data: bytes, first_frame: int, frames: int) -> bool:
+        self.consume(self.as_samples(data, frames))
+        return True
+
+
+def _decode_to_sink(
+    path: Path, sink: _AuStream, *, sample_rate: int, timeout_s: float, limit_s: float, max_seconds: float
+) -> _FfmpegRun:
+    """Run the shared decode into `sink` as 32-bit float AU; raise AudioDecodeError for a file that
+    is unreadable, empty or (read past `max_seconds`) too long."""
+    max_channels = 2
+    output_limit_bytes = _AU_HEADER.size + 1024 + int(limit_s * sample_rate + sample_rate) * max_channels * 4
+    args = [
+        *_decode_args(path, sample_rate=sample_rate, limit_s=limit_s, timeout_s=timeout_s),
+        "-c:a", "pcm_f32be", "-f", "au", "pipe:1",
+    ]  # fmt: skip
+    run = _run_ffmpeg(
+        args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=False, sink=sink
+    )
+    if run.over_limit:
+        raise _too_long_error(max_seconds)
+    _raise_for_failure(run, timeout_s=timeout_s, path=path)
+    if sink.frames_seen == 0:
+        raise AudioDecodeError("Couldn't read that audio file: it contains no audio.", details=run.stderr)
+    return run
+
+
+def _prepare(path: str | os.PathLike[str], sample_rate: int) -> Path:
+    path = Path(path)
+    _check_readable(path)
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    return path
 
 
 def decode_audio_file(
@@ -291,25 +498,8 @@ def decode_audio_file(
     empty, slower than `timeout_s`, or longer than `max_seconds` (when audio past `max_seconds` is
     needed), and RequestError when `start_s` is past the end of the audio.
     """
-    path = Path(path)
-    _check_readable(path)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    path = _prepare(path, sample_rate)
     needed_until_s = end_s if end_s is not None else float("inf")
-    decode_limit_s = min(needed_until_s, max_seconds) + _DECODE_MARGIN_S
-    max_channels = 2
-    output_limit_bytes = (
-        _AU_HEADER.size + 1024 + int(decode_limit_s * sample_rate + sample_rate) * max_channels * 4
-    )
-    args = [
-        *_input_args(path),
-        "-t", f"{decode_limit_s:.6f}",
-        "-ar", str(sample_rate),
-        # Mono and stereo pass through unmixed, so the caller can mix the way audiocraft does;
-        # anything wider is folded to stereo by ffmpeg's standard down-mix.
-        "-af", "aformat=channel_layouts=mono|stereo",
-        "-c:a", "pcm_f32be", "-f", "au", "pipe:1",
-    ]  # fmt: skip
     # round(), not int(): 0.29 s * 32000 is 9279.999... in floating point and means sample 9280.
     first_frame = round(start_s * sample_rate)
     last_frame = None if end_s is None else round(end_s * sample_rate)
@@ -317,14 +507,14 @@ def decode_audio_file(
         # Read just past the limit, so that "longer than allowed" is seen.
         last_frame = None
     window = _AuWindow(first_frame, last_frame)
-    run = _run_ffmpeg(
-        args, timeout_s=timeout_s, output_limit_bytes=output_limit_bytes, keep_output=False, sink=window
+    _decode_to_sink(
+        path,
+        window,
+        sample_rate=sample_rate,
+        timeout_s=timeout_s,
+        limit_s=min(needed_until_s, max_seconds) + _DECODE_MARGIN_S,
+        max_seconds=max_seconds,
     )
-    if run.over_limit:
-        raise _too_long_error(max_seconds)
-    _raise_for_failure(run, timeout_s=timeout_s, path=path)
-    if window.frames_seen == 0:
-        raise AudioDecodeError("Couldn't read that audio file: it contains no audio.", details=run.stderr)
     if needed_until_s > max_seconds and window.frames_seen > max_seconds * sample_rate:
         raise _too_long_error(max_seconds)
     if first_frame >= window.frames_seen:
@@ -336,6 +526,176 @@ def decode_audio_file(
     if end_s is not None:
         samples = samples[: max(round(end_s * sample_rate) - first_frame, 0)]
     return samples
+
+
+def stream_audio_file(
+    path: str | os.PathLike[str],
+    consume: Callable[[np.ndarray], None],
+    *,
+    sample_rate: int,
+    timeout_s: float = 30.0,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> int:
+    """Decode the whole file like `decode_audio_file`, handing `consume` each stretch of float32
+    [samples, channels] as it arrives (a few hundred milliseconds at a time) instead of keeping
+    them: memory stays flat however long the file. Returns the number of sample frames.
+    Raises AudioDecodeError like `decode_audio_file` (after `consume` saw what came before)."""
+    path = _prepare(path, sample_rate)
+    consumer = _AuConsumer(consume)
+    _decode_to_sink(
+        path,
+        consumer,
+        sample_rate=sample_rate,
+        timeout_s=timeout_s,
+        limit_s=max_seconds + _DECODE_MARGIN_S,
+        max_seconds=max_seconds,
+    )
+    if consumer.frames_seen > max_seconds * sample_rate:
+        raise _too_long_error(max_seconds)
+    return consumer.frames_seen
+
+
+def count_audio_frames(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int,
+    timeout_s: float = 30.0,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> int:
+    """How many sample frames `decode_audio_file` gives for the whole file at `sample_rate`: the
+    same decode, counted as it streams past, with no sample kept."""
+    path = _prepare(path, sample_rate)
+    counter = _AuStream()
+    _decode_to_sink(
+        path,
+        counter,
+        sample_rate=sample_rate,
+        timeout_s=timeout_s,
+        limit_s=max_seconds + _DECODE_MARGIN_S,
+        max_seconds=max_seconds,
+    )
+    if counter.frames_seen > max_seconds * sample_rate:
+        raise _too_long_error(max_seconds)
+    return counter.frames_seen
+
+
+# -- 16-bit WAV files ffmpeg writes -------------------------------------------------------------
+
+_RIFF_HEADER = struct.Struct("<4sI4s")
+_CHUNK_HEADER = struct.Struct("<4sI")
+_FMT_PCM = struct.Struct("<HHIIHH")
+_WAVE_FORMAT_PCM = 1
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """Where a PCM WAV keeps its samples: what `read_wav_layout` finds in the header."""
+
+    channels: int
+    sample_rate: int
+    sample_width: int  # bytes per sample
+    data_offset: int  # where the first sample frame starts
+    frames: int
+    data_size_field_offset: int  # the data chunk's size field
+    file_size: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.channels * self.sample_width
+
+
+def read_wav_layout(path: str | os.PathLike[str]) -> WavLayout:
+    """The layout of a PCM WAV whose data chunk is its last (what ffmpeg and pydub write).
+
+    RuntimeError for a file that is not one, or whose data chunk is cut short: a writer that
+    stopped early (a full disk) leaves a header promising more samples than the file holds.
+    """
+    path = Path(path)
+    file_size = path.stat().st_size
+    if file_size < _RIFF_HEADER.size:
+        raise RuntimeError(
+            f"{path.name} is incomplete: {file_size} bytes, not even a header (was the disk full?)"
+        )
+    with path.open("rb") as file:
+        riff, _riff_size, wave_id = _RIFF_HEADER.unpack(file.read(_RIFF_HEADER.size).ljust(_RIFF_HEADER.size))
+        if riff != b"RIFF" or wave_id != b"WAVE":
+            raise RuntimeError(f"{path.name} is not a WAV file")
+        fmt: tuple[int, ...] | None = None
+        offset = _RIFF_HEADER.size
+        while offset + _CHUNK_HEADER.size <= file_size:
+            file.seek(offset)
+            chunk_id, chunk_size = _CHUNK_HEADER.unpack(file.read(_CHUNK_HEADER.size))
+            if chunk_id == b"fmt ":
+                fmt = _FMT_PCM.unpack(file.read(_FMT_PCM.size).ljust(_FMT_PCM.size))
+            elif chunk_id == b"data":
+                if fmt is None or fmt[0] not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_EXTENSIBLE):
+                    raise RuntimeError(f"{path.name} is not a PCM WAV file")
+                _format, channels, sample_rate, _byte_rate, block_align, bits = fmt
+                data_offset = offset + _CHUNK_HEADER.size
+                if data_offset + chunk_size > file_size or bits % 8 or block_align != channels * bits // 8:
+                    raise RuntimeError(
+                        f"{path.name} is incomplete: its header promises {chunk_size} bytes of samples, "
+                        f"the file holds {file_size - data_offset} (was the disk full?)"
+                    )
+                return WavLayout(
+                    channels=channels,
+                    sample_rate=sample_rate,
+                    sample_width=bits // 8,
+                    data_offset=data_offset,
+                    frames=chunk_size // block_align,
+                    data_size_field_offset=offset + 4,
+                    file_size=file_size,
+                )
+            offset += _CHUNK_HEADER.size + chunk_size + (chunk_size & 1)
+    raise RuntimeError(f"{path.name} has no samples (no data chunk): the writer stopped early")
+
+
+# How ffmpeg (every version) reports that it could not write its output file.
+_WRITE_FAILURE = re.compile(
+    r"Error (?:writing|closing|opening output)|No space left on device|Disk quota exceeded|Read-only file system"
+)
+
+
+def decode_to_wav(
+    path: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    sample_rate: int,
+    timeout_s: float = 30.0,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    mono_to_stereo: bool = False,
+) -> WavLayout:
+    """Decode the whole file into a 16-bit PCM WAV at `target`, written by the ffmpeg child: the
+    samples never pass through this process, however long the clip.
+
+    The same samples as `decode_audio_file` (channels kept, wider than stereo folded to stereo),
+    then rounded to 16 bits. `mono_to_stereo`: the file is known to be mono, and each sample goes
+    to both channels unchanged (ffmpeg's own up-mix would lower it by 3 dB). Raises AudioDecodeError
+    like `decode_audio_file`, and RuntimeError when the WAV could not be written whole (a full disk);
+    a failed or too long decode leaves no file at `target`.
+    """
+    path = _prepare(path, sample_rate)
+    target = Path(target).resolve()
+    limit_s = max_seconds + _DECODE_MARGIN_S
+    then = ("pan=stereo|c0=c0|c1=c0",) if mono_to_stereo else ()
+    args = _decode_args(path, sample_rate=sample_rate, limit_s=limit_s, timeout_s=timeout_s, then=then)
+    args += ["-c:a", "pcm_s16le", "-fflags", "+bitexact", "-f", "wav", "-y", str(target)]
+    try:
+        run = _run_ffmpeg(args, timeout_s=timeout_s, output_limit_bytes=0, keep_output=False)
+        if _WRITE_FAILURE.search(run.stderr):
+            # Our side, not the upload's: say so rather than call the clip unreadable.
+            raise RuntimeError(f"ffmpeg could not write {target.name}: {run.stderr.strip()}")
+        _raise_for_failure(run, timeout_s=timeout_s, path=path)
+        layout = read_wav_layout(target)
+        if layout.frames == 0:
+            raise AudioDecodeError("Couldn't read that audio file: it contains no audio.", details=run.stderr)
+        if layout.frames > max_seconds * sample_rate:
+            raise _too_long_error(max_seconds)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return layout
 
 
 def probe_duration(
@@ -355,11 +715,13 @@ def probe_duration(
     if max_seconds is not None:
         limit_s = max_seconds + _DECODE_MARGIN_S
         limit_args = ["-t", f"{limit_s:.6f}"]
+    trim = _container_end_filters(path, timeout_s=timeout_s, limit_s=min(limit_s, 86400.0))
     # Without max_seconds the byte limit is a day of audio: counting costs nothing to keep.
     output_limit_bytes = int(min(limit_s + 1.0, 86400.0) * _PROBE_SAMPLE_RATE) * 2
     args = [
         *_input_args(path),
         *limit_args,
+        *(["-af", ",".join(trim)] if trim else []),
         "-ac", "1", "-ar", str(_PROBE_SAMPLE_RATE),
         "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1",
     ]  # fmt: skip
@@ -376,6 +738,22 @@ def probe_duration(
 # -- MP3 encoding ----------------------------------------------------------------------------
 
 MP3_BITRATE = "320k"
+# A constant-bitrate MP3 holds bitrate x time; one whole enough to keep has at least this share of
+# it (frame rounding and the tags only add, a writer that stopped early leaves much less).
+_MP3_MIN_SHARE_OF_BITRATE = 0.9
+
+
+def _bits_per_second(bitrate: str) -> int:
+    text = bitrate.strip().lower()
+    return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
+
+
+def _seconds_in_wav(path: Path) -> float | None:
+    try:
+        layout = read_wav_layout(path)
+    except (OSError, RuntimeError, struct.error):
+        return None  # not a plain PCM WAV: ffmpeg reads it anyway; only the size check is skipped
+    return layout.frames / layout.sample_rate if layout.sample_rate else None
 
 
 def encode_mp3(
@@ -390,29 +768,57 @@ def encode_mp3(
 
     Encodes either a `wav_file` (the bot re-encoding a result) or float `samples` [samples, channels]
     at `sample_rate` (the engine writing one); ~0.13 s for 30 s here, about 3x faster than
-    libsndfile's LAME. Raises RuntimeError with ffmpeg's message when it fails.
+    libsndfile's LAME. The MP3 is written to a temporary file beside `output` and renamed onto it
+    only once checked whole (ffmpeg's exit status, and a size that carries the bitrate for the
+    audio's length: some ffmpeg versions exit 0 after failing to write to a full disk), so `output`
+    is never a partial file and concurrent encodes never see each other's. Raises RuntimeError with
+    ffmpeg's message when it fails.
     """
     if (wav_file is None) == (samples is None):
         raise ValueError("give exactly one of wav_file and samples")
+    output = Path(output).resolve()
     if samples is not None:
         channels = samples.shape[1]
         source = ["-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0"]
         data: bytes | None = np.ascontiguousarray(samples, dtype="<f4").tobytes()
-        audio_seconds = samples.shape[0] / sample_rate
+        audio_seconds: float | None = samples.shape[0] / sample_rate
     else:
-        source = ["-i", os.fspath(wav_file)]  # type: ignore[arg-type]
+        source = ["-i", os.fspath(Path(wav_file).resolve())]  # type: ignore[arg-type]
         data = None
-        audio_seconds = DEFAULT_MAX_SECONDS
+        audio_seconds = _seconds_in_wav(Path(wav_file))  # type: ignore[arg-type]
+    descriptor, temporary_name = tempfile.mkstemp(
+        dir=output.parent, prefix=f".{output.name}.", suffix=".part"
+    )
+    os.close(descriptor)
+    temporary = Path(temporary_name)
     command = [
         ffmpeg_executable(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *source,
-        "-c:a", "libmp3lame", "-b:a", bitrate, "-f", "mp3", os.fspath(output),
+        "-c:a", "libmp3lame", "-b:a", bitrate, "-f", "mp3", str(temporary),
     ]  # fmt: skip
-    result = subprocess.run(
-        command, input=data, capture_output=True, timeout=60.0 + audio_seconds, env=child_environment()
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode('utf-8', 'replace').strip()}")
-    return Path(output)
+    try:
+        result = subprocess.run(
+            command,
+            input=data,
+            capture_output=True,
+            timeout=60.0 + (audio_seconds if audio_seconds is not None else DEFAULT_MAX_SECONDS),
+            env=child_environment(),
+        )
+        message = result.stderr.decode("utf-8", "replace").strip()
+        if result.returncode != 0 or _WRITE_FAILURE.search(message):
+            raise RuntimeError(f"ffmpeg could not encode mp3: {message}")
+        written = temporary.stat().st_size
+        if audio_seconds is not None:
+            expected = _bits_per_second(bitrate) / 8 * audio_seconds * _MP3_MIN_SHARE_OF_BITRATE
+            if written < expected:
+                raise RuntimeError(
+                    f"ffmpeg wrote an incomplete mp3 ({written} bytes where {expected:.0f} or more were "
+                    f"due; was the disk full?): {message}"
+                )
+        os.replace(temporary, output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return output
 
 
 # -- pydub -------------------------------------------------------------------------------------

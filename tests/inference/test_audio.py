@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -27,9 +28,12 @@ from inference.audio import (
     load_audio,
     normalize_audio,
     probe_duration,
+    use_ffmpeg,
     write_audio,
 )
+from inference.ffmpeg import bundled_ffmpeg
 from inference.request import RequestError
+from tests.ffmpeg_binaries import BINARIES, running_binary, running_with
 
 SOURCE_RATE = 44100
 SOURCE_SECONDS = 2.5
@@ -121,8 +125,19 @@ def test_a_member_uploads_a_44k_stereo_clip_and_the_model_gets_32k_mono_trimmed_
         assert np.corrcoef(mono[0].numpy(), expected_mono)[0, 1] > 0.99
 
 
+@pytest.fixture(params=BINARIES)
+def ffmpeg_binary(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test runs with the bundled ffmpeg, then with a system one (skipped where none is installed)."""
+    with running_binary(request.param) as executable:
+        yield executable
+
+
 @pytest.mark.parametrize("fmt", ["flac", "mp3", "m4a"])
-def test_a_whole_clip_keeps_both_channels_and_its_exact_length(uploads: dict[str, Path], fmt: str) -> None:
+def test_a_whole_clip_keeps_both_channels_and_its_exact_length(
+    uploads: dict[str, Path], fmt: str, ffmpeg_binary: str
+) -> None:
+    # With Debian 12's ffmpeg 5.1 the m4a came out 249 samples long: the AAC encoder's padding of
+    # its last packet was decoded, where the container says the clip ends before it.
     stereo = load_audio(uploads[fmt], sample_rate=MODEL_RATE, channels=2)
 
     assert stereo.shape == (2, int(SOURCE_SECONDS * MODEL_RATE))
@@ -382,33 +397,57 @@ def test_an_mp3_result_is_320_kbps_and_as_long_as_the_audio(tmp_path: Path, chan
     assert probe_duration(path) == pytest.approx(4.0, abs=0.03)
 
 
-def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    broken_ffmpeg = tmp_path / "bin" / "ffmpeg"
-    broken_ffmpeg.parent.mkdir()
+def _fake_ffmpeg(folder: Path, script: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    fake = folder / "ffmpeg"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
     # Writes a stub of its output file (the last argument), then fails like a crashed encoder.
-    broken_ffmpeg.write_text(
-        '#!/bin/sh\nfor last; do :; done\necho partial > "$last"\necho "encoder exploded" >&2\nexit 1\n'
+    broken_ffmpeg = _fake_ffmpeg(
+        tmp_path / "bin",
+        'for last; do :; done\necho partial > "$last"\necho "encoder exploded" >&2\nexit 1\n',
     )
-    broken_ffmpeg.chmod(broken_ffmpeg.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", str(broken_ffmpeg.parent))
-
-    with pytest.raises(RuntimeError, match="encoder exploded"):
+    with running_with(str(broken_ffmpeg)), pytest.raises(RuntimeError, match="encoder exploded"):
         write_audio(tone(440, 0.5, seconds=0.5)[None], MODEL_RATE, tmp_path / "job-3", "mp3")
-    assert not (tmp_path / "job-3.mp3").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # neither the mp3 nor its draft
 
 
-# -- ffmpeg and pydub without a system ffmpeg --------------------------------------------------
+def test_an_encoder_that_exits_0_without_writing_the_file_whole_fails_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    # What ffmpeg 5.1 does on a full disk: the file stops short, the exit status is 0 (and here,
+    # unlike 5.1, not even a message says so: the size of the file alone must tell).
+    quiet_failure = _fake_ffmpeg(tmp_path / "bin", 'for last; do :; done\nprintf ID3 > "$last"\nexit 0\n')
+    with running_with(str(quiet_failure)), pytest.raises(RuntimeError, match="incomplete mp3"):
+        write_audio(tone(440, 0.5, seconds=2.0)[None], MODEL_RATE, tmp_path / "job-4", "mp3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
 
 
-def test_a_system_ffmpeg_on_path_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    system_ffmpeg = tmp_path / "ffmpeg"
-    system_ffmpeg.write_text("#!/bin/sh\nexit 0\n")
-    system_ffmpeg.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert ffmpeg_executable() == str(system_ffmpeg)
+# -- which ffmpeg, and pydub without a system ffmpeg ---------------------------------------------
 
-    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
-    assert Path(ffmpeg_executable()).is_file()  # imageio-ffmpeg's own binary
+
+def test_the_bundled_ffmpeg_is_used_even_with_another_on_path_unless_one_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_path = _fake_ffmpeg(tmp_path / "bin", "exit 0\n")
+    monkeypatch.setenv("PATH", f"{on_path.parent}{os.pathsep}{os.environ['PATH']}")
+    assert ffmpeg_executable() == bundled_ffmpeg()  # imageio-ffmpeg's own binary
+
+    with running_with("ffmpeg") as by_name:  # [engine] ffmpeg = "ffmpeg": looked up on PATH
+        assert by_name == ffmpeg_executable() == str(on_path)
+    with running_with(str(on_path)) as by_path:
+        assert by_path == ffmpeg_executable() == str(on_path)
+    assert ffmpeg_executable() == bundled_ffmpeg()  # "" again: the bundled one
+
+
+def test_a_configured_ffmpeg_that_does_not_exist_is_refused_with_what_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\[engine\] ffmpeg = '/nowhere/ffmpeg': no such executable"):
+        use_ffmpeg("/nowhere/ffmpeg")
+    assert ffmpeg_executable() == bundled_ffmpeg()  # the setting in force is unchanged
 
 
 def test_configure_pydub_lets_pydub_open_mp3_and_ogg_without_a_system_ffmpeg(
@@ -448,3 +487,14 @@ for fmt in ("mp3", "ogg", "flac", "voice-message"):
     for fmt in ("mp3", "ogg", "flac", "voice-message"):
         assert opened[fmt][0] == pytest.approx(SOURCE_SECONDS * 1000, abs=10), fmt
     assert opened["mp3"][1:] == [2, SOURCE_RATE]
+
+
+def test_the_shipped_config_documents_the_ffmpeg_key_with_the_bundled_default(tmp_path: Path) -> None:
+    from inference.settings import load_engine_settings
+
+    shipped = Path(__file__).resolve().parents[2] / "config.toml"
+    assert load_engine_settings(shipped).engine.ffmpeg == ""
+    assert '\nffmpeg = ""\n' in shipped.read_text()
+    config = tmp_path / "config.toml"
+    config.write_text('[engine]\nffmpeg = "/usr/bin/ffmpeg"\n')
+    assert load_engine_settings(config).engine.ffmpeg == "/usr/bin/ffmpeg"
