@@ -184,3 +184,54 @@ async def test_a_dropped_gateway_is_resumed_and_rest_keeps_working(connected: Co
     assert fake.gateway.resume_count == 1 and fake.gateway.identify_count == 1
     await connected.text_channel.send("still here")
     assert [m.content for m in fake.bot_messages(connected.channel)] == ["still here"]
+
+
+async def test_a_hung_request_gets_no_answer_and_discord_does_nothing_until_released(
+    connected: Connected,
+) -> None:
+    fake = connected.fake
+    hang = fake.inject_hang("POST", "/channels/*/messages")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connected.text_channel.send("into the void", file=a_file()), 0.5)
+    assert hang.served == 1 and fake.bot_messages(connected.channel) == []
+    hang.release()
+    await connected.text_channel.send("the line is back")  # the client gave up the hung connection
+    assert [m.content for m in fake.bot_messages(connected.channel)] == ["the line is back"]
+    assert [(r.dropped, r.status) for r in fake.requests_to("POST", MESSAGES_ROUTE)] == [
+        (True, 0),
+        (False, 200),
+    ]
+
+
+async def test_a_request_hung_after_handling_made_its_message_but_the_answer_never_came(
+    connected: Connected,
+) -> None:
+    fake = connected.fake
+    fake.inject_hang("POST", "/channels/*/messages", after_handling=True)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connected.text_channel.send("made it, but nobody heard"), 0.5)
+    assert [m.content for m in fake.bot_messages(connected.channel)] == ["made it, but nobody heard"]
+    fake.faults.clear()  # releases what the fault still holds
+    await connected.text_channel.send("next")
+    assert len(fake.bot_messages(connected.channel)) == 2
+
+
+async def test_a_hung_request_still_held_when_the_fake_closes_does_not_keep_it_open() -> None:
+    fake = FakeDiscord()
+    await fake.start()
+    guild = fake.add_guild("Closing time")
+    channel = fake.add_channel(guild, "music")
+    fake.inject_hang("GET", "/channels/*")
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.create_task(
+            session.get(
+                f"{fake.api_base}/channels/{channel.id}", headers={"Authorization": f"Bot {fake.bot_token}"}
+            )
+        )
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await fake.close()
+        assert loop.time() - started < 2
+        with pytest.raises(aiohttp.ClientError):
+            await request

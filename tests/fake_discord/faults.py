@@ -12,15 +12,22 @@ faults are the ones a bot meets on the real network:
   nothing happened on Discord's side.
 - ``drop_after``: the request takes effect, then the connection is reset before the answer is
   sent: the client sees the same error, but the message was created (a response lost in transit).
+- ``hang``: the request gets no answer, and Discord does not act on it, until the test releases it
+  (``fault.release()``, ``FaultPlan.clear()``) or ``hold_s`` passes; then the connection is reset.
+  A client without a timeout of its own waits (aiohttp's default: 300 s).
+- ``hang_after``: the same, but the request has taken effect (the message exists) before the
+  answer hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import fnmatch
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -30,6 +37,8 @@ class FaultKind(enum.StrEnum):
     SERVER_ERROR = "server_error"
     DROP = "drop"
     DROP_AFTER = "drop_after"
+    HANG = "hang"
+    HANG_AFTER = "hang_after"
 
 
 @dataclass
@@ -44,12 +53,24 @@ class InjectedFault:
     is_global: bool = False
     scope: str = "user"
     status: int = 502
+    hold_s: float = 60.0
     served: int = 0
+    served_paths: list[str] = field(default_factory=list)  # the API paths of the requests it failed
+    released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def matches(self, method: str, path: str) -> bool:
         return (
             self.times > 0 and self.method in ("*", method) and fnmatch.fnmatchcase(path, self.path_pattern)
         )
+
+    def release(self) -> None:
+        """Let the requests this fault holds end (their connections are reset)."""
+        self.released.set()
+
+    async def hold(self) -> None:
+        """Hold a request until released or ``hold_s`` has passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.released.wait(), self.hold_s)
 
 
 class FaultPlan:
@@ -68,12 +89,14 @@ class FaultPlan:
             if fault.matches(method, path):
                 fault.times -= 1
                 fault.served += 1
+                fault.served_paths.append(path)
                 return fault
         return None
 
     def clear(self) -> None:
         for fault in self.armed:
             fault.times = 0
+            fault.release()
 
     @property
     def pending(self) -> int:
@@ -88,7 +111,8 @@ async def reset_connection(request: web.Request) -> None:
     the close send an RST, which the client reports as errno 104 (ECONNRESET), like production.
     """
     if request.body_exists and not request.content.at_eof():
-        await request.content.readany()
+        with contextlib.suppress(ConnectionError):  # a client that gave up on a hung request left already
+            await request.content.readany()
     transport = request.transport
     if transport is None:
         return

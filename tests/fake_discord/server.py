@@ -273,6 +273,7 @@ class FakeDiscord:
 
     async def close(self) -> None:
         """Close every gateway socket and stop the server."""
+        self.faults.clear()  # requests held by a hang end now
         await self.gateway.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -669,6 +670,23 @@ class FakeDiscord:
         """
         kind = FaultKind.DROP_AFTER if after_handling else FaultKind.DROP
         return self.faults.add(InjectedFault(kind, method.upper(), path, times))
+
+    def inject_hang(
+        self,
+        method: str = "*",
+        path: str = "*",
+        *,
+        times: int = 1,
+        after_handling: bool = False,
+        hold_s: float = 60.0,
+    ) -> InjectedFault:
+        """Give the next ``times`` matching requests no answer until ``fault.release()`` (or ``hold_s``).
+
+        By default Discord does not act on them; ``after_handling=True`` lets the request take effect
+        and holds only the answer. Released requests end with a reset connection.
+        """
+        kind = FaultKind.HANG_AFTER if after_handling else FaultKind.HANG
+        return self.faults.add(InjectedFault(kind, method.upper(), path, times, hold_s=hold_s))
 
     def invalid_requests_within(self, seconds: float = 600.0) -> int:
         """401/403/429 answers in the last ``seconds`` of the fake clock, as Discord counts them for its
@@ -1436,13 +1454,17 @@ class FakeDiscord:
                 continue
             context = RequestContext(request, found.groupdict(), route.template)
             fault = self.faults.take(request.method, api_path)
-            if fault is not None and fault.kind is FaultKind.DROP:
+            if fault is not None and fault.kind in (FaultKind.DROP, FaultKind.HANG):
+                if fault.kind is FaultKind.HANG:
+                    await fault.hold()
                 await reset_connection(request)
                 self._record(request, api_path, route, 0, context.payload, dropped=True)
                 return web.Response(status=500)  # never sent: the connection is gone
             response = await self._run_route(route, context, api_path, fault)
-            dropped = fault is not None and fault.kind is FaultKind.DROP_AFTER
+            dropped = fault is not None and fault.kind in (FaultKind.DROP_AFTER, FaultKind.HANG_AFTER)
             if dropped:
+                if fault is not None and fault.kind is FaultKind.HANG_AFTER:
+                    await fault.hold()
                 await reset_connection(request)
             self._record(request, api_path, route, response.status, context.payload, dropped=dropped)
             if response.status in (401, 403, 429) and response.headers.get("X-RateLimit-Scope") != "shared":
