@@ -4,10 +4,12 @@ The interaction followup is used while the token lives (15 minutes); after that,
 (tokens are never stored), the bot posts in the channel itself and mentions the requester. A file
 over the upload limit is re-encoded as MP3; if that is still too big, the message says so.
 
-A post that meets a network fault (a connection reset, a timeout, a 5xx that outlasted discord.py's
-own retries) is tried again a few times before the job is reported as not delivered. Channel posts
-carry a nonce that Discord enforces, so a retry after an answer lost in transit returns the message
-already made instead of posting the music twice.
+A post that meets a network fault (a connection reset, no answer within its timeout, a 5xx that
+outlasted discord.py's own retries) is tried again a few times before the job is reported as not
+delivered. Channel posts carry a nonce that Discord enforces, so a retry after an answer lost in
+transit returns the message already made instead of posting the music twice. A followup (an
+interaction webhook) cannot carry a nonce: before posting one again, the bot looks for its own
+message for that job in the channel.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import discord
 
 from bot.audio_edit import encode_to_fit, new_part_path_for
-from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
+from bot.discord_faults import (
+    DISCORD_REQUEST_ERRORS,
+    DISCORD_TIMEOUTS,
+    TRANSIENT_DISCORD_ERRORS,
+    DiscordTimeouts,
+    answer_within,
+    describe_fault,
+    retry_transient,
+)
 from bot.jobs import Job
 from bot.replies import clip_text, escape_member_text, fit_embed
 from bot.status_message import is_dead_token_error
@@ -37,6 +47,8 @@ DEFAULT_UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
 EMBED_COLOUR = discord.Colour.blurple()
 # Pauses between attempts to post a result (so len + 1 attempts): a blip passes, an outage is reported.
 RESULT_RETRY_DELAYS_S = (1.0, 4.0, 10.0)
+# The channel's newest messages searched for a followup whose answer was lost (one request).
+LOST_FOLLOWUP_SEARCH_LIMIT = 50
 # Shown in the embed's own fields, so left out of "other settings".
 _FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "input_audio"}
 
@@ -45,6 +57,25 @@ _FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "inpu
 class PostedResult:
     message_id: int
     posted_format: str  # "wav", "mp3", or "none" when no file fitted
+
+
+@dataclass
+class _Post:
+    """One message to deliver: by followup while the token lives, else in the channel."""
+
+    followup: Callable[[], dict[str, Any]]
+    channel: Callable[[], dict[str, Any]]
+    timeout_s: float
+    # Recognises the message a followup attempt made when its answer was lost (None: it cannot be
+    # looked up, an ephemeral message is in no channel's history).
+    is_ours: Callable[[discord.Message], bool] | None
+    # A followup went out and got no answer (or a 5xx): it may have been posted all the same.
+    followup_tried: bool = field(default=False, init=False)
+
+
+def is_result_of(message: discord.Message, job_id: int) -> bool:
+    """The message carries job `job_id`'s result: its embed's footer starts with "Job #N "."""
+    return any((embed.footer.text or "").startswith(f"Job #{job_id} ") for embed in message.embeds)
 
 
 def describe_size(size_bytes: int) -> str:
@@ -98,7 +129,11 @@ class ResultPoster:
     """Posts results and failure notices, by followup while possible, else in the channel."""
 
     def __init__(
-        self, client: discord.Client, *, retry_delays_s: tuple[float, ...] = RESULT_RETRY_DELAYS_S
+        self,
+        client: discord.Client,
+        *,
+        retry_delays_s: tuple[float, ...] = RESULT_RETRY_DELAYS_S,
+        timeouts: DiscordTimeouts = DISCORD_TIMEOUTS,
     ) -> None:
         self._client = client
         # The buttons under every result (set by the cog that answers them).
@@ -109,6 +144,7 @@ class ResultPoster:
             Callable[[Job, GenerationResult, discord.Interaction | None], Awaitable[PostedResult | None]]
         ] = []
         self.retry_delays_s = retry_delays_s
+        self.timeouts = timeouts
 
     def channel(self, job: Job) -> discord.PartialMessageable:
         """The job's channel, for posting and editing with the bot's own permissions (no token needed)."""
@@ -216,13 +252,15 @@ class ResultPoster:
                 "nonce": f"job-{job.id}",
             }
 
+        upload_bytes = (path.stat().st_size if path is not None else 0) + len(picture or b"")
+        post = _Post(
+            followup=lambda: message(f"<@{job.user_id}> your music is ready."),
+            channel=channel_message,
+            timeout_s=self.timeouts.for_upload(upload_bytes),
+            is_ours=lambda found: is_result_of(found, job.id),
+        )
         sent = await retry_transient(
-            lambda: self._send(
-                job,
-                interaction,
-                followup=lambda: message(f"<@{job.user_id}> your music is ready."),
-                channel=channel_message,
-            ),
+            lambda: self._send(job, interaction, post),
             delays_s=self.retry_delays_s,
             what=f"job {job.id}: posting the result",
         )
@@ -233,18 +271,29 @@ class ResultPoster:
     ) -> None:
         """Tell the requester what went wrong (ephemerally while the token lives, else in the channel)."""
         mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
+
+        def is_this_notice(found: discord.Message) -> bool:
+            metadata = found.interaction_metadata
+            return (
+                interaction is not None
+                and metadata is not None
+                and metadata.id == interaction.id
+                and (found.content == text)
+            )
+
+        post = _Post(
+            followup=lambda: {"content": text, "ephemeral": ephemeral},
+            channel=lambda: {
+                "content": f"<@{job.user_id}> job #{job.id}: {text}",
+                "allowed_mentions": mentions,
+                "nonce": f"job-{job.id}-failed",
+            },
+            timeout_s=self.timeouts.call_s,
+            is_ours=None if ephemeral else is_this_notice,
+        )
         try:
             await retry_transient(
-                lambda: self._send(
-                    job,
-                    interaction,
-                    followup=lambda: {"content": text, "ephemeral": ephemeral},
-                    channel=lambda: {
-                        "content": f"<@{job.user_id}> job #{job.id}: {text}",
-                        "allowed_mentions": mentions,
-                        "nonce": f"job-{job.id}-failed",
-                    },
-                ),
+                lambda: self._send(job, interaction, post),
                 delays_s=self.retry_delays_s,
                 what=f"job {job.id}: telling the requester it failed",
             )
@@ -253,21 +302,54 @@ class ResultPoster:
                 "could not tell <@%s> that job %s failed: %s", job.user_id, job.id, describe_fault(error)
             )
 
-    async def _send(
-        self,
-        job: Job,
-        interaction: discord.Interaction | None,
-        *,
-        followup: Callable[[], dict[str, Any]],
-        channel: Callable[[], dict[str, Any]],
-    ) -> discord.Message:
+    async def _send(self, job: Job, interaction: discord.Interaction | None, post: _Post) -> discord.Message:
+        if interaction is not None and post.followup_tried and post.is_ours is not None:
+            earlier = await self._find_lost_followup(job, interaction, post.is_ours)
+            if earlier is not None:
+                logger.info("job %s: the last attempt was posted after all (message %s)", job.id, earlier.id)
+                return earlier
         if interaction is not None and not interaction.is_expired():
             try:
-                return await interaction.followup.send(wait=True, **followup())
+                return await answer_within(
+                    post.timeout_s, lambda: interaction.followup.send(wait=True, **post.followup())
+                )
+            except TRANSIENT_DISCORD_ERRORS:
+                post.followup_tried = True  # no answer, or a 5xx: the message may exist all the same
+                raise
             except discord.HTTPException as error:
                 if not is_dead_token_error(error):
                     raise
                 logger.info(
                     "job %s: interaction token no longer usable (%s); posting in the channel", job.id, error
                 )
-        return await self.channel(job).send(**channel())
+        return await answer_within(post.timeout_s, lambda: self.channel(job).send(**post.channel()))
+
+    async def _find_lost_followup(
+        self, job: Job, interaction: discord.Interaction, is_ours: Callable[[discord.Message], bool]
+    ) -> discord.Message | None:
+        """The bot's message that an earlier followup made although its answer was lost, if any.
+
+        Only messages newer than the interaction are read (its id is a snowflake of when it was made).
+        Without Read Message History there is no knowing: the post is made again (twice is better than
+        never).
+        """
+        me = self._client.user
+
+        async def search() -> discord.Message | None:
+            async for message in self.channel(job).history(
+                limit=LOST_FOLLOWUP_SEARCH_LIMIT, after=discord.Object(interaction.id), oldest_first=False
+            ):
+                if me is not None and message.author.id == me.id and is_ours(message):
+                    return message
+            return None
+
+        try:
+            return await answer_within(self.timeouts.call_s, search)
+        except discord.Forbidden as error:
+            logger.warning(
+                "job %s: cannot read the channel to see whether the last attempt was posted (%s); "
+                "posting again",
+                job.id,
+                error,
+            )
+            return None

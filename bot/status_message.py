@@ -4,8 +4,9 @@ Edits go through one `StatusMessage` per job. The newest text always wins and in
 are dropped, and edits are throttled (asyncio-throttle) to one per `interval_s`, so a 1500-step
 generation costs a handful of requests and never trips Discord's rate limits.
 
-An edit is cosmetic: one that fails (Discord's refusal, a connection reset, a timeout) is logged
-and the next text is tried later; it never stops the job or the delivery of its result.
+An edit is cosmetic: one that fails (Discord's refusal, a connection reset, no answer within
+`DiscordTimeouts.call_s`) is logged and the next text is tried later; it never stops the job or the
+delivery of its result.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Callable
 import discord
 from asyncio_throttle import Throttler
 
-from bot.discord_faults import NETWORK_ERRORS, describe_fault
+from bot import discord_faults
+from bot.discord_faults import NETWORK_ERRORS, DiscordTimeouts, answer_within, describe_fault
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +85,12 @@ class StatusMessage:
         message_id: int | None = None,
         interval_s: float,
         on_first_edit: Callable[[int], object] | None = None,
+        timeouts: DiscordTimeouts | None = None,
     ) -> None:
         self._channel = channel
+        # How long one edit may go unanswered: a hung one holds the token's lock, and the result waits
+        # on it. None: the bot-wide setting, read now rather than at import so that a test can shorten it.
+        self.timeouts = timeouts or discord_faults.DISCORD_TIMEOUTS
         self._interaction = interaction
         self._throttler = Throttler(rate_limit=1, period=interval_s) if interval_s > 0 else None
         self._on_first_edit = on_first_edit
@@ -140,6 +146,7 @@ class StatusMessage:
             task.cancel()
         # Never cancel a request in flight: discord.py's webhook client sleeps out a rate limit
         # while holding the token's lock, and a cancellation there leaves that lock held for good.
+        # (A hung one ends at its own timeout, which lets that sleep finish.)
         try:
             await task
         except asyncio.CancelledError:
@@ -177,7 +184,8 @@ class StatusMessage:
             self.usable = False  # the token died before the message was ever edited: its id is unknown
             return
         try:
-            await self._channel.get_partial_message(self.message_id).edit(content=text)
+            message = self._channel.get_partial_message(self.message_id)
+            await answer_within(self.timeouts.call_s, lambda: message.edit(content=text))
         except (discord.NotFound, discord.Forbidden) as error:
             # Deleted by a moderator, or the bot lost access to the channel: nothing left to update.
             logger.info("status message %s can no longer be edited: %s", self.message_id, error)
@@ -199,7 +207,10 @@ class StatusMessage:
         """Edit the original response; False when the token can no longer be used."""
         assert self._interaction is not None
         try:
-            message = await self._interaction.edit_original_response(content=text)
+            interaction = self._interaction
+            message = await answer_within(
+                self.timeouts.call_s, lambda: interaction.edit_original_response(content=text)
+            )
         except discord.HTTPException as error:
             if is_dead_token_error(error):
                 return False

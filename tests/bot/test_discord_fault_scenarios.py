@@ -7,18 +7,22 @@ tiny models. Each story asserts on what appears in the channel and in SQLite.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from bot import discord_faults
 from bot.bot import MusicGenBot
+from bot.discord_faults import DiscordTimeouts
 from tests.bot.fault_helpers import delivered_once, generate, results_of
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     status_reads,
     stuck_jobs,
+    until,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
@@ -28,6 +32,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 FOLLOWUPS = "/webhooks/*/*"  # POST: a followup (the result, while the token lives)
 TOKEN_EDITS = "/webhooks/*/*/messages/*"  # PATCH: status edits through the token
 CHANNEL_POSTS = "/channels/*/messages"  # POST: the result once the token is gone
+TOKEN_EDIT_ROUTE = "/webhooks/{application_id}/{token}/messages/{message_id}"
+# Short enough for a test, long enough for the fake's answers on a loaded machine.
+SHORT_TIMEOUTS = DiscordTimeouts(call_s=1.0, upload_bytes_per_s=1e9)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -88,6 +95,62 @@ async def test_a_channel_post_whose_answer_is_lost_is_not_posted_twice(
         if r.payload and r.payload.get("nonce") == f"job-{job_id}"
     ]
     assert len(posts) == 2  # the retry got the first message back instead of making another
+
+
+async def test_a_followup_whose_answer_is_lost_is_not_posted_twice(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server
+) -> None:
+    fake = fake_discord
+    lost = fake.inject_connection_drop("POST", FOLLOWUPS, after_handling=True)
+    job_id, interaction = await generate(fake, server, "a letter lost in the post")
+    result = await delivered_once(bot, fake, server, job_id)  # the row names this message
+    assert lost.served == 1
+    assert result.interaction is interaction and result in interaction.followups  # the followup made it
+    uploads = fake.requests_to("POST", "/webhooks/{application_id}/{token}")
+    assert [(r.dropped, r.status) for r in uploads][-1] == (True, 200)  # and was not sent again
+
+
+async def test_a_hung_status_edit_is_given_up_after_its_timeout_and_the_music_still_arrives(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_discord
+    monkeypatch.setattr(discord_faults, "DISCORD_TIMEOUTS", SHORT_TIMEOUTS)  # status messages made from now
+    hang = fake.inject_hang("PATCH", TOKEN_EDITS, hold_s=30)  # without a timeout: the lock held 30 s
+    first_request = len(fake.requests)
+    job_id, interaction = await generate(fake, server, "a line that went quiet")
+    loop = asyncio.get_running_loop()
+    await until(lambda: hang.served == 1, "the first status edit hangs", timeout=20)
+    assert interaction.token in hang.served_paths[0]
+    hung_at = loop.time()
+
+    def edited_through_the_token() -> bool:
+        return any(
+            r.route == TOKEN_EDIT_ROUTE and r.method == "PATCH" and r.status == 200
+            for r in fake.requests[first_request:]
+        )
+
+    # The token's lock was freed when the edit was given up: the next edit through it goes through.
+    await until(edited_through_the_token, "an edit after the hung one goes through", timeout=20)
+    assert loop.time() - hung_at < 10
+    await asyncio.wait_for(delivered_once(bot, fake, server, job_id), 20)
+    status = interaction.original_message
+    assert status is not None
+    await status_reads(fake, status, f"Job #{job_id} is done")
+    assert hang.served == 1 and await stuck_jobs(bot) == []
+
+
+async def test_a_result_upload_whose_answer_hangs_is_given_up_and_not_posted_twice(
+    bot: MusicGenBot, fake_discord: FakeDiscord, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_discord
+    monkeypatch.setattr(bot.dispatcher.poster, "timeouts", SHORT_TIMEOUTS)
+    monkeypatch.setattr(bot.dispatcher.poster, "retry_delays_s", (0.1, 0.1, 0.1))
+    hang = fake.inject_hang("POST", FOLLOWUPS, after_handling=True, hold_s=30)
+    job_id, interaction = await generate(fake, server, "posted, then silence")
+    # Without a timeout the upload would wait for the answer that never comes (30 s here, 300 s live).
+    result = await asyncio.wait_for(delivered_once(bot, fake, server, job_id), 20)
+    assert hang.served_paths == [f"/webhooks/{fake.application_id}/{interaction.token}"]
+    assert result in interaction.followups  # the message the hung upload made, found and kept
 
 
 @pytest.mark.parametrize("is_global", [False, True], ids=["route", "global"])
