@@ -147,8 +147,13 @@ class JobStore:
         input_audio_filename: str | None = None,
         replay_of: int | None = None,
         continues: ContinuationSource | None = None,
+        status_message_id: int | None = None,
     ) -> Job:
-        """Insert a queued job; the request must carry its concrete seed."""
+        """Insert a queued job; the request must carry its concrete seed.
+
+        `status_message_id`: a status message posted already (a jam turn's), recorded in the same
+        write, so a database that locks up in between cannot leave a row that does not know it.
+        """
         if request.seed is None:
             raise ValueError("a job's request must carry the seed it will run with")
         fields: dict[str, Any] = {name: getattr(request, name) for name in _REQUEST_COLUMNS}
@@ -160,6 +165,7 @@ class JobStore:
             application_id=origin.application_id,
             interaction_id=origin.interaction_id,
             replay_of=replay_of,
+            status_message_id=status_message_id,
             input_audio_filename=input_audio_filename,
             seed_was_random=seed_was_random,
             request_json=json.dumps(request.to_dict()),

@@ -179,7 +179,8 @@ async def test_a_new_row_a_member_waits_on_gives_up_on_a_locked_database_while_w
     jobs.gate.delays_s, jobs.gate.member_patience_s = (0.05,), 0.5
     request = GenerationRequest(model_version="small", prompt="x", duration=1, seed=1)
     origin = JobOrigin(guild_id=1, channel_id=2, user_id=3)
-    running = await jobs.create(origin, request, seed_was_random=False)
+    running = await jobs.create(origin, request, seed_was_random=False, status_message_id=77)
+    assert running.status_message_id == 77  # written with the row, not in a second write
     await jobs.mark_running(running.id)
 
     locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
