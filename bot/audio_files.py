@@ -1,19 +1,44 @@
 """Audio file chores the bot does itself, without torch: vet an upload, re-encode a result.
 
 Decoding is `inference.ffmpeg` (torch-free): an ffmpeg child process with a deadline, input
-whitelists and the imageio-ffmpeg binary when there is no system one. MP3 re-encoding is the
-engine's own MP3 encoder (`inference.ffmpeg.encode_mp3`, the same binary). Both block: call them
+whitelists and the imageio-ffmpeg binary unless `[engine] ffmpeg` names another. MP3 re-encoding is
+the engine's own MP3 encoder (`inference.ffmpeg.encode_mp3`, the same binary). Both block: call them
 with `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from inference import ffmpeg
 from inference.ffmpeg import AudioDecodeError, probe_duration
 
-__all__ = ["AUDIO_EXTENSIONS", "AudioDecodeError", "encode_mp3", "looks_like_audio", "measure_upload"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "MAX_CONCURRENT_DECODES",
+    "AudioDecodeError",
+    "decode_slot",
+    "encode_mp3",
+    "looks_like_audio",
+    "measure_upload",
+]
+
+# Decodes the bot process runs at once: measuring an upload, counting a clip, stitching a piece,
+# drawing a picture. Each holds at most a model's 30 s of samples in the bot and runs an ffmpeg child
+# on the bot's cores, so a burst of requests waits its turn instead of adding up.
+MAX_CONCURRENT_DECODES = 2
+_decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+
+
+@contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the bot's decode slots (blocks until one is free: call it from a worker thread)."""
+    with _decode_slots:
+        yield
+
 
 # Extensions Discord users commonly attach that ffmpeg decodes; anything else is refused up front.
 AUDIO_EXTENSIONS = frozenset(
@@ -47,7 +72,8 @@ def looks_like_audio(filename: str, content_type: str | None) -> bool:
 
 def measure_upload(path: str | Path, *, max_seconds: float, timeout_s: float) -> float:
     """Seconds of audio in an upload; AudioDecodeError (a friendly RequestError) if unreadable or too long."""
-    seconds = probe_duration(path, timeout_s=timeout_s, max_seconds=max_seconds)
+    with decode_slot():
+        seconds = probe_duration(path, timeout_s=timeout_s, max_seconds=max_seconds)
     if seconds > max_seconds:
         raise AudioDecodeError(
             f"That clip is longer than {max_seconds:g} s, the most this bot accepts. Trim it and try again."
