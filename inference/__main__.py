@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from inference.catalogue import ModelCatalogue
+from inference.ffmpeg import use_ffmpeg
 from inference.request import (
     MODEL_VERSIONS,
     NORMALIZATION_STRATEGIES,
@@ -202,6 +203,7 @@ def generate(
     settings = _with_engine_overrides(
         load_engine_settings(config_path), device=device, dtype=dtype, cpu_threads=threads
     )
+    use_ffmpeg(settings.engine.ffmpeg)
     if model_version is None:
         model_version = ModelCatalogue(settings.models).default_version()
     if output is None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.errors import GenerationCancelled
+from inference.ffmpeg import use_ffmpeg
 from inference.protocol import (
     BatchJob,
     Cancel,
@@ -86,6 +87,7 @@ def main(conn: Connection, settings: EngineSettings) -> None:
 
 def build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
     """Import torch, check the device, build the engine (models load later, per job)."""
+    use_ffmpeg(settings.engine.ffmpeg)
     import torch
     from transformers.utils import logging as transformers_logging
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from inference.environment import child_environment
-from inference.ffmpeg import decode_audio_file, ffmpeg_executable, probe_duration
+from inference.ffmpeg import decode_audio_file, ffmpeg_executable, probe_duration, use_ffmpeg
 
 
 def test_secrets_are_left_out_and_what_children_need_is_kept() -> None:
@@ -46,8 +46,8 @@ def test_secrets_are_left_out_and_what_children_need_is_kept() -> None:
 
 
 @pytest.fixture
-def recording_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An `ffmpeg` first on PATH that writes the environment it was started with, then runs the real one."""
+def recording_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An `ffmpeg` (configured as `[engine] ffmpeg`) that writes the environment it was started with, then runs the real one."""
     real = ffmpeg_executable()
     record = tmp_path / "ffmpeg-environments.txt"
     shim_dir = tmp_path / "bin"
@@ -55,12 +55,14 @@ def recording_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shim = shim_dir / "ffmpeg"
     shim.write_text(f'#!/bin/sh\nenv >> "{record}"\necho ---- >> "{record}"\nexec "{real}" "$@"\n')
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("DISCORD_TOKEN", "MTIz.discord-token-that-must-not-leak")
     monkeypatch.setenv("HF_TOKEN", "hf_must_not_leak_either")
     monkeypatch.setenv("HF_HOME", "/models/cache")
-    assert ffmpeg_executable() == str(shim)
-    return record
+    assert use_ffmpeg(str(shim)) == str(shim)
+    try:
+        yield record
+    finally:
+        use_ffmpeg("")
 
 
 def test_ffmpeg_decoding_an_upload_runs_without_the_tokens(recording_ffmpeg: Path, tmp_path: Path) -> None:
