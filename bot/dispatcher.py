@@ -200,6 +200,7 @@ class JobDispatcher:
                     self.poster.channel(job),
                     message_id=job.status_message_id,
                     interval_s=self.progress_interval_s,
+                    timeouts=self.poster.timeouts,
                 )
             if job.status is JobStatus.RUNNING:
                 # The bot stopped without putting it back (killed, crashed): that run counts as an attempt.
@@ -231,7 +232,10 @@ class JobDispatcher:
         """
         if interaction is None and status_message_id is not None:
             self._status[job.id] = StatusMessage(
-                self.poster.channel(job), message_id=status_message_id, interval_s=self.progress_interval_s
+                self.poster.channel(job),
+                message_id=status_message_id,
+                interval_s=self.progress_interval_s,
+                timeouts=self.poster.timeouts,
             )
         if interaction is not None:
             self._interactions[job.id] = interaction
@@ -239,6 +243,7 @@ class JobDispatcher:
                 self.poster.channel(job),
                 interaction=interaction,
                 interval_s=self.progress_interval_s,
+                timeouts=self.poster.timeouts,
                 on_first_edit=lambda message_id: self.store.set_status_message(job.id, message_id),
             )
         self.scheduler.enqueue(scheduled(job))
