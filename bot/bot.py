@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import Admission
 from bot.config import BotConfig
 from bot.continuation import finish_continuation
 from bot.database import Database
@@ -32,8 +33,10 @@ from bot.scheduler import BatchLimits, FairScheduler, QueueLimits
 from bot.server_controls import ServerControls
 from bot.storage import GIB, MIB, RetentionPolicy, StorageJanitor, files_in_use, low_disk_refusal
 from bot.storage_faults import PatientJobStore
+from bot.uploads import Uploads
 from inference.catalogue import ModelCatalogue
 from inference.client import InferenceClient
+from inference.ffmpeg import use_ffmpeg
 from inference.protocol import GenerationResult
 from inference.request import RequestError
 from inference.service import InferenceService
@@ -101,6 +104,8 @@ class MusicGenBot(commands.AutoShardedBot):
     clip_intake: ClipIntake
     controls: ServerControls
     janitor: StorageJanitor
+    admission: Admission
+    uploads: Uploads
 
     def __init__(
         self,
@@ -119,6 +124,8 @@ class MusicGenBot(commands.AutoShardedBot):
             **options,
         )
         self.config = config
+        # The ffmpeg every clip and result goes through: the bundled one unless [engine] ffmpeg names another.
+        use_ffmpeg(config.engine_settings.engine.ffmpeg)
         # A client passed in (tests share one across bots) is started and closed by its owner.
         self._given_inference = inference
         self._force_command_sync = force_command_sync
@@ -207,6 +214,12 @@ class MusicGenBot(commands.AutoShardedBot):
         self.clip_intake = ClipIntake(
             per_member=limits.max_concurrent_downloads_per_member, total=limits.max_concurrent_downloads
         )
+        self.uploads = Uploads(
+            self.uploads_dir,
+            self.clip_intake,
+            limits,
+            decode_timeout_s=self.config.engine_settings.engine.decode_timeout_s,
+        )
         self.scheduler = FairScheduler(
             QueueLimits(
                 max_pending_per_user=limits.max_pending_per_user,
@@ -251,6 +264,8 @@ class MusicGenBot(commands.AutoShardedBot):
                 ),
             ),
         )
+        # Every entry point's gates and job rows (cogs call it rather than each other).
+        self.admission = Admission(self)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands_if_changed(force=self._force_command_sync)

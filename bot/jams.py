@@ -269,15 +269,29 @@ class JamStore:
         rows = await self._rows("SELECT * FROM jam_turns WHERE job_id = ?", (job_id,))
         return JamTurn.from_row(rows[0]) if rows else None
 
-    async def waiting_turns_of(self, guild_id: int, user_id: int) -> int:
-        """A member's turns still waiting for their place in this guild's jams (they count towards the caps)."""
-        async with self._db.execute(
-            "SELECT COUNT(*) FROM jam_turns JOIN jams ON jams.id = jam_turns.jam_id "
-            "WHERE jams.guild_id = ? AND jam_turns.user_id = ? AND jam_turns.status = 'waiting'",
+    async def waiting_turn_counts(self, guild_id: int, user_id: int) -> tuple[int, int]:
+        """Turns still waiting for their place in this guild's jams: the member's, and everyone's.
+
+        They count towards the caps and the daily quota as jobs: each holds its place in line.
+        """
+        rows = await self._rows(
+            "SELECT COALESCE(SUM(jam_turns.user_id = ?), 0), COUNT(*) FROM jam_turns "
+            "JOIN jams ON jams.id = jam_turns.jam_id WHERE jams.guild_id = ? AND jam_turns.status = 'waiting'",
+            (user_id, guild_id),
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    async def waiting_turns_of(self, guild_id: int, user_id: int) -> list[tuple[Jam, JamTurn]]:
+        """The member's turns still waiting for their place in this guild's jams, oldest first."""
+        rows = await self._rows(
+            "SELECT jam_turns.* FROM jam_turns JOIN jams ON jams.id = jam_turns.jam_id "
+            "WHERE jams.guild_id = ? AND jam_turns.user_id = ? AND jam_turns.status = 'waiting' "
+            "ORDER BY jam_turns.id",
             (guild_id, user_id),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        )
+        turns = [JamTurn.from_row(row) for row in rows]
+        jams = {turn.jam_id: await self.get(turn.jam_id) for turn in turns}
+        return [(jam, turn) for turn in turns if (jam := jams[turn.jam_id]) is not None]
 
     async def set_turn_message(self, turn_id: int, message_id: int) -> None:
         await self._update("UPDATE jam_turns SET status_message_id = ? WHERE id = ?", (message_id, turn_id))

@@ -22,6 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import JobAsk
 from bot.audio_edit import clip_seconds, context_window
 from bot.continuation import (
     DEFAULT_NEW_SECONDS,
@@ -38,7 +39,6 @@ from inference.request import MAX_PROMPT_CHARS, GenerationRequest, RequestError
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
-    from cogs.generate import GenerateCog
     from cogs.jam import JamCog
 
 logger = logging.getLogger(__name__)
@@ -133,12 +133,6 @@ class ContinueAudioCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.context_menu.name, type=self.context_menu.type)
 
-    @property
-    def generate(self) -> GenerateCog:
-        cog = self.bot.get_cog("GenerateCog")
-        assert cog is not None, "cogs.generate must be loaded"
-        return cast("GenerateCog", cog)
-
     # -- the context menu (and the Continue button, which opens the same modal) ------------------------
     async def continue_message(
         self, interaction: discord.Interaction[MusicGenBot], message: discord.Message
@@ -149,15 +143,15 @@ class ContinueAudioCog(commands.Cog):
         self, interaction: discord.Interaction[MusicGenBot], message: discord.Message
     ) -> None:
         """Check what can be checked, then ask for the prompt and seconds (a modal is the first response)."""
-        self.generate.check_accepting_jobs()
+        self.bot.admission.check_accepting_jobs()
         clips = audio_attachments(message)
         if not clips:
             raise RequestError(
                 "That message has no audio I can continue. Use it on a message with an audio file or a "
                 "voice message attached (MP3, WAV, OGG, FLAC, M4A…)."
             )
-        self.generate.check_attachment_before_download(clips[0])
-        self.generate.check_admission(interaction)
+        self.bot.uploads.check_before_download(clips[0])
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
         await interaction.response.send_modal(ContinueModal(self, message, clips))
 
     async def continue_from_interaction(
@@ -170,27 +164,15 @@ class ContinueAudioCog(commands.Cog):
         seconds: int,
     ) -> Job:
         """After the modal: defer publicly (the status message), fetch the clip and queue the job."""
-        assert interaction.guild_id is not None and interaction.channel_id is not None
-        self.generate.check_accepting_jobs()
-        self.generate.check_admission(interaction)
+        assert interaction.guild_id is not None
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
         model_version = self.bot.default_model_for(interaction.guild_id)
         await defer_publicly(interaction)
-        await self.generate.check_server_controls(interaction)
         async with self.bot.clip_intake.slot(interaction.user.id):
             request, continues, stored = await self.prepare(source, clip, model_version, prompt, seconds)
         try:
-            return await self.generate.admit_and_queue(
-                JobOrigin(
-                    guild_id=interaction.guild_id,
-                    channel_id=interaction.channel_id,
-                    user_id=interaction.user.id,
-                    application_id=interaction.application_id,
-                    interaction_id=interaction.id,
-                ),
-                request,
-                interaction=interaction,
-                input_audio_filename=clip.filename,
-                continues=continues,
+            return await self.bot.admission.queue_for_interaction(
+                interaction, request, input_audio_filename=clip.filename, continues=continues
             )
         except BaseException:
             stored.unlink(missing_ok=True)
@@ -210,7 +192,7 @@ class ContinueAudioCog(commands.Cog):
             raise RequestError(
                 f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})."
             )
-        stored, _probed_seconds = await self.generate.download_upload(clip)
+        stored, _probed_seconds = await self.bot.uploads.store(clip)
         try:
             source_seconds = await asyncio.to_thread(
                 clip_seconds,
@@ -241,10 +223,6 @@ class ContinueAudioCog(commands.Cog):
             jams = cast("JamCog | None", self.bot.get_cog("JamCog"))
             if jams is not None and await jams.take_turn_from_message(message):
                 return
-            if not await self.bot.controls.feature_enabled(message.guild.id, "replies"):
-                raise RequestError(
-                    "Continuing by reply is switched off on this server; the context menu still works."
-                )
             await self.continue_from_reply(message)
         except RequestError as error:
             await self.answer_reply(message, str(error))
@@ -279,6 +257,8 @@ class ContinueAudioCog(commands.Cog):
 
     async def continue_from_reply(self, message: discord.Message) -> None:
         assert message.guild is not None and self.bot.user is not None
+        # Every gate before the download and before anything is posted.
+        await self.bot.admission.check(JobAsk.of_message(message, feature="replies"))
         if message.reference is None:
             raise RequestError(
                 "Reply to a message with audio and mention me to continue it, e.g. "
@@ -294,18 +274,16 @@ class ContinueAudioCog(commands.Cog):
         clips = audio_attachments(source)
         if not clips:
             raise RequestError("The message you replied to has no audio I can continue.")
-        self.generate.check_accepting_jobs()
-        self.generate.check_member_admission(message.guild.id, message.author.id)
         model_version = self.bot.default_model_for(message.guild.id)
         async with message.channel.typing(), self.bot.clip_intake.slot(message.author.id):
             request, continues, stored = await self.prepare(
-                source, clips[0], model_version, wanted.prompt, wanted.seconds
+                source, clips[0], model_version, wanted.prompt, wanted.seconds_or(DEFAULT_NEW_SECONDS)
             )
         first_of = f" (the first of its {len(clips)} clips)" if len(clips) > 1 else ""
         name = shown_filename(clips[0].filename)
         status = await self.answer_reply(message, f"🎼 Continuing {name}{first_of}: queueing…")
         try:
-            await self.generate.admit_and_queue(
+            await self.bot.admission.admit_and_queue(
                 JobOrigin(
                     guild_id=message.guild.id, channel_id=message.channel.id, user_id=message.author.id
                 ),

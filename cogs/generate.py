@@ -9,9 +9,7 @@ Only a request that passed every check becomes a row, and only a row is queued.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,9 +20,9 @@ from discord.app_commands import Choice, Range
 from discord.ext import commands
 
 from bot.access import can_see_job
-from bot.audio_files import looks_like_audio, measure_upload
+from bot.admission import JobAsk
 from bot.downloads import DownloadFailed, DownloadTooLarge
-from bot.jobs import ContinuationSource, Job, JobOrigin
+from bot.jobs import Job
 from bot.replies import clip_text, defer_publicly, escape_member_text
 from inference.request import (
     MAX_DURATION_S,
@@ -108,7 +106,7 @@ class GenerateCog(commands.Cog):
         output_format: str = REQUEST_DEFAULTS.output_format,
         seed: Range[int, -1, MAX_SEED] = -1,
     ) -> None:
-        self.check_accepting_jobs()
+        self.bot.admission.check_accepting_jobs()
         assert interaction.guild_id is not None
         default_model = self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
@@ -128,21 +126,19 @@ class GenerateCog(commands.Cog):
             output_format=output_format,  # type: ignore[arg-type]
             seed=seed,
         ).validate()
-        self.check_model_available(request, default_model)
+        self.bot.admission.check_model_available(request, default_model)
         if input_audio is not None:
-            self.check_attachment_before_download(input_audio)
-        self.check_admission(interaction)
+            self.bot.uploads.check_before_download(input_audio)
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
 
         await defer_publicly(interaction)
-        # After the defer: acknowledging within 3 s never waits on the database.
-        await self.check_server_controls(interaction)
         upload: Path | None = None
         try:
             if input_audio is not None:
                 async with self.bot.clip_intake.slot(interaction.user.id):
                     upload = await self.download_and_measure(input_audio, request)
                 request = request.replace(input_audio=str(upload))
-            await self.queue_job(
+            await self.bot.admission.queue_for_interaction(
                 interaction, request, input_audio_filename=input_audio.filename if input_audio else None
             )
         except Exception:
@@ -158,7 +154,7 @@ class GenerateCog(commands.Cog):
     async def replay(
         self, interaction: discord.Interaction[MusicGenBot], job_id: Range[int, 1, None]
     ) -> None:
-        self.check_accepting_jobs()
+        self.bot.admission.check_accepting_jobs()
         original = await self.bot.jobs.get(job_id)
         # Others' jobs only once posted in a channel the member can read: the same answer as for a
         # job that does not exist, so job numbers reveal nothing about private channels.
@@ -168,14 +164,13 @@ class GenerateCog(commands.Cog):
                 "channels you can read, can be replayed. `/history` lists yours."
             )
         request = original.request
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             await self.replay_from_discord(interaction, original)
             return
-        self.check_model_available(request, self.bot.default_model_for(original.guild_id))
-        self.check_admission(interaction)
+        self.bot.admission.check_model_available(request, self.bot.default_model_for(original.guild_id))
         await defer_publicly(interaction)
-        await self.check_server_controls(interaction)
-        await self.queue_job(
+        await self.bot.admission.queue_for_interaction(
             interaction,
             request,
             input_audio_filename=original.input_audio_filename,
@@ -196,7 +191,6 @@ class GenerateCog(commands.Cog):
                 "more, so it cannot be replayed."
             )
         message, audio = found
-        await self.check_server_controls(interaction)
         path = self.bot.uploads_dir / f"replay-{uuid.uuid4().hex}{Path(audio.filename).suffix}"
         try:
             async with self.bot.clip_intake.slot(interaction.user.id):
@@ -232,173 +226,16 @@ class GenerateCog(commands.Cog):
         return (message, audio[0]) if audio else None
 
     # -- checks ---------------------------------------------------------------------------------------
-    def check_accepting_jobs(self) -> None:
-        if not self.bot.accepting_jobs:
-            raise RequestError(
-                "The bot is restarting and is not taking new jobs right now. Try again in a minute."
-            )
-        if (refusal := self.bot.low_disk_refusal()) is not None:
-            raise RequestError(refusal)
-
-    def check_model_available(self, request: GenerationRequest, default_model: str) -> None:
-        catalogue = self.bot.catalogue
-        if not catalogue.is_configured(request.model_version):
-            raise RequestError(
-                f"No fine-tuned model is configured on this bot. Pick another model_version (the default here is {default_model})."
-            )
-        if (
-            request.input_audio is not None
-            and not request.continuation
-            and catalogue.cannot_follow_melody(request.model_version)
-        ):
-            raise RequestError(
-                f"The {request.model_version} model cannot follow a melody. Use model_version melody to follow "
-                "your clip's melody, or set continuation to True to continue the clip instead."
-            )
-
-    def check_attachment_before_download(self, attachment: discord.Attachment) -> None:
-        max_mb = self.bot.config.limits.max_attachment_mb
-        if attachment.size > max_mb * MIB:
-            raise RequestError(
-                f"{shown_filename(attachment)} is {attachment.size / MIB:.1f} MiB; this bot accepts clips up to {max_mb:g} MiB."
-            )
-        if not looks_like_audio(attachment.filename, attachment.content_type):
-            raise RequestError(
-                f"{shown_filename(attachment)} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
-            )
-
-    def check_admission(self, interaction: discord.Interaction[MusicGenBot]) -> None:
-        assert interaction.guild_id is not None
-        self.check_member_admission(interaction.guild_id, interaction.user.id)
-
-    def check_member_admission(self, guild_id: int, user_id: int) -> None:
-        """The per-member and per-server caps (a full queue is refused with what to do)."""
-        refusal = self.bot.scheduler.admission_refusal(guild_id, user_id)
-        if refusal is not None:
-            raise RequestError(refusal)
-
-    async def check_server_controls(self, interaction: discord.Interaction[MusicGenBot]) -> None:
-        """The server's own rules: the channels the bot works in, the daily quota per member."""
-        assert interaction.guild_id is not None and interaction.channel_id is not None
-        await self.check_channel_controls(
-            interaction.guild_id, interaction.channel_id, interaction.channel, interaction.user.id
-        )
-
-    async def check_channel_controls(
-        self, guild_id: int, channel_id: int, channel: object | None, user_id: int
-    ) -> None:
-        """`check_server_controls` for a job without an interaction (a reply, a jam turn)."""
-        parent_id = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
-        channel_ids = (channel_id,) + ((parent_id,) if parent_id else ())
-        refusal = await self.bot.controls.refusal_for(guild_id, channel_ids, user_id)
-        if refusal is not None:
-            raise RequestError(refusal)
-
     # -- after deferring --------------------------------------------------------------------------
     async def download_and_measure(self, attachment: discord.Attachment, request: GenerationRequest) -> Path:
         """Store the upload in the data dir (kept for /replay) and check it decodes and fits."""
-        path, seconds = await self.download_upload(attachment)
+        path, seconds = await self.bot.uploads.store(attachment)
         try:
             request.check_input_length(seconds)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return path
-
-    async def download_upload(self, attachment: discord.Attachment) -> tuple[Path, float]:
-        """Store an attachment in the data dir (kept for /replay); returns it and its seconds of audio."""
-        self.check_attachment_before_download(attachment)
-        suffix = Path(attachment.filename).suffix.lower()
-        if not suffix[1:].isalnum():
-            suffix = ".audio"
-        path = self.bot.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
-        try:
-            try:
-                await self.bot.clip_intake.download(
-                    attachment.url, path, max_bytes=int(self.bot.config.limits.max_attachment_mb * MIB)
-                )
-            except DownloadTooLarge:
-                raise RequestError(
-                    f"{shown_filename(attachment)} is larger than it said it was; it was refused."
-                ) from None
-            except DownloadFailed as error:
-                logger.warning("download of %s failed: %s", attachment.url, error)
-                raise RequestError(
-                    f"I could not download {shown_filename(attachment)} from Discord. Try again in a moment."
-                ) from error
-            seconds = await asyncio.to_thread(
-                measure_upload,
-                path,
-                max_seconds=self.bot.config.limits.max_input_seconds,
-                timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
-            )
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path, seconds
-
-    async def queue_job(
-        self,
-        interaction: discord.Interaction[MusicGenBot],
-        request: GenerationRequest,
-        *,
-        input_audio_filename: str | None,
-        replay_of: int | None = None,
-        continues: ContinuationSource | None = None,
-    ) -> Job:
-        """Insert the job row and queue it (re-checking the caps: the download gave others time to queue)."""
-        assert interaction.guild_id is not None and interaction.channel_id is not None
-        return await self.admit_and_queue(
-            JobOrigin(
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                user_id=interaction.user.id,
-                application_id=interaction.application_id,
-                interaction_id=interaction.id,
-            ),
-            request,
-            interaction=interaction,
-            input_audio_filename=input_audio_filename,
-            replay_of=replay_of,
-            continues=continues,
-        )
-
-    async def admit_and_queue(
-        self,
-        origin: JobOrigin,
-        request: GenerationRequest,
-        *,
-        interaction: discord.Interaction[MusicGenBot] | None,
-        input_audio_filename: str | None,
-        replay_of: int | None = None,
-        continues: ContinuationSource | None = None,
-        status_message_id: int | None = None,
-    ) -> Job:
-        """Check the caps, insert the row and queue it, under the admission lock (with or without an interaction)."""
-        seed_was_random = request.seed is None
-        if seed_was_random:
-            # Chosen here, not in the worker, so the row records it before the job runs and a retry
-            # after a crash or restart makes the same music.
-            request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
-        async with self.bot.admission_lock:
-            self.check_member_admission(origin.guild_id, origin.user_id)
-            # Again under the lock: two quick commands must not both take the member's last job of the day.
-            channel = (
-                interaction.channel if interaction is not None else self.bot.get_channel(origin.channel_id)
-            )
-            await self.check_channel_controls(origin.guild_id, origin.channel_id, channel, origin.user_id)
-            job = await self.bot.jobs.create(
-                origin,
-                request,
-                seed_was_random=seed_was_random,
-                input_audio_filename=input_audio_filename,
-                replay_of=replay_of,
-                continues=continues,
-            )
-            if status_message_id is not None:
-                await self.bot.jobs.set_status_message(job.id, status_message_id)
-            self.bot.dispatcher.add(job, interaction, status_message_id=status_message_id)
-        return job
 
 
 async def setup(bot: MusicGenBot) -> None:

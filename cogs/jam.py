@@ -16,27 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import io
 import logging
 import re
 import wave
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import discord
 from discord import app_commands
 from discord.app_commands import Choice, Range
 from discord.ext import commands
 
+from bot.admission import JobAsk
 from bot.audio_edit import context_window, encode_to_fit, new_part_path_for
 from bot.continuation import continuation_request, parse_mention_request
 from bot.delivery import EMBED_COLOUR, PostedResult
-from bot.jams import Jam, JamState, JamStore, JamTurn, TurnStatus
+from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
+from bot.jams import Jam, JamState, JamTurn, TurnStatus
 from bot.jobs import ContinuationSource, Job, JobOrigin, JobStatus
-from bot.replies import defer_publicly, reply_privately
+from bot.replies import clip_text, defer_publicly, escape_member_text, reply_privately
 from bot.waveform import MarkedPart, waveform_png_of_file
 from inference.protocol import GenerationResult
 from inference.request import (
@@ -50,7 +55,6 @@ from inference.request import (
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
-    from cogs.generate import GenerateCog
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +75,23 @@ SHUTDOWN_WAIT_S = 30.0
 JAM_MODELS = tuple(version for version in MODEL_VERSIONS if version != "encode-decode")
 NO_MENTIONS = discord.AllowedMentions.none()
 CREDITS_CHARS = 3500
+# Characters that would turn a thread name into markup or a mention where it is quoted.
+_NAME_MARKUP = re.compile(r"[\\*_~|`>#\[\]()<@:]")
 
 
 def thread_name(prompt: str) -> str:
-    """The prompt as a thread name: one line, cut to Discord's 100 characters."""
-    return " ".join(prompt.split())[:THREAD_NAME_LIMIT] or "jam"
+    """The prompt as a thread name: one line without markdown or mention syntax, cut to 100 characters.
+
+    A name is shown as typed wherever Discord lists threads, so escaping would show backslashes:
+    the characters that make links, mentions and markup are left out instead.
+    """
+    plain = _NAME_MARKUP.sub(" ", prompt)
+    return " ".join(plain.split())[:THREAD_NAME_LIMIT] or "jam"
+
+
+def shown(text: str, limit: int) -> str:
+    """A member's text (a prompt) as the bot shows it in a message: escaped, so it renders as typed."""
+    return clip_text(escape_member_text(text), limit)
 
 
 def wav_seconds(path: str | Path) -> float:
@@ -98,11 +114,50 @@ def missing_thread_permissions(permissions: discord.Permissions) -> list[str]:
     return missing
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file to post, kept as a path or bytes: a `discord.File` is consumed by one upload, so each
+    try of a post builds fresh ones."""
+
+    filename: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def file(self) -> discord.File:
+        if self.path is not None:
+            return discord.File(self.path, filename=self.filename)
+        assert self.data is not None
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+def post_nonce(jam: Jam, post: str) -> str:
+    """A nonce for one of the jam's posts (Discord returns the message a nonce already made, so a
+    retry whose answer was lost posts nothing twice). Discord keeps nonces per author, not per
+    channel, and allows 25 characters: the thread's id makes it unique, hashed to fit."""
+    return "jam-" + hashlib.blake2b(f"{jam.thread_id}:{post}".encode(), digest_size=8).hexdigest()
+
+
+def picture_name(attachments: Sequence[Attachment]) -> str | None:
+    return next((a.filename for a in attachments if a.filename.endswith(".png")), None)
+
+
+def place_text(label: str, ahead: int) -> str:
+    """What a member is told when their turn takes its place in the jam's line."""
+    if not ahead:
+        return f"🎼 {label}: starting…"
+    turns = "turn" if ahead == 1 else f"{ahead} turns"
+    verb = "is" if ahead == 1 else "are"
+    return (
+        f"⏳ {label}. Your turn is **#{ahead + 1}** in this jam's line: it starts when the {turns} before it "
+        f"{verb} done."
+    )
+
+
 def credits_lines(state: JamState) -> list[str]:
     """One line per finished turn: who, what, and where it lies in the piece."""
     lines = []
     for turn in state.done:
-        prompt = (turn.prompt or state.jam.prompt).replace("*", "")[:80]
+        prompt = shown(turn.prompt or state.jam.prompt, 80)
         lines.append(
             f"{turn.number}. <@{turn.user_id}> · *{prompt}* · {clock(turn.start_s or 0)}–{clock(turn.end_s or 0)}"
         )
@@ -112,7 +167,7 @@ def credits_lines(state: JamState) -> list[str]:
 def credits_embed(state: JamState, title: str, *, footer: str, picture_name: str | None) -> discord.Embed:
     """The jam's prompt, who added what, the length so far, and the picture of the piece."""
     jam = state.jam
-    embed = discord.Embed(title=title[:256], colour=EMBED_COLOUR)
+    embed = discord.Embed(title=clip_text(title, 256), colour=EMBED_COLOUR)
     lines = credits_lines(state)
     # The latest turns that fit, well inside Discord's 4096 characters (and 6000 for the whole embed).
     shown: list[str] = []
@@ -165,7 +220,7 @@ class JamCog(commands.Cog):
 
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
-        self.store = JamStore(bot.database)
+        self.store = bot.jam_store
         # One change at a time per jam: adding a turn, starting the next, recording a finished one.
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._resume_task: asyncio.Task[None] | None = None
@@ -190,12 +245,6 @@ class JamCog(commands.Cog):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), SHUTDOWN_WAIT_S)
 
-    @property
-    def generate(self) -> GenerateCog:
-        cog = self.bot.get_cog("GenerateCog")
-        assert cog is not None, "cogs.generate must be loaded"
-        return cast("GenerateCog", cog)
-
     # -- commands -------------------------------------------------------------------------------------
     @jam.command(name="start", description="Open a jam thread here and play the opening turn.")
     @app_commands.describe(
@@ -214,8 +263,7 @@ class JamCog(commands.Cog):
         max_turns: Range[int, 1, MAX_MAX_TURNS] = DEFAULT_MAX_TURNS,
     ) -> None:
         assert interaction.guild_id is not None
-        self.generate.check_accepting_jobs()
-        await self.check_jams_enabled(interaction.guild_id)
+        self.bot.admission.check_accepting_jobs()
         channel = interaction.channel
         if isinstance(channel, discord.Thread):
             raise RequestError(
@@ -226,15 +274,14 @@ class JamCog(commands.Cog):
         default_model = self.bot.default_model_for(interaction.guild_id)
         model = model_version or default_model
         request = GenerationRequest(model_version=model, prompt=prompt, duration=turn_seconds).validate()  # type: ignore[arg-type]
-        self.generate.check_model_available(request, default_model)
+        self.bot.admission.check_model_available(request, default_model)
         if turn_seconds > self.bot.config.jam.max_seconds:
             raise RequestError(
                 f"A turn cannot be longer than the longest jam here ({self.bot.config.jam.max_seconds:g} s)."
             )
-        await self.check_turn_admission(interaction.guild_id, interaction.user.id)
-        missing = missing_thread_permissions(interaction.app_permissions)
-        if missing:
-            raise RequestError(self.permission_text(missing, channel))
+        # Every gate before the thread, the announcement or the jam exist.
+        ask = dataclasses.replace(JobAsk.of_interaction(interaction, feature="jams"), opens_thread=True)
+        await self.bot.admission.check(ask)
         await defer_publicly(interaction)
         try:
             thread = await channel.create_thread(
@@ -252,10 +299,10 @@ class JamCog(commands.Cog):
             turn_seconds=turn_seconds,
             max_turns=max_turns,
         )
-        await thread.send(self.welcome_text(jam), allowed_mentions=NO_MENTIONS)
-        await self.queue_turn(jam, interaction.user, prompt, turn_seconds, answer=None)
+        await self.post_in_thread(jam, self.welcome_text(jam))
+        await self.queue_turn(jam, interaction.user, prompt, turn_seconds, answer=None, gates_passed=True)
         await interaction.followup.send(
-            f"🎶 {interaction.user.mention} started a jam: {thread.mention} · **{thread.name}**. "
+            f"🎶 {interaction.user.mention} started a jam: {thread.mention} · **{shown(thread.name, 100)}**. "
             "Take a turn in the thread with `/jam add`.",
             allowed_mentions=NO_MENTIONS,
         )
@@ -271,7 +318,8 @@ class JamCog(commands.Cog):
         seconds: Range[int, MIN_DURATION_S, MAX_TURN_SECONDS] | None = None,
     ) -> None:
         jam = await self.open_jam_here(interaction)
-        self.generate.check_accepting_jobs()
+        self.check_piece_present(await self.store.state(jam.id))
+        await self.bot.admission.check(JobAsk.of_interaction(interaction, feature="jams"))
 
         async def answer(text: str) -> int | None:
             response = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
@@ -287,8 +335,9 @@ class JamCog(commands.Cog):
         state = await self.store.state(jam.id)
         if state.piece_path is None:
             raise RequestError("There is nothing to export yet: the opening turn is still being made.")
+        self.check_piece_present(state)
         await defer_publicly(interaction)
-        files, note = await self.piece_files(
+        attachments, note = await self.piece_attachments(
             state, f"jam-{jam.id}-piece", interaction.filesize_limit, output_format=output_format
         )
         players = ", ".join(f"<@{c.user_id}>" for c in await self.store.contributors(jam.id))
@@ -298,12 +347,12 @@ class JamCog(commands.Cog):
                 for part in (f"📼 The whole piece so far: {state.piece_seconds:.1f} s by {players}.", note)
                 if part
             ),
-            files=files,
+            files=[attachment.file() for attachment in attachments],
             embed=credits_embed(
                 state,
-                f"Jam: {jam.prompt}",
+                f"Jam: {shown(jam.prompt, 250)}",
                 footer=f"Jam #{jam.id} · export",
-                picture_name=self.picture_name(files),
+                picture_name=picture_name(attachments),
             ),
             allowed_mentions=NO_MENTIONS,
         )
@@ -331,7 +380,7 @@ class JamCog(commands.Cog):
                 continue  # a jam in a channel the member cannot see is not theirs to know about
             state = await self.store.state(jam.id)
             lines.append(
-                f"🎶 <#{jam.thread_id}> · **{thread_name(jam.prompt)[:60]}** by <@{jam.starter_id}> · "
+                f"🎶 <#{jam.thread_id}> · **{shown(thread_name(jam.prompt), 60)}** by <@{jam.starter_id}> · "
                 f"{len(state.done)}/{jam.max_turns} turns · {state.piece_seconds:.0f} s"
             )
         text = (
@@ -350,11 +399,10 @@ class JamCog(commands.Cog):
             return False
         if not jam.is_open:
             raise RequestError("This jam has ended; `/jam start` opens a new one.")
-        self.generate.check_accepting_jobs()
+        self.check_piece_present(await self.store.state(jam.id))
+        await self.bot.admission.check(JobAsk.of_message(message, feature="jams"))
         wanted = parse_mention_request(message.content, self.bot.user.id)
-        # A duration typed in the message is taken out of the prompt: without one, the jam's turn length.
-        typed = " ".join(re.sub(rf"<@!?{self.bot.user.id}>", " ", message.content).split())
-        seconds = wanted.seconds if typed != (wanted.prompt or "") else jam.turn_seconds
+        seconds = wanted.seconds_or(jam.turn_seconds)
 
         async def answer(text: str) -> int | None:
             reply = await message.reply(text, allowed_mentions=NO_MENTIONS)
@@ -374,21 +422,13 @@ class JamCog(commands.Cog):
             raise RequestError("This jam has ended (its final piece is above). `/jam start` opens a new one.")
         return jam
 
-    async def check_jams_enabled(self, guild_id: int) -> None:
-        if not await self.bot.controls.feature_enabled(guild_id, "jams"):
-            raise RequestError("Jams are switched off on this server (`/musicgen-settings jams`).")
-
-    async def check_turn_admission(self, guild_id: int, user_id: int) -> None:
-        """The queue caps, counting the member's turns still waiting in jams as pending jobs."""
-        await self.check_jams_enabled(guild_id)
-        self.generate.check_member_admission(guild_id, user_id)
-        waiting = await self.store.waiting_turns_of(guild_id, user_id)
-        pending = self.bot.scheduler.pending_for_user(guild_id, user_id) + waiting
-        cap = self.bot.scheduler.limits.max_pending_per_user
-        if waiting and pending >= cap:
+    @staticmethod
+    def check_piece_present(state: JamState) -> None:
+        """Refuse to go on from a piece whose audio is gone from the disk (an operator deleted it)."""
+        if state.piece_missing:
             raise RequestError(
-                f"You already have {pending} jobs and jam turns queued or running here (the limit is {cap}). "
-                "Wait for one to finish."
+                "This jam's piece is missing from the bot's storage, so it cannot be continued or exported. "
+                "`/jam end` ends the jam with the credits."
             )
 
     @in_flight
@@ -400,11 +440,13 @@ class JamCog(commands.Cog):
         seconds: int,
         *,
         answer: Callable[[str], Awaitable[int | None]] | None,
+        gates_passed: bool = False,
     ) -> JamTurn:
         """Put a turn in the jam's line and tell the member their place; it starts when the line reaches it.
 
         `answer(text)` posts the public answer and returns its message id (it becomes the turn's status
-        message); without one, the answer is posted in the thread.
+        message); without one, the answer is posted in the thread. `gates_passed`: the opening turn,
+        whose gates `/jam start` checked before it opened the thread.
         """
         if not MIN_DURATION_S <= seconds <= MAX_TURN_SECONDS:
             raise RequestError(
@@ -413,50 +455,71 @@ class JamCog(commands.Cog):
             )
         async with self._locks[jam.id]:
             state = await self.store.state(jam.id)
-            if not state.jam.is_open:
-                raise RequestError("This jam has just ended.")
-            if state.turns_in_play >= jam.max_turns:
-                raise RequestError(
-                    f"All {jam.max_turns} turns of this jam are taken. `/jam export` posts the piece so far."
-                )
-            room = self.bot.config.jam.max_seconds - state.seconds_in_play
-            if seconds > room:
-                if room < MIN_DURATION_S:
-                    raise RequestError(
-                        f"This jam's piece will reach {self.bot.config.jam.max_seconds:g} s, the longest it may be "
-                        "here, with the turns already in line: there is no room for another."
-                    )
-                raise RequestError(
-                    f"Only {int(room)} more seconds fit in this jam (it may grow to "
-                    f"{self.bot.config.jam.max_seconds:g} s): ask for at most {int(room)}."
-                )
-            await self.check_turn_admission(jam.guild_id, member.id)
+            self.check_room(state, seconds)
+            turn = await self.take_place(jam, member, prompt, seconds, gates_passed=gates_passed)
             ahead = sum(t.status in (TurnStatus.WAITING, TurnStatus.STARTED) for t in state.turns)
-            number = state.turns_in_play + 1
-            turn = await self.store.add_turn(
-                jam.id, user_id=member.id, user_name=member.display_name, prompt=prompt, seconds=seconds
+            label = (
+                f"Turn {state.turns_in_play + 1} of {jam.max_turns} by {member.mention}: "
+                f"*{shown(prompt, 200)}* (+{seconds} s)"
             )
-            label = f"Turn {number} of {jam.max_turns} by {member.mention}: *{prompt[:200]}* (+{seconds} s)"
-            if ahead:
-                text = (
-                    f"⏳ {label}. Your turn is **#{ahead + 1}** in this jam's line: it starts when the "
-                    f"{'turn' if ahead == 1 else f'{ahead} turns'} before it {'is' if ahead == 1 else 'are'} done."
-                )
-            else:
-                text = f"🎼 {label}: starting…"
-            message_id: int | None = None
-            try:
-                if answer is None:
-                    message_id = (await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)).id
-                else:
-                    message_id = await answer(text)
-            except discord.HTTPException as error:
-                # The turn is in line all the same; its result is posted when it is played.
-                logger.warning("jam %s: could not answer for turn %s: %s", jam.id, turn.id, error)
-            if message_id is not None:
-                await self.store.set_turn_message(turn.id, message_id)
+            await self.announce_turn(jam, turn, place_text(label, ahead), answer)
         await self.advance(jam.id)
         return turn
+
+    def check_room(self, state: JamState, seconds: int) -> None:
+        """The jam is open and has a turn and `seconds` left for one more turn."""
+        jam, max_seconds = state.jam, self.bot.config.jam.max_seconds
+        if not jam.is_open:
+            raise RequestError("This jam has just ended.")
+        if state.turns_in_play >= jam.max_turns:
+            raise RequestError(
+                f"All {jam.max_turns} turns of this jam are taken. `/jam export` posts the piece so far."
+            )
+        room = max_seconds - state.seconds_in_play
+        if seconds <= room:
+            return
+        if room < MIN_DURATION_S:
+            raise RequestError(
+                f"This jam's piece will reach {max_seconds:g} s, the longest it may be here, with the turns "
+                "already in line: there is no room for another."
+            )
+        raise RequestError(
+            f"Only {int(room)} more seconds fit in this jam (it may grow to {max_seconds:g} s): "
+            f"ask for at most {int(room)}."
+        )
+
+    async def take_place(
+        self, jam: Jam, member: discord.abc.User, prompt: str, seconds: int, *, gates_passed: bool
+    ) -> JamTurn:
+        """The turn's row: from now on it counts towards the member's and the server's caps.
+
+        The quota and the caps are checked once more under the admission lock (the member passed
+        them when asking; another command may have taken the last place since).
+        """
+        async with self.bot.admission_lock:
+            if not gates_passed:
+                ask = JobAsk(guild_id=jam.guild_id, channel_id=jam.thread_id, user_id=member.id)
+                await self.bot.admission.check_quota(ask)
+                await self.bot.admission.check_caps(ask)
+            return await self.store.add_turn(
+                jam.id, user_id=member.id, user_name=member.display_name, prompt=prompt, seconds=seconds
+            )
+
+    async def announce_turn(
+        self, jam: Jam, turn: JamTurn, text: str, answer: Callable[[str], Awaitable[int | None]] | None
+    ) -> None:
+        """Tell the member their place; that message becomes the turn's status message."""
+        message_id: int | None = None
+        try:
+            if answer is None:
+                message_id = (await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)).id
+            else:
+                message_id = await answer(text)
+        except discord.HTTPException as error:
+            # The turn is in line all the same; its result is posted when it is played.
+            logger.warning("jam %s: could not answer for turn %s: %s", jam.id, turn.id, error)
+        if message_id is not None:
+            await self.store.set_turn_message(turn.id, message_id)
 
     @in_flight
     async def advance(self, jam_id: int) -> None:
@@ -473,8 +536,8 @@ class JamCog(commands.Cog):
                 else:
                     await self.store.mark_failed(started.id)
                 state = await self.store.state(jam_id)
-            if not state.jam.is_open:
-                return
+            if not state.jam.is_open or not self.bot.accepting_jobs:
+                return  # while the bot shuts down, waiting turns keep their place for after the restart
             while state.waiting:
                 if await self.start_turn(state, state.waiting[0]):
                     return
@@ -493,63 +556,88 @@ class JamCog(commands.Cog):
         return None
 
     async def start_turn(self, state: JamState, turn: JamTurn) -> bool:
-        """Make the turn a job continuing the piece so far; False if it could not be queued (it failed)."""
+        """Make the turn a job continuing the piece so far; False if it cannot run (the member is told).
+
+        The turn held its place in the caps and the quota since it was asked for, so it is not
+        refused by them now: only a piece or a request that cannot be used stops it.
+        """
         jam = state.jam
-        prompt = turn.prompt or jam.prompt
-        continues: ContinuationSource | None = None
         try:
-            if state.piece_path is None:
-                request = GenerationRequest(
-                    model_version=jam.model_version,  # type: ignore[arg-type]
-                    prompt=prompt,
-                    duration=turn.seconds,
-                ).validate()
-            else:
-                window = context_window(
-                    state.piece_seconds, turn.seconds, self.bot.config.limits.continuation_context_s
-                )
-                request = continuation_request(
-                    model_version=jam.model_version,
-                    prompt=prompt,
-                    source_path=Path(state.piece_path),
-                    seconds=turn.seconds,
-                    window=window,
-                )
-                previous = await self.bot.jobs.get(state.done[-1].job_id or 0)
-                continues = ContinuationSource(
-                    message_id=previous.result_message_id if previous is not None else None,
-                    channel_id=jam.thread_id,
-                    source_seconds=window.source_seconds,
-                    context_start_s=window.start_s,
-                    context_s=window.seconds,
-                )
-            job = await self.generate.admit_and_queue(
+            request, continues = await self.turn_request(state, turn)
+            job = await self.bot.admission.admit_and_queue(
                 JobOrigin(guild_id=jam.guild_id, channel_id=jam.thread_id, user_id=turn.user_id),
                 request,
                 interaction=None,
                 input_audio_filename=None,
                 continues=continues,
                 status_message_id=turn.status_message_id,
+                holds_place=True,
             )
         except RequestError as error:
             await self.store.mark_failed(turn.id)
-            await self.tell(jam, turn, f"❌ <@{turn.user_id}>, your turn could not start: {error}")
+            await self.notify(
+                jam, turn, f"❌ <@{turn.user_id}>, your turn could not start: {error} The jam goes on."
+            )
             return False
         await self.store.mark_started(turn.id, job.id)
         return True
 
-    async def record_turn(self, state: JamState, turn: JamTurn, piece_path: str) -> JamTurn:
-        """The turn's part is in the piece: its number, where it lies, and the whole piece after it."""
-        earlier = [t for t in state.done if t.id != turn.id and (t.number or 0) < (turn.number or 1 << 30)]
-        number = turn.number or len(earlier) + 1
-        start_s = (earlier[-1].end_s or 0.0) if earlier else 0.0
-        end_s = await asyncio.to_thread(wav_seconds, piece_path)
-        await self.store.mark_done(
-            turn.id, number=number, start_s=start_s, end_s=end_s, piece_path=piece_path
+    async def turn_request(
+        self, state: JamState, turn: JamTurn
+    ) -> tuple[GenerationRequest, ContinuationSource | None]:
+        """The opening turn is a text job; every later one continues the tail of the piece so far."""
+        jam = state.jam
+        prompt = turn.prompt or jam.prompt
+        if state.piece_path is None:
+            request = GenerationRequest(
+                model_version=jam.model_version,  # type: ignore[arg-type]
+                prompt=prompt,
+                duration=turn.seconds,
+            ).validate()
+            return request, None
+        self.check_piece_present(state)
+        window = context_window(
+            state.piece_seconds, turn.seconds, self.bot.config.limits.continuation_context_s
         )
-        recorded = await self.store.turn(turn.id)
-        assert recorded is not None
-        return recorded
+        request = continuation_request(
+            model_version=jam.model_version,
+            prompt=prompt,
+            source_path=Path(state.piece_path),
+            seconds=turn.seconds,
+            window=window,
+        )
+        previous = await self.bot.jobs.get(state.done[-1].job_id or 0)
+        continues = ContinuationSource(
+            message_id=previous.result_message_id if previous is not None else None,
+            channel_id=jam.thread_id,
+            source_seconds=window.source_seconds,
+            context_start_s=window.start_s,
+            context_s=window.seconds,
+        )
+        return request, continues
+
+    async def played(self, state: JamState, turn: JamTurn, piece_path: str) -> JamTurn:
+        """The turn as done: its number, where its part lies, and the whole piece after it."""
+        earlier = [t for t in state.done if t.id != turn.id and (t.number or 0) < (turn.number or 1 << 30)]
+        return dataclasses.replace(
+            turn,
+            status=TurnStatus.DONE,
+            number=turn.number or len(earlier) + 1,
+            start_s=(earlier[-1].end_s or 0.0) if earlier else 0.0,
+            end_s=await asyncio.to_thread(wav_seconds, piece_path),
+            piece_path=piece_path,
+        )
+
+    async def record_turn(self, state: JamState, turn: JamTurn, piece_path: str) -> None:
+        """The turn's part is in the piece (its post exists: a job that ended done was delivered)."""
+        played = await self.played(state, turn, piece_path)
+        await self.store.mark_done(
+            turn.id,
+            number=played.number or 1,
+            start_s=played.start_s or 0.0,
+            end_s=played.end_s or 0.0,
+            piece_path=piece_path,
+        )
 
     # -- hooks into the dispatcher ---------------------------------------------------------------------
     async def on_job_ended(self, job_id: int) -> None:
@@ -564,44 +652,73 @@ class JamCog(commands.Cog):
     async def post_turn(
         self, job: Job, result: GenerationResult, interaction: discord.Interaction | None
     ) -> PostedResult | None:
-        """A finished turn, in its thread: the new part, the whole piece so far and who added what."""
+        """A finished turn, in its thread: the new part, the whole piece so far and who added what.
+
+        The turn is recorded as done only once its post exists: if the post cannot be made, the
+        job takes the "could not deliver" path (its audio kept), the turn fails, and the piece stays
+        what the members have heard.
+        """
         turn = await self.store.turn_of_job(job.id)
         if turn is None:
             return None
         async with self._locks[turn.jam_id]:
-            turn = await self.record_turn(await self.store.state(turn.jam_id), turn, result.output_path)
             state = await self.store.state(turn.jam_id)
+            played = await self.played(state, turn, result.output_path)
+            after = JamState(state.jam, [played if t.id == turn.id else t for t in state.turns])
+        posted = await self.send_turn_post(job, after, played, result)
+        async with self._locks[turn.jam_id]:
+            await self.store.mark_done(
+                played.id,
+                number=played.number or 1,
+                start_s=played.start_s or 0.0,
+                end_s=played.end_s or 0.0,
+                piece_path=result.output_path,
+            )
+        return posted
+
+    async def send_turn_post(
+        self, job: Job, state: JamState, turn: JamTurn, result: GenerationResult
+    ) -> PostedResult:
+        """Post the turn through the delivery path: retried on network faults, with a nonce against doubles."""
         jam = state.jam
         limit = self.bot.dispatcher.poster.upload_limit(job, None)
-        files: list[discord.File] = []
+        attachments: list[Attachment] = []
         new_part = new_part_path_for(result.output_path)
         if turn.number != 1 and new_part.is_file():
-            files.append(discord.File(new_part, filename=f"jam-{jam.id}-turn-{turn.number}-new.wav"))
-        used = new_part.stat().st_size if files else 0
-        piece_files, note = await self.piece_files(
+            attachments.append(Attachment(f"jam-{jam.id}-turn-{turn.number}-new.wav", path=new_part))
+        used = new_part.stat().st_size if attachments else 0
+        piece, note = await self.piece_attachments(
             state,
             f"jam-{jam.id}-turn-{turn.number}-piece",
             min(limit, REQUEST_LIMIT_BYTES - used - PICTURE_ALLOWANCE_BYTES),
         )
-        files = [*files, *piece_files]
+        attachments += piece
         content = (
             f"🎶 **Turn {turn.number} of {jam.max_turns}** by <@{turn.user_id}>: "
-            f"*{(turn.prompt or jam.prompt)[:200]}* (+{turn.seconds} s). The piece is now **{state.piece_seconds:.1f} s**."
+            f"*{shown(turn.prompt or jam.prompt, 200)}* (+{turn.seconds} s). "
+            f"The piece is now **{state.piece_seconds:.1f} s**."
         )
         if not state.waiting and self.completion_reason(state) is None:
             content += " `/jam add` takes the next turn."
-        sent = await self.thread(jam).send(
-            "\n".join(part for part in (content, note) if part),
-            files=files,
-            embed=credits_embed(
-                state,
-                f"Jam: {jam.prompt}",
-                footer=f"Job #{job.id} · jam #{jam.id}, turn {turn.number} · /jam export posts the whole piece",
-                picture_name=self.picture_name(files),
-            ),
-            allowed_mentions=discord.AllowedMentions(users=[discord.Object(turn.user_id)]),
+        embed = credits_embed(
+            state,
+            f"Jam: {shown(jam.prompt, 250)}",
+            footer=f"Job #{job.id} · jam #{jam.id}, turn {turn.number} · /jam export posts the whole piece",
+            picture_name=picture_name(attachments),
         )
-        return PostedResult(sent.id, "mp3" if any(f.filename.endswith(".mp3") for f in files) else "wav")
+        sent = await retry_transient(
+            lambda: self.thread(jam).send(
+                "\n".join(part for part in (content, note) if part),
+                files=[attachment.file() for attachment in attachments],
+                embed=embed,
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(turn.user_id)]),
+                nonce=post_nonce(jam, f"job-{job.id}"),
+            ),
+            delays_s=self.bot.dispatcher.poster.retry_delays_s,
+            what=f"jam {jam.id}: posting turn {turn.number} (job {job.id})",
+        )
+        posted_format = "mp3" if any(a.filename.endswith(".mp3") for a in attachments) else "wav"
+        return PostedResult(sent.id, posted_format)
 
     async def resume_open_jams(self) -> None:
         """After a restart: settle turns that ended while the bot was away and start the next ones."""
@@ -646,41 +763,59 @@ class JamCog(commands.Cog):
     async def finish(
         self, jam: Jam, reason: str, *, interaction: discord.Interaction[MusicGenBot] | None
     ) -> None:
-        """Post the final piece with the credits, then archive the thread."""
+        """Post the final piece with the credits (the credits alone if its audio is gone), then archive."""
         await self.store.end(jam.id, reason)
         state = await self.store.state(jam.id)
         contributors = await self.store.contributors(jam.id)
         limit = interaction.filesize_limit if interaction is not None else self.guild_upload_limit(jam)
-        files, note = (
-            await self.piece_files(state, f"jam-{jam.id}-final", limit) if state.piece_path else ([], "")
-        )
+        attachments, note = await self.final_attachments(state, limit)
         summary = (
             f"{len(state.done)} turn{'s' if len(state.done) != 1 else ''}, {state.piece_seconds:.1f} s, by "
             + ", ".join(f"<@{c.user_id}> ({c.seconds:.0f} s)" for c in contributors)
             if contributors
             else "no turn was played"
         )
-        message: dict[str, Any] = {
-            "content": "\n".join(
-                part for part in (f"🏁 **The jam is over**: {reason}. {summary}.", note) if part
-            )[:2000],
-            "files": files,
-            "embed": credits_embed(
-                state,
-                f"Jam: {jam.prompt}",
-                footer=f"Jam #{jam.id} · final piece",
-                picture_name=self.picture_name(files),
-            ),
-            "allowed_mentions": NO_MENTIONS,
-        }
+        content = clip_text(
+            "\n".join(part for part in (f"🏁 **The jam is over**: {reason}. {summary}.", note) if part), 2000
+        )
+        embed = credits_embed(
+            state,
+            f"Jam: {shown(jam.prompt, 250)}",
+            footer=f"Jam #{jam.id} · final piece",
+            picture_name=picture_name(attachments),
+        )
+
+        async def send() -> object:
+            files = [attachment.file() for attachment in attachments]
+            if interaction is not None and not interaction.is_expired():
+                return await interaction.followup.send(
+                    content, files=files, embed=embed, allowed_mentions=NO_MENTIONS, wait=True
+                )
+            return await self.thread(jam).send(
+                content,
+                files=files,
+                embed=embed,
+                allowed_mentions=NO_MENTIONS,
+                nonce=post_nonce(jam, "final"),
+            )
+
         try:
-            if interaction is not None:
-                await interaction.followup.send(**message)
-            else:
-                await self.thread(jam).send(**message)
-        except discord.HTTPException as error:
-            logger.error("jam %s: could not post the final piece: %s", jam.id, error)
+            await retry_transient(
+                send,
+                delays_s=self.bot.dispatcher.poster.retry_delays_s,
+                what=f"jam {jam.id}: posting the final piece",
+            )
+        except DISCORD_REQUEST_ERRORS as error:
+            logger.error("jam %s: could not post the final piece: %s", jam.id, describe_fault(error))
         await self.archive(jam)
+
+    async def final_attachments(self, state: JamState, limit: int) -> tuple[list[Attachment], str]:
+        """The final piece and its picture, or a note saying why there is none."""
+        if state.piece_path is None:
+            return [], ""
+        if state.piece_missing:
+            return [], "The piece's audio is missing from the bot's storage, so only the credits are posted."
+        return await self.piece_attachments(state, f"jam-{state.jam.id}-final", limit)
 
     async def archive(self, jam: Jam) -> None:
         """Archive the jam's thread (the bot created it, so it may without Manage Threads)."""
@@ -701,13 +836,22 @@ class JamCog(commands.Cog):
         guild = self.bot.get_guild(jam.guild_id)
         return guild.filesize_limit if guild is not None else 10 * 1024 * 1024
 
-    async def tell(self, jam: Jam, turn: JamTurn, text: str) -> None:
-        """Show `text` on the turn's status message, or post it in the thread."""
+    async def post_in_thread(self, jam: Jam, text: str) -> None:
+        """A notice of the bot's own in the jam's thread (logged, not raised, if Discord refuses it)."""
         try:
+            await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as error:
+            logger.warning("jam %s: could not post in its thread: %s", jam.id, error)
+
+    async def notify(self, jam: Jam, turn: JamTurn, text: str) -> None:
+        """Tell the turn's member `text`: a new message that pings them (an edit would notify nobody),
+        and the same text on the turn's status message."""
+        try:
+            await self.thread(jam).send(
+                text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(turn.user_id)])
+            )
             if turn.status_message_id is not None:
                 await self.thread(jam).get_partial_message(turn.status_message_id).edit(content=text)
-            else:
-                await self.thread(jam).send(text, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as error:
             logger.warning("jam %s: could not tell about turn %s: %s", jam.id, turn.id, error)
 
@@ -722,16 +866,16 @@ class JamCog(commands.Cog):
 
     def welcome_text(self, jam: Jam) -> str:
         return (
-            f"🎶 **Jam: {jam.prompt[:300]}** · started by <@{jam.starter_id}> · model {jam.model_version} · "
+            f"🎶 **Jam: {shown(jam.prompt, 300)}** · started by <@{jam.starter_id}> · model {jam.model_version} · "
             f"{jam.turn_seconds} s a turn · up to {jam.max_turns} turns or {self.bot.config.jam.max_seconds:g} s.\n"
             "Take a turn with `/jam add prompt` here (or mention me with your prompt); each turn continues the "
             "piece so far, one at a time, in order. `/jam export` posts the whole piece; the starter (or Manage "
             "Threads) ends the jam with `/jam end`."
         )
 
-    async def piece_files(
+    async def piece_attachments(
         self, state: JamState, stem: str, limit: int, *, output_format: str = "wav"
-    ) -> tuple[list[discord.File], str]:
+    ) -> tuple[list[Attachment], str]:
         """The whole piece (MP3 when asked, or when a WAV is too large) and its picture, with a note."""
         assert state.piece_path is not None
         piece = Path(state.piece_path)
@@ -739,18 +883,18 @@ class JamCog(commands.Cog):
             # Under the WAV's own size, so that the MP3 is made (at the best bitrate that fits).
             limit = min(limit, piece.stat().st_size - 1)
         fitted = await asyncio.to_thread(encode_to_fit, piece, limit)
-        files: list[discord.File] = []
+        attachments: list[Attachment] = []
         note = ""
         if fitted is None:
             note = f"The whole piece ({state.piece_seconds:.0f} s) is too large for this server's uploads even as MP3."
         else:
-            files.append(discord.File(fitted.path, filename=f"{stem}.{fitted.format}"))
+            attachments.append(Attachment(f"{stem}.{fitted.format}", path=fitted.path))
             if output_format == "wav" and fitted.format == "mp3":
                 note = f"The WAV would be over this server's upload limit, so the piece is MP3 ({fitted.bitrate_kbps} kbit/s)."
         picture = await self.picture(state)
         if picture is not None:
-            files.append(discord.File(io.BytesIO(picture), filename=f"{stem}.png"))
-        return files, note
+            attachments.append(Attachment(f"{stem}.png", data=picture))
+        return attachments, note
 
     async def picture(self, state: JamState) -> bytes | None:
         """The whole piece with each member's part marked (None if it cannot be drawn)."""
@@ -764,10 +908,6 @@ class JamCog(commands.Cog):
         except Exception:
             logger.warning("jam %s: could not draw the piece", state.jam.id, exc_info=True)
             return None
-
-    @staticmethod
-    def picture_name(files: Sequence[discord.File]) -> str | None:
-        return next((f.filename for f in files if f.filename.endswith(".png")), None)
 
 
 async def setup(bot: MusicGenBot) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -10,12 +11,15 @@ from discord.app_commands import Range
 from discord.ext import commands
 
 from bot.access import can_see_channel_of
+from bot.jams import Jam, JamTurn
 from bot.jobs import Job, JobStatus
 from bot.replies import clip_text, escape_member_text, join_lines_within
 from inference.request import RequestError
 
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
+
+logger = logging.getLogger(__name__)
 
 QUEUE_LINES_SHOWN = 15
 HISTORY_LINES_SHOWN = 10
@@ -100,6 +104,12 @@ class QueueCog(commands.Cog):
                 for job in await self.bot.jobs.pending_in_guild(interaction.guild_id)
                 if job.user_id == interaction.user.id
             ]
+            turns = await self.bot.jam_store.waiting_turns_of(interaction.guild_id, interaction.user.id)
+            # A turn waiting in this jam's thread, else the latest job, else a turn waiting elsewhere.
+            here = [(jam, turn) for jam, turn in turns if jam.thread_id == interaction.channel_id]
+            if here or (turns and not mine):
+                await self.cancel_waiting_turn(interaction, *(here or turns)[-1])
+                return
             if not mine:
                 raise RequestError("You have no queued or running job in this server.")
             job = mine[-1]
@@ -126,6 +136,23 @@ class QueueCog(commands.Cog):
         else:
             text = f"Job #{job.id} has just finished; there was nothing left to cancel."
         await interaction.response.send_message(text, ephemeral=True)
+
+    async def cancel_waiting_turn(
+        self, interaction: discord.Interaction[MusicGenBot], jam: Jam, turn: JamTurn
+    ) -> None:
+        """A jam turn still waiting for its place leaves the line (it has no job yet)."""
+        if not await self.bot.jam_store.mark_failed(turn.id):
+            raise RequestError("Your turn has just started; `/cancel` again cancels its job.")
+        text = f"🚫 <@{turn.user_id}>'s turn (*{escape_member_text(clip_text(turn.prompt or jam.prompt, 100))}*) was cancelled."
+        if turn.status_message_id is not None:
+            thread = self.bot.get_partial_messageable(jam.thread_id, guild_id=jam.guild_id)
+            try:
+                await thread.get_partial_message(turn.status_message_id).edit(content=text)
+            except discord.HTTPException as error:
+                logger.warning("could not mark turn %s as cancelled: %s", turn.id, error)
+        await interaction.response.send_message(
+            f"Your turn waiting in <#{jam.thread_id}> is cancelled.", ephemeral=True
+        )
 
     @app_commands.command(name="history", description="Your recent jobs in this server, with their seeds.")
     @app_commands.guild_only()

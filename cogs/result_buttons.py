@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 from discord.ext import commands
 
+from bot.admission import JobAsk
 from bot.jobs import Job
-from bot.replies import defer_publicly
+from bot.replies import clip_text, defer_publicly, escape_member_text
 from cogs.continue_audio import answer_error
 from inference.request import (
     MAX_PROMPT_CHARS,
@@ -32,7 +33,6 @@ from inference.request import (
 if TYPE_CHECKING:
     from bot.bot import MusicGenBot
     from cogs.continue_audio import ContinueAudioCog
-    from cogs.generate import GenerateCog
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
     "details": ("Details", "ℹ️", discord.ButtonStyle.secondary),
 }
 MELODY_MODEL: ModelVersion = "melody"
+MEMBER_TEXT_FIELDS = ("prompt", "input_audio")
 
 
 class ResultButton(
@@ -122,7 +123,11 @@ def details_embed(job: Job) -> discord.Embed:
     for name, value in request.to_dict().items():
         if name == "input_audio":
             value = job.input_audio_filename if value is not None else None
-        lines.append(f"{name} = `{value}`")
+        if name in MEMBER_TEXT_FIELDS and value is not None:
+            # A member's text, escaped rather than in a code span, which a backtick in it could close.
+            lines.append(f"{name} = {escape_member_text(clip_text(str(value), 300))}")
+        else:
+            lines.append(f"{name} = `{value}`")
     embed.add_field(name="Parameters", value="\n".join(lines)[:1024], inline=False)
     embed.add_field(name="Seed", value=f"`{job.seed}`" + (" (random)" if job.seed_was_random else ""))
     embed.add_field(name="Status", value=job.status.value)
@@ -161,10 +166,6 @@ class ResultButtonsCog(commands.Cog):
         self.bot.remove_dynamic_items(ResultButton)
         self.bot.dispatcher.poster.view_for = None
 
-    @property
-    def generate(self) -> GenerateCog:
-        return cast("GenerateCog", self.bot.get_cog("GenerateCog"))
-
     async def job_here(self, job_id: int, interaction: discord.Interaction[MusicGenBot]) -> Job:
         job = await self.bot.jobs.get(job_id)
         if job is None or job.guild_id != interaction.guild_id:
@@ -184,8 +185,7 @@ class ResultButtonsCog(commands.Cog):
             await continue_cog.open_modal(interaction, interaction.message)
         else:
             self.check_melody_source(job)
-            self.generate.check_accepting_jobs()
-            self.generate.check_admission(interaction)
+            await self.bot.admission.check(JobAsk.of_interaction(interaction))
             await interaction.response.send_modal(MelodyModal(self, job))
 
     async def reroll(self, job: Job, interaction: discord.Interaction[MusicGenBot]) -> None:
@@ -194,11 +194,10 @@ class ResultButtonsCog(commands.Cog):
         if request.input_audio is not None and not Path(request.input_audio).is_file():
             raise RequestError(f"Job #{job.id}'s input audio is no longer stored, so it cannot be re-rolled.")
         assert interaction.guild_id is not None
-        self.generate.check_accepting_jobs()
-        self.generate.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
-        self.generate.check_admission(interaction)
+        self.bot.admission.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
         await defer_publicly(interaction)
-        await self.generate.queue_job(
+        await self.bot.admission.queue_for_interaction(
             interaction, request, input_audio_filename=job.input_audio_filename, continues=job.continues
         )
 
@@ -221,15 +220,14 @@ class ResultButtonsCog(commands.Cog):
             input_audio="pending-copy",
             duration=REQUEST_DEFAULTS.duration,
         ).validate()
-        self.generate.check_accepting_jobs()
-        self.generate.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
-        self.generate.check_admission(interaction)
+        self.bot.admission.check_model_available(request, self.bot.default_model_for(interaction.guild_id))
+        await self.bot.admission.check(JobAsk.of_interaction(interaction))
         await defer_publicly(interaction)
         source = Path(job.output_path)
         copy = self.bot.uploads_dir / f"{uuid.uuid4().hex}{source.suffix}"
         shutil.copyfile(source, copy)
         try:
-            await self.generate.queue_job(
+            await self.bot.admission.queue_for_interaction(
                 interaction, request.replace(input_audio=str(copy)), input_audio_filename=f"job #{job.id}"
             )
         except BaseException:

@@ -321,7 +321,7 @@ async def test_every_result_has_the_four_buttons_and_details_tells_everything(
     details = await fake.click_button(alice, result, f"musicgen:details:{job_id}")
     answer = await details.wait_for_final(lambda m: m.is_ephemeral and bool(m.embeds))
     row = await job_row(bot, job_id)
-    assert f"`{row['seed']}`" in answer.text and "prompt = `details please`" in answer.text
+    assert f"`{row['seed']}`" in answer.text and "prompt = details please" in answer.text
     assert f"<@{alice.id}>" in answer.text and "made in" in answer.text
 
 

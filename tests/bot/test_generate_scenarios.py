@@ -584,16 +584,21 @@ async def test_when_the_bot_may_not_attach_files_the_member_learns_what_to_fix(
     bot: MusicGenBot, world: World
 ) -> None:
     fake, studio = world.fake, world.studio
-    no_files = fake.add_channel(studio.guild, "no-files", bot_denied=Permission.ATTACH_FILES)
+    no_files = fake.add_channel(studio.guild, "no-files")
     bot.dispatcher.pause()  # the token expires first, so the result must go through the channel
     try:
         interaction = await run_command(
             fake, studio["carol"], no_files, "generate", prompt="forbidden", duration=1
         )
         job_id = await queued_job_id(interaction)
+        # An admin takes Attach Files away while the job waits: new jobs there are refused at once...
+        await fake.set_bot_denied(no_files, Permission.ATTACH_FILES)
+        refused = await run_command(fake, studio["carol"], no_files, "generate", prompt="again", duration=1)
+        assert "**Attach Files**" in await private_reply(refused)
         fake.expire_interaction(interaction)
     finally:
         bot.dispatcher.resume()
+    # ...and the one already made is kept and the member told what to fix.
     row = await wait_for_status(bot, job_id, "failed")
     assert "could not post the result" in row["error"] and Path(row["output_path"]).is_file()
     status = interaction.original_message

@@ -415,6 +415,18 @@ class FakeDiscord:
         )
         return channel
 
+    async def set_bot_denied(self, channel: FakeChannel, bot_denied: int) -> None:
+        """What an admin does in a channel's Permissions: deny the bot these bits there (0 lifts the
+        denial). CHANNEL_UPDATE tells the bot, as Discord does."""
+        channel.overwrites[:] = [o for o in channel.overwrites if o[0] != self.bot_user.id or o[1] != 1]
+        if bot_denied:
+            channel.overwrites.append((self.bot_user.id, 1, 0, bot_denied))
+        assert channel.guild is not None
+        await self.gateway.send_event(
+            "CHANNEL_UPDATE", channel.to_payload(), guild_id=channel.guild.id, intent=Intent.GUILDS
+        )
+        await self._notify_world()
+
     def add_role(self, guild: FakeGuild, name: str, permissions: int) -> FakeRole:
         role = FakeRole(
             id=new_snowflake(),
