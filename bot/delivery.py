@@ -100,7 +100,7 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
         embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
     embed.add_field(name="Seed", value=f"`{result.seed}`")
     if job.continues is not None:
-        source = discord.utils.escape_markdown((job.input_audio_filename or "the clip")[:100])
+        source = escape_member_text(clip_text(job.input_audio_filename or "the clip", 100))
         if job.continues.message_id is not None and job.continues.channel_id is not None:
             link = f"https://discord.com/channels/{job.guild_id}/{job.continues.channel_id}/{job.continues.message_id}"
             source = f"[{source}]({link})"

@@ -104,16 +104,6 @@ def clock(seconds: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
-def missing_thread_permissions(permissions: discord.Permissions) -> list[str]:
-    """What the bot lacks in a channel to run a jam in a thread there."""
-    missing = []
-    if not permissions.create_public_threads:
-        missing.append("Create Public Threads")
-    if not permissions.send_messages_in_threads:
-        missing.append("Send Messages in Threads")
-    return missing
-
-
 @dataclass(frozen=True)
 class Attachment:
     """A file to post, kept as a path or bytes: a `discord.File` is consumed by one upload, so each
@@ -289,10 +279,10 @@ class JamCog(commands.Cog):
             )
         except discord.Forbidden as error:
             raise RequestError(self.permission_text(["Create Public Threads"], channel)) from error
-        jam = await self.store.create(
+        jam = await self.create_jam_in(
+            thread,
             guild_id=interaction.guild_id,
             channel_id=channel.id,
-            thread_id=thread.id,
             starter_id=interaction.user.id,
             prompt=prompt,
             model_version=model,
@@ -307,6 +297,20 @@ class JamCog(commands.Cog):
             allowed_mentions=NO_MENTIONS,
         )
 
+    async def create_jam_in(self, thread: discord.Thread, **jam: Any) -> Jam:
+        """The jam's row; if the database cannot take it now, the new thread says so and is archived."""
+        try:
+            return await self.store.create(thread_id=thread.id, **jam)
+        except RequestError as error:
+            try:
+                await thread.send(f"This jam could not start: {error}", allowed_mentions=NO_MENTIONS)
+                await thread.edit(archived=True, reason="the jam could not start")
+            except discord.HTTPException as failure:
+                logger.warning(
+                    "could not close thread %s of a jam that did not start: %s", thread.id, failure
+                )
+            raise
+
     @jam.command(name="add", description="Take a turn: continue the jam's piece with your prompt.")
     @app_commands.describe(
         prompt="What your part should sound like.", seconds="Seconds to add (default: the jam's turn length)."
@@ -318,12 +322,16 @@ class JamCog(commands.Cog):
         seconds: Range[int, MIN_DURATION_S, MAX_TURN_SECONDS] | None = None,
     ) -> None:
         jam = await self.open_jam_here(interaction)
-        self.check_piece_present(await self.store.state(jam.id))
+        state = await self.store.state(jam.id)
+        self.check_piece_present(state)
+        self.check_room(state, seconds or jam.turn_seconds)
         await self.bot.admission.check(JobAsk.of_interaction(interaction, feature="jams"))
+        # Taking the place writes to the database, which may make the member wait past Discord's 3 s.
+        await defer_publicly(interaction)
 
         async def answer(text: str) -> int | None:
-            response = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
-            return response.message_id
+            message = await interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True)
+            return message.id
 
         await self.queue_turn(jam, interaction.user, prompt, seconds or jam.turn_seconds, answer=answer)
 

@@ -30,6 +30,7 @@ from tests.bot.scenario_harness import (
     stuck_jobs,
     wait_for_status,
 )
+from tests.bot.test_jam_scenarios import take_turn
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage, Permission
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -231,6 +232,7 @@ class Traces:
     turns: int
     threads: int
     uploads: int
+    downloads: int
     public_messages: int
 
     @classmethod
@@ -247,6 +249,8 @@ class Traces:
             turns=await count("jam_turns"),
             threads=sum(c.is_thread for c in channels),
             uploads=len(list(Path(bot.uploads_dir).iterdir())),
+            # A refusal comes before the clip is fetched from Discord's CDN.
+            downloads=len(fake.cdn_downloads),
             public_messages=sum(len(fake.messages(c)) for c in channels),
         )
 
@@ -284,7 +288,13 @@ async def test_every_entry_point_is_refused_privately_by_every_gate_and_leaves_n
     # A message entry point's refusal is its one reply (plus the member's own message).
     expected_public = before.public_messages + (2 if entry in ("reply", "mention in a jam thread") else 0)
     assert after == Traces(
-        before.jobs, before.jams, before.turns, before.threads, before.uploads, expected_public
+        before.jobs,
+        before.jams,
+        before.turns,
+        before.threads,
+        before.uploads,
+        before.downloads,
+        expected_public,
     ), entry
 
 
@@ -364,7 +374,7 @@ async def test_a_hostile_prompt_and_file_name_are_shown_as_typed_by_every_entry_
     started = await run_command(fake, bob, server.channel, "jam start", prompt=HOSTILE, turn_seconds=1)
     await started.wait_for_final(lambda m: not m.is_loading and "started a jam" in m.content)
     thread = next(c for c in fake.channels.values() if c.is_thread and "Claim your free Nitro" in c.name)
-    await run_command(fake, alice, thread, "jam add", prompt=HOSTILE)
+    await take_turn(fake, alice, thread, prompt=HOSTILE)
     await fake.post_user_message(bob, thread, f"{fake.bot_user.mention} 1s {HOSTILE}")
     await fake.wait_for_message(
         thread,

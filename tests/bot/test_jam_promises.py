@@ -26,7 +26,7 @@ from tests.bot.scenario_harness import (
     wait_for_status,
     wav_seconds,
 )
-from tests.bot.test_jam_scenarios import audio_named, rows, start_jam, turn_result
+from tests.bot.test_jam_scenarios import audio_named, rows, start_jam, take_turn, turn_result
 from tests.fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -62,7 +62,7 @@ async def test_a_turn_post_whose_answer_is_lost_is_posted_once_and_the_turn_coun
     thread = await start_jam(fake, server, "alice", "rainy lofi", turn_seconds=1)
     await turn_result(fake, thread, 1)
     lost = fake.inject_connection_drop("POST", THREAD_POSTS, after_handling=True)
-    await run_command(fake, server["bob"], thread, "jam add", prompt="soft keys")
+    await take_turn(fake, server["bob"], thread, prompt="soft keys")
     second = await turn_result(fake, thread, 2)
     assert lost.served == 1
     assert [m for m in fake.bot_messages(thread) if "**Turn 2 of" in m.content] == [second]
@@ -79,14 +79,14 @@ async def test_a_turn_that_cannot_be_posted_keeps_its_audio_and_leaves_the_piece
     thread = await start_jam(fake, server, "alice", "desert blues", turn_seconds=1)
     first = await turn_result(fake, thread, 1)
     down = fake.inject_connection_drop("POST", THREAD_POSTS, times=4)
-    await run_command(fake, server["bob"], thread, "jam add", prompt="slide guitar", seconds=2)
+    await take_turn(fake, server["bob"], thread, prompt="slide guitar", seconds=2)
     job_id = await started_job_of_turn(bot, 2)
     job = await wait_for_status(bot, job_id, "failed")
     assert down.served == 4 and "could not post" in job["error"] and Path(job["output_path"]).is_file()
     await turns_are(bot, ["done", "failed"])
 
     # The piece is still the one members heard: the next turn continues it.
-    await run_command(fake, server["alice"], thread, "jam add", prompt="handclaps", seconds=1)
+    await take_turn(fake, server["alice"], thread, prompt="handclaps", seconds=1)
     second = await turn_result(fake, thread, 2)
     assert wav_seconds(audio_named(second, "-piece.wav")) == pytest.approx(
         wav_seconds(audio_named(first, "-piece.wav")) + 1.0
@@ -120,7 +120,7 @@ async def test_a_waiting_turn_holds_its_place_in_the_caps_and_runs_when_the_queu
     bot.dispatcher.pause()  # the opening turn stays queued: bob's turn waits behind it
     try:
         thread = await start_jam(fake, server, "alice", "city pop", turn_seconds=1)
-        await run_command(fake, bob, thread, "jam add", prompt="slap bass")
+        await take_turn(fake, bob, thread, prompt="slap bass")
         first = await run_command(fake, bob, server.channel, "generate", prompt="one", duration=1)
         first_job = await queued_job_id(first)
         # Bob's cap is 2: his job and his waiting turn.
@@ -147,7 +147,7 @@ async def test_cancel_in_the_thread_takes_a_waiting_turn_out_of_the_line(
     bot.dispatcher.pause()
     try:
         thread = await start_jam(fake, server, "alice", "polka", turn_seconds=1)
-        added = await run_command(fake, bob, thread, "jam add", prompt="tuba")
+        added = await take_turn(fake, bob, thread, prompt="tuba")
         cancelled = await run_command(fake, bob, thread, "cancel")
         assert "Your turn waiting in" in await private_reply(cancelled)
     finally:

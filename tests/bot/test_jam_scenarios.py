@@ -22,7 +22,7 @@ from tests.bot.scenario_harness import (
     scenario_config,
     wav_seconds,
 )
-from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage, Permission
+from tests.fake_discord import FakeChannel, FakeDiscord, FakeInteraction, FakeMember, FakeMessage, Permission
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -87,6 +87,15 @@ async def start_jam(
     return thread
 
 
+async def take_turn(
+    fake: FakeDiscord, member: FakeMember, thread: FakeChannel, **options: object
+) -> FakeInteraction:
+    """`/jam add` in the thread, once the bot has answered with the turn's place."""
+    interaction = await run_command(fake, member, thread, "jam add", **options)
+    await interaction.wait_for_final(lambda m: not m.is_loading and "Turn " in m.content, 30)
+    return interaction
+
+
 async def turn_result(
     fake: FakeDiscord, thread: FakeChannel, number: int, timeout: float = 90
 ) -> FakeMessage:
@@ -118,7 +127,7 @@ async def test_three_turns_by_two_members_grow_one_piece_and_the_export_is_the_s
     picture = [a for a in first.attachments if a.filename.endswith(".png")]
     assert len(picture) == 1 and first.embeds[0]["image"]["url"] == picture[0].url  # the jam's picture
 
-    adding = await run_command(fake, bob, thread, "jam add", prompt="add brass", seconds=3)
+    adding = await take_turn(fake, bob, thread, prompt="add brass", seconds=3)
     assert "Turn 2 of 4" in adding.original_message.content  # type: ignore[union-attr]
     second = await turn_result(fake, thread, 2)
     assert wav_seconds(audio_named(second, "-new.wav")) == pytest.approx(3.0)
@@ -170,8 +179,8 @@ async def test_a_second_add_while_a_turn_is_running_waits_in_order_and_is_told_i
     fake, alice, bob = fake_discord, server["alice"], server["bob"]
     bot.dispatcher.pause()  # the opening turn stays queued while the others ask
     thread = await start_jam(fake, server, "alice", "slow jazz", turn_seconds=1)
-    bobs = await run_command(fake, bob, thread, "jam add", prompt="walking bass")
-    alices = await run_command(fake, alice, thread, "jam add", prompt="brushes", seconds=2)
+    bobs = await take_turn(fake, bob, thread, prompt="walking bass")
+    alices = await take_turn(fake, alice, thread, prompt="brushes", seconds=2)
     assert "Your turn is **#2** in this jam's line" in bobs.original_message.content  # type: ignore[union-attr]
     assert "Your turn is **#3** in this jam's line" in alices.original_message.content  # type: ignore[union-attr]
     waiting = await rows(bot, "SELECT user_id, status, job_id FROM jam_turns ORDER BY id")
@@ -204,13 +213,13 @@ async def test_a_restart_mid_jam_runs_the_queued_turn_and_the_jam_goes_on(
     async with musicgen_bot(fake, config, inference_client) as first_run:
         first_run.dispatcher.pause()
         thread = await start_jam(fake, server, "alice", "night drive", turn_seconds=1)
-        await run_command(fake, bob, thread, "jam add", prompt="synth arps")
+        await take_turn(fake, bob, thread, prompt="synth arps")
     async with musicgen_bot(fake, config, inference_client) as second_run:
         await turn_result(fake, thread, 1)
         second = await turn_result(fake, thread, 2)
         assert wav_seconds(audio_named(second, "-piece.wav")) == pytest.approx(2.0)
         # The jam goes on: a new turn after the restart.
-        await run_command(fake, bob, thread, "jam add", prompt="drums in")
+        await take_turn(fake, bob, thread, prompt="drums in")
         third = await turn_result(fake, thread, 3)
         assert wav_seconds(audio_named(third, "-piece.wav")) == pytest.approx(3.0)
         turns = await rows(second_run, "SELECT status FROM jam_turns ORDER BY id")
@@ -259,11 +268,9 @@ async def test_max_turns_and_the_longest_piece_end_the_jam_with_a_clear_message(
     fake, bob = fake_discord, server["bob"]
     assert bot.config.jam.max_seconds == 4
     thread = await start_jam(fake, server, "alice", "chiptune", turn_seconds=2, max_turns=2)
-    too_long = await private_reply(
-        await run_command(fake, bob, thread, "jam add", prompt="faster", seconds=3)
-    )
+    too_long = await private_reply(await take_turn(fake, bob, thread, prompt="faster", seconds=3))
     assert "Only 2 more seconds fit" in too_long
-    await run_command(fake, bob, thread, "jam add", prompt="faster")
+    await take_turn(fake, bob, thread, prompt="faster")
     full = await private_reply(await run_command(fake, server["mod"], thread, "jam add", prompt="more"))
     assert "All 2 turns of this jam are taken" in full
     final = await fake.wait_for_message(thread, lambda m: "The jam is over" in m.content, 90)
@@ -298,8 +305,8 @@ async def test_ending_a_jam_cancels_the_queued_turn_drops_the_waiting_one_and_ke
     thread = await start_jam(fake, server, "alice", "dub techno", turn_seconds=1)
     await turn_result(fake, thread, 1)
     bot.dispatcher.pause()
-    await run_command(fake, server["bob"], thread, "jam add", prompt="delay chords")
-    await run_command(fake, server["mod"], thread, "jam add", prompt="vinyl crackle")
+    await take_turn(fake, server["bob"], thread, prompt="delay chords")
+    await take_turn(fake, server["mod"], thread, prompt="vinyl crackle")
     ending = await run_command(fake, alice, thread, "jam end")
     final = await ending.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
     assert "1 turn, 1.0 s" in final.content

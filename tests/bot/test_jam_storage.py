@@ -29,6 +29,7 @@ from tests.bot.scenario_harness import (
     until,
     wav_seconds,
 )
+from tests.bot.test_jam_scenarios import take_turn
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -114,7 +115,7 @@ async def test_an_open_jams_piece_survives_every_sweep_and_the_export_and_next_t
     exported = await export.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
     assert piece_of(exported) == piece_of(first)
 
-    await run_command(fake, server["bob"], thread, "jam add", prompt="add a bassline", seconds=3)
+    await take_turn(fake, server["bob"], thread, prompt="add a bassline", seconds=3)
     second = await turn_result(fake, thread, 2)
     assert wav_seconds(piece_of(second)) == pytest.approx(5.0)
     (second_job,) = await rows(bot, "SELECT job_id FROM jam_turns WHERE number = 2")
