@@ -47,12 +47,28 @@ def discover_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
-class Database:
-    """An open aiosqlite connection with the schema migrated; `connection` is used by the stores."""
+async def _open_reader(path: Path) -> aiosqlite.Connection:
+    reader = await aiosqlite.connect(path)
+    reader.row_factory = aiosqlite.Row
+    await reader.execute("PRAGMA query_only=ON")
+    return reader
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+
+class Database:
+    """An open aiosqlite connection with the schema migrated; `connection` is used by the stores.
+
+    `reader` is a second, read-only connection for the checks a command makes before Discord's 3 s
+    acknowledgement (the channel allow-list, the switches, the quota): aiosqlite runs one query at a
+    time per connection, so on their own connection they never wait behind a long query or a write
+    of the dispatcher's (WAL lets a reader see every committed row while another connection writes).
+    """
+
+    def __init__(
+        self, connection: aiosqlite.Connection, path: Path, reader: aiosqlite.Connection | None = None
+    ) -> None:
         self.connection = connection
         self.path = path
+        self.reader = reader or connection
 
     @classmethod
     async def open(
@@ -71,12 +87,16 @@ class Database:
         try:
             if upgrade:
                 await database.upgrade(migrations_dir)
+            if str(path) != ":memory:":
+                database.reader = await _open_reader(path)
         except BaseException:
             await connection.close()
             raise
         return database
 
     async def close(self) -> None:
+        if self.reader is not self.connection:
+            await self.reader.close()
         await self.connection.close()
 
     async def applied_versions(self) -> list[int]:

@@ -174,6 +174,7 @@ class JamStore:
 
     def __init__(self, database: Database, *, gate: StorageGate | None = None) -> None:
         self._db = database.connection
+        self._reader = database.reader
         # The job store's gate unless told otherwise: one storage state for the whole bot.
         self.gate = gate or shared_gate(database)
 
@@ -274,12 +275,14 @@ class JamStore:
 
         They count towards the caps and the daily quota as jobs: each holds its place in line.
         """
-        rows = await self._rows(
+        # On the reader: admission counts these before acknowledging a command (see `Database.reader`).
+        async with self._reader.execute(
             "SELECT COALESCE(SUM(jam_turns.user_id = ?), 0), COUNT(*) FROM jam_turns "
             "JOIN jams ON jams.id = jam_turns.jam_id WHERE jams.guild_id = ? AND jam_turns.status = 'waiting'",
             (user_id, guild_id),
-        )
-        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def waiting_turns_of(self, guild_id: int, user_id: int) -> list[tuple[Jam, JamTurn]]:
         """The member's turns still waiting for their place in this guild's jams, oldest first."""

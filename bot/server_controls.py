@@ -2,7 +2,7 @@
 one member may ask for per day; every change recorded in `settings_audit`.
 
 Other cogs ask `ServerControls.feature_enabled(guild_id, "replies" | "jams")` before offering a
-feature, and `refusal_for(...)` before taking a job.
+feature; `bot.admission` reads the allow-list, the switches and the quota before taking a job.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ class ServerControls:
 
     def __init__(self, database: Database) -> None:
         self._db: aiosqlite.Connection = database.connection
+        # Admission reads these before acknowledging a command: on the reader, they never wait
+        # behind another query (see `Database.reader`).
+        self._reader: aiosqlite.Connection = database.reader
 
     # -- channels ---------------------------------------------------------------------------------
     async def channels(self, guild_id: int) -> list[int]:
         """The channels the bot works in here; empty means everywhere."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
@@ -49,7 +52,7 @@ class ServerControls:
             await self._db.execute(
                 "DELETE FROM guild_channels WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id)
             )
-        after = await self.channels(guild_id)
+        after = sorted({*before, channel_id} if allowed else set(before) - {channel_id})
         await self._record(guild_id, by, "channels", _channel_list(before), _channel_list(after))
         return after
 
@@ -57,7 +60,7 @@ class ServerControls:
     async def feature_enabled(self, guild_id: int, feature: Feature) -> bool:
         """Whether the server's admins leave `feature` on (it is, unless they turned it off)."""
         column = FEATURE_COLUMNS[feature]
-        async with self._db.execute(
+        async with self._reader.execute(
             f"SELECT {column} FROM guild_settings WHERE guild_id = ?", (guild_id,)
         ) as cursor:
             row = await cursor.fetchone()
@@ -74,7 +77,7 @@ class ServerControls:
         await self._record(guild_id, by, feature, _switch(before), _switch(enabled))
 
     async def daily_quota(self, guild_id: int) -> int | None:
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
         ) as cursor:
             row = await cursor.fetchone()
@@ -95,31 +98,13 @@ class ServerControls:
         Cancelled jobs do not count, nor jobs the bot failed through no fault of the member (a crash,
         a deadline, storage or delivery): those they may run again. Their own failures count.
         """
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ? "
             "AND status != 'cancelled' AND COALESCE(failed_by, 'member') != 'bot'",
             (guild_id, user_id, start_of_utc_day()),
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
-
-    # -- admission -----------------------------------------------------------------------------------
-    async def refusal_for(self, guild_id: int, channel_ids: tuple[int, ...], user_id: int) -> str | None:
-        """Why a job cannot be taken here and now (wrong channel, quota used up), or None.
-
-        `channel_ids`: the channel the command came from and, for a thread, its parent.
-        """
-        allowed = await self.channels(guild_id)
-        if allowed and not set(channel_ids) & set(allowed):
-            where = ", ".join(f"<#{channel_id}>" for channel_id in allowed)
-            return f"In this server I make music only in {where}. Try the command there."
-        quota = await self.daily_quota(guild_id)
-        if quota is not None and await self.jobs_today(guild_id, user_id) >= quota:
-            return (
-                f"You have made {quota} job(s) here today, this server's daily limit. "
-                "It resets at midnight UTC."
-            )
-        return None
 
     # -- audit ----------------------------------------------------------------------------------------
     async def record(

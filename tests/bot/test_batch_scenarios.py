@@ -235,7 +235,8 @@ async def test_generate_is_acknowledged_without_waiting_for_the_database(
     interaction = await run_command(
         fake_discord, server["ben"], server.channel, "generate", prompt="busy evening", duration=1
     )
-    # Everything before the acknowledgement (the server's default model, the caps) is in memory.
+    # Before the acknowledgement: the default model and the caps are in memory, and the gates read on
+    # their own connection, which never waits behind another query.
     assert interaction.response_type == 5
     assert not busy.done(), "the acknowledgement waited behind the database"
     assert await busy == 10_000_000

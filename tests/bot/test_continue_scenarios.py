@@ -132,7 +132,7 @@ async def test_the_context_menu_on_a_long_clip_posts_the_whole_piece_with_the_or
     join = original.shape[0]
     away_from_crossfade = join - round(0.02 * SAMPLE_RATE)
     np.testing.assert_allclose(piece[:away_from_crossfade], original[:away_from_crossfade], atol=1 / 32767)
-    assert "34.0 s + 2 s new" in result.text and "long-take.wav" in result.text
+    assert "34.0 s + 2 s new" in result.text and "long\\-take.wav" in result.text  # escaped, as every member's text
     # The picture: a PNG attached and shown in the embed.
     picture = result.attachments[1]
     assert picture.filename == f"musicgen-{job_id}.png"

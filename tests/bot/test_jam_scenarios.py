@@ -268,7 +268,7 @@ async def test_max_turns_and_the_longest_piece_end_the_jam_with_a_clear_message(
     fake, bob = fake_discord, server["bob"]
     assert bot.config.jam.max_seconds == 4
     thread = await start_jam(fake, server, "alice", "chiptune", turn_seconds=2, max_turns=2)
-    too_long = await private_reply(await take_turn(fake, bob, thread, prompt="faster", seconds=3))
+    too_long = await private_reply(await run_command(fake, bob, thread, "jam add", prompt="faster", seconds=3))
     assert "Only 2 more seconds fit" in too_long
     await take_turn(fake, bob, thread, prompt="faster")
     full = await private_reply(await run_command(fake, server["mod"], thread, "jam add", prompt="more"))
