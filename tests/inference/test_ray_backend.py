@@ -159,6 +159,11 @@ async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_en
     # The batch is over: a late join waits for the replica as a batch of its own.
     (late,) = client.join_batch(["ray-long"], [JobSubmission("ray-late", short_request(seed=6))], tmp_path)
     assert (await asyncio.wait_for(late, JOB_TIMEOUT_S)).seed == 6
+    # The outcome is answered as the job ends; the replica's batch is cleared just after.
+    for _ in range(500):
+        if client.idle_workers == 1 and client.busy_workers == 0:
+            break
+        await asyncio.sleep(0.01)
     assert client.idle_workers == 1 and client.busy_workers == 0
     # A replica running no batch refuses a join (the client then queues those jobs as a batch).
     (actor,) = client.replica_actors
