@@ -44,10 +44,10 @@ import discord  # noqa: E402
 from discord import app_commands  # noqa: E402
 from discord.ext import commands  # noqa: E402
 
-from bot.bot import MusicGenBot, bot_intents  # noqa: E402
+from bot.app import MusicGenBot, bot_intents  # noqa: E402
 from bot.config import BotConfig, BotOptions, Limits, WorkerOptions  # noqa: E402
-from inference.client import InferenceClient  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
+from inference.backends.local import InferenceClient  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 from tests.bot.scenario_harness import add_server, posted_result  # noqa: E402

@@ -30,11 +30,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from inference.audio import measure_loudness  # noqa: E402
-from inference.decoder_step import DecoderStep  # noqa: E402
-from inference.decoding import DecodingRow, MusicGenDecoder  # noqa: E402
-from inference.engine import EngineJob, MusicGenEngine  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.engine.audio import measure_loudness  # noqa: E402
+from inference.engine.decoder_step import DecoderStep  # noqa: E402
+from inference.engine.decoding import DecodingRow, MusicGenDecoder  # noqa: E402
+from inference.engine.musicgen_engine import EngineJob, MusicGenEngine  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 

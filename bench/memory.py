@@ -28,10 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from bot.bot import MusicGenBot  # noqa: E402
+from bot.app import MusicGenBot  # noqa: E402
 from bot.config import BotConfig, BotOptions, Limits  # noqa: E402
-from inference.client import InferenceClient  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
+from inference.backends.local import InferenceClient  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 from tests.bot.long_clip_memory import (  # noqa: E402
     can_measure_peak_memory,

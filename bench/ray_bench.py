@@ -28,8 +28,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `inf
 
 import ray  # noqa: E402
 
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
-from inference.ray_backend import RayInferenceClient  # noqa: E402
+from inference.backends.ray import RayInferenceClient  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 

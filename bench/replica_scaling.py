@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from inference.client import InferenceClient  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.backends.local import InferenceClient  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 

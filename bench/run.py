@@ -15,7 +15,7 @@
 - replicas: jobs per minute with 1, 2 and 4 local workers of the tiny model (bench/replica_scaling.py).
 
 Both paths run in this process on the same weights (random, built once by
-`inference.random_models.make_test_model("small")` into --model-dir and reused), with the same
+`inference.checkpoints.random_models.make_test_model("small")` into --model-dir and reused), with the same
 prompt, seed and sampling parameters. Reported per path: decoder steps/s, real-time factor (wall
 seconds per second of audio, lower is better), the median decoder step (robust to other work on a
 shared machine) and resident memory. Times are the best of --repeats alternating runs. The speed
@@ -51,8 +51,8 @@ import torch  # noqa: E402
 # What torch picks on this machine before --threads changes it: the default configuration's count.
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
-from inference.decoder_step import DecoderStep  # noqa: E402
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.engine.decoder_step import DecoderStep  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 
@@ -207,7 +207,7 @@ def bench_request(duration: int) -> GenerationRequest:
 
 class OurEngine:
     def __init__(self, settings: EngineSettings) -> None:
-        from inference.engine import MusicGenEngine
+        from inference.engine.musicgen_engine import MusicGenEngine
 
         self.engine = MusicGenEngine(settings)
 
@@ -228,7 +228,7 @@ class OurEngine:
 
     def generate_batch(self, duration: int, size: int) -> StepTimes:
         """`size` concurrent jobs (different seeds) as one batch; the step times of the first."""
-        from inference.engine import EngineJob
+        from inference.engine.musicgen_engine import EngineJob
 
         times = StepTimes(0, [])
 
@@ -306,9 +306,9 @@ class PlainTransformers:
 # -- worker round trip --------------------------------------------------------------------------
 def bench_worker_overhead(tiny_dir: Path, threads: int, repeats: int) -> tuple[float, float]:
     """Best wall time of a 1 s tiny-model job in-process vs through InferenceClient (after warm-up)."""
-    from inference.audio import write_generated
-    from inference.client import InferenceClient
-    from inference.engine import MusicGenEngine
+    from inference.backends.local import InferenceClient
+    from inference.engine.audio import write_generated
+    from inference.engine.musicgen_engine import MusicGenEngine
 
     settings = bench_settings(tiny_dir, "float32", threads)
     request = bench_request(1).replace(top_k=50)
@@ -463,7 +463,7 @@ def parity_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
 def batching_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
     """N concurrent jobs as one batch against the same N jobs one after another, float32 both ways
     (the targets); then the same in the default dtype where that is not float32 (for information)."""
-    from inference.models import resolve_dtype
+    from inference.checkpoints.loading import resolve_dtype
 
     speedups = batching_table(args, small_dir, "float32")
     default_dtype = resolve_dtype(bench_settings(small_dir, "auto", 0).engine, torch.device("cpu"))
@@ -527,7 +527,7 @@ def batching_table(args: argparse.Namespace, small_dir: Path, dtype: str) -> dic
 def default_configuration_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
     """One job with the shipped defaults on this machine: [engine] dtype = "auto", and torch's own
     thread count ([engine] cpu_threads = 0), whatever --threads set for the other sections."""
-    from inference.models import resolve_dtype
+    from inference.checkpoints.loading import resolve_dtype
 
     settings = bench_settings(small_dir, "auto", 0)
     dtype = resolve_dtype(settings.engine, torch.device("cpu"))

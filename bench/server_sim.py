@@ -20,7 +20,7 @@ beyond the jobs it had queued itself (a job with k of its server's jobs ahead of
 jobs of any other server start while it waits). It prints the p50/p99 wait per job in simulated seconds.
 
 The back end is a parameter (`BACKENDS`): `simulated`, `local` (the real `InferenceClient`, tiny
-random-weight model) and `ray` (`inference.ray_backend.RayInferenceClient` where that back end is
+random-weight model) and `ray` (`inference.backends.ray.RayInferenceClient` where that back end is
 installed; the same tiny model).
 """
 
@@ -45,13 +45,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from bot.database import Database  # noqa: E402
-from bot.delivery import PostedResult  # noqa: E402
-from bot.dispatcher import JobDispatcher  # noqa: E402
-from bot.jobs import Job, JobOrigin  # noqa: E402
-from bot.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob  # noqa: E402
-from bot.storage_faults import PatientJobStore  # noqa: E402
-from inference.client import JobSubmission  # noqa: E402
+from bot.pipeline.delivery import PostedResult  # noqa: E402
+from bot.pipeline.dispatcher import JobDispatcher  # noqa: E402
+from bot.pipeline.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob  # noqa: E402
+from bot.storage.database import Database  # noqa: E402
+from bot.storage.jobs import Job, JobOrigin  # noqa: E402
+from bot.storage.patience import PatientJobStore  # noqa: E402
+from inference.backends.local import JobSubmission  # noqa: E402
 from inference.errors import GenerationCancelled  # noqa: E402
 from inference.protocol import GenerationResult  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
@@ -178,7 +178,7 @@ class SimulatedInferenceClient:
 # -- the real back ends on the tiny model ----------------------------------------------------------
 def tiny_engine_settings(folder: Path) -> Any:
     """Engine settings on a tiny random-weight `small` model built in `folder` (CPU, float32)."""
-    from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
+    from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
     from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
 
     small = make_test_model("small", folder / "small", tiny=True, seed=0)
@@ -201,7 +201,7 @@ async def simulated_backend(workers: int, time_scale: float, _folder: Path) -> A
 
 @asynccontextmanager
 async def local_backend(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
-    from inference.client import InferenceClient
+    from inference.backends.local import InferenceClient
 
     async with InferenceClient(tiny_engine_settings(folder), processes=workers) as client:
         yield client
@@ -210,7 +210,7 @@ async def local_backend(workers: int, _time_scale: float, folder: Path) -> Async
 @asynccontextmanager
 async def ray_backend(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
     try:
-        from inference.ray_backend import RayInferenceClient
+        from inference.backends.ray import RayInferenceClient
     except ImportError as error:
         raise SystemExit(
             f"the ray back end is not available here ({error}): install it with pip install -e '.[ray]'"

@@ -21,7 +21,7 @@ import discord
 from pydantic import ValidationError
 
 from bot.config import BotConfig, load_config
-from bot.database import Database, discover_migrations
+from bot.storage.database import Database, discover_migrations
 from inference.settings import CONFIG_ENV_VAR
 
 logger = logging.getLogger("bot")
@@ -98,7 +98,7 @@ def run(config_path: Path | None, force_sync: bool = False) -> None:
 
 async def run_until_stopped(config: BotConfig, token: str, *, force_command_sync: bool = False) -> None:
     """Run the bot until Discord closes it or SIGINT/SIGTERM arrives, then shut down cleanly."""
-    from bot.bot import MusicGenBot  # after logging is set up
+    from bot.app import MusicGenBot  # after logging is set up
 
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

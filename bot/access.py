@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.jobs import Job, JobStatus
+from bot.storage.jobs import Job, JobStatus
 
 
 def can_read_channel(

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.jobs import ContinuationSource, Job, JobOrigin
-from bot.server_controls import Feature
+from bot.storage.jobs import ContinuationSource, Job, JobOrigin
+from bot.storage.server_controls import Feature
 from inference.request import MAX_SEED, GenerationRequest, RequestError
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 MIB = 1024 * 1024
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import discord
 
-from bot.audio_edit import ContextWindow, stitch_files
-from bot.audio_files import looks_like_audio
-from bot.jobs import ContinuationSource, Job
+from bot.audio.editing import ContextWindow, stitch_files
+from bot.audio.files import looks_like_audio
+from bot.storage.jobs import ContinuationSource, Job
 from inference.protocol import GenerationResult
 from inference.request import MAX_DURATION_S, MIN_DURATION_S, GenerationRequest, RequestError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import discord
 
-from bot.audio_files import looks_like_audio, measure_upload
+from bot.audio.files import looks_like_audio, measure_upload
 from bot.config import Limits
 from bot.downloads import ClipIntake, DownloadFailed, DownloadTooLarge
 from bot.replies import clip_text, escape_member_text

@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.admission import JobAsk
-from bot.audio_edit import clip_seconds, context_window
+from bot.audio.editing import clip_seconds, context_window
 from bot.continuation import (
     DEFAULT_NEW_SECONDS,
     audio_attachments,
@@ -33,12 +33,12 @@ from bot.continuation import (
     parse_mention_request,
     parse_seconds,
 )
-from bot.jobs import ContinuationSource, Job, JobOrigin
 from bot.replies import INTERNAL_ERROR_TEXT, defer_publicly, reply_privately
+from bot.storage.jobs import ContinuationSource, Job, JobOrigin
 from inference.request import MAX_PROMPT_CHARS, GenerationRequest, RequestError
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
     from cogs.jam import JamCog
 
 logger = logging.getLogger(__name__)

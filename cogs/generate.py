@@ -22,8 +22,8 @@ from discord.ext import commands
 from bot.access import can_see_job
 from bot.admission import JobAsk
 from bot.downloads import DownloadFailed, DownloadTooLarge
-from bot.jobs import Job
 from bot.replies import clip_text, defer_publicly, escape_member_text
+from bot.storage.jobs import Job
 from inference.request import (
     MAX_DURATION_S,
     MAX_GUIDANCE,
@@ -41,7 +41,7 @@ from inference.request import (
 )
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ becomes an ordinary job (queue, caps, row, /history, /cancel) when the turns bef
 since it continues the piece they leave. A jam ends at `max_turns`, at `[jam] max_seconds`, or by
 `/jam end`, which posts the final piece with the credits and archives the thread.
 
-Jams and turns are rows (bot/jams.py), and a job's end moves its jam on (a dispatcher listener), so
+Jams and turns are rows (bot/storage/jams.py), and a job's end moves its jam on (a dispatcher listener), so
 a restart loses nothing: the queued turn runs and the next one follows.
 """
 
@@ -35,14 +35,14 @@ from discord.app_commands import Choice, Range
 from discord.ext import commands
 
 from bot.admission import JobAsk
-from bot.audio_edit import context_window, encode_to_fit, new_part_path_for
+from bot.audio.editing import context_window, encode_to_fit, new_part_path_for
+from bot.audio.waveform import MarkedPart, waveform_png_of_file
 from bot.continuation import continuation_request, parse_mention_request
-from bot.delivery import EMBED_COLOUR, PostedResult
-from bot.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
-from bot.jams import Jam, JamState, JamTurn, TurnStatus
-from bot.jobs import ContinuationSource, Job, JobOrigin, JobStatus
+from bot.pipeline.delivery import EMBED_COLOUR, PostedResult
+from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
 from bot.replies import clip_text, defer_publicly, escape_member_text, reply_privately
-from bot.waveform import MarkedPart, waveform_png_of_file
+from bot.storage.jams import Jam, JamState, JamTurn, TurnStatus
+from bot.storage.jobs import ContinuationSource, Job, JobOrigin, JobStatus
 from inference.protocol import GenerationResult
 from inference.request import (
     MAX_DURATION_S,
@@ -54,7 +54,7 @@ from inference.request import (
 )
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from discord.app_commands import Range
 from discord.ext import commands
 
 from bot.access import can_see_channel_of
-from bot.jams import Jam, JamTurn
-from bot.jobs import Job, JobStatus
 from bot.replies import clip_text, escape_member_text, join_lines_within
+from bot.storage.jams import Jam, JamTurn
+from bot.storage.jobs import Job, JobStatus
 from inference.request import RequestError
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import discord
 from discord.ext import commands
 
 from bot.admission import JobAsk
-from bot.jobs import Job
 from bot.replies import clip_text, defer_publicly, escape_member_text
+from bot.storage.jobs import Job
 from cogs.continue_audio import answer_error
 from inference.request import (
     MAX_PROMPT_CHARS,
@@ -31,7 +31,7 @@ from inference.request import (
 )
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
     from cogs.continue_audio import ContinueAudioCog
 
 logger = logging.getLogger(__name__)

@@ -9,13 +9,13 @@ from discord import app_commands
 from discord.app_commands import Range
 from discord.ext import commands
 
-from bot.server_controls import Feature
+from bot.storage.server_controls import Feature
 from cogs.generate import choices
 from inference.catalogue import MODEL_VERSIONS
 from inference.request import RequestError
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 
 @app_commands.guild_only()

@@ -9,13 +9,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.pipeline.status_message import format_seconds
 from bot.replies import clip_text, escape_member_text, join_lines_within
-from bot.server_controls import BotHealth
-from bot.status_message import format_seconds
-from inference.client import InferenceClient
+from bot.storage.server_controls import BotHealth
+from inference.backends.local import InferenceClient
 
 if TYPE_CHECKING:
-    from bot.bot import MusicGenBot
+    from bot.app import MusicGenBot
 
 
 class StatusCog(commands.Cog):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from inference.catalogue import ModelCatalogue
-from inference.ffmpeg import use_ffmpeg
+from inference.media.ffmpeg import use_ffmpeg
 from inference.request import (
     MODEL_VERSIONS,
     NORMALIZATION_STRATEGIES,
@@ -25,7 +25,7 @@ from inference.request import (
 from inference.settings import EngineSettings, load_engine_settings
 
 if TYPE_CHECKING:  # random_models imports torch: only for the annotations
-    from inference.random_models import CheckpointFormat, ModelArchitecture
+    from inference.checkpoints.random_models import CheckpointFormat, ModelArchitecture
 
 # Exit code for a request the person can fix (click uses 2 for usage errors too).
 REQUEST_ERROR_EXIT_CODE = 2
@@ -233,8 +233,8 @@ def generate(
     import torch
     from tqdm import tqdm
 
-    from inference.audio import write_generated
-    from inference.engine import MusicGenEngine
+    from inference.engine.audio import write_generated
+    from inference.engine.musicgen_engine import MusicGenEngine
 
     if not progress:
         # transformers draws bars of its own while loading weights.
@@ -305,7 +305,7 @@ def make_test_model_command(
     embedded_compression: bool,
 ) -> None:
     """Write a random-weight MusicGen checkpoint (there is no model hub here) for tests and benchmarks."""
-    from inference.random_models import make_test_model
+    from inference.checkpoints.random_models import make_test_model
 
     if embedded_compression and fmt != "audiocraft":
         raise click.BadParameter("only applies to --format audiocraft", param_hint="--embedded-compression")

@@ -1,6 +1,6 @@
 """Exceptions shared by the engine, the worker process and its client.
 
-They live in a module without torch so that the bot process, which imports `inference.client` and
+They live in a module without torch so that the bot process, which imports `inference.backends.local` and
 never loads torch, can catch exactly the classes the engine raises.
 """
 

@@ -74,7 +74,7 @@ class EngineOptions(_Section):
     decode_timeout_s: float = Field(default=30.0, gt=0)
     # The ffmpeg every decode and encode runs: "" = the bundled imageio-ffmpeg binary (the tested
     # one), else a path or a command looked up on PATH ("ffmpeg"). Applied with
-    # `inference.ffmpeg.use_ffmpeg` by the bot and each worker at start-up.
+    # `inference.media.ffmpeg.use_ffmpeg` by the bot and each worker at start-up.
     ffmpeg: str = ""
     # Longest input clip, in seconds. Not an [engine] key: it is `[limits] max_input_seconds`, copied
     # here (by `load_engine_settings` and the bot's config) so the worker and the bot use one limit.

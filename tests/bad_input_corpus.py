@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.ffmpeg import ffmpeg_executable
+from inference.media.ffmpeg import ffmpeg_executable
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     Each folder also holds `text_encoder/` (T5 + tokenizer) and `encodec/` (EnCodec 32 kHz, random
     codebooks) sub-folders.
     """
-    from inference.random_models import make_test_model
+    from inference.checkpoints.random_models import make_test_model
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {
@@ -42,7 +42,7 @@ def engine_settings(
     model (encode-decode) and text encoder are the tiny small's parts, no fine-tune is configured,
     melody stem separation is off (demucs weights cannot be fetched) and conversions go to a temp folder.
     """
-    from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR
+    from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR
     from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
 
     small = tiny_model_dirs["small"]

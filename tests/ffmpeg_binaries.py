@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.ffmpeg import bundled_ffmpeg, use_ffmpeg
+from inference.media.ffmpeg import bundled_ffmpeg, use_ffmpeg
 
 BINARIES = ("bundled", "system")
 

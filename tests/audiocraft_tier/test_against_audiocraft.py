@@ -30,12 +30,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, EncodecModel, MusicgenForConditionalGeneration, T5Config
 
-from inference.audio import measure_loudness, normalize_audio
-from inference.chroma import extract_chroma
-from inference.convert import COMPRESSION_STATE_FILE, LM_STATE_FILE, convert_audiocraft_checkpoint
-from inference.engine import MusicGenEngine
-from inference.models import LoadedMusicGen
-from inference.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
+from inference.checkpoints.convert import COMPRESSION_STATE_FILE, LM_STATE_FILE, convert_audiocraft_checkpoint
+from inference.checkpoints.loading import LoadedMusicGen
+from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
+from inference.engine.audio import measure_loudness, normalize_audio
+from inference.engine.chroma import extract_chroma
+from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import Server, make_sine, musicgen_bot, scenario_config
 from tests.fake_discord import FakeDiscord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from tests.bot.scenario_harness import Server, posted_result, queued_job_id, run_command, wait_for_status
 from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMessage
 

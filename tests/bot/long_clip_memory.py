@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.ffmpeg import ffmpeg_executable
+from inference.media.ffmpeg import ffmpeg_executable
 from tests.bot.scenario_harness import posted_result, queued_job_id
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeInteraction, FakeMember, FakeMessage
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import BotConfig, BotOptions, Limits, WorkerOptions
-from inference.client import InferenceClient
-from inference.ffmpeg import ffmpeg_executable
+from inference.backends.local import InferenceClient
+from inference.media.ffmpeg import ffmpeg_executable
 from inference.settings import EngineSettings
 from tests.fake_discord import (
     FakeChannel,

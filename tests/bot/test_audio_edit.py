@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from bot.audio_edit import (
+from bot.audio.editing import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     FittedFile,
@@ -28,8 +28,8 @@ from bot.audio_edit import (
     stitch_files,
     write_wav,
 )
-from bot.audio_files import MAX_CONCURRENT_DECODES
-from inference.ffmpeg import bundled_ffmpeg, decode_audio_file, ffmpeg_executable, read_wav_layout
+from bot.audio.files import MAX_CONCURRENT_DECODES
+from inference.media.ffmpeg import bundled_ffmpeg, decode_audio_file, ffmpeg_executable, read_wav_layout
 from inference.request import RequestError
 from tests.ffmpeg_binaries import running_with
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.ffmpeg import ffmpeg_executable
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
+from inference.media.ffmpeg import ffmpeg_executable
 from inference.settings import EngineSettings
 from tests.bad_input_corpus import CorpusFile, build_corpus, wav_header
 from tests.bot.scenario_harness import (

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,

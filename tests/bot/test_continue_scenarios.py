@@ -13,12 +13,12 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.audio_edit import SAMPLE_RATE, decode_clip, write_wav
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
+from bot.audio.editing import SAMPLE_RATE, decode_clip, write_wav
 from bot.config import BotConfig, BotOptions
 from bot.continuation import DEFAULT_NEW_SECONDS
-from inference.client import InferenceClient
-from inference.ffmpeg import ffmpeg_executable
+from inference.backends.local import InferenceClient
+from inference.media.ffmpeg import ffmpeg_executable
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
@@ -132,7 +132,9 @@ async def test_the_context_menu_on_a_long_clip_posts_the_whole_piece_with_the_or
     join = original.shape[0]
     away_from_crossfade = join - round(0.02 * SAMPLE_RATE)
     np.testing.assert_allclose(piece[:away_from_crossfade], original[:away_from_crossfade], atol=1 / 32767)
-    assert "34.0 s + 2 s new" in result.text and "long\\-take.wav" in result.text  # escaped, as every member's text
+    assert (
+        "34.0 s + 2 s new" in result.text and "long\\-take.wav" in result.text
+    )  # escaped, as every member's text
     # The picture: a PNG attached and shown in the embed.
     picture = result.attachments[1]
     assert picture.filename == f"musicgen-{job_id}.png"

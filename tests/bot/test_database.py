@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.database import MIGRATIONS_DIR, Database, MigrationError, discover_migrations
-from bot.jams import JamStore
-from bot.jobs import JobOrigin, JobStatus, JobStore
-from bot.server_controls import ServerControls
-from bot.storage_faults import PatientJobStore, StorageBusy
+from bot.storage.database import MIGRATIONS_DIR, Database, MigrationError, discover_migrations
+from bot.storage.jams import JamStore
+from bot.storage.jobs import JobOrigin, JobStatus, JobStore
+from bot.storage.patience import PatientJobStore, StorageBusy
+from bot.storage.server_controls import ServerControls
 from inference.request import GenerationRequest
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import WorkerOptions, load_config
-from bot.job_deadlines import DeadlinePolicy, JobWatchdog
-from inference.client import InferenceClient
+from bot.pipeline.deadlines import DeadlinePolicy, JobWatchdog
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import WorkerOptions
-from inference.client import InferenceClient
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     add_server,

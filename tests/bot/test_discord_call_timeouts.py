@@ -15,7 +15,7 @@ import discord
 import pytest
 from discord.ext import commands
 
-from bot.discord_faults import DiscordCallTimeout, DiscordTimeouts, answer_within, is_transient
+from bot.pipeline.discord_faults import DiscordCallTimeout, DiscordTimeouts, answer_within, is_transient
 from tests.fake_discord import FakeDiscord, FakeInteraction, running_bot
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot import discord_faults
-from bot.bot import MusicGenBot
-from bot.discord_faults import DiscordTimeouts
+from bot.app import MusicGenBot
+from bot.pipeline import discord_faults
+from bot.pipeline.discord_faults import DiscordTimeouts
 from tests.bot.fault_helpers import delivered_once, generate, results_of
 from tests.bot.scenario_harness import (
     Server,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
-from inference.ffmpeg import probe_duration
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
+from inference.media.ffmpeg import probe_duration
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     add_server,

@@ -9,9 +9,9 @@ import aiosqlite
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import BotConfig, JamOptions
-from inference.client import InferenceClient
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
@@ -268,7 +268,9 @@ async def test_max_turns_and_the_longest_piece_end_the_jam_with_a_clear_message(
     fake, bob = fake_discord, server["bob"]
     assert bot.config.jam.max_seconds == 4
     thread = await start_jam(fake, server, "alice", "chiptune", turn_seconds=2, max_turns=2)
-    too_long = await private_reply(await run_command(fake, bob, thread, "jam add", prompt="faster", seconds=3))
+    too_long = await private_reply(
+        await run_command(fake, bob, thread, "jam add", prompt="faster", seconds=3)
+    )
     assert "Only 2 more seconds fit" in too_long
     await take_turn(fake, bob, thread, prompt="faster")
     full = await private_reply(await run_command(fake, server["mod"], thread, "jam add", prompt="more"))

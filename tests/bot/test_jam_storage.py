@@ -12,11 +12,11 @@ import aiosqlite
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import BotConfig
-from bot.jobs import Job
-from bot.storage import RetentionPolicy
-from inference.client import InferenceClient
+from bot.storage.jobs import Job
+from bot.storage.retention import RetentionPolicy
+from inference.backends.local import InferenceClient
 from inference.protocol import GenerationResult
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.job_deadlines import DeadlinePolicy, JobWatchdog
-from inference.client import InferenceClient, JobSubmission
+from bot.pipeline.deadlines import DeadlinePolicy, JobWatchdog
+from inference.backends.local import InferenceClient, JobSubmission
 from inference.errors import WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import GenerationRequest

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.audio_edit import SAMPLE_RATE
-from bot.bot import MusicGenBot
-from inference.ffmpeg import read_wav_layout
+from bot.app import MusicGenBot
+from bot.audio.editing import SAMPLE_RATE
+from inference.media.ffmpeg import read_wav_layout
 from tests.bot.long_clip_memory import MIB, can_measure_peak_memory, continue_at_once, make_long_stereo_mp3
 from tests.bot.scenario_harness import Server, add_server, wait_for_status
 from tests.fake_discord import FakeDiscord

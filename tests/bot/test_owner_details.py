@@ -12,7 +12,7 @@ import logging
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from inference.settings import EngineSettings, MelodyOptions
 from tests.bot.scenario_harness import (
     Server,

@@ -12,9 +12,9 @@ import pytest
 import pytest_asyncio
 import ray
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import WorkerOptions
-from inference.ray_backend import RayInferenceClient
+from inference.backends.ray import RayInferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from tests.bot.scenario_harness import (
     Server,
     add_server,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import BotConfig
-from bot.database import Database
-from bot.jobs import JobOrigin, JobStore
-from inference.client import InferenceClient
+from bot.storage.database import Database
+from bot.storage.jobs import JobOrigin, JobStore
+from inference.backends.local import InferenceClient
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (

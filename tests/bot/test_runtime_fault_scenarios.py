@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from bot.scheduler import ScheduledJob
-from inference.client import InferenceClient
+from bot.app import MusicGenBot
+from bot.pipeline.scheduler import ScheduledJob
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.fault_helpers import delivered_once, generate
 from tests.bot.scenario_harness import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob
+from bot.pipeline.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob
 
 GUILD_A, GUILD_B, GUILD_C, GUILD_D = 100, 200, 300, 400
 ALICE, BOB, CAROL, DAVE = 1, 2, 3, 4

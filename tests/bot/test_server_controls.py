@@ -10,8 +10,8 @@ import signal
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
 from tests.bot.scenario_harness import (
     Server,
     add_server,

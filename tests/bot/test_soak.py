@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.bot import MusicGenBot
-from inference.client import InferenceClient
+from bot.app import MusicGenBot
+from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.fault_helpers import results_of
 from tests.bot.scenario_harness import (

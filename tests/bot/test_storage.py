@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from bot.config import BotConfig, StorageOptions
-from bot.database import Database
-from bot.jams import JamStore
-from bot.jobs import Job, JobOrigin, JobStore
-from bot.storage import RetentionPolicy, StorageJanitor, files_in_use, sweep_files
-from inference.client import InferenceClient
+from bot.storage.database import Database
+from bot.storage.jams import JamStore
+from bot.storage.jobs import Job, JobOrigin, JobStore
+from bot.storage.retention import RetentionPolicy, StorageJanitor, files_in_use, sweep_files
+from inference.backends.local import InferenceClient
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from bot.waveform import BACKGROUND, PART_COLOURS, PART_WAVES, WAVE, MarkedPart, waveform_png
+from bot.audio.waveform import BACKGROUND, PART_COLOURS, PART_WAVES, WAVE, MarkedPart, waveform_png
 
 
 def picture(samples: np.ndarray, parts: list[MarkedPart] | None = None) -> Image.Image:

@@ -11,8 +11,8 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageChops
 
-from bot.waveform import PICTURE_SAMPLE_RATE, MarkedPart, waveform_png, waveform_png_of_file
-from inference.ffmpeg import decode_audio_file
+from bot.audio.waveform import PICTURE_SAMPLE_RATE, MarkedPart, waveform_png, waveform_png_of_file
+from inference.media.ffmpeg import decode_audio_file
 
 
 def swelling_tone(seconds: float, rate: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.bot import MusicGenBot
+from bot.app import MusicGenBot
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 import torch
 
-from inference.engine import GeneratedAudio
+from inference.engine.musicgen_engine import GeneratedAudio
 
 
 def audio_of(outcome: GeneratedAudio | Exception | None) -> GeneratedAudio:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from inference.engine import MusicGenEngine
+    from inference.engine.musicgen_engine import MusicGenEngine
     from inference.settings import EngineSettings
 
 
@@ -27,6 +27,6 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def engine(engine_settings: EngineSettings) -> MusicGenEngine:
     """An engine on the tiny models, one per test module (its model cache warms up once there)."""
-    from inference.engine import MusicGenEngine
+    from inference.engine.musicgen_engine import MusicGenEngine
 
     return MusicGenEngine(engine_settings)

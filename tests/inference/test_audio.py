@@ -22,7 +22,7 @@ import pytest
 import soundfile
 import torch
 
-from inference.audio import (
+from inference.engine.audio import (
     AudioDecodeError,
     ffmpeg_executable,
     load_audio,
@@ -31,7 +31,7 @@ from inference.audio import (
     use_ffmpeg,
     write_audio,
 )
-from inference.ffmpeg import bundled_ffmpeg
+from inference.media.ffmpeg import bundled_ffmpeg
 from inference.request import RequestError
 from tests.ffmpeg_binaries import BINARIES, running_binary, running_with
 
@@ -465,7 +465,7 @@ try:
     print("opened-before-configure")
 except FileNotFoundError:
     print("refused-before-configure")
-from inference.ffmpeg import configure_pydub
+from inference.media.ffmpeg import configure_pydub
 configure_pydub()
 for fmt in ("mp3", "ogg", "flac", "voice-message"):
     segment = AudioSegment.from_file(paths[fmt])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.audio import load_audio
-from inference.ffmpeg import AudioDecodeError, probe_duration
+from inference.engine.audio import load_audio
+from inference.media.ffmpeg import AudioDecodeError, probe_duration
 from inference.request import RequestError
 from tests.bad_input_corpus import CorpusFile, build_corpus
 

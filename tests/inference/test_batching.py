@@ -21,7 +21,7 @@ import pytest
 import soundfile
 import torch
 
-from inference.engine import EngineJob, GenerationCancelled, MusicGenEngine
+from inference.engine.musicgen_engine import EngineJob, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 from tests.inference.audio_checks import audio_of, same

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from transformers import EncodecModel
 
-from inference import models as models_module
-from inference.convert import UnsupportedCheckpoint, convert_audiocraft_checkpoint, is_audiocraft_checkpoint
-from inference.cpu_features import cpu_flags, has_amx_bfloat16
-from inference.engine import MusicGenEngine
-from inference.models import ModelCache, cpu_has_native_bfloat16, resolve_device, resolve_dtype
-from inference.random_models import (
+from inference.checkpoints import loading as models_module
+from inference.checkpoints.convert import (
+    UnsupportedCheckpoint,
+    convert_audiocraft_checkpoint,
+    is_audiocraft_checkpoint,
+)
+from inference.checkpoints.loading import ModelCache, cpu_has_native_bfloat16, resolve_device, resolve_dtype
+from inference.checkpoints.random_models import (
     COMPRESSION_DIR,
     REAL_DECODERS,
     TEXT_ENCODER_DIR,
@@ -28,6 +30,8 @@ from inference.random_models import (
     musicgen_config,
     write_audiocraft_checkpoint,
 )
+from inference.cpu_features import cpu_flags, has_amx_bfloat16
+from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineOptions, EngineSettings
 
@@ -392,7 +396,7 @@ def test_a_text_encoder_of_the_wrong_width_is_refused(audiocraft_dirs, tmp_path)
     # The tiny T5s all have d_model 32: a wider one stands in for a mismatched [models] text_encoder.
     from transformers import T5Config, T5EncoderModel
 
-    from inference.random_models import build_tokenizer
+    from inference.checkpoints.random_models import build_tokenizer
 
     wide = tmp_path / "t5-wide"
     T5EncoderModel(

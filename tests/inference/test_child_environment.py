@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.environment import child_environment
-from inference.ffmpeg import decode_audio_file, ffmpeg_executable, probe_duration, use_ffmpeg
+from inference.media.environment import child_environment
+from inference.media.ffmpeg import decode_audio_file, ffmpeg_executable, probe_duration, use_ffmpeg
 
 
 def test_secrets_are_left_out_and_what_children_need_is_kept() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.chroma import (
+from inference.engine.chroma import (
     CHROMA_HOP_LENGTH,
     CHROMA_N_FFT,
     CHROMA_NOTE_NAMES,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from inference.engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
+from inference.engine.musicgen_engine import EngineJob, GeneratedAudio, GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 from tests.inference.audio_checks import audio_of, continuation_clip, same

@@ -1,4 +1,4 @@
-"""Our forward pass of the decoder (`inference.decoder_step`) against transformers' own, on the tiny
+"""Our forward pass of the decoder (`inference.engine.decoder_step`) against transformers' own, on the tiny
 models: the same logits for text (padded and null conditions), melody prefixes and continuation
 prompts, step after step; the same music from an engine on either pass; and the CPU kernels for
 half-precision weights (fbgemm's float16, oneDNN's bfloat16 on AMX) keep each row independent of its
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference.decoder_step import (
+from inference.engine.decoder_step import (
     AMX_ROWS_PER_CALL,
     DecoderStep,
     Linear,
@@ -22,7 +22,7 @@ from inference.decoder_step import (
     half_precision_kernel_available,
     onednn_kernel_available,
 )
-from inference.engine import EngineJob, GeneratedAudio, MusicGenEngine
+from inference.engine.musicgen_engine import EngineJob, GeneratedAudio, MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 from tests.inference.audio_checks import continuation_clip, same
@@ -349,7 +349,7 @@ def test_in_float16_with_torch_products_our_pass_stays_close_to_float32(
 def test_packed_weights_replace_the_models_own_so_memory_does_not_double(
     tiny_model_dirs: dict[str, Path],
 ) -> None:
-    from inference.decoding import MusicGenDecoder
+    from inference.engine.decoding import MusicGenDecoder
 
     model = load(tiny_model_dirs["small"], torch.bfloat16)
     fc1 = model.decoder.model.decoder.layers[0].fc1

@@ -11,9 +11,9 @@ import pytest
 import soundfile
 import torch
 
-from inference.audio import write_generated
-from inference.decoding import Sampling, pick_codes
-from inference.engine import GenerationCancelled, MusicGenEngine
+from inference.engine.audio import write_generated
+from inference.engine.decoding import Sampling, pick_codes
+from inference.engine.musicgen_engine import GenerationCancelled, MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings, MelodyOptions
 from tests.inference.audio_checks import same
@@ -381,7 +381,7 @@ def test_a_saved_demucs_model_file_separates_the_melody(
 ) -> None:
     from demucs.demucs import Demucs
 
-    from inference.stems import load_demucs
+    from inference.engine.stems import load_demucs
 
     torch.manual_seed(0)
     tiny_demucs = Demucs(

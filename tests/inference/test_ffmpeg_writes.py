@@ -13,8 +13,8 @@ import pytest
 import soundfile
 import torch
 
-from inference.audio import write_audio
-from inference.ffmpeg import decode_to_wav, encode_mp3
+from inference.engine.audio import write_audio
+from inference.media.ffmpeg import decode_to_wav, encode_mp3
 from tests.ffmpeg_binaries import BINARIES, running_binary
 
 

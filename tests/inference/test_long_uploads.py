@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import inference.ffmpeg
+import inference.media.ffmpeg
 from bot.config import BotConfig, Limits, load_config
-from inference.audio import load_audio
-from inference.ffmpeg import AudioDecodeError, decode_audio_file, ffmpeg_executable
+from inference.engine.audio import load_audio
+from inference.media.ffmpeg import AudioDecodeError, decode_audio_file, ffmpeg_executable
 
 RATE = 8000
 
@@ -49,7 +49,7 @@ def test_the_decoder_keeps_only_the_window_asked_for(ten_minute_mp3: Path) -> No
 def test_an_ffmpeg_that_runs_out_of_its_memory_allowance_is_a_clear_refusal(
     ten_minute_mp3: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference.ffmpeg, "FFMPEG_MEMORY_LIMIT_BYTES", 8 << 20)
+    monkeypatch.setattr(inference.media.ffmpeg, "FFMPEG_MEMORY_LIMIT_BYTES", 8 << 20)
     with pytest.raises(AudioDecodeError, match=r"^Couldn.t read that audio file"):
         decode_audio_file(ten_minute_mp3, sample_rate=RATE, end_s=1.0)
 
@@ -93,7 +93,7 @@ def test_a_result_written_to_a_full_disk_fails_and_leaves_no_partial_file(
 ) -> None:
     import torch
 
-    from inference.audio import write_audio
+    from inference.engine.audio import write_audio
 
     wav = torch.zeros(1, 32000)
     with pytest.raises((OSError, RuntimeError)):

@@ -1,6 +1,6 @@
 """One worker per device, and which free worker takes a batch.
 
-The choices are pure logic (`inference.placement`), tested without processes; then two real workers
+The choices are pure logic (`inference.backends.placement`), tested without processes; then two real workers
 pinned by `[worker] devices = ["cpu", "cpu"]` show that both start on their device, both run jobs,
 and a batch goes to the worker that already ran its model.
 """
@@ -14,8 +14,14 @@ import pytest
 from pydantic import ValidationError
 
 from bot.config import WorkerOptions
-from inference.client import InferenceClient, JobSubmission
-from inference.placement import FreeWorker, choose_worker, needs_gpu_count, visible_gpu_count, worker_devices
+from inference.backends.local import InferenceClient, JobSubmission
+from inference.backends.placement import (
+    FreeWorker,
+    choose_worker,
+    needs_gpu_count,
+    visible_gpu_count,
+    worker_devices,
+)
 from inference.request import GenerationRequest, ModelVersion
 from inference.settings import EngineSettings
 

@@ -18,15 +18,15 @@ import pytest_asyncio
 import ray
 import soundfile
 
-from inference.client import (
+from inference.backends.local import (
     GenerationCancelled,
     JobSubmission,
     ProgressCallback,
     WorkerCrashed,
     WorkerStartError,
 )
+from inference.backends.ray import FinishedFile, InputFile, RayInferenceClient
 from inference.protocol import BatchJob
-from inference.ray_backend import FinishedFile, InputFile, RayInferenceClient
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
@@ -319,7 +319,7 @@ def test_the_bot_imports_ray_only_for_the_ray_back_end_and_the_ray_client_never_
         "import sys, bot.__main__, bot.bot, cogs.generate, cogs.queue, cogs.settings\n"
         "from bot.bot import MusicGenBot\n"
         "from bot.config import BotConfig, WorkerOptions\n"
-        "from inference.client import InferenceClient\n"
+        "from inference.backends.local import InferenceClient\n"
         "local = MusicGenBot(BotConfig())._inference_backend()\n"
         "assert isinstance(local, InferenceClient), local\n"
         "assert 'ray' not in sys.modules, 'the local back end imported ray'\n"

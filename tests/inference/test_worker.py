@@ -19,8 +19,8 @@ import pytest
 import pytest_asyncio
 import soundfile
 
-from inference import worker as worker_module
-from inference.client import (
+from inference.backends import worker as worker_module
+from inference.backends.local import (
     GenerationCancelled,
     GenerationFailed,
     InferenceClient,

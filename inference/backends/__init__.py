@@ -1,0 +1,1 @@
+"""Where the engine runs: the back-end base class and factory, local worker processes, and Ray."""

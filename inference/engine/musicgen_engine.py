@@ -1,0 +1,587 @@
+"""The MusicGen engine: generation requests in, audio out, with audiocraft's semantics.
+
+Runs on Hugging Face transformers (its models, our decoding loop: `inference.engine.decoding`) and
+reproduces what audiocraft's `MusicGen.generate`, `generate_with_chroma` and `generate_continuation`
+do, as the Cog predictor of the product calls them:
+
+- text: T5 conditioning, exactly `duration` seconds of audio;
+- melody: the input clip (trimmed) goes through demucs (drums and bass removed, optional) and becomes an
+  argmax chroma that conditions melody models;
+- continuation: the trimmed clip is encoded with the model's EnCodec and the language model continues
+  those codes; the output is the re-decoded clip followed by `duration` new seconds;
+- encode-decode: the (trimmed) clip goes through EnCodec and back, no language model; `duration` does
+  not apply, the output is as long as the clip;
+- sampling: top_k, or top_p alone when > 0, temperature (0 = greedy), classifier-free guidance with
+  audiocraft's formula `uncond + cfg * (cond - uncond)` for every cfg value.
+
+`generate_batch` runs several jobs as one batch: each keeps its own seed (its own random generator)
+and sampling settings, its own length, progress and cancellation, and a bad request fails alone.
+`generate` is a batch of one. Both return audio; normalising and writing it is
+`inference.engine.audio.write_generated`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference.checkpoints.loading import CODEC_DTYPE, LoadedCompression, LoadedMusicGen, ModelCache
+from inference.engine import audio
+from inference.engine.chroma import extract_chroma
+from inference.engine.decoder_step import DecoderStep
+from inference.engine.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
+from inference.engine.generated_audio import GeneratedAudio
+from inference.errors import GenerationCancelled
+from inference.request import MAX_SEED, GenerationRequest, RequestError
+from inference.settings import EngineSettings
+
+__all__ = ["EngineJob", "GeneratedAudio", "GenerationCancelled", "MusicGenEngine", "seed_everything"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One job of a batch: its request, an optional checkpoint overriding `[models]`, and its
+    progress (`on_progress(steps_done, steps_total)` after every decoder step) and cancellation
+    (`is_cancelled()`, polled between steps) hooks."""
+
+    request: GenerationRequest
+    model_source: str | None = None
+    on_progress: ProgressCallback | None = None
+    is_cancelled: CancelCheck | None = None
+
+
+# Asked between decoder steps for jobs that join the running batch ([] for none).
+JobSource = Callable[[], Sequence[EngineJob]]
+# Told each job's outcome (its audio, or the exception that ended it) the moment it ends.
+OutcomeCallback = Callable[[EngineJob, "GeneratedAudio | Exception"], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's `random`, numpy and torch (CPU and every CUDA device), as the Cog predictor does."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds all CUDA generators
+
+
+def choose_seed(requested: int | None) -> int:
+    """The requested seed, or a fresh random one (None; the request already turned -1 into None)
+    that is then reported to the user."""
+    return secrets.randbelow(MAX_SEED + 1) if requested is None else requested
+
+
+class _PhaseClock:
+    """Wall-clock seconds of the named phases of one job."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._mark = self.started
+        self.timings: dict[str, float] = {}
+
+    def lap(self, phase: str, until: float | None = None) -> None:
+        end = time.perf_counter() if until is None else until
+        self.timings[phase] = self.timings.get(phase, 0.0) + (end - self._mark)
+        self._mark = end
+
+    def restart(self) -> None:
+        """Start the next phase now (time spent on other jobs of the batch is not this job's)."""
+        self._mark = time.perf_counter()
+
+    def finish(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.started
+        return dict(self.timings)
+
+
+@dataclass
+class _PreparedMusic:
+    """A music job ready for the decoding loop."""
+
+    loaded: LoadedMusicGen
+    seed: int
+    clock: _PhaseClock
+    row: DecodingRow
+    prompt_frames: int
+    new_frames: int
+    report: Callable[[GeneratedAudio | Exception], None]
+    reported: bool = False
+
+    def report_once(self, outcome: GeneratedAudio | Exception) -> None:
+        if not self.reported:
+            self.reported = True
+            self.report(outcome)
+
+
+def sampling_of(request: GenerationRequest) -> Sampling:
+    """The decoding loop's sampling settings for a request (audiocraft's rules live in `pick_codes`)."""
+    return Sampling(
+        top_k=request.top_k,
+        top_p=request.top_p,
+        temperature=request.temperature,
+        guidance=request.classifier_free_guidance,
+    )
+
+
+class MusicGenEngine:
+    """Turns generation requests into audio with the models of a `ModelCache`."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        cache: ModelCache | None = None,
+        *,
+        stem_separator: torch.nn.Module | None = None,
+    ):
+        """`stem_separator`: a demucs-style model to use for melody stems instead of loading
+        `[melody] demucs_model` on first use (it is only used when `[melody] stem_separation` is on)."""
+        self.settings = settings
+        self.cache = cache if cache is not None else ModelCache(settings)
+        self._demucs: torch.nn.Module | None = stem_separator
+        self._decoders: list[MusicGenDecoder] = []
+
+    # -- public API ------------------------------------------------------------------------------
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        model_source: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
+    ) -> GeneratedAudio:
+        """Generate the audio of `request` (a batch of one).
+
+        `model_source` overrides the configured checkpoint of the request's model version.
+        `on_progress(steps_done, steps_total)` is called after every decoder step; when `is_cancelled()`
+        turns true the job stops between two steps with GenerationCancelled. Raises RequestError for
+        anything the person can fix.
+        """
+        job = EngineJob(request, model_source, on_progress, is_cancelled)
+        (outcome,) = self.generate_batch([job])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def generate_batch(
+        self,
+        jobs: Sequence[EngineJob],
+        *,
+        joining: JobSource | None = None,
+        on_outcome: OutcomeCallback | None = None,
+    ) -> list[GeneratedAudio | Exception]:
+        """Generate every job; one entry per job, in order: its audio, or the exception that ended it
+        (RequestError for a request the person can fix, GenerationCancelled, or another error).
+
+        Music jobs that share a model decode as one batch (with `[engine] decoder = "transformers"`,
+        rows whose conditioning prefix or prompt differ in length run as separate batches, one after
+        the other); encode-decode jobs run alone. A job's failure (a bad request, a cancellation)
+        never touches the others' results.
+
+        `on_outcome(job, outcome)` is called for each job the moment it ends, while the rest of its
+        batch goes on. `joining()` is asked between decoder steps (continuous batching, with our
+        decoder pass) for jobs that join the running batch; each of them is answered through
+        `on_outcome` only. A joining job of another model runs after this batch.
+        """
+        outcomes: list[GeneratedAudio | Exception | None] = [None] * len(jobs)
+
+        def reporter(index: int, job: EngineJob) -> Callable[[GeneratedAudio | Exception], None]:
+            def report(outcome: GeneratedAudio | Exception) -> None:
+                outcomes[index] = outcome
+                if on_outcome is not None:
+                    on_outcome(job, outcome)
+
+            return report
+
+        music = [self._start_job(job, reporter(index, job)) for index, job in enumerate(jobs)]
+        waiting = collections.deque(self._decoding_groups([m for m in music if m is not None]))
+        while waiting:
+            later: list[_PreparedMusic] = []
+            self._decode_group(waiting.popleft(), joining, on_outcome, later)
+            waiting.extend(self._decoding_groups(later))
+        return [outcome if outcome is not None else RuntimeError("job was not run") for outcome in outcomes]
+
+    def _start_job(
+        self, job: EngineJob, report: Callable[[GeneratedAudio | Exception], None]
+    ) -> _PreparedMusic | None:
+        """A music job ready to decode; an encode-decode job, or one that fails here, is reported now."""
+        try:
+            if job.request.validate().model_version == "encode-decode":
+                report(self._encode_decode(job))
+                return None
+            return self._prepare_music(job, report)
+        except Exception as error:
+            report(self._job_failed(error))
+            return None
+
+    def _decoding_groups(self, prepared: list[_PreparedMusic]) -> list[list[_PreparedMusic]]:
+        """Jobs that can decode as one batch: the same model (and, for transformers' pass, rows of
+        the same shape)."""
+        groups: dict[tuple[int, tuple[int, int] | None], list[_PreparedMusic]] = {}
+        for job in prepared:
+            shape = None if self._decoder_for(job.loaded).can_join else job.row.shape_key()
+            groups.setdefault((id(job.loaded.model), shape), []).append(job)
+        return list(groups.values())
+
+    # -- music -----------------------------------------------------------------------------------
+    def _prepare_music(
+        self, job: EngineJob, report: Callable[[GeneratedAudio | Exception], None]
+    ) -> _PreparedMusic:
+        request = job.request
+        clock = _PhaseClock()
+        seed = choose_seed(request.seed)
+        # Models are loaded outside inference mode: their weights must stay ordinary tensors for
+        # other users of the cache.
+        loaded = self.cache.get(request.model_version, job.model_source)
+        follows_melody = request.input_audio is not None and not request.continuation
+        if follows_melody and not loaded.supports_melody:
+            # Name an overriding checkpoint (CLI --model): then the version alone would mislead.
+            which = f"checkpoint {job.model_source}" if job.model_source else f"{request.model_version} model"
+            raise RequestError(
+                f"The {which} can't follow a melody; choose model_version melody (or a "
+                "melody-based fine-tune), or set continuation to continue the clip instead."
+            )
+        separator = self._stem_separator(loaded.device) if follows_melody else None
+        clock.lap("load")
+        with torch.inference_mode():
+            # Seed before anything random (demucs' random shifts included).
+            seed_everything(seed)
+            prompt_codes = None
+            chroma = None
+            if request.input_audio is not None and request.continuation:
+                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
+                prompt_codes = self._encode_prompt(loaded, clip)
+            elif request.input_audio is not None:
+                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
+                chroma = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
+            conditioning = self._conditioning(loaded, request.prompt, chroma)
+        new_frames = request.duration * loaded.frame_rate
+        num_codebooks = int(loaded.model.decoder.config.num_codebooks)
+        channel_codebooks = num_codebooks // 2 if loaded.audio_channels == 2 else num_codebooks
+        generator = torch.Generator(device=loaded.device)
+        generator.manual_seed(seed)
+        row = DecodingRow(
+            conditioning=conditioning,
+            # The delay pattern leaves the last codebook channel_codebooks - 1 steps behind the first.
+            new_steps=new_frames + channel_codebooks - 1,
+            sampling=sampling_of(request),
+            generator=generator,
+            prompt_codes=prompt_codes,
+            on_progress=job.on_progress,
+            is_cancelled=job.is_cancelled,
+        )
+        clock.lap("prepare")
+        prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+        prepared = _PreparedMusic(loaded, seed, clock, row, prompt_frames, new_frames, report)
+        row.on_finished = functools.partial(self._row_finished, prepared)
+        return prepared
+
+    def _decode_group(
+        self,
+        group: list[_PreparedMusic],
+        joining: JobSource | None,
+        on_outcome: OutcomeCallback | None,
+        later: list[_PreparedMusic],
+    ) -> None:
+        """Decode a group as one batch, which jobs from `joining` may join; every job of it is reported
+        as it ends. Joining jobs of another model go to `later`."""
+        decoder = self._decoder_for(group[0].loaded)
+        members = list(group)
+        for job in group:
+            job.clock.restart()
+
+        def joining_rows() -> list[DecodingRow]:
+            assert joining is not None
+            joined = self._join(joining(), decoder.model, on_outcome, later)
+            members.extend(joined)
+            return [job.row for job in joined]
+
+        try:
+            with torch.inference_mode():
+                decoder.decode([job.row for job in group], joining=joining_rows if joining else None)
+        except Exception as error:
+            # Not one job's fault (the batch itself failed): every job still in it reports the error.
+            logger.exception("a batch of %d job(s) failed", len(members))
+            for job in members:
+                if not job.reported:
+                    job.report_once(self._job_failed(error))
+
+    def _join(
+        self,
+        jobs: Sequence[EngineJob],
+        model: Any,
+        on_outcome: OutcomeCallback | None,
+        later: list[_PreparedMusic],
+    ) -> list[_PreparedMusic]:
+        """Prepare jobs that join a running batch of `model`: those of another model go to `later`, and
+        those that fail here (or are encode-decode) are reported at once."""
+        joined: list[_PreparedMusic] = []
+        for job in jobs:
+
+            def report(outcome: GeneratedAudio | Exception, job: EngineJob = job) -> None:
+                if on_outcome is not None:
+                    on_outcome(job, outcome)
+
+            # Loading (if it comes to that) must make ordinary tensors, as outside the batch.
+            with torch.inference_mode(False):
+                prepared = self._start_job(job, report)
+            if prepared is None:
+                continue
+            prepared.clock.restart()
+            (joined if prepared.loaded.model is model else later).append(prepared)
+        return joined
+
+    def _row_finished(self, job: _PreparedMusic, decoded: DecodedRow | GenerationCancelled) -> None:
+        """A row left its batch: its audio (or its cancellation) is the job's outcome."""
+        if isinstance(decoded, GenerationCancelled):
+            job.report_once(decoded)
+            return
+        try:
+            job.report_once(self._finish_music(job, decoded))
+        except Exception as error:
+            job.report_once(self._job_failed(error))
+
+    def _finish_music(self, job: _PreparedMusic, decoded: DecodedRow) -> GeneratedAudio:
+        job.clock.lap("generate", until=decoded.finished_at)
+        job.clock.restart()
+        loaded = job.loaded
+        with torch.inference_mode():
+            wav = self._decode_codes(loaded, decoded.codes)
+        job.clock.lap("decode")
+        hop_length = loaded.sample_rate // loaded.frame_rate
+        expected = (job.prompt_frames + job.new_frames) * hop_length
+        return GeneratedAudio(
+            wav=_fit_length(wav, expected),
+            sample_rate=loaded.sample_rate,
+            seed=job.seed,
+            timings=job.clock.finish(),
+        )
+
+    def _decoder_for(self, loaded: LoadedMusicGen) -> MusicGenDecoder:
+        """The decoding loop of a model, set up as `[engine] decoder`, `static_cache` and `compile`
+        say; kept while the model is cached (packed or compiled weights are worth keeping)."""
+        self._decoders = [d for d in self._decoders if self.cache.holds(d.model)]
+        for decoder in self._decoders:
+            if decoder.model is loaded.model:
+                return decoder
+        options = self.settings.engine
+        if options.runs_our_decoder:
+            # The cache's models are loaded for the engines alone: their decoder weights can live in
+            # the packed copies of one step that every engine on this cache shares.
+            step = DecoderStep.of_model(loaded.model, cpu_matmul=options.cpu_matmul)
+            decoder = MusicGenDecoder(loaded.model, step=step)
+        else:
+            factory = _static_cache_factory(loaded.model) if options.static_cache else None
+            decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
+            if options.compile:
+                decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
+        self._decoders.append(decoder)
+        return decoder
+
+    @staticmethod
+    def _job_failed(error: Exception) -> Exception:
+        if not isinstance(error, RequestError | GenerationCancelled):
+            logger.error("job failed: %s", error, exc_info=error)
+        return error
+
+    # -- encode-decode -----------------------------------------------------------------------------
+    def _encode_decode(self, job: EngineJob) -> GeneratedAudio:
+        # `duration` does not apply: the output is as long as the (trimmed) input clip.
+        clock = _PhaseClock()
+        seed = choose_seed(job.request.seed)
+        if job.is_cancelled is not None and job.is_cancelled():
+            raise GenerationCancelled("cancelled before generation started")
+        compression = self.cache.get_compression(job.model_source)
+        clock.lap("load")
+        with torch.inference_mode():
+            wav, sample_rate = self._run_compression_model(job.request, compression, clock)
+        return GeneratedAudio(wav=wav, sample_rate=sample_rate, seed=seed, timings=clock.finish())
+
+    def _run_compression_model(
+        self, request: GenerationRequest, compression: LoadedCompression, clock: _PhaseClock
+    ) -> tuple[torch.Tensor, int]:
+        clip = self._load_input(request, compression.sample_rate, compression.audio_channels)
+        codec = compression.model
+        batch = clip[None].to(compression.device, compression.dtype)
+        clock.lap("prepare")
+        encoded = codec.encode(batch)
+        clock.lap("generate")
+        decoded = codec.decode(encoded.audio_codes, encoded.audio_scales).audio_values
+        clock.lap("decode")
+        wav = decoded[0].float().cpu()
+        return _fit_length(wav, clip.shape[-1]), compression.sample_rate
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _conditioning(
+        self, loaded: LoadedMusicGen, prompt: str | None, chroma: torch.Tensor | None
+    ) -> Conditioning:
+        """The decoder's conditioning for one job, computed alone (batch 1) so that it is the same
+        whatever the batch: transformers' text-then-null-condition recipe for musicgen and musicgen-melody."""
+        model = loaded.model
+        tokens = loaded.tokenizer([prompt or ""], return_tensors="pt")
+        input_ids = tokens["input_ids"].to(loaded.device)
+        mask = tokens["attention_mask"].to(loaded.device)
+        if prompt is None:
+            # audiocraft conditions a missing description on "" with its mask zeroed: no text at all.
+            mask = torch.zeros_like(mask)
+        text = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if loaded.supports_melody:
+            return self._prefix_conditioning(loaded, text, mask, chroma)
+        decoder_config = model.decoder.config
+        if (
+            model.text_encoder.config.hidden_size != decoder_config.hidden_size
+            and decoder_config.cross_attention_hidden_size is None
+        ):
+            states = model.enc_to_dec_proj(text)
+            null_states = model.enc_to_dec_proj(torch.zeros_like(text))
+        else:
+            states, null_states = text, torch.zeros_like(text)
+        null_mask = torch.zeros_like(mask)
+        return Conditioning(
+            states=(states * mask[..., None])[0],
+            mask=mask[0],
+            null_states=(null_states * null_mask[..., None])[0],
+            null_mask=null_mask[0],
+        )
+
+    @staticmethod
+    def _prefix_conditioning(
+        loaded: LoadedMusicGen, text: torch.Tensor, mask: torch.Tensor, chroma: torch.Tensor | None
+    ) -> Conditioning:
+        """musicgen-melody reads its conditioning as a prefix: the chroma (or the null chroma: all
+        weight on bin 0), projected and tiled to `chroma_length` frames, then the projected text."""
+        model = loaded.model
+        if model.text_encoder.config.hidden_size != model.decoder.config.hidden_size:
+            text = model.enc_to_dec_proj(text)
+        null_text = torch.zeros_like(text)
+        text = text * mask[..., None]
+        template = chroma if chroma is not None else text.new_zeros((1, 1, model.config.num_chroma))
+        null_chroma = torch.zeros_like(template)
+        null_chroma[:, :, 0] = 1
+        melody = chroma if chroma is not None else null_chroma
+
+        def prefix(chroma_frames: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+            states = chroma_frames
+            if model.config.num_chroma != model.decoder.config.hidden_size:
+                states = model.audio_enc_to_dec_proj(states)
+            length = model.config.chroma_length
+            if states.shape[1] < length:
+                states = states.repeat(1, math.ceil(length / states.shape[1]), 1)
+            return torch.cat([states[:, :length], text_states], dim=1)[0]
+
+        return Conditioning(
+            states=prefix(melody, text), mask=None, null_states=prefix(null_chroma, null_text), null_mask=None
+        )
+
+    def _decode_codes(self, loaded: LoadedMusicGen, codes: torch.Tensor) -> torch.Tensor:
+        """Audio [channels, samples] of codes [codebooks, frames] through the model's EnCodec
+        (stereo models interleave left/right codebooks)."""
+        codec = loaded.model.audio_encoder
+        batch = codes[None, None]  # [1 chunk, 1 item, K, frames]
+        if loaded.audio_channels == 2:
+            left = codec.decode(batch[:, :, ::2], audio_scales=[None]).audio_values
+            right = codec.decode(batch[:, :, 1::2], audio_scales=[None]).audio_values
+            values = torch.cat([left, right], dim=1)
+        else:
+            values = codec.decode(batch, audio_scales=[None]).audio_values
+        return values[0].float().cpu()
+
+    def _load_input(self, request: GenerationRequest, sample_rate: int, channels: int) -> torch.Tensor:
+        """The input clip decoded at `sample_rate`/`channels` and trimmed to [start*sr : end*sr]."""
+        assert request.input_audio is not None
+        clip = audio.load_audio(
+            request.input_audio,
+            sample_rate=sample_rate,
+            channels=channels,
+            start_s=request.continuation_start,
+            end_s=request.continuation_end,
+            timeout_s=self.settings.engine.decode_timeout_s,
+            max_seconds=self.settings.engine.max_input_seconds,
+        )
+        if clip.shape[-1] == 0:
+            raise RequestError("The trimmed clip is empty: check continuation_start and continuation_end.")
+        # The clip ends at start + its trimmed length (the decoder stops reading at continuation_end),
+        # which is all the 30 s budget of a continuation needs.
+        request.check_input_length(request.continuation_start + clip.shape[-1] / sample_rate)
+        return clip
+
+    def _encode_prompt(self, loaded: LoadedMusicGen, clip: torch.Tensor) -> torch.Tensor:
+        """EnCodec codes of the continuation prompt as decoder_input_ids [codebooks, frames]
+        (stereo models interleave left/right codebooks, as transformers does)."""
+        codec = loaded.model.audio_encoder
+        batch = clip[None].to(loaded.device, CODEC_DTYPE)  # [1, channels, samples]
+        if loaded.audio_channels == 2:
+            left = codec.encode(batch[:, :1]).audio_codes[0]
+            right = codec.encode(batch[:, 1:]).audio_codes[0]
+            codes = torch.stack([left, right], dim=2).flatten(1, 2)  # [1, 2*K, frames], L/R alternating
+        else:
+            codes = codec.encode(batch).audio_codes[0]  # [1, K, frames]
+        return codes.reshape(-1, codes.shape[-1])
+
+    def _stem_separator(self, device: torch.device) -> torch.nn.Module | None:
+        """The demucs model for melody stems (loaded once), or None when `[melody] stem_separation` is off."""
+        if not self.settings.melody.stem_separation:
+            return None
+        if self._demucs is None:
+            from inference.engine.stems import load_demucs
+
+            self._demucs = load_demucs(self.settings.melody.demucs_model)
+        # Demucs runs in float32 whatever the MusicGen dtype (audiocraft autocasts it to float32).
+        return self._demucs.to(device=device, dtype=torch.float32)
+
+    def _melody_chroma(
+        self, loaded: LoadedMusicGen, clip: torch.Tensor, separator: torch.nn.Module | None
+    ) -> torch.Tensor:
+        """audiocraft's melody conditioning: demucs stems (vocals + other) when configured, then the argmax chroma."""
+        if separator is not None:
+            from inference.engine.stems import melody_stems
+
+            mono = melody_stems(clip, loaded.sample_rate, separator, loaded.device)
+        else:
+            mono = clip.mean(dim=0, keepdim=True)
+        return extract_chroma(mono, loaded.sample_rate)  # [1, frames, 12]
+
+
+def _fit_length(wav: torch.Tensor, samples: int) -> torch.Tensor:
+    """Cut or zero-pad `wav` [C, T] to exactly `samples` (EnCodec decodes whole frames)."""
+    length = wav.shape[-1]
+    if length > samples:
+        return wav[..., :samples].contiguous()
+    if length < samples:
+        if samples - length > math.ceil(samples * 0.01):
+            logger.warning("decoded audio is %d samples short of %d", samples - length, samples)
+        return torch.nn.functional.pad(wav, (0, samples - length))
+    return wav
+
+
+# Static caches are sized up to a multiple of this many positions, so that batches of nearby
+# lengths share one compiled graph instead of compiling their own.
+STATIC_CACHE_GRANULE = 256
+
+
+def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
+    """Fixed-size key/value caches for the decoder's self-attention (the cross-attention keys are
+    computed once and have a fixed size already)."""
+    from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+    config = model.decoder.config
+
+    def make(rows: int, positions: int) -> Any:
+        size = math.ceil(positions / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
+        return EncoderDecoderCache(
+            StaticCache(config=config, max_cache_len=size), DynamicCache(config=config)
+        )
+
+    return make

@@ -1,0 +1,1 @@
+"""Media tools shared by the bot and the engine without torch: ffmpeg in a child process, and its environment."""
