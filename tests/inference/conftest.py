@@ -1,8 +1,10 @@
-"""Fixtures shared by the engine tests."""
+"""Fixtures shared by the inference tests."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -30,3 +32,25 @@ def engine(engine_settings: EngineSettings) -> MusicGenEngine:
     from inference.engine.musicgen_engine import MusicGenEngine
 
     return MusicGenEngine(engine_settings)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs), filled to the last byte; skipped where mounting needs root."""
+    mount_point = tmp_path / "full-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with (
+            (mount_point / "filler").open("wb", buffering=0) as file,
+            pytest.raises(OSError, match="No space"),
+        ):
+            while True:
+                file.write(b"\0" * 4096)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -4,7 +4,6 @@ written into. Debian 12's ffmpeg 5.1 exits 0 after "Error writing trailer: No sp
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,28 +21,6 @@ from tests.ffmpeg_binaries import BINARIES, running_binary
 def ffmpeg_binary(request: pytest.FixtureRequest) -> Iterator[str]:
     with running_binary(request.param) as executable:
         yield executable
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (tmpfs), filled to the last byte; skipped where mounting needs root."""
-    mount_point = tmp_path / "full-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        with (
-            (mount_point / "filler").open("wb", buffering=0) as file,
-            pytest.raises(OSError, match="No space"),
-        ):
-            while True:
-                file.write(b"\0" * 4096)
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def files_but_the_filler(folder: Path) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,28 +62,6 @@ def test_the_worker_gets_the_bots_clip_length_limit(tmp_path: Path) -> None:
     from inference.settings import load_engine_settings
 
     assert load_engine_settings(config_file).engine.max_input_seconds == 900
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (tmpfs), filled to the last byte; skipped where mounting needs root."""
-    mount_point = tmp_path / "full-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        with (
-            (mount_point / "filler").open("wb", buffering=0) as file,
-            pytest.raises(OSError, match="No space"),
-        ):
-            while True:
-                file.write(b"\0" * 4096)
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.parametrize("output_format", ["wav", "mp3"])
