@@ -43,6 +43,32 @@ def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
 
 
+def stitch_written(
+    original: np.ndarray,
+    generated: np.ndarray,
+    folder: Path,
+    *,
+    new_seconds: int,
+    original_name: str = "original.wav",
+) -> StitchedPiece:
+    """Write the member's clip (as `original_name`) and the model's output (as out.wav) into `folder`,
+    and stitch them as the bot does, into out-piece.wav."""
+    original_path = write_wav(original, folder / original_name)
+    generated_path = write_wav(generated, folder / "out.wav")
+    return stitch_files(
+        original_path,
+        generated_path,
+        folder / "out-piece.wav",
+        new_seconds=new_seconds,
+        timeout_s=30,
+        max_seconds=600,
+    )
+
+
+def decoded(path: Path, *, channels: int) -> np.ndarray:
+    return decode_clip(path, channels=channels, timeout_s=30, max_seconds=600)
+
+
 def test_a_long_source_is_continued_from_its_last_ten_seconds() -> None:
     window = context_window(45.0, 8, 10.0)
     assert (window.start_s, window.seconds, window.source_seconds) == (35.0, 10.0, 45.0)
@@ -90,20 +116,11 @@ def test_a_silent_original_leaves_the_new_part_as_the_model_made_it() -> None:
 def test_stitching_files_writes_the_piece_and_the_new_part(tmp_path: Path) -> None:
     original = tone(3.0, 220, 0.2)
     generated = np.concatenate([tone(3.0, 220, 0.4), tone(2.0, 330, 0.4)])
-    original_path = write_wav(original, tmp_path / "original.wav")
-    generated_path = write_wav(generated, tmp_path / "out.wav")
 
-    stitched = stitch_files(
-        original_path,
-        generated_path,
-        tmp_path / "out-piece.wav",
-        new_seconds=2,
-        timeout_s=30,
-        max_seconds=600,
-    )
+    stitched = stitch_written(original, generated, tmp_path, new_seconds=2)
 
-    piece = decode_clip(stitched.piece_path, channels=1, timeout_s=30, max_seconds=600)
-    new_part = decode_clip(stitched.new_part_path, channels=1, timeout_s=30, max_seconds=600)
+    piece = decoded(stitched.piece_path, channels=1)
+    new_part = decoded(stitched.new_part_path, channels=1)
     assert piece.shape[0] == 5 * SAMPLE_RATE and new_part.shape[0] == 2 * SAMPLE_RATE
     assert (stitched.original_seconds, stitched.new_seconds) == (3.0, 2.0)
     # 16-bit WAV round trip: the original part is the original to within one quantization step.
@@ -152,26 +169,17 @@ def test_a_stereo_clip_whose_channels_cancel_out_is_posted_in_stereo_as_it_was(t
     # A mono model heard that silence; what it adds is its own.
     new = tone(2.0, 330, 0.4)
     generated = np.concatenate([np.zeros_like(left), new])
-    original_path = write_wav(original, tmp_path / "original.wav")
-    generated_path = write_wav(generated, tmp_path / "out.wav")
 
-    stitched = stitch_files(
-        original_path,
-        generated_path,
-        tmp_path / "out-piece.wav",
-        new_seconds=2,
-        timeout_s=30,
-        max_seconds=600,
-    )
+    stitched = stitch_written(original, generated, tmp_path, new_seconds=2)
 
-    piece = decode_clip(stitched.piece_path, channels=2, timeout_s=30, max_seconds=600)
+    piece = decoded(stitched.piece_path, channels=2)
     assert piece.shape == (5 * SAMPLE_RATE, 2)
     before_fade = 3 * SAMPLE_RATE - round(0.02 * SAMPLE_RATE)
     np.testing.assert_allclose(piece[:before_fade], original[:before_fade], atol=1 / 32768)
     # The new part goes to both channels, and (the mixdown being silent) at the model's level.
     np.testing.assert_array_equal(piece[3 * SAMPLE_RATE :, 0], piece[3 * SAMPLE_RATE :, 1])
     np.testing.assert_allclose(piece[3 * SAMPLE_RATE :, :1], new, atol=1 / 32768)
-    new_part = decode_clip(stitched.new_part_path, channels=2, timeout_s=30, max_seconds=600)
+    new_part = decoded(stitched.new_part_path, channels=2)
     np.testing.assert_array_equal(new_part, piece[3 * SAMPLE_RATE :])
 
 
@@ -195,19 +203,10 @@ def test_a_mono_clip_continued_by_a_stereo_model_goes_to_both_channels_unchanged
     original = tone(2.0, 220, 0.3)
     new = stereo(tone(1.0, 330, 0.3), tone(1.0, 440, 0.2))
     generated = np.concatenate([stereo(original, original), new])
-    original_path = write_wav(original, tmp_path / "mono.wav")
-    generated_path = write_wav(generated, tmp_path / "out.wav")
 
-    stitched = stitch_files(
-        original_path,
-        generated_path,
-        tmp_path / "out-piece.wav",
-        new_seconds=1,
-        timeout_s=30,
-        max_seconds=600,
-    )
+    stitched = stitch_written(original, generated, tmp_path, new_seconds=1, original_name="mono.wav")
 
-    piece = decode_clip(stitched.piece_path, channels=2, timeout_s=30, max_seconds=600)
+    piece = decoded(stitched.piece_path, channels=2)
     before_fade = 2 * SAMPLE_RATE - round(0.02 * SAMPLE_RATE)
     # Not ffmpeg's up-mix, which lowers a mono signal by 3 dB on each side.
     np.testing.assert_allclose(piece[:before_fade], stereo(original, original)[:before_fade], atol=1 / 32768)
