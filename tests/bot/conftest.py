@@ -3,7 +3,8 @@
 One inference client (a real worker process on the tiny random models) and one fake Discord per
 test module keep the scenarios fast; each module starts its own bot(s) against them. A module that
 defines its `server` (and, for other limits, `scenario_limits`) gets the usual `bot`; one that needs
-another bot defines its own `bot`.
+another bot defines its own `bot`; one whose tests each need a database of their own uses
+`fresh_config` and `fresh_bot`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
+from bot.config import BotConfig
 from inference.backends.local import InferenceClient
 from inference.settings import EngineSettings
 from tests.bot.scenario_harness import Server, make_sine, musicgen_bot, scenario_config
@@ -68,3 +70,19 @@ async def bot(
     config = scenario_config(module_data_dir, engine_settings, **scenario_limits)
     async with musicgen_bot(fake_discord, config, inference_client) as running:
         yield running
+
+
+@pytest.fixture
+def fresh_config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
+    """`scenario_config` on the test's own data folder: a fresh database per test."""
+    return scenario_config(tmp_path / "data", engine_settings)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fresh_bot(
+    fake_discord: FakeDiscord, fresh_config: BotConfig, inference_client: InferenceClient
+) -> AsyncIterator[MusicGenBot]:
+    """A bot of the test's own on `fresh_config`; the faults the test injected go with it."""
+    async with musicgen_bot(fake_discord, fresh_config, inference_client) as running:
+        yield running
+    fake_discord.faults.clear()

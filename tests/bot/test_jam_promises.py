@@ -4,24 +4,18 @@ place, and a piece deleted from the disk is reported rather than failing with th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
-from bot.config import BotConfig
-from inference.backends.local import InferenceClient
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
-    musicgen_bot,
     private_reply,
     queued_job_id,
     run_command,
-    scenario_config,
     until,
     wait_for_status,
     wav_seconds,
@@ -40,19 +34,10 @@ async def server(fake_discord: FakeDiscord) -> Server:
 
 
 @pytest.fixture
-def config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
-    return scenario_config(tmp_path / "data", engine_settings)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(fake_discord, config, inference_client) as running:
-        # Retries a test can wait for (the bot's own are 1, 4 and 10 s).
-        running.dispatcher.poster.retry_delays_s = (0.05, 0.05, 0.05)
-        yield running
-    fake_discord.faults.clear()
+def bot(fresh_bot: MusicGenBot) -> MusicGenBot:
+    # Retries a test can wait for (the bot's own are 1, 4 and 10 s).
+    fresh_bot.dispatcher.poster.retry_delays_s = (0.05, 0.05, 0.05)
+    return fresh_bot
 
 
 async def test_a_turn_post_whose_answer_is_lost_is_posted_once_and_the_turn_counts(

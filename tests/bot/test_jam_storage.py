@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -13,19 +12,14 @@ import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
-from bot.config import BotConfig
 from bot.storage.jobs import Job
 from bot.storage.retention import RetentionPolicy
-from inference.backends.local import InferenceClient
 from inference.protocol import GenerationResult
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
     job_row,
-    musicgen_bot,
     run_command,
-    scenario_config,
     until,
     wav_seconds,
 )
@@ -43,20 +37,12 @@ async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Jam storage", ("alice", "bob"))
 
 
-@pytest.fixture
-def config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
-    return scenario_config(tmp_path / "data", engine_settings)
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def bot(
-    fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
-) -> AsyncIterator[MusicGenBot]:
-    async with musicgen_bot(fake_discord, config, inference_client) as running:
-        # The same waits, sooner: SQLite's busy wait (5 s) and the gate's pauses between tries.
-        await running.database.connection.execute("PRAGMA busy_timeout = 200")
-        running.dispatcher.store.gate.delays_s = (0.1, 0.3)
-        yield running
+async def bot(fresh_bot: MusicGenBot) -> MusicGenBot:
+    # The same waits, sooner: SQLite's busy wait (5 s) and the gate's pauses between tries.
+    await fresh_bot.database.connection.execute("PRAGMA busy_timeout = 200")
+    fresh_bot.dispatcher.store.gate.delays_s = (0.1, 0.3)
+    return fresh_bot
 
 
 async def rows(bot: MusicGenBot, sql: str, *parameters: object) -> list[aiosqlite.Row]:

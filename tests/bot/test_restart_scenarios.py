@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -16,7 +15,6 @@ from bot.storage.database import Database
 from bot.storage.jobs import JobOrigin, JobStore
 from inference.backends.local import InferenceClient
 from inference.request import GenerationRequest
-from inference.settings import EngineSettings
 from tests.bot.scenario_harness import (
     Server,
     add_server,
@@ -26,7 +24,6 @@ from tests.bot.scenario_harness import (
     posted_result,
     queued_job_id,
     run_command,
-    scenario_config,
     status_reads,
     stuck_jobs,
     wait_for_status,
@@ -41,20 +38,15 @@ async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Night shift", ("alice", "bob"))
 
 
-@pytest.fixture
-def config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
-    return scenario_config(tmp_path / "data", engine_settings)
-
-
 def mentions(message: FakeMessage, member_id: int) -> bool:
     return f"<@{member_id}>" in message.content and any(user.id == member_id for user in message.mentions)
 
 
 async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_starts_again(
-    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+    fake_discord: FakeDiscord, server: Server, fresh_config: BotConfig, inference_client: InferenceClient
 ) -> None:
     fake, alice = fake_discord, server["alice"]
-    async with musicgen_bot(fake, config, inference_client) as first_run:
+    async with musicgen_bot(fake, fresh_config, inference_client) as first_run:
         first_run.dispatcher.pause()  # a busy evening: nothing gets to run before the restart
         first_interaction = await run_command(
             fake, alice, server.channel, "generate", prompt="first", duration=1
@@ -67,7 +59,7 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
         await second_interaction.wait_for_final(lambda m: "position 2 in line" in m.content)
     command_syncs = len(fake.requests_to("PUT", "/applications/{application_id}/commands"))
 
-    async with musicgen_bot(fake, config, inference_client) as second_run:
+    async with musicgen_bot(fake, fresh_config, inference_client) as second_run:
         for job_id, interaction in ((first, first_interaction), (second, second_interaction)):
             result = await posted_result(fake, server.channel, job_id)
             assert result.interaction is None and mentions(result, alice.id)  # the old token is gone
@@ -92,15 +84,15 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
 
 
 async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_its_retry(
-    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+    fake_discord: FakeDiscord, server: Server, fresh_config: BotConfig, inference_client: InferenceClient
 ) -> None:
     fake, bob = fake_discord, server["bob"]
-    async with musicgen_bot(fake, config, inference_client) as first_run:
+    async with musicgen_bot(fake, fresh_config, inference_client) as first_run:
         interaction = await run_command(fake, bob, server.channel, "generate", prompt="long", duration=30)
         job_id = await queued_job_id(interaction)
         await wait_for_status(first_run, job_id, "running")
     # Stopped even if the stop came before the job reached the worker: back in the queue, unfinished.
-    database = await Database.open(config.database_path)
+    database = await Database.open(fresh_config.database_path)
     interrupted = await JobStore(database).get(job_id)
     await database.close()
     assert interrupted is not None and (interrupted.status.value, interrupted.error) == (
@@ -109,7 +101,7 @@ async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_it
     )
     status = interaction.original_message
     assert status is not None and "the bot is restarting; it will run when it is back" in status.content
-    async with musicgen_bot(fake, config, inference_client) as second_run:
+    async with musicgen_bot(fake, fresh_config, inference_client) as second_run:
         await posted_result(fake, server.channel, job_id)
         row = await wait_for_status(second_run, job_id, "done")
         assert row["attempts"] == 1
@@ -117,11 +109,11 @@ async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_it
 
 
 async def test_after_a_crash_a_running_job_is_retried_once_and_then_reported_failed(
-    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+    fake_discord: FakeDiscord, server: Server, fresh_config: BotConfig, inference_client: InferenceClient
 ) -> None:
     fake, alice, bob = fake_discord, server["alice"], server["bob"]
     # The previous bot process was killed mid-job: rows are left 'running', one already on its retry.
-    database = await Database.open(config.database_path)
+    database = await Database.open(fresh_config.database_path)
     store = JobStore(database)
     origin = JobOrigin(guild_id=server.guild.id, channel_id=server.channel.id, user_id=alice.id)
     once = await store.create(
@@ -140,7 +132,7 @@ async def test_after_a_crash_a_running_job_is_retried_once_and_then_reported_fai
     await store.mark_running(twice.id)
     await database.close()
 
-    async with musicgen_bot(fake, config, inference_client) as bot:
+    async with musicgen_bot(fake, fresh_config, inference_client) as bot:
         result = await posted_result(fake, server.channel, once.id)
         assert mentions(result, alice.id)
         assert (await wait_for_status(bot, once.id, "done"))["attempts"] == 2
@@ -169,10 +161,10 @@ async def _wait_for_attempt(bot: MusicGenBot, job_id: int, attempt: int) -> None
 
 
 async def test_a_worker_crash_is_retried_once_then_the_member_is_told_and_the_queue_goes_on(
-    fake_discord: FakeDiscord, server: Server, config: BotConfig, inference_client: InferenceClient
+    fake_discord: FakeDiscord, server: Server, fresh_config: BotConfig, inference_client: InferenceClient
 ) -> None:
     fake, alice = fake_discord, server["alice"]
-    async with musicgen_bot(fake, config, inference_client) as bot:
+    async with musicgen_bot(fake, fresh_config, inference_client) as bot:
         survivor_interaction = await run_command(
             fake, alice, server.channel, "generate", prompt="survivor", duration=30
         )
