@@ -528,6 +528,25 @@ def decode_audio_file(
     return samples
 
 
+def _decode_whole_file(
+    path: str | os.PathLike[str], sink: _AuStream, *, sample_rate: int, timeout_s: float, max_seconds: float
+) -> int:
+    """Decode the whole file into `sink` and return its number of sample frames; AudioDecodeError for
+    a file longer than `max_seconds`, as for any other that cannot be read."""
+    path = _prepare(path, sample_rate)
+    _decode_to_sink(
+        path,
+        sink,
+        sample_rate=sample_rate,
+        timeout_s=timeout_s,
+        limit_s=max_seconds + _DECODE_MARGIN_S,
+        max_seconds=max_seconds,
+    )
+    if sink.frames_seen > max_seconds * sample_rate:
+        raise _too_long_error(max_seconds)
+    return sink.frames_seen
+
+
 def stream_audio_file(
     path: str | os.PathLike[str],
     consume: Callable[[np.ndarray], None],
@@ -540,19 +559,9 @@ def stream_audio_file(
     [samples, channels] as it arrives (a few hundred milliseconds at a time) instead of keeping
     them: memory stays flat however long the file. Returns the number of sample frames.
     Raises AudioDecodeError like `decode_audio_file` (after `consume` saw what came before)."""
-    path = _prepare(path, sample_rate)
-    consumer = _AuConsumer(consume)
-    _decode_to_sink(
-        path,
-        consumer,
-        sample_rate=sample_rate,
-        timeout_s=timeout_s,
-        limit_s=max_seconds + _DECODE_MARGIN_S,
-        max_seconds=max_seconds,
+    return _decode_whole_file(
+        path, _AuConsumer(consume), sample_rate=sample_rate, timeout_s=timeout_s, max_seconds=max_seconds
     )
-    if consumer.frames_seen > max_seconds * sample_rate:
-        raise _too_long_error(max_seconds)
-    return consumer.frames_seen
 
 
 def count_audio_frames(
@@ -564,19 +573,9 @@ def count_audio_frames(
 ) -> int:
     """How many sample frames `decode_audio_file` gives for the whole file at `sample_rate`: the
     same decode, counted as it streams past, with no sample kept."""
-    path = _prepare(path, sample_rate)
-    counter = _AuStream()
-    _decode_to_sink(
-        path,
-        counter,
-        sample_rate=sample_rate,
-        timeout_s=timeout_s,
-        limit_s=max_seconds + _DECODE_MARGIN_S,
-        max_seconds=max_seconds,
+    return _decode_whole_file(
+        path, _AuStream(), sample_rate=sample_rate, timeout_s=timeout_s, max_seconds=max_seconds
     )
-    if counter.frames_seen > max_seconds * sample_rate:
-        raise _too_long_error(max_seconds)
-    return counter.frames_seen
 
 
 # -- 16-bit WAV files ffmpeg writes -------------------------------------------------------------
