@@ -44,12 +44,13 @@ import discord  # noqa: E402
 from discord import app_commands  # noqa: E402
 from discord.ext import commands  # noqa: E402
 
+from bench.model_settings import add_model_dir_option, random_model_settings  # noqa: E402
+from bench.targets import print_target_lines, target_line  # noqa: E402
 from bot.app import MusicGenBot, bot_intents  # noqa: E402
 from bot.config import BotConfig, BotOptions, Limits, WorkerOptions  # noqa: E402
 from inference.backends.local import InferenceClient  # noqa: E402
-from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
-from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+from inference.settings import EngineOptions, EngineSettings  # noqa: E402
 from tests.bot.scenario_harness import add_server, posted_result  # noqa: E402
 from tests.fake_discord import FakeDiscord, FakeMember, running_bot  # noqa: E402
 
@@ -91,11 +92,6 @@ QUICK = Sizes(
 )
 
 
-def target_line(name: str, measured: float, target: float, *, higher_is_better: bool) -> str:
-    ok = measured >= target if higher_is_better else measured <= target
-    return f"TARGET {name} measured={measured:.3f} target={target:g} {'ok' if ok else 'short'}"
-
-
 def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank percentile: the smallest value with `fraction` of them at or below it (the p99
     of 50 values is their maximum, of 300 the 297th)."""
@@ -104,19 +100,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def engine_settings(model_dir: Path, *, dtype: str, threads: int) -> EngineSettings:
-    return EngineSettings(
-        models=ModelSources(
-            small=str(model_dir),
-            medium=str(model_dir),
-            large=str(model_dir),
-            melody=str(model_dir),
-            text_encoder=str(model_dir / TEXT_ENCODER_DIR),
-            compression=str(model_dir / COMPRESSION_DIR),
-            conversion_cache=str(model_dir.parent / "converted"),
-        ),
-        engine=EngineOptions(dtype=dtype, cpu_threads=threads),  # type: ignore[arg-type]
-        melody=MelodyOptions(stem_separation=False),
-    )
+    return random_model_settings(model_dir, EngineOptions(dtype=dtype, cpu_threads=threads))  # type: ignore[arg-type]
 
 
 def bot_config(
@@ -410,12 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)} [all]"
     )
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=REPO_ROOT / "data" / "bench-models",
-        help="where the random-weight models are built once and reused",
-    )
+    add_model_dir_option(parser)
     args = parser.parse_args(argv)
     from run import ensure_model  # bench/run.py, next to this file
 
@@ -425,10 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = run_bot_bench(
         small_dir, tiny_dir, quick=args.quick, dtype=args.dtype, threads=args.threads, sections=sections
     )
-    print()
-    for line in lines:
-        print(line)
-    return 0
+    return print_target_lines(lines)
 
 
 if __name__ == "__main__":

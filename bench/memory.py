@@ -28,11 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.model_settings import add_model_dir_option, random_model_settings  # noqa: E402
+from bench.targets import print_target_lines  # noqa: E402
 from bot.app import MusicGenBot  # noqa: E402
 from bot.config import BotConfig, BotOptions, Limits  # noqa: E402
 from inference.backends.local import InferenceClient  # noqa: E402
-from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR  # noqa: E402
-from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+from inference.settings import EngineOptions  # noqa: E402
 from tests.bot.long_clip_memory import (  # noqa: E402
     can_measure_peak_memory,
     continue_at_once,
@@ -50,25 +51,13 @@ def target_line(name: str, measured: float, target: float) -> str:
     return f"TARGET {name} measured={measured:.1f} target={target:g} {'ok' if measured < target else 'short'}"
 
 
-def tiny_settings(tiny_dir: Path, cache_dir: Path) -> EngineSettings:
-    return EngineSettings(
-        models=ModelSources(
-            small=str(tiny_dir),
-            medium=str(tiny_dir),
-            large=str(tiny_dir),
-            melody=str(tiny_dir),
-            text_encoder=str(tiny_dir / TEXT_ENCODER_DIR),
-            compression=str(tiny_dir / COMPRESSION_DIR),
-            conversion_cache=str(cache_dir),
-        ),
-        engine=EngineOptions(device="cpu", dtype="float32", cpu_threads=1),
-        melody=MelodyOptions(stem_separation=False),
-    )
-
-
 async def measure(tiny_dir: Path, work_dir: Path) -> list[str]:
     clip_bytes = make_long_stereo_mp3(work_dir / "long-take.mp3", seconds=CLIP_SECONDS, bitrate="32k")
-    settings = tiny_settings(tiny_dir, work_dir / "converted")
+    settings = random_model_settings(
+        tiny_dir,
+        EngineOptions(device="cpu", dtype="float32", cpu_threads=1),
+        conversion_cache=work_dir / "converted",
+    )
     config = BotConfig(
         bot=BotOptions(default_model_version="small", data_dir=str(work_dir / "data")),
         limits=Limits(max_pending_per_user=2),
@@ -116,20 +105,12 @@ def run_memory_bench(tiny_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=REPO_ROOT / "data" / "bench-models",
-        help="where the random-weight models are built once and reused",
-    )
+    add_model_dir_option(parser)
     args = parser.parse_args(argv)
     from run import ensure_model  # bench/run.py, next to this file
 
     lines = run_memory_bench(ensure_model(args.model_dir / "tiny-small", tiny=True))
-    print()
-    for line in lines:
-        print(line)
-    return 0
+    return print_target_lines(lines)
 
 
 if __name__ == "__main__":

@@ -28,29 +28,13 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `inf
 
 import ray  # noqa: E402
 
+from bench.model_settings import random_model_settings  # noqa: E402
 from inference.backends.ray import RayInferenceClient  # noqa: E402
-from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.checkpoints.random_models import make_test_model  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
-from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+from inference.settings import EngineOptions, EngineSettings  # noqa: E402
 
 TWO_VS_ONE_TARGET = 1.6
-
-
-def tiny_settings(model_dir: Path, cache_dir: Path) -> EngineSettings:
-    return EngineSettings(
-        models=ModelSources(
-            small=str(model_dir),
-            medium=str(model_dir),
-            large=str(model_dir),
-            melody="",
-            finetuned="",
-            text_encoder=str(model_dir / TEXT_ENCODER_DIR),
-            compression=str(model_dir / COMPRESSION_DIR),
-            conversion_cache=str(cache_dir),
-        ),
-        engine=EngineOptions(device="cpu", dtype="float32", cpu_threads=1, model_cache_gb=1.0),
-        melody=MelodyOptions(stem_separation=False),
-    )
 
 
 async def jobs_per_minute(
@@ -86,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as scratch:
         root = Path(scratch)
         model_dir = make_test_model("small", root / "small", tiny=True, seed=0)
-        settings = tiny_settings(model_dir, root / "converted")
+        settings = random_model_settings(
+            model_dir,
+            EngineOptions(device="cpu", dtype="float32", cpu_threads=1, model_cache_gb=1.0),
+            conversion_cache=root / "converted",
+            with_melody=False,
+        )
         ray.init(
             num_cpus=max(counts),
             num_gpus=0,

@@ -51,10 +51,12 @@ import torch  # noqa: E402
 # What torch picks on this machine before --threads changes it: the default configuration's count.
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
-from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from bench.model_settings import add_model_dir_option, random_model_settings  # noqa: E402
+from bench.targets import print_target_lines, target_line  # noqa: E402
+from inference.checkpoints.random_models import make_test_model  # noqa: E402
 from inference.engine.decoder_step import DecoderStep  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
-from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
+from inference.settings import EngineOptions, EngineSettings  # noqa: E402
 
 PROMPT = "lofi hip hop beat with warm piano chords and vinyl crackle"
 TOP_K = 250
@@ -170,25 +172,11 @@ def summarize(name: str, runs: list[Run], audio_s: float) -> Summary:
     )
 
 
-def target_line(name: str, measured: float, target: float, *, higher_is_better: bool) -> str:
-    ok = measured >= target if higher_is_better else measured <= target
-    return f"TARGET {name} measured={measured:.3f} target={target:g} {'ok' if ok else 'short'}"
-
-
 # -- the two paths ------------------------------------------------------------------------------
 def bench_settings(model_dir: Path, dtype: str, threads: int) -> EngineSettings:
-    return EngineSettings(
-        models=ModelSources(
-            small=str(model_dir),
-            medium=str(model_dir),
-            large=str(model_dir),
-            melody=str(model_dir),
-            text_encoder=str(model_dir / TEXT_ENCODER_DIR),
-            compression=str(model_dir / COMPRESSION_DIR),
-            conversion_cache=str(model_dir.parent / "converted"),
-        ),
-        engine=EngineOptions(device="cpu", dtype=dtype, cpu_threads=threads),  # type: ignore[arg-type]
-        melody=MelodyOptions(stem_separation=False),
+    return random_model_settings(
+        model_dir,
+        EngineOptions(device="cpu", dtype=dtype, cpu_threads=threads),  # type: ignore[arg-type]
     )
 
 
@@ -360,12 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=REPO_ROOT / "data" / "bench-models",
-        help="where the random-weight models are built once and reused",
-    )
+    add_model_dir_option(parser)
     parser.add_argument("--no-worker", action="store_true", help="skip the worker round-trip measurement")
     parser.add_argument(
         "--sections",
@@ -591,10 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += bot_section(args, small_dir)
     if "replicas" in args.sections:
         lines += replicas_section(args)
-    print()
-    for line in lines:
-        print(line)
-    return 0
+    return print_target_lines(lines)
 
 
 if __name__ == "__main__":
