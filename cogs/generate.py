@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.app_commands import Choice, Range
+from discord.app_commands import Range
 from discord.ext import commands
 
 from bot.access import can_see_job
@@ -24,6 +24,7 @@ from bot.admission import JobAsk
 from bot.downloads import DownloadFailed, DownloadTooLarge
 from bot.replies import clip_text, defer_publicly, escape_member_text
 from bot.storage.jobs import Job
+from cogs.utils.options import request_choices, request_descriptions
 from inference.request import (
     MAX_DURATION_S,
     MAX_GUIDANCE,
@@ -32,9 +33,6 @@ from inference.request import (
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MIN_DURATION_S,
-    MODEL_VERSIONS,
-    NORMALIZATION_STRATEGIES,
-    OUTPUT_FORMATS,
     REQUEST_DEFAULTS,
     GenerationRequest,
     RequestError,
@@ -46,10 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-
-
-def choices(values: tuple[str, ...]) -> list[Choice[str]]:
-    return [Choice(name=value, value=value) for value in values]
 
 
 def shown_filename(attachment: discord.Attachment) -> str:
@@ -67,27 +61,11 @@ class GenerateCog(commands.Cog):
         name="generate", description="Make music with MusicGen from a prompt and/or an audio clip."
     )
     @app_commands.guild_only()
-    @app_commands.describe(
-        prompt="What the music should sound like.",
-        model_version="Which model; encode-decode only runs your clip through EnCodec. Default: the server's default.",
-        input_audio="A melody to follow (melody model), or with continuation, a clip to continue.",
-        duration="Seconds to generate (with continuation: seconds added after the clip).",
-        continuation="Continue input_audio instead of following its melody.",
-        continuation_start="Use input_audio from this second on.",
-        continuation_end="Use input_audio up to this second (-1 = to the end).",
-        normalization_strategy="How the output loudness is normalized.",
-        top_k="Sample among the k most likely tokens (0 = all of them).",
-        top_p="Nucleus sampling when above 0 (then top_k is ignored).",
-        temperature="Randomness; 0 = always the most likely token.",
-        classifier_free_guidance="How closely to follow the prompt.",
-        output_format="File format of the result.",
-        seed="Same seed + same settings = same music; -1 = random.",
-    )
-    @app_commands.choices(
-        model_version=choices(MODEL_VERSIONS),
-        normalization_strategy=choices(NORMALIZATION_STRATEGIES),
-        output_format=choices(OUTPUT_FORMATS),
-    )
+    # Each option's description and choices come from its field's declaration in inference.request.
+    @app_commands.describe(**request_descriptions())
+    @app_commands.choices(**request_choices())
+    # discord.py reads the options' types, ranges and defaults from this signature: a test checks
+    # them against the same declarations (tests/test_request_fields.py).
     async def generate(
         self,
         interaction: discord.Interaction[MusicGenBot],

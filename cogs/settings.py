@@ -10,7 +10,7 @@ from discord.app_commands import Range
 from discord.ext import commands
 
 from bot.storage.server_controls import Feature
-from cogs.generate import choices
+from cogs.utils.options import choices
 from inference.catalogue import MODEL_VERSIONS
 from inference.request import RequestError
 

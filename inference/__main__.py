@@ -7,25 +7,21 @@ flag; `make-test-model` writes random-weight checkpoints for tests and benchmark
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from inference.catalogue import ModelCatalogue
 from inference.media.ffmpeg import use_ffmpeg
-from inference.request import (
-    MODEL_VERSIONS,
-    NORMALIZATION_STRATEGIES,
-    OUTPUT_FORMATS,
-    REQUEST_DEFAULTS,
-    GenerationRequest,
-    RequestError,
-)
+from inference.request import OUTPUT_FORMATS, REQUEST_FIELDS, GenerationRequest, RequestError, RequestField
 from inference.settings import EngineSettings, load_engine_settings
 
 if TYPE_CHECKING:  # random_models imports torch: only for the annotations
     from inference.checkpoints.random_models import CheckpointFormat, ModelArchitecture
+
+FC = TypeVar("FC", bound=Callable[..., Any] | click.Command)
 
 # Exit code for a request the person can fix (click uses 2 for usage errors too).
 REQUEST_ERROR_EXIT_CODE = 2
@@ -65,88 +61,54 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     return settings.model_copy(update={"engine": settings.engine.model_copy(update=changes)})
 
 
+# What the CLI itself picks when these are left out (the request's own defaults are shown as is).
+_CLI_DEFAULTS = {
+    "model_version": "[default: finetuned if one is configured, else small]",
+    "output_format": "[default: from the --output extension, else wav]",
+}
+
+
+def _click_type(request_field: RequestField) -> click.ParamType | type:
+    if request_field.clip:
+        return click.Path(exists=True, dir_okay=False, path_type=Path)
+    if request_field.choices:
+        return click.Choice(request_field.choices)
+    return request_field.type
+
+
+def _request_option(request_field: RequestField) -> Callable[[FC], FC]:
+    """The flag of one request field: `--top-k`, or `--continuation/--no-continuation` for a switch.
+
+    Ranges are left to `GenerationRequest.validate()`, whose messages say what to change.
+    """
+    flag = "--" + request_field.name.replace("_", "-")
+    if request_field.type is bool:
+        return click.option(
+            f"{flag}/--no-{flag[2:]}",
+            default=request_field.default,
+            show_default=True,
+            help=request_field.cli_help,
+        )
+    cli_default = _CLI_DEFAULTS.get(request_field.name)
+    default = None if cli_default is not None else request_field.default
+    return click.option(
+        flag,
+        type=_click_type(request_field),
+        default=default,
+        show_default=default is not None,
+        help=f"{request_field.cli_help} {cli_default or ''}".strip(),
+    )
+
+
+def request_options(command: FC) -> FC:
+    """One flag per request field, in the request's order, from its declaration in inference.request."""
+    for request_field in reversed(REQUEST_FIELDS):
+        command = _request_option(request_field)(command)
+    return command
+
+
 @main.command()
-@click.option("--prompt", help="Text description of the music.")
-@click.option(
-    "--model-version",
-    type=click.Choice(MODEL_VERSIONS),
-    help="Model to use [default: finetuned if one is configured, else small].",
-)
-@click.option(
-    "--input-audio",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Melody to mimic, or with --continuation the clip to continue (any common format).",
-)
-@click.option(
-    "--duration",
-    type=int,
-    default=REQUEST_DEFAULTS.duration,
-    show_default=True,
-    help="Seconds to generate (extra seconds for continuation).",
-)
-@click.option(
-    "--continuation/--no-continuation",
-    default=REQUEST_DEFAULTS.continuation,
-    show_default=True,
-    help="Continue --input-audio instead of using it as a melody.",
-)
-@click.option(
-    "--continuation-start",
-    type=float,
-    default=REQUEST_DEFAULTS.continuation_start,
-    show_default=True,
-    help="Start of the input clip to use, in seconds.",
-)
-@click.option(
-    "--continuation-end",
-    type=float,
-    default=None,
-    help="End of the input clip to use, in seconds (-1 or unset: the end).",
-)
-@click.option(
-    "--normalization-strategy",
-    type=click.Choice(NORMALIZATION_STRATEGIES),
-    default=REQUEST_DEFAULTS.normalization_strategy,
-    show_default=True,
-    help="How the output is normalized.",
-)
-@click.option(
-    "--top-k",
-    type=int,
-    default=REQUEST_DEFAULTS.top_k,
-    show_default=True,
-    help="Sample among the k most likely tokens.",
-)
-@click.option(
-    "--top-p",
-    type=float,
-    default=REQUEST_DEFAULTS.top_p,
-    show_default=True,
-    help="Nucleus sampling when > 0 (top-k is then ignored).",
-)
-@click.option(
-    "--temperature",
-    type=float,
-    default=REQUEST_DEFAULTS.temperature,
-    show_default=True,
-    help="Softmax temperature; 0 = greedy.",
-)
-@click.option(
-    "--classifier-free-guidance",
-    type=float,
-    default=REQUEST_DEFAULTS.classifier_free_guidance,
-    show_default=True,
-    help="Classifier-free guidance coefficient.",
-)
-@click.option(
-    "--output-format",
-    type=click.Choice(OUTPUT_FORMATS),
-    default=None,
-    help="wav (16-bit PCM) or mp3 (320 kbps) [default: from the --output extension, else wav].",
-)
-@click.option(
-    "--seed", type=int, default=None, help="Seed for identical results; unset or -1 = random (printed)."
-)
+@request_options
 @click.option(
     "-o",
     "--output",
@@ -177,20 +139,6 @@ def _with_engine_overrides(settings: EngineSettings, **overrides: Any) -> Engine
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
 )
 def generate(
-    prompt: str | None,
-    model_version: str | None,
-    input_audio: Path | None,
-    duration: int,
-    continuation: bool,
-    continuation_start: float,
-    continuation_end: float | None,
-    normalization_strategy: str,
-    top_k: int,
-    top_p: float,
-    temperature: float,
-    classifier_free_guidance: float,
-    output_format: str | None,
-    seed: int | None,
     output: Path | None,
     model_source: str | None,
     config_path: Path | None,
@@ -198,34 +146,25 @@ def generate(
     dtype: str | None,
     threads: int | None,
     progress: bool,
+    **request_inputs: Any,
 ) -> None:
     """Generate music from a prompt and/or input audio, in this process, and write it to a file."""
     settings = _with_engine_overrides(
         load_engine_settings(config_path), device=device, dtype=dtype, cpu_threads=threads
     )
     use_ffmpeg(settings.engine.ffmpeg)
-    if model_version is None:
-        model_version = ModelCatalogue(settings.models).default_version()
+    model_version = request_inputs["model_version"] or ModelCatalogue(settings.models).default_version()
+    output_format: str | None = request_inputs["output_format"]
+    input_audio: Path | None = request_inputs["input_audio"]
     if output is None:
         output = Path(f"musicgen.{output_format or 'wav'}")
-    resolved_format = _output_format_for(output, output_format)
+    picked = {
+        "model_version": model_version,
+        "input_audio": str(input_audio) if input_audio is not None else None,
+        "output_format": _output_format_for(output, output_format),
+    }
     try:
-        request = GenerationRequest(
-            model_version=model_version,  # type: ignore[arg-type]  # click.Choice checked it
-            prompt=prompt,
-            input_audio=str(input_audio) if input_audio is not None else None,
-            duration=duration,
-            continuation=continuation,
-            continuation_start=continuation_start,
-            continuation_end=continuation_end,
-            normalization_strategy=normalization_strategy,  # type: ignore[arg-type]
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            classifier_free_guidance=classifier_free_guidance,
-            output_format=resolved_format,  # type: ignore[arg-type]
-            seed=seed,
-        ).validate()
+        request = GenerationRequest(**request_inputs | picked).validate()
     except RequestError as exc:
         raise FriendlyRequestError(str(exc)) from None
 

@@ -2,14 +2,17 @@
 
 It is validated once, at the edge (`GenerationRequest.validate()`), and then passed through
 unchanged. The semantics of every field are audiocraft's MusicGen (the README's Commands table).
+Each field is declared once, below: its name, type, default, range and help; `REQUEST_FIELDS` reads
+them back for the front ends (the /generate slash command, the CLI's `generate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 ModelVersion = Literal["melody", "small", "medium", "large", "encode-decode", "finetuned"]
 NormalizationStrategy = Literal["loudness", "clip", "peak", "rms"]
@@ -35,29 +38,112 @@ class RequestError(ValueError):
     """A request a person can fix; the message says what to change and is shown to them as is."""
 
 
+_DISCORD_DESCRIPTION_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class InputText:
+    """What a field of `GenerationRequest` declares beyond its name, type and default."""
+
+    # The slash option's description, which Discord limits to 100 characters; the CLI shows it too.
+    help: str
+    # Bounds of a number, or of a text's length.
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    # The input that means None (left to the engine: a random seed, the clip's end).
+    unset: int | float | None = None
+    # A clip: a local file path on the request, an upload on Discord, an existing file for the CLI.
+    clip: bool = False
+    # Left out, a front end picks the value itself (the server's or the configured default model).
+    picked_when_left_out: bool = False
+    # More for the CLI's help, after `help`.
+    cli_extra: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.help) > _DISCORD_DESCRIPTION_LIMIT:
+            raise ValueError(
+                f"help longer than Discord's {_DISCORD_DESCRIPTION_LIMIT} characters: {self.help!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestField(InputText):
+    """One request field as every front end offers it, read back from `GenerationRequest`."""
+
+    name: str
+    # The value's type once set: str, int, float or bool (a clip's is its path, a str).
+    type: type
+    default: Any
+    # The allowed values of a Literal field.
+    choices: tuple[str, ...] = ()
+
+    @property
+    def cli_help(self) -> str:
+        return f"{self.help} {self.cli_extra}".strip()
+
+    @property
+    def lowest_input(self) -> int | float | None:
+        """The lowest value a front end takes: the `unset` spelling where there is one."""
+        return self.unset if self.unset is not None else self.minimum
+
+
+_INPUT_TEXT = "input_text"
+
+
+def _offered(text: InputText) -> dict[str, InputText]:
+    """A request field's metadata: its `InputText`, read back into `REQUEST_FIELDS`."""
+    return {_INPUT_TEXT: text}
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    model_version: ModelVersion = "finetuned"
-    prompt: str | None = None
+    """Every field is declared here once, with its help and range, for every front end to use."""
+
+    # Laid out by hand, one field to a few lines: a table reads better than one argument a line.
+    # fmt: off
+    model_version: ModelVersion = field(default="finetuned", metadata=_offered(InputText(
+        "Which model; encode-decode only runs your clip through EnCodec. Left out: the default model.",
+        picked_when_left_out=True)))
+    prompt: str | None = field(default=None, metadata=_offered(InputText(
+        "What the music should sound like.", minimum=1, maximum=MAX_PROMPT_CHARS)))
     # A local file path: the melody to mimic, or (continuation=True) the clip to continue.
-    input_audio: str | None = None
+    input_audio: str | None = field(default=None, metadata=_offered(InputText(
+        "A melody to follow (melody model), or with continuation, a clip to continue.",
+        clip=True, cli_extra="Any common audio format.")))
     # Seconds of audio to generate; for continuation, the seconds added after the prompt clip.
-    duration: int = 8
-    continuation: bool = False
-    continuation_start: float = 0.0
+    duration: int = field(default=8, metadata=_offered(InputText(
+        "Seconds to generate (with continuation: seconds added after the clip).",
+        minimum=MIN_DURATION_S, maximum=MAX_DURATION_S)))
+    continuation: bool = field(default=False, metadata=_offered(InputText(
+        "Continue the input audio instead of following its melody.")))
+    continuation_start: float = field(default=0.0, metadata=_offered(InputText(
+        "Use the input audio from this second on.", minimum=0.0)))
     # None (or -1 on input) means the end of the clip.
-    continuation_end: float | None = None
-    normalization_strategy: NormalizationStrategy = "loudness"
+    continuation_end: float | None = field(default=None, metadata=_offered(InputText(
+        "Use the input audio up to this second (-1 = to the end).",
+        minimum=0.0, unset=-1.0, cli_extra="Left out: the end too.")))
+    normalization_strategy: NormalizationStrategy = field(default="loudness", metadata=_offered(InputText(
+        "How the output loudness is normalized.")))
     # 0 (with top_p 0) samples from the whole distribution, as audiocraft does.
-    top_k: int = 250
+    top_k: int = field(default=250, metadata=_offered(InputText(
+        "Sample among the k most likely tokens (0 = all of them).", minimum=0, maximum=MAX_TOP_K)))
     # > 0 switches to nucleus sampling and top_k is then ignored (audiocraft's rule).
-    top_p: float = 0.0
+    top_p: float = field(default=0.0, metadata=_offered(InputText(
+        "Nucleus sampling when above 0 (then top_k is ignored).", minimum=0.0, maximum=1.0)))
     # 0 means greedy decoding.
-    temperature: float = 1.0
-    classifier_free_guidance: float = 3.0
-    output_format: OutputFormat = "wav"
+    temperature: float = field(default=1.0, metadata=_offered(InputText(
+        "Randomness; 0 = always the most likely token.",
+        minimum=0.0, maximum=MAX_TEMPERATURE, cli_extra="The softmax temperature (0: greedy decoding).")))
+    classifier_free_guidance: float = field(default=3.0, metadata=_offered(InputText(
+        "How closely to follow the prompt.",
+        minimum=0.0, maximum=MAX_GUIDANCE, cli_extra="The classifier-free guidance coefficient.")))
+    output_format: OutputFormat = field(default="wav", metadata=_offered(InputText(
+        "File format of the result.", cli_extra="wav (16-bit PCM) or mp3 (320 kbps).")))
     # None (or -1 on input): a random seed is chosen and reported back.
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata=_offered(InputText(
+        "Same seed + same settings = same music; -1 = random.",
+        minimum=0, maximum=MAX_SEED, unset=-1, cli_extra="Left out: random too. The seed used is printed.")))
+    # fmt: on
 
     def __post_init__(self) -> None:
         # -1 is the predictor's spelling of "none"; normalise it here so every layer sees one form.
@@ -186,14 +272,37 @@ class GenerationRequest:
         }
 
 
-_WHOLE_NUMBER_FIELDS = ("duration", "top_k", "seed")
-_REAL_NUMBER_FIELDS = (
-    "continuation_start",
-    "continuation_end",
-    "top_p",
-    "temperature",
-    "classifier_free_guidance",
-)
+def _value_type(hint: Any) -> tuple[type, tuple[str, ...]]:
+    """The type of a field's value once set, and the choices of a Literal (`int | None` -> int)."""
+    if get_origin(hint) in (Union, UnionType):
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+    if get_origin(hint) is Literal:
+        return str, get_args(hint)
+    return hint, ()
+
+
+def _request_fields() -> tuple[RequestField, ...]:
+    hints = get_type_hints(GenerationRequest)
+    declared = []
+    for request_field in dataclasses.fields(GenerationRequest):
+        value_type, choices = _value_type(hints[request_field.name])
+        text: InputText = request_field.metadata[_INPUT_TEXT]
+        declared.append(
+            RequestField(
+                name=request_field.name,
+                type=value_type,
+                default=request_field.default,
+                choices=choices,
+                **{part.name: getattr(text, part.name) for part in dataclasses.fields(InputText)},
+            )
+        )
+    return tuple(declared)
+
+
+# Every request field, in the request's order: the slash command and the CLI are built from these.
+REQUEST_FIELDS = _request_fields()
+_WHOLE_NUMBER_FIELDS = tuple(each.name for each in REQUEST_FIELDS if each.type is int)
+_REAL_NUMBER_FIELDS = tuple(each.name for each in REQUEST_FIELDS if each.type is float)
 
 # Every input's default, for the front ends (slash command options, CLI flags) to show and use.
 REQUEST_DEFAULTS = GenerationRequest()
