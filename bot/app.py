@@ -115,6 +115,9 @@ class MusicGenBot(commands.AutoShardedBot):
         force_command_sync: bool = False,
         **options: Any,
     ) -> None:
+        # The bot never joins a voice channel: discord.py's warnings that voice lacks PyNaCl and
+        # davey would only alarm whoever reads the start-up log.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=bot_intents(message_content=config.bot.message_content_intent),
