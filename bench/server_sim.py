@@ -51,7 +51,7 @@ from bot.pipeline.scheduler import BatchLimits, FairScheduler, QueueLimits, Sche
 from bot.storage.database import Database  # noqa: E402
 from bot.storage.jobs import Job, JobOrigin  # noqa: E402
 from bot.storage.patience import PatientJobStore  # noqa: E402
-from inference.backends.local import JobSubmission  # noqa: E402
+from inference.backends.base import BackendName, BackendOptions, JobSubmission  # noqa: E402
 from inference.errors import GenerationCancelled  # noqa: E402
 from inference.protocol import GenerationResult  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
@@ -199,32 +199,33 @@ async def simulated_backend(workers: int, time_scale: float, _folder: Path) -> A
     yield SimulatedInferenceClient(workers, time_scale=time_scale)
 
 
-@asynccontextmanager
-async def local_backend(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
-    from inference.backends.local import InferenceClient
+def real_backend(name: BackendName) -> Backend:
+    """The bot's own back end called `name`, built by its factory, with `workers` workers on the tiny model."""
 
-    async with InferenceClient(tiny_engine_settings(folder), processes=workers) as client:
-        yield client
+    @asynccontextmanager
+    async def running(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
+        from inference.backends.factory import create_backend
 
+        try:
+            backend = create_backend(
+                tiny_engine_settings(folder), BackendOptions(backend=name, processes=workers)
+            )
+        except ImportError as error:
+            raise SystemExit(
+                f"the {name} back end is not available here ({error}): install it with pip install -e '.[ray]'"
+            ) from None
+        async with backend:
+            yield backend
 
-@asynccontextmanager
-async def ray_backend(workers: int, _time_scale: float, folder: Path) -> AsyncIterator[Any]:
-    try:
-        from inference.backends.ray import RayInferenceClient
-    except ImportError as error:
-        raise SystemExit(
-            f"the ray back end is not available here ({error}): install it with pip install -e '.[ray]'"
-        ) from None
-    client = RayInferenceClient(tiny_engine_settings(folder), replicas=workers)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
+    return running
 
 
 Backend = Callable[[int, float, Path], contextlib.AbstractAsyncContextManager[Any]]
-BACKENDS: dict[str, Backend] = {"simulated": simulated_backend, "local": local_backend, "ray": ray_backend}
+BACKENDS: dict[str, Backend] = {
+    "simulated": simulated_backend,
+    "local": real_backend("local"),
+    "ray": real_backend("ray"),
+}
 
 
 # -- traffic --------------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from bot.storage.patience import PatientJobStore
 from bot.storage.retention import GIB, MIB, RetentionPolicy, StorageJanitor, files_in_use, low_disk_refusal
 from bot.storage.server_controls import ServerControls
 from bot.uploads import Uploads
-from inference.backends.base import InferenceService
-from inference.backends.local import InferenceClient
+from inference.backends.base import BackendOptions, InferenceService
+from inference.backends.factory import create_backend
 from inference.catalogue import ModelCatalogue
 from inference.media.ffmpeg import use_ffmpeg
 from inference.protocol import GenerationResult
@@ -291,21 +291,17 @@ class MusicGenBot(commands.AutoShardedBot):
         return low_disk_refusal(self.data_dir, int(self.config.storage.min_free_mb * MIB))
 
     def _inference_backend(self) -> InferenceService:
-        """The inference client [worker] backend names; Ray is imported only when it is chosen."""
+        """The inference back end [worker] backend names; Ray is imported only when it is chosen."""
         worker = self.config.worker
-        if worker.backend == "ray":
-            from inference.backends.ray import RayInferenceClient
-
-            return RayInferenceClient(
-                self.config.engine_settings,
-                replicas=worker.processes,
-                address=worker.ray_address,
-                num_gpus=worker.ray_gpus_per_replica,
-                num_cpus=worker.ray_num_cpus,
-            )
-        return InferenceClient(
-            self.config.engine_settings, processes=worker.processes, devices=worker.devices
+        options = BackendOptions(
+            backend=worker.backend,
+            processes=worker.processes,
+            devices=tuple(worker.devices),
+            ray_address=worker.ray_address,
+            ray_num_gpus=worker.ray_gpus_per_replica,
+            ray_num_cpus=worker.ray_num_cpus,
         )
+        return create_backend(self.config.engine_settings, options)
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""

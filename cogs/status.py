@@ -12,7 +12,6 @@ from discord.ext import commands
 from bot.pipeline.status_message import format_seconds
 from bot.replies import clip_text, escape_member_text, join_lines_within
 from bot.storage.server_controls import BotHealth
-from inference.backends.local import InferenceClient
 
 if TYPE_CHECKING:
     from bot.app import MusicGenBot
@@ -51,12 +50,12 @@ class StatusCog(commands.Cog):
             + (f" · {starting} starting or restarting" if starting else ""),
             "**Models run since start:** " + (", ".join(models) or "none yet"),
         ]
-        if isinstance(inference, InferenceClient):  # the local back end knows its workers' devices
-            lines.extend(
-                f"· {worker.name} on {worker.ready_device or worker.device}: "
-                + (", ".join(worker.models) or "no model loaded yet")
-                for worker in inference.workers
-            )
+        # Each worker's device and models, where the back end follows its workers one by one (local).
+        lines.extend(
+            f"· {worker.name} on {worker.ready_device or worker.device}: "
+            + (", ".join(worker.models) or "no model loaded yet")
+            for worker in inference.workers
+        )
         failure = await self.health.last_failure(guild_id)
         if failure is None:
             lines.append("**Last error here:** none")

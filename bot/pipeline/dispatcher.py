@@ -32,8 +32,7 @@ from bot.pipeline.supervision import keep_running
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.storage.jobs import Job, JobStatus
 from bot.storage.patience import PatientJobStore
-from inference.backends.base import InferenceService
-from inference.backends.local import JobSubmission
+from inference.backends.base import InferenceService, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key

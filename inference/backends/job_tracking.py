@@ -1,10 +1,11 @@
 """The job and batch bookkeeping both inference back ends share, whatever runs the batches.
 
-`InferenceClient` (worker processes) and `RayInferenceClient` (Ray replicas) queue submitted jobs
-as batches, hand each batch to one free worker, and follow every job on its own to its outcome:
+Every back end (`inference.backends.base.InferenceBackend`) queues submitted jobs as batches, hands
+each batch to one free worker, and follows every job on its own to its outcome:
 its progress reaches the caller on the event loop (the newest only, when the caller is slower than
 the worker), it can be cancelled without disturbing the others, and it ends with its own result or
 exception. `JobTracker` is that part; each back end supplies how a cancel reaches a running job.
+(A `TrackedJob` is a job as the back end follows it; the bot's own `bot.storage.jobs.Job` is its row.)
 
 Importing this module never imports torch, ray or the engine.
 """
@@ -24,7 +25,7 @@ from inference.errors import GenerationCancelled, GenerationFailed
 from inference.protocol import ErrorKind, GenerationError, GenerationResult, Progress, Started
 from inference.request import GenerationRequest, RequestError
 
-__all__ = ["Batch", "Job", "JobSubmission", "JobTracker", "ProgressCallback", "error_for"]
+__all__ = ["Batch", "JobSubmission", "JobTracker", "ProgressCallback", "TrackedJob", "error_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ WorkerT = TypeVar("WorkerT")
 
 @dataclass(frozen=True)
 class JobSubmission:
-    """One job handed to `InferenceClient.submit_batch`.
+    """One job handed to `InferenceBackend.submit_batch`.
 
     `on_progress(steps_done, steps_total)` runs on the event loop; it may be a coroutine function.
     `on_started()` runs on the event loop when a worker takes the job (its batch), e.g. to time it
@@ -50,7 +51,7 @@ class JobSubmission:
 
 
 @dataclass(eq=False)
-class Job(Generic[WorkerT]):
+class TrackedJob(Generic[WorkerT]):
     job_id: str
     request: GenerationRequest
     on_progress: ProgressCallback | None
@@ -64,13 +65,13 @@ class Job(Generic[WorkerT]):
 class Batch(Generic[WorkerT]):
     """Jobs that run together on one worker; a job cancelled while it waits leaves the batch."""
 
-    jobs: list[Job[WorkerT]]
+    jobs: list[TrackedJob[WorkerT]]
     output_dir: Path
     worker: WorkerT | None = None
     # Jobs on the worker that have not had their outcome yet; the worker is free when empty.
     unfinished: set[str] = field(default_factory=set)
 
-    def unfinished_jobs(self) -> list[Job[WorkerT]]:
+    def unfinished_jobs(self) -> list[TrackedJob[WorkerT]]:
         return [job for job in self.jobs if job.job_id in self.unfinished]
 
 
@@ -79,19 +80,23 @@ class JobTracker(Generic[WorkerT]):
     to its end. `send_cancel(job)` passes a cancel on to the worker running the job (False when no
     worker runs it any more)."""
 
-    def __init__(self, send_cancel: Callable[[Job[WorkerT]], bool]) -> None:
+    def __init__(self, send_cancel: Callable[[TrackedJob[WorkerT]], bool]) -> None:
         self.waiting: collections.deque[Batch[WorkerT]] = collections.deque()
-        self.jobs: dict[str, Job[WorkerT]] = {}
+        self.jobs: dict[str, TrackedJob[WorkerT]] = {}
         self._send_cancel = send_cancel
 
-    def add_batch(self, submissions: Sequence[JobSubmission], output_dir: str | Path) -> list[Job[WorkerT]]:
+    def add_batch(
+        self, submissions: Sequence[JobSubmission], output_dir: str | Path
+    ) -> list[TrackedJob[WorkerT]]:
         """Queue the submissions as one waiting batch; its jobs, in order."""
         batch: Batch[WorkerT] = Batch(jobs=[], output_dir=Path(output_dir))
         jobs = self.add_to_batch(batch, submissions)
         self.waiting.append(batch)
         return jobs
 
-    def add_to_batch(self, batch: Batch[WorkerT], submissions: Sequence[JobSubmission]) -> list[Job[WorkerT]]:
+    def add_to_batch(
+        self, batch: Batch[WorkerT], submissions: Sequence[JobSubmission]
+    ) -> list[TrackedJob[WorkerT]]:
         """Follow the submissions as jobs of `batch` (a new one, or one that runs and they join); the new
         jobs, in order."""
         if not submissions:
@@ -101,14 +106,16 @@ class JobTracker(Generic[WorkerT]):
             if job_id in self.jobs or job_ids.count(job_id) > 1:
                 raise ValueError(f"job {job_id!r} is already submitted")
         added = [
-            Job(submission.job_id, submission.request, submission.on_progress, batch, submission.on_started)
+            TrackedJob(
+                submission.job_id, submission.request, submission.on_progress, batch, submission.on_started
+            )
             for submission in submissions
         ]
         batch.jobs.extend(added)
         self.jobs.update((job.job_id, job) for job in added)
         return added
 
-    def requeue_as_batch(self, jobs: Sequence[Job[WorkerT]], output_dir: str | Path) -> None:
+    def requeue_as_batch(self, jobs: Sequence[TrackedJob[WorkerT]], output_dir: str | Path) -> None:
         """Followed jobs that a worker did not take after all leave the batch they were sent to join
         and wait again, as a batch of their own."""
         batch: Batch[WorkerT] = Batch(jobs=list(jobs), output_dir=Path(output_dir))
@@ -123,7 +130,7 @@ class JobTracker(Generic[WorkerT]):
         running_job_ids: Sequence[str],
         submissions: Sequence[JobSubmission],
         is_alive: Callable[[WorkerT], bool],
-    ) -> list[Job[WorkerT]] | None:
+    ) -> list[TrackedJob[WorkerT]] | None:
         """Follow the submissions as jobs of the batch that runs the first of `running_job_ids` still
         running on a live worker, unfinished from now on (should that worker die before it takes them,
         they fail with its batch); None when no such batch runs any more."""
@@ -155,7 +162,7 @@ class JobTracker(Generic[WorkerT]):
             return True
         return self._send_cancel(job)
 
-    def leave_waiting_batch(self, job: Job[WorkerT]) -> bool:
+    def leave_waiting_batch(self, job: TrackedJob[WorkerT]) -> bool:
         """Take a job out of its batch if that batch has not gone to a worker yet."""
         batch = job.batch
         if batch.worker is not None or job not in batch.jobs:
@@ -165,11 +172,11 @@ class JobTracker(Generic[WorkerT]):
             self.waiting.remove(batch)
         return True
 
-    def follow_all(self, jobs: Sequence[Job[WorkerT]]) -> list[asyncio.Task[GenerationResult]]:
+    def follow_all(self, jobs: Sequence[TrackedJob[WorkerT]]) -> list[asyncio.Task[GenerationResult]]:
         """One task per job that follows it to its outcome (`follow`), in order."""
         return [asyncio.create_task(self.follow(job), name=f"inference-job-{job.job_id}") for job in jobs]
 
-    async def follow(self, job: Job[WorkerT]) -> GenerationResult:
+    async def follow(self, job: TrackedJob[WorkerT]) -> GenerationResult:
         """Deliver the job's progress until its outcome: its result, or the exception it ended with."""
         try:
             return await _await_outcome(job)
@@ -182,7 +189,7 @@ class JobTracker(Generic[WorkerT]):
             self.jobs.pop(job.job_id, None)
 
 
-async def _await_outcome(job: Job[Any]) -> GenerationResult:
+async def _await_outcome(job: TrackedJob[Any]) -> GenerationResult:
     held_back: Any = None
     while True:
         event = held_back if held_back is not None else await job.events.get()
@@ -208,7 +215,7 @@ async def _await_outcome(job: Job[Any]) -> GenerationResult:
             raise RuntimeError(f"unexpected worker event {event!r}")
 
 
-def _report_start(job: Job[Any]) -> None:
+def _report_start(job: TrackedJob[Any]) -> None:
     if job.on_started is None:
         return
     try:
@@ -217,7 +224,7 @@ def _report_start(job: Job[Any]) -> None:
         logger.exception("start callback for job %s failed", job.job_id)
 
 
-async def _report_progress(job: Job[Any], progress: Progress) -> None:
+async def _report_progress(job: TrackedJob[Any], progress: Progress) -> None:
     if job.on_progress is None:
         return
     try:

@@ -14,7 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from bot.config import WorkerOptions
-from inference.backends.local import InferenceClient, JobSubmission
+from inference.backends.base import JobSubmission
+from inference.backends.local import InferenceClient
 from inference.backends.placement import (
     FreeWorker,
     choose_worker,

@@ -18,14 +18,9 @@ import pytest_asyncio
 import ray
 import soundfile
 
-from inference.backends.local import (
-    GenerationCancelled,
-    JobSubmission,
-    ProgressCallback,
-    WorkerCrashed,
-    WorkerStartError,
-)
+from inference.backends.base import JobSubmission, ProgressCallback
 from inference.backends.ray import FinishedFile, InputFile, RayInferenceClient
+from inference.errors import GenerationCancelled, WorkerCrashed, WorkerStartError
 from inference.protocol import BatchJob
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings

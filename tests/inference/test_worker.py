@@ -20,14 +20,9 @@ import pytest_asyncio
 import soundfile
 
 from inference.backends import worker as worker_module
-from inference.backends.local import (
-    GenerationCancelled,
-    GenerationFailed,
-    InferenceClient,
-    JobSubmission,
-    WorkerCrashed,
-    WorkerStartError,
-)
+from inference.backends.base import JobSubmission
+from inference.backends.local import InferenceClient
+from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
 from inference.protocol import (
     BatchJob,
     Cancel,
