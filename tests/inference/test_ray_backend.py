@@ -8,6 +8,12 @@ Ray and a replica that imports torch takes seconds on a 2-core machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import os
+import select
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -304,6 +310,95 @@ async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
     outcome = unpolled[-1]
     assert isinstance(outcome, FinishedFile), outcome
     assert outcome.data == Path(result.output_path).read_bytes()  # same clip, prompt, seed: same music
+
+
+# Started in a fresh interpreter with no Ray runtime: the client starts its own, then waits for a line.
+OWN_RUNTIME_SCRIPT = """
+import asyncio, sys
+from inference.backends.ray import RayInferenceClient
+from inference.settings import EngineSettings
+
+async def main() -> None:
+    settings = EngineSettings.model_validate_json(sys.argv[1])
+    small = {"num_cpus": 1, "num_gpus": 0, "object_store_memory": 100 * 1024 * 1024}
+    async with RayInferenceClient(settings, replicas=1, num_cpus=1, init_options=small):
+        print("started", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+
+asyncio.run(main())
+"""
+
+
+def test_the_runtime_the_client_starts_itself_listens_on_the_loopback_interface_only(
+    engine_settings: EngineSettings,
+) -> None:
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", OWN_RUNTIME_SCRIPT, engine_settings.model_dump_json()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], JOB_TIMEOUT_S)
+        assert ready and child.stdout.readline().strip() == "started", "the client did not start"
+        listening = listening_addresses(child.pid)
+    finally:
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(JOB_TIMEOUT_S)
+    # The runtime's own servers and the replica's worker all listen, and only on 127.0.0.1.
+    assert {"gcs_server", "raylet"} <= {name for name, _ in listening}, listening
+    exposed = {
+        (name, address) for name, address in listening if not ipaddress.ip_address(address).is_loopback
+    }
+    assert not exposed, f"listening beyond this machine: {sorted(exposed)}"
+    assert child.returncode == 0
+
+
+def listening_addresses(root_pid: int) -> set[tuple[str, str]]:
+    """(process name, IP address) of every TCP socket that `root_pid` or a descendant listens on,
+    read from /proc (IPv4-mapped IPv6 addresses given as IPv4)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The name may hold spaces and parentheses: the fields after the last ")" are fixed.
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    tree, grew = {root_pid}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    owner_of_socket: dict[str, str] = {}
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owner_of_socket[target.removeprefix("socket:[").removesuffix("]")] = name
+    listening = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in owner_of_socket:  # 0A: LISTEN
+                listening.add((owner_of_socket[inode], _address(local.split(":")[0])))
+    return listening
+
+
+def _address(hex_address: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words in the host's byte order."""
+    raw = b"".join(
+        int(hex_address[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hex_address), 8)
+    )
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def test_the_bot_imports_ray_only_for_the_ray_back_end_and_the_ray_client_never_imports_torch() -> None:

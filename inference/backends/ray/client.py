@@ -10,6 +10,9 @@ them. Each outcome's audio comes back as bytes, written here into the bot's outp
 actor is reported by Ray on every pending call (`RayActorError`): that is how a lost node or an
 out-of-memory kill is noticed, and the replica replaced.
 
+A Ray runtime the client starts itself (address "", and no cluster to join) is the bot's alone, on
+this one machine: every process of it listens on 127.0.0.1 only.
+
 Importing this module imports ray (the bot does so only when the back end is "ray") but never torch.
 """
 
@@ -20,7 +23,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -69,9 +72,10 @@ class _Replica:
 class RayInferenceClient(InferenceBackend[_Replica]):
     """Runs generation jobs (alone or in batches) on Ray actors; the same interface as `InferenceClient`.
 
-    `address`: "" starts a local Ray runtime (closed again by `close()`), "auto" joins the cluster
-    this machine belongs to, anything else is passed to `ray.init(address=...)`. When Ray is already
-    initialised in this process, that runtime is used and left running. `num_gpus`: GPUs per
+    `address`: "" starts a local Ray runtime (closed again by `close()`; it joins instead the cluster
+    that RAY_ADDRESS names or `ray start` left running here, as `ray.init()` does), "auto" joins the
+    cluster this machine belongs to, anything else is passed to `ray.init(address=...)`. When Ray is
+    already initialised in this process, that runtime is used and left running. `num_gpus`: GPUs per
     replica, None = 1 when the cluster has GPUs, else 0. `num_cpus`: CPUs each replica reserves.
     """
 
@@ -138,7 +142,11 @@ class RayInferenceClient(InferenceBackend[_Replica]):
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
             options.update(self._init_options)
-            ray.init(address=self._address or None, **options)
+            if not self._address and _starts_a_runtime():
+                with _loopback_node():
+                    ray.init(**options)
+            else:
+                ray.init(address=self._address or None, **options)
             self._owns_ray = True
         if self._num_gpus is None:
             self._num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -292,6 +300,34 @@ class RayInferenceClient(InferenceBackend[_Replica]):
     def _release(self, worker: _Replica) -> None:
         with contextlib.suppress(Exception):
             ray.kill(worker.actor, no_restart=True)
+
+
+def _starts_a_runtime() -> bool:
+    """Whether `ray.init()` without an address starts a runtime here, rather than joining the cluster
+    that RAY_ADDRESS names or `ray start` left running on this machine (Ray's own rule)."""
+    from ray._private import services
+
+    # Typed as taking a str, but None is what `ray.init()` passes for no address.
+    return services.canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While it is open, a Ray runtime started here takes 127.0.0.1 as its node's address, so that
+    every process of it (GCS, raylet, workers, agents) listens on the loopback interface alone.
+
+    This is Ray's own switch for a runtime that is no cluster (its default on macOS and Windows).
+    `ray.init` has no public option for it: a loopback `_node_ip_address` is replaced by the
+    machine's routable address unless the switch is off. It is read only while the node starts.
+    """
+    from ray._private import ray_constants
+
+    cluster_enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_enabled
 
 
 async def _awaited(ref: Any) -> Any:
