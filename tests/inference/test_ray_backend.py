@@ -401,26 +401,6 @@ def _address(hex_address: str) -> str:
     return str(address)
 
 
-def test_the_bot_imports_ray_only_for_the_ray_back_end_and_the_ray_client_never_imports_torch() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, bot.__main__, bot.bot, cogs.generate, cogs.queue, cogs.settings\n"
-        "from bot.bot import MusicGenBot\n"
-        "from bot.config import BotConfig, WorkerOptions\n"
-        "from inference.backends.local import InferenceClient\n"
-        "local = MusicGenBot(BotConfig())._inference_backend()\n"
-        "assert isinstance(local, InferenceClient), local\n"
-        "assert 'ray' not in sys.modules, 'the local back end imported ray'\n"
-        "remote = MusicGenBot(BotConfig(worker=WorkerOptions(backend='ray')))._inference_backend()\n"
-        "assert type(remote).__name__ == 'RayInferenceClient', remote\n"
-        "assert 'ray' in sys.modules and 'torch' not in sys.modules, 'the Ray client imported torch'\n"
-    )
-    completed = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr
-
-
 def test_the_worker_s_ray_keys_are_read_from_the_config_file_and_the_shipped_file_holds_the_defaults(
     tmp_path: Path,
 ) -> None:
