@@ -19,18 +19,44 @@ the admission lock: a download or a modal gives others time to take the last pla
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 
-from bot.storage.jobs import ContinuationSource, Job, JobOrigin
-from bot.storage.server_controls import Feature
+from bot.pipeline.dispatcher import JobDispatcher
+from bot.pipeline.scheduler import FairScheduler
+from bot.storage.jams import JamStore
+from bot.storage.jobs import ContinuationSource, Job, JobOrigin, JobStore
+from bot.storage.server_controls import Feature, ServerControls
+from inference.catalogue import ModelCatalogue
 from inference.request import MAX_SEED, GenerationRequest, RequestError
 
-if TYPE_CHECKING:
-    from bot.app import MusicGenBot
+
+class AdmissionHost(Protocol):
+    """What admission needs of the bot (its services), named here so this module need not import it."""
+
+    @property
+    def accepting_jobs(self) -> bool: ...
+    @property
+    def admission_lock(self) -> asyncio.Lock: ...
+    @property
+    def controls(self) -> ServerControls: ...
+    @property
+    def jam_store(self) -> JamStore: ...
+    @property
+    def scheduler(self) -> FairScheduler: ...
+    @property
+    def jobs(self) -> JobStore: ...
+    @property
+    def dispatcher(self) -> JobDispatcher: ...
+    @property
+    def catalogue(self) -> ModelCatalogue: ...
+
+    def low_disk_refusal(self) -> str | None: ...
+
 
 MIB = 1024 * 1024
 
@@ -109,7 +135,7 @@ def _parent_of(channel: object) -> int | None:
 class Admission:
     """Every gate a job passes, and the one place a job row is made and queued."""
 
-    def __init__(self, bot: MusicGenBot) -> None:
+    def __init__(self, bot: AdmissionHost) -> None:
         self.bot = bot
 
     # -- the gates --------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bot", "cogs", "inference")
 # The modules that need torch: the engine, and loading or making checkpoints.
@@ -34,10 +32,9 @@ TORCH_MODULES = (
 )
 # The Ray back end needs the optional `ray` extra.
 RAY_MODULES = ("inference.backends.ray",)
+
+
 # Cycles outside inference/ that this test reports without failing, until they are taken apart.
-KNOWN_CYCLES = [{"bot.admission", "bot.app"}]
-
-
 @cache
 def project_modules() -> dict[str, Path]:
     """Every module of the project's packages by dotted name (a package by its `__init__.py`)."""
@@ -192,10 +189,5 @@ def import_cycles() -> list[set[str]]:
 
 
 def test_no_import_cycle() -> None:
-    cycles = import_cycles()
-    new = [sorted(cycle) for cycle in cycles if cycle not in KNOWN_CYCLES]
-    assert new == [], f"modules that import each other: {new}"
-    if cycles:
-        pytest.xfail(
-            f"known import cycles outside inference/, still to take apart: {[sorted(c) for c in cycles]}"
-        )
+    cycles = [sorted(cycle) for cycle in import_cycles()]
+    assert cycles == [], f"modules that import each other: {cycles}"
