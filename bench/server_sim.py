@@ -46,7 +46,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make the 
     sys.path.insert(0, str(REPO_ROOT))
 
 from bot.pipeline.delivery import PostedResult  # noqa: E402
-from bot.pipeline.dispatcher import JobDispatcher  # noqa: E402
+from bot.pipeline.dispatcher import DispatcherOptions, JobDispatcher  # noqa: E402
 from bot.pipeline.scheduler import BatchLimits, FairScheduler, QueueLimits, ScheduledJob  # noqa: E402
 from bot.storage.database import Database  # noqa: E402
 from bot.storage.jobs import Job, JobOrigin  # noqa: E402
@@ -450,12 +450,14 @@ async def simulate(
             scheduler=scheduler,
             inference=inference,
             poster=poster,  # type: ignore[arg-type]
-            output_dir=folder / "outputs",
-            worker_slots=inference.worker_count if hasattr(inference, "worker_count") else workers,
-            job_retries=1,
-            progress_interval_s=0,
-            batch_wait_s=batch_wait_s,
-            continuous_batching=continuous_batching,
+            options=DispatcherOptions(
+                output_dir=folder / "outputs",
+                worker_slots=inference.worker_count if hasattr(inference, "worker_count") else workers,
+                job_retries=1,
+                progress_interval_s=0,
+                batch_wait_s=batch_wait_s,
+                continuous_batching=continuous_batching,
+            ),
         )
         original_submit_batch, original_join_batch = inference.submit_batch, inference.join_batch
 

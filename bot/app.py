@@ -24,7 +24,7 @@ from bot.continuation import finish_continuation
 from bot.downloads import ClipIntake
 from bot.pipeline.deadlines import DeadlinePolicy, JobWatchdog
 from bot.pipeline.delivery import ResultPoster
-from bot.pipeline.dispatcher import JobDispatcher
+from bot.pipeline.dispatcher import DispatcherOptions, JobDispatcher
 from bot.pipeline.scheduler import BatchLimits, FairScheduler, QueueLimits
 from bot.replies import INTERNAL_ERROR_TEXT, reply_privately
 from bot.storage.database import Database
@@ -243,29 +243,34 @@ class MusicGenBot(commands.AutoShardedBot):
         else:
             self.inference = self._inference_backend()
             await self.inference.start()
+        worker = self.config.worker
         self.dispatcher = JobDispatcher(
             # Its writes wait out a locked or full database instead of failing the job.
             store=self.jobs,
             scheduler=self.scheduler,
             inference=self.inference,
             poster=ResultPoster(self),
-            output_dir=self.outputs_dir,
-            worker_slots=self.inference.worker_count,
-            job_retries=self.config.worker.job_retries,
-            batch_wait_s=self.config.worker.batch_wait_s,
-            continuous_batching=(
-                self.config.worker.continuous_batching and self.config.engine_settings.engine.runs_our_decoder
+            options=DispatcherOptions(
+                output_dir=self.outputs_dir,
+                worker_slots=self.inference.worker_count,
+                job_retries=worker.job_retries,
+                progress_interval_s=limits.progress_interval_s,
+                batch_wait_s=worker.batch_wait_s,
+                continuous_batching=(
+                    worker.continuous_batching and self.config.engine_settings.engine.runs_our_decoder
+                ),
             ),
-            progress_interval_s=limits.progress_interval_s,
-            prepare_result=self.prepare_result,
             watchdog=JobWatchdog(
                 self.inference.kill_worker_of,
                 DeadlinePolicy(
-                    base_s=self.config.worker.job_deadline_base_s,
-                    per_audio_second_s=self.config.worker.job_deadline_per_audio_s,
-                    stall_s=self.config.worker.job_stall_s,
+                    base_s=worker.job_deadline_base_s,
+                    per_audio_second_s=worker.job_deadline_per_audio_s,
+                    stall_s=worker.job_stall_s,
                 ),
             ),
+            prepare_result=self.prepare_result,
+            # A job's end becomes the bot event `job_ended` (the jam cog listens: it moves the jam on).
+            on_job_ended=lambda job_id: self.dispatch("job_ended", job_id),
         )
         # Every entry point's gates and job rows (cogs call it rather than each other).
         self.admission = Admission(self)

@@ -9,6 +9,7 @@ import re
 import discord
 
 from inference.errors import OWNER_DETAILS_MARK
+from inference.request import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,35 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     await interaction.followup.send(text, ephemeral=True)
 
 
+async def answer_error(interaction: discord.Interaction, error: Exception) -> None:
+    """A friendly private answer to a failed form or button: the request's own message, or the
+    internal-error text (the error is logged)."""
+    if isinstance(error, RequestError):
+        await answer_privately(interaction, str(error))
+        return
+    logger.error("interaction %s failed", interaction.id, exc_info=error)
+    await answer_privately(interaction, INTERNAL_ERROR_TEXT)
+
+
+async def answer_privately(interaction: discord.Interaction, text: str) -> None:
+    """`reply_privately` for an answer to an error: logged, not raised, when Discord refuses it."""
+    try:
+        await reply_privately(interaction, text)
+    except discord.HTTPException:
+        logger.warning("could not send an error message for interaction %s", interaction.id)
+
+
+async def answer_message(message: discord.Message, text: str) -> discord.Message | None:
+    """Reply to a member's message, pinging them; None (logged) if Discord refuses."""
+    try:
+        return await message.reply(
+            text, mention_author=True, allowed_mentions=discord.AllowedMentions(replied_user=True)
+        )
+    except discord.HTTPException as error:
+        logger.warning("could not answer message %s: %s", message.id, error)
+        return None
+
+
 # -- Discord's text limits -------------------------------------------------------------------------
 # Discord answers 400 (50035) to a message over any of these; the bot fits its texts instead.
 CONTENT_LIMIT = 2000
@@ -70,6 +100,11 @@ def escape_member_text(text: str) -> str:
     Line breaks become spaces, so one entry stays one line.
     """
     return _MARKDOWN_CHARACTERS.sub(r"\\\1", " ".join(text.split()))
+
+
+def shown_member_text(text: str, limit: int) -> str:
+    """A member's text (a prompt) as the bot shows it in a message: escaped, so it renders as typed, and cut."""
+    return clip_text(escape_member_text(text), limit)
 
 
 def clip_text(text: str, limit: int) -> str:

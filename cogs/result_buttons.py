@@ -19,11 +19,11 @@ import discord
 from discord.ext import commands
 
 from bot.admission import JobAsk
-from bot.replies import clip_text, defer_publicly, escape_member_text
+from bot.replies import answer_error, clip_text, defer_publicly, escape_member_text
 from bot.storage.jobs import Job
-from cogs.continue_audio import answer_error
+from cogs.utils.continuing import ClipContinuation
+from cogs.utils.forms import prompt_input
 from inference.request import (
-    MAX_PROMPT_CHARS,
     REQUEST_DEFAULTS,
     GenerationRequest,
     ModelVersion,
@@ -32,7 +32,6 @@ from inference.request import (
 
 if TYPE_CHECKING:
     from bot.app import MusicGenBot
-    from cogs.continue_audio import ContinueAudioCog
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +67,10 @@ class ResultButton(
         return cls(match["action"], int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog = cast("ResultButtonsCog | None", interaction.client.get_cog("ResultButtonsCog"))  # type: ignore[attr-defined]
+        # Registered only while the cog is loaded (see `ResultButtonsCog`), so the client is the bot.
+        pressed = cast("discord.Interaction[MusicGenBot]", interaction)
         try:
-            if cog is None:
-                raise RequestError("The bot is starting up; try again in a moment.")
-            await cog.press(self.action, self.job_id, cast("discord.Interaction[MusicGenBot]", interaction))
+            await ResultActions(pressed.client).press(self.action, self.job_id, pressed)
         except Exception as error:
             await answer_error(interaction, error)
 
@@ -88,22 +86,17 @@ def result_view(job: Job) -> discord.ui.View:
 class MelodyModal(discord.ui.Modal, title="Use as melody"):
     """A new prompt for a melody-model job that follows this result."""
 
-    prompt: discord.ui.TextInput[MelodyModal] = discord.ui.TextInput(
-        label="prompt",
-        custom_id="prompt",
-        style=discord.TextStyle.paragraph,
-        required=True,
-        max_length=MAX_PROMPT_CHARS,
-        placeholder="What to play over this melody",
+    prompt: discord.ui.TextInput[MelodyModal] = prompt_input(
+        "prompt", required=True, placeholder="What to play over this melody"
     )
 
-    def __init__(self, cog: ResultButtonsCog, job: Job) -> None:
+    def __init__(self, actions: ResultActions, job: Job) -> None:
         super().__init__(timeout=15 * 60)
-        self.cog = cog
+        self.actions = actions
         self.job = job
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self.cog.queue_melody(
+        await self.actions.queue_melody(
             cast("discord.Interaction[MusicGenBot]", interaction), self.job, self.prompt.value
         )
 
@@ -152,19 +145,11 @@ def details_embed(job: Job) -> discord.Embed:
     return embed
 
 
-class ResultButtonsCog(commands.Cog):
-    """Answers the buttons under results, and gives the poster the view to attach."""
+class ResultActions:
+    """What each button does to the job it is under."""
 
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
-
-    async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ResultButton)
-        self.bot.dispatcher.poster.view_for = result_view
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(ResultButton)
-        self.bot.dispatcher.poster.view_for = None
 
     async def job_here(self, job_id: int, interaction: discord.Interaction[MusicGenBot]) -> Job:
         job = await self.bot.jobs.get(job_id)
@@ -181,8 +166,8 @@ class ResultButtonsCog(commands.Cog):
         elif action == "continue":
             if not isinstance(interaction.message, discord.Message):
                 raise RequestError("I can't see that result's message any more.")
-            continue_cog = cast("ContinueAudioCog", self.bot.get_cog("ContinueAudioCog"))
-            await continue_cog.open_modal(interaction, interaction.message)
+            # The same modal and checks as the "Continue with MusicGen" context menu.
+            await ClipContinuation(self.bot).open_modal(interaction, interaction.message)
         else:
             self.check_melody_source(job)
             await self.bot.admission.check(JobAsk.of_interaction(interaction))
@@ -233,6 +218,22 @@ class ResultButtonsCog(commands.Cog):
         except BaseException:
             copy.unlink(missing_ok=True)
             raise
+
+
+class ResultButtonsCog(commands.Cog):
+    """Registers the buttons under results (`ResultButton` answers them) and gives the poster the view
+    to attach."""
+
+    def __init__(self, bot: MusicGenBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ResultButton)
+        self.bot.dispatcher.poster.view_for = result_view
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ResultButton)
+        self.bot.dispatcher.poster.view_for = None
 
 
 async def setup(bot: MusicGenBot) -> None:

@@ -59,6 +59,10 @@ class PostedResult:
     posted_format: str  # "wav", "mp3", or "none" when no file fitted
 
 
+# Posts a job its own way and returns what it posted, or None when the job is not one of its own.
+OwnWayPost = Callable[[Job, GenerationResult, discord.Interaction | None], Awaitable[PostedResult | None]]
+
+
 @dataclass
 class _Post:
     """One message to deliver: by followup while the token lives, else in the channel."""
@@ -138,11 +142,8 @@ class ResultPoster:
         self._client = client
         # The buttons under every result (set by the cog that answers them).
         self.view_for: Callable[[Job], discord.ui.View] | None = None
-        # Features that post some jobs their own way (a jam turn, in its thread): each returns what
-        # it posted, or None when the job is not one of its own.
-        self.custom_posts: list[
-            Callable[[Job, GenerationResult, discord.Interaction | None], Awaitable[PostedResult | None]]
-        ] = []
+        # The feature that posts some jobs its own way (a jam turn, in its thread; set by its cog).
+        self.own_way: OwnWayPost | None = None
         self.retry_delays_s = retry_delays_s
         self.timeouts = timeouts
 
@@ -216,8 +217,8 @@ class ResultPoster:
     async def post_result(
         self, job: Job, result: GenerationResult, interaction: discord.Interaction | None
     ) -> PostedResult:
-        for custom_post in self.custom_posts:
-            posted = await custom_post(job, result, interaction)
+        if self.own_way is not None:
+            posted = await self.own_way(job, result, interaction)
             if posted is not None:
                 return posted
         path, posted_format, note = await self.choose_file(job, result, self.upload_limit(job, interaction))
