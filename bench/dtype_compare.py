@@ -31,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
+from inference.engine import codec  # noqa: E402
 from inference.engine.audio import measure_loudness  # noqa: E402
 from inference.engine.decoder_step import DecoderStep  # noqa: E402
 from inference.engine.decoding import DecodingRow, MusicGenDecoder  # noqa: E402
@@ -72,7 +73,7 @@ def decode_codes(engine: MusicGenEngine, request: GenerationRequest) -> tuple[to
     with torch.inference_mode():
         (decoded,) = decoder.decode([prepared.row])
         assert not isinstance(decoded, Exception)
-        wav = engine._decode_codes(prepared.loaded, decoded.codes)
+        wav = codec.decode_codes(prepared.loaded, decoded.codes)
     return decoded.codes, wav
 
 

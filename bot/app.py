@@ -34,7 +34,7 @@ from bot.storage.patience import PatientJobStore
 from bot.storage.retention import GIB, MIB, RetentionPolicy, StorageJanitor, files_in_use, low_disk_refusal
 from bot.storage.server_controls import ServerControls
 from bot.uploads import Uploads
-from inference.backends.base import BackendOptions, InferenceService
+from inference.backends.base import BackendOptions, InferenceBackend
 from inference.backends.factory import create_backend
 from inference.catalogue import ModelCatalogue
 from inference.media.ffmpeg import use_ffmpeg
@@ -99,7 +99,7 @@ class MusicGenBot(commands.AutoShardedBot):
     jobs: PatientJobStore
     jam_store: JamStore
     scheduler: FairScheduler
-    inference: InferenceService
+    inference: InferenceBackend
     dispatcher: JobDispatcher
     clip_intake: ClipIntake
     controls: ServerControls
@@ -111,7 +111,7 @@ class MusicGenBot(commands.AutoShardedBot):
         self,
         config: BotConfig,
         *,
-        inference: InferenceService | None = None,
+        inference: InferenceBackend | None = None,
         force_command_sync: bool = False,
         **options: Any,
     ) -> None:
@@ -295,7 +295,7 @@ class MusicGenBot(commands.AutoShardedBot):
         """Why no new job can be taken while the disk is nearly full, or None."""
         return low_disk_refusal(self.data_dir, int(self.config.storage.min_free_mb * MIB))
 
-    def _inference_backend(self) -> InferenceService:
+    def _inference_backend(self) -> InferenceBackend:
         """The inference back end [worker] backend names; Ray is imported only when it is chosen."""
         worker = self.config.worker
         options = BackendOptions(

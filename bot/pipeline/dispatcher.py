@@ -1,7 +1,7 @@
 """Runs queued jobs on the inference workers, in batches, and reports back on Discord.
 
 The dispatcher pulls the next batch from the fair scheduler whenever a worker slot is free, marks its
-jobs running, submits them together to the `InferenceClient`, and then follows each job on its own:
+jobs running, submits them together to the inference back end, and then follows each job on its own:
 its progress becomes its status-message edits, its cancel stops it alone, and its result is posted
 as soon as it is there. The database row is updated at each step, so a restart knows what to resume.
 With continuous batching, while every worker is busy, queued jobs that can share a running batch join
@@ -36,7 +36,7 @@ from bot.pipeline.worker_batches import WorkerBatch, WorkerBatches
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
 from bot.storage.jobs import Job, JobStatus
 from bot.storage.patience import PatientJobStore
-from inference.backends.base import InferenceService, JobSubmission
+from inference.backends.base import InferenceBackend, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
@@ -129,7 +129,7 @@ class JobDispatcher:
         *,
         store: PatientJobStore,
         scheduler: FairScheduler,
-        inference: InferenceService,
+        inference: InferenceBackend,
         poster: ResultPoster,
         options: DispatcherOptions,
         watchdog: JobWatchdog | None = None,

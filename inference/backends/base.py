@@ -36,7 +36,6 @@ __all__ = [
     "BackendOptions",
     "BackendWorker",
     "InferenceBackend",
-    "InferenceService",
     "JobSubmission",
     "ProgressCallback",
     "WorkerStatus",
@@ -403,7 +402,3 @@ def _worker_running(job: TrackedJob[WorkerT]) -> WorkerT | None:
     if worker is None or worker.exited or job.job_id not in job.batch.unfinished:
         return None
     return worker
-
-
-# The name the bot's code has used for the back end's interface.
-InferenceService = InferenceBackend

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.checkpoints.loading import CODEC_DTYPE, LoadedCompression, LoadedMusicGen, ModelCache
+from inference.checkpoints.loading import LoadedCompression, LoadedMusicGen, ModelCache
 from inference.engine import audio
 from inference.engine.chroma import extract_chroma
+from inference.engine.codec import decode_codes, encode_prompt
 from inference.engine.decoder_step import DecoderStep
 from inference.engine.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
 from inference.engine.generated_audio import GeneratedAudio
@@ -262,7 +263,7 @@ class MusicGenEngine:
             chroma = None
             if request.input_audio is not None and request.continuation:
                 clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-                prompt_codes = self._encode_prompt(loaded, clip)
+                prompt_codes = encode_prompt(loaded, clip)
             elif request.input_audio is not None:
                 clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
                 chroma = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
@@ -358,7 +359,7 @@ class MusicGenEngine:
         job.clock.restart()
         loaded = job.loaded
         with torch.inference_mode():
-            wav = self._decode_codes(loaded, decoded.codes)
+            wav = decode_codes(loaded, decoded.codes)
         job.clock.lap("decode")
         hop_length = loaded.sample_rate // loaded.frame_rate
         expected = (job.prompt_frames + job.new_frames) * hop_length
@@ -485,19 +486,6 @@ class MusicGenEngine:
             states=prefix(melody, text), mask=None, null_states=prefix(null_chroma, null_text), null_mask=None
         )
 
-    def _decode_codes(self, loaded: LoadedMusicGen, codes: torch.Tensor) -> torch.Tensor:
-        """Audio [channels, samples] of codes [codebooks, frames] through the model's EnCodec
-        (stereo models interleave left/right codebooks)."""
-        codec = loaded.model.audio_encoder
-        batch = codes[None, None]  # [1 chunk, 1 item, K, frames]
-        if loaded.audio_channels == 2:
-            left = codec.decode(batch[:, :, ::2], audio_scales=[None]).audio_values
-            right = codec.decode(batch[:, :, 1::2], audio_scales=[None]).audio_values
-            values = torch.cat([left, right], dim=1)
-        else:
-            values = codec.decode(batch, audio_scales=[None]).audio_values
-        return values[0].float().cpu()
-
     def _load_input(self, request: GenerationRequest, sample_rate: int, channels: int) -> torch.Tensor:
         """The input clip decoded at `sample_rate`/`channels` and trimmed to [start*sr : end*sr]."""
         assert request.input_audio is not None
@@ -516,19 +504,6 @@ class MusicGenEngine:
         # which is all the 30 s budget of a continuation needs.
         request.check_input_length(request.continuation_start + clip.shape[-1] / sample_rate)
         return clip
-
-    def _encode_prompt(self, loaded: LoadedMusicGen, clip: torch.Tensor) -> torch.Tensor:
-        """EnCodec codes of the continuation prompt as decoder_input_ids [codebooks, frames]
-        (stereo models interleave left/right codebooks, as transformers does)."""
-        codec = loaded.model.audio_encoder
-        batch = clip[None].to(loaded.device, CODEC_DTYPE)  # [1, channels, samples]
-        if loaded.audio_channels == 2:
-            left = codec.encode(batch[:, :1]).audio_codes[0]
-            right = codec.encode(batch[:, 1:]).audio_codes[0]
-            codes = torch.stack([left, right], dim=2).flatten(1, 2)  # [1, 2*K, frames], L/R alternating
-        else:
-            codes = codec.encode(batch).audio_codes[0]  # [1, K, frames]
-        return codes.reshape(-1, codes.shape[-1])
 
     def _stem_separator(self, device: torch.device) -> torch.nn.Module | None:
         """The demucs model for melody stems (loaded once), or None when `[melody] stem_separation` is off."""
