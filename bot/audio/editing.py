@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio.files import decode_slot, encode_mp3
+from bot.audio.files import decode_slot
 from inference.media.ffmpeg import (
     WavLayout,
     configure_pydub,
     count_audio_frames,
     decode_audio_file,
     decode_to_wav,
+    encode_mp3,
 )
 from inference.request import MAX_DURATION_S, RequestError
 
@@ -114,11 +115,9 @@ def decode_clip(path: str | Path, *, channels: int, timeout_s: float, max_second
         samples = decode_audio_file(
             path, sample_rate=SAMPLE_RATE, timeout_s=timeout_s, max_seconds=max_seconds
         )
-    if samples.shape[1] == channels:
-        return samples
-    if channels == 1:
+    if channels == 1 and samples.shape[1] > 1:
         return samples.mean(axis=1, keepdims=True, dtype=np.float32)
-    return np.repeat(samples[:, :1], channels, axis=1)
+    return _to_channels(samples, channels)
 
 
 def clip_seconds(path: str | Path, *, timeout_s: float, max_seconds: float) -> float:
@@ -405,7 +404,7 @@ def encode_to_fit(path: str | Path, limit_bytes: int) -> FittedFile | None:
     affordable_kbps = limit_bytes * 8 * 0.97 / seconds / 1000
     for kbps in (rate for rate in MP3_BITRATES_KBPS if rate <= affordable_kbps):
         with _draft_beside(path, ".mp3") as draft:
-            encode_mp3(path, draft, bitrate=f"{kbps}k")
+            encode_mp3(draft, wav_file=path, bitrate=f"{kbps}k")
             if draft.stat().st_size <= limit_bytes:
                 fitted = mp3_path_for(path, kbps)
                 os.replace(draft, fitted)

@@ -1,9 +1,8 @@
-"""Audio file chores the bot does itself, without torch: vet an upload, re-encode a result.
+"""Audio file chores the bot does itself, without torch: vet an upload, share out the decode slots.
 
 Decoding is `inference.media.ffmpeg` (torch-free): an ffmpeg child process with a deadline, input
-whitelists and the imageio-ffmpeg binary unless `[engine] ffmpeg` names another. MP3 re-encoding is
-the engine's own MP3 encoder (`inference.media.ffmpeg.encode_mp3`, the same binary). Both block: call them
-with `asyncio.to_thread`.
+whitelists and the imageio-ffmpeg binary unless `[engine] ffmpeg` names another. It blocks: call it with
+`asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from inference.media import ffmpeg
 from inference.media.ffmpeg import AudioDecodeError, probe_duration
 
 __all__ = [
@@ -21,7 +19,6 @@ __all__ = [
     "MAX_CONCURRENT_DECODES",
     "AudioDecodeError",
     "decode_slot",
-    "encode_mp3",
     "looks_like_audio",
     "measure_upload",
 ]
@@ -79,8 +76,3 @@ def measure_upload(path: str | Path, *, max_seconds: float, timeout_s: float) ->
             f"That clip is longer than {max_seconds:g} s, the most this bot accepts. Trim it and try again."
         )
     return seconds
-
-
-def encode_mp3(wav_path: str | Path, mp3_path: str | Path, *, bitrate: str = "320k") -> Path:
-    """Re-encode a WAV result as MP3 (the fallback when the WAV is over the upload limit)."""
-    return ffmpeg.encode_mp3(mp3_path, wav_file=wav_path, bitrate=bitrate)
