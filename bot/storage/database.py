@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -18,6 +19,15 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_NAME = re.compile(r"^V(?P<version>\d+)__(?P<name>\w+)\.sql$")
+
+
+_Record = TypeVar("_Record")
+
+
+def record_from_row(cls: type[_Record], row: aiosqlite.Row, **converted: Any) -> _Record:
+    """A dataclass from a row: each field from the column of its name, unless given in `converted`."""
+    names = [field.name for field in fields(cls) if field.name not in converted]  # type: ignore[arg-type]
+    return cls(**{name: row[name] for name in names}, **converted)
 
 
 class MigrationError(RuntimeError):

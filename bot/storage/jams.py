@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.storage.database import Database
+from bot.storage.database import Database, record_from_row
 from bot.storage.patience import StorageGate, shared_gate, sql_summary
 
 
@@ -63,20 +63,7 @@ class Jam:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Jam:
-        return cls(
-            id=row["id"],
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            thread_id=row["thread_id"],
-            starter_id=row["starter_id"],
-            prompt=row["prompt"],
-            model_version=row["model_version"],
-            turn_seconds=row["turn_seconds"],
-            max_turns=row["max_turns"],
-            status=JamStatus(row["status"]),
-            end_reason=row["end_reason"],
-            created_at=row["created_at"],
-        )
+        return record_from_row(cls, row, status=JamStatus(row["status"]))
 
 
 @dataclass(frozen=True)
@@ -97,21 +84,7 @@ class JamTurn:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> JamTurn:
-        return cls(
-            id=row["id"],
-            jam_id=row["jam_id"],
-            user_id=row["user_id"],
-            user_name=row["user_name"],
-            prompt=row["prompt"],
-            seconds=row["seconds"],
-            status=TurnStatus(row["status"]),
-            job_id=row["job_id"],
-            status_message_id=row["status_message_id"],
-            number=row["number"],
-            start_s=row["start_s"],
-            end_s=row["end_s"],
-            piece_path=row["piece_path"],
-        )
+        return record_from_row(cls, row, status=TurnStatus(row["status"]))
 
 
 @dataclass(frozen=True)
@@ -328,7 +301,7 @@ class JamStore:
             "SELECT user_id, user_name, turns, seconds FROM jam_contributors WHERE jam_id = ? ORDER BY first_turn",
             (jam_id,),
         )
-        return [Contributor(row["user_id"], row["user_name"], row["turns"], row["seconds"]) for row in rows]
+        return [record_from_row(Contributor, row) for row in rows]
 
     # -- plumbing: every statement through the gate -------------------------------------------------
     async def _one(self, sql: str, parameters: tuple[Any, ...]) -> Jam | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.storage.database import Database
+from bot.storage.database import Database, record_from_row
 from inference.request import GenerationRequest
 
 
@@ -94,27 +94,12 @@ class Job:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
-        return cls(
-            id=row["id"],
+        return record_from_row(
+            cls,
+            row,
             status=JobStatus(row["status"]),
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            user_id=row["user_id"],
-            application_id=row["application_id"],
-            interaction_id=row["interaction_id"],
-            status_message_id=row["status_message_id"],
-            result_message_id=row["result_message_id"],
-            replay_of=row["replay_of"],
             request=GenerationRequest.from_dict(json.loads(row["request_json"])),
-            input_audio_filename=row["input_audio_filename"],
             seed_was_random=bool(row["seed_was_random"]),
-            attempts=row["attempts"],
-            error=row["error"],
-            output_path=row["output_path"],
-            posted_format=row["posted_format"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
             # (A database not yet migrated to V3 has no such columns.)
             continues=None
             if "context_s" not in row.keys() or row["context_s"] is None  # noqa: SIM118 (sqlite3.Row: `in` looks at values)
