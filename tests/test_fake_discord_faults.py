@@ -221,14 +221,16 @@ async def test_a_hung_request_still_held_when_the_fake_closes_does_not_keep_it_o
     await fake.start()
     guild = fake.add_guild("Closing time")
     channel = fake.add_channel(guild, "music")
-    fake.inject_hang("GET", "/channels/*")
+    hang = fake.inject_hang("GET", "/channels/*")
     async with aiohttp.ClientSession() as session:
         request = asyncio.create_task(
             session.get(
                 f"{fake.api_base}/channels/{channel.id}", headers={"Authorization": f"Bot {fake.bot_token}"}
             )
         )
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):
+            while not hang.served:  # the fake holds the request now
+                await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await fake.close()
