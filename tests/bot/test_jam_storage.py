@@ -142,7 +142,8 @@ async def test_a_turn_that_ends_while_the_database_is_locked_is_posted_and_done_
         thread = await start_jam(fake, server, "tape loops")
         await locked.wait()
         await until(lambda: not gate.writable, "recording the turn met the lock", timeout=30)
-        await asyncio.sleep(1)  # several refused tries
+        refused = gate.faults_seen
+        await until(lambda: gate.faults_seen >= refused + 2, "several refused tries", timeout=30)
         # The turn waits to be recorded, and its job is not failed meanwhile.
         (turn,) = locker.execute("SELECT status, job_id FROM jam_turns").fetchall()
         assert turn[0] == "started"

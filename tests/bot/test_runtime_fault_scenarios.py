@@ -197,6 +197,7 @@ async def test_a_member_who_generates_while_the_database_is_locked_for_a_moment_
         async with database_locked(bot.config.database_path):
             asked = await run_command(fake, server["bob"], server.channel, "generate", prompt="in a blip")
             await until(lambda: not gate.writable, "inserting the job met the lock", timeout=10)
-            await asyncio.sleep(0.5)  # refused more than once
+            refused = gate.faults_seen
+            await until(lambda: gate.faults_seen > refused, "inserting the job was refused again", timeout=10)
         job_id = await queued_job_id(asked)
     await delivered_once(bot, fake, server, job_id)
