@@ -266,7 +266,7 @@ class JamStore:
             (guild_id, user_id),
         )
         turns = [JamTurn.from_row(row) for row in rows]
-        jams = {turn.jam_id: await self.get(turn.jam_id) for turn in turns}
+        jams = {jam_id: await self.get(jam_id) for jam_id in {turn.jam_id for turn in turns}}
         return [(jam, turn) for turn in turns if (jam := jams[turn.jam_id]) is not None]
 
     async def set_turn_message(self, turn_id: int, message_id: int) -> None:
