@@ -53,7 +53,7 @@ class ServerControls:
                 "DELETE FROM guild_channels WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id)
             )
         after = sorted({*before, channel_id} if allowed else set(before) - {channel_id})
-        await self._record(guild_id, by, "channels", _channel_list(before), _channel_list(after))
+        await self.record(guild_id, by, "channels", _channel_list(before), _channel_list(after))
         return after
 
     # -- switches and quota -------------------------------------------------------------------------
@@ -74,7 +74,7 @@ class ServerControls:
             f"ON CONFLICT(guild_id) DO UPDATE SET {column} = excluded.{column}",
             (guild_id, int(enabled)),
         )
-        await self._record(guild_id, by, feature, _switch(before), _switch(enabled))
+        await self.record(guild_id, by, feature, _switch(before), _switch(enabled))
 
     async def daily_quota(self, guild_id: int) -> int | None:
         async with self._reader.execute(
@@ -90,7 +90,7 @@ class ServerControls:
             "ON CONFLICT(guild_id) DO UPDATE SET daily_quota = excluded.daily_quota",
             (guild_id, quota),
         )
-        await self._record(guild_id, by, "daily_quota", _optional(before), _optional(quota))
+        await self.record(guild_id, by, "daily_quota", _optional(before), _optional(quota))
 
     async def jobs_today(self, guild_id: int, user_id: int) -> int:
         """Jobs the member started here since midnight UTC, towards their daily quota.
@@ -110,12 +110,7 @@ class ServerControls:
     async def record(
         self, guild_id: int, user_id: int, setting: str, old: str | None, new: str | None
     ) -> None:
-        """Record a change made elsewhere (the queue cap, the default model)."""
-        await self._record(guild_id, user_id, setting, old, new)
-
-    async def _record(
-        self, guild_id: int, user_id: int, setting: str, old: str | None, new: str | None
-    ) -> None:
+        """Record a change: the ones above, and those made elsewhere (the queue cap, the default model)."""
         await self._db.execute(
             "INSERT INTO settings_audit (guild_id, user_id, setting, old_value, new_value, changed_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
