@@ -138,6 +138,7 @@ async def test_cancel_in_the_thread_takes_a_waiting_turn_out_of_the_line(
     finally:
         bot.dispatcher.resume()
     await turn_result(fake, thread, 1)
+    await turns_are(bot, ["done", "failed"])  # the turn is recorded once its post exists
     turns = await rows(bot, "SELECT status, job_id FROM jam_turns ORDER BY id")
     assert [(t["status"], t["job_id"] is None) for t in turns] == [("done", False), ("failed", True)]
     status = added.original_message
@@ -151,6 +152,7 @@ async def test_a_piece_deleted_from_the_disk_is_reported_and_end_still_ends_the_
     fake, alice = fake_discord, server["alice"]
     thread = await start_jam(fake, server, "alice", "sea shanty", turn_seconds=1)
     await turn_result(fake, thread, 1)
+    await turns_are(bot, ["done"])  # the turn is recorded once its post exists
     (piece,) = await rows(bot, "SELECT piece_path FROM jam_turns WHERE status = 'done'")
     Path(piece[0]).unlink()  # what an operator clearing the data dir by hand does
 
