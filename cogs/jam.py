@@ -29,7 +29,7 @@ from discord.ext import commands
 from bot.admission import JobAsk
 from bot.continuation import parse_mention_request
 from bot.pipeline.delivery import PostedResult
-from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault, retry_transient
+from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
 from bot.replies import defer_publicly, reply_privately, shown_member_text
 from bot.storage.jam_turns import MAX_TURN_SECONDS, Answer, JamTurns, check_piece_present
 from bot.storage.jams import Jam, JamState, JamTurn
@@ -46,6 +46,7 @@ from cogs.utils.jam_posts import (
     thread_name,
     turn_attachments,
     turn_text,
+    upload_size,
     welcome_text,
 )
 from cogs.utils.mentions import answer_mention, mentions_me
@@ -337,7 +338,7 @@ class JamCog(commands.Cog):
             footer=f"Job #{job.id} · jam #{jam.id}, turn {turn.number} · /jam export posts the whole piece",
             picture_name=picture_name(attachments),
         )
-        sent = await retry_transient(
+        sent = await self.bot.dispatcher.poster.deliver(
             lambda: self.thread(jam).send(
                 "\n".join(part for part in (content, note) if part),
                 files=[attachment.file() for attachment in attachments],
@@ -345,7 +346,7 @@ class JamCog(commands.Cog):
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(turn.user_id)]),
                 nonce=post_nonce(jam, f"job-{job.id}"),
             ),
-            delays_s=self.bot.dispatcher.poster.retry_delays_s,
+            upload_bytes=upload_size(attachments),
             what=f"jam {jam.id}: posting turn {turn.number} (job {job.id})",
         )
         posted_format = "mp3" if any(a.filename.endswith(".mp3") for a in attachments) else "wav"
@@ -383,7 +384,7 @@ class JamCog(commands.Cog):
                 picture_name=picture_name(attachments),
             )
 
-            async def send() -> object:
+            async def send() -> discord.Message:
                 files = [attachment.file() for attachment in attachments]
                 if interaction is not None and not interaction.is_expired():
                     return await interaction.followup.send(
@@ -398,10 +399,8 @@ class JamCog(commands.Cog):
                 )
 
             try:
-                await retry_transient(
-                    send,
-                    delays_s=self.bot.dispatcher.poster.retry_delays_s,
-                    what=f"jam {jam.id}: posting the final piece",
+                await self.bot.dispatcher.poster.deliver(
+                    send, upload_bytes=upload_size(attachments), what=f"jam {jam.id}: posting the final piece"
                 )
             except DISCORD_REQUEST_ERRORS as error:
                 logger.error("jam %s: could not post the final piece: %s", jam.id, describe_fault(error))

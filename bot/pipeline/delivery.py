@@ -303,6 +303,21 @@ class ResultPoster:
                 "could not tell <@%s> that job %s failed: %s", job.user_id, job.id, describe_fault(error)
             )
 
+    async def deliver(
+        self, send: Callable[[], Awaitable[discord.Message]], *, upload_bytes: int, what: str
+    ) -> discord.Message:
+        """A post a feature makes its own way (a jam's turn, its final piece) through the same path as
+        results: each try answered within the timeout its size allows, network faults retried.
+
+        `send` builds its message afresh (files are consumed by one upload) and, in a channel, carries
+        a nonce, so a retry whose answer was lost returns the message already made.
+        """
+        return await retry_transient(
+            lambda: answer_within(self.timeouts.for_upload(upload_bytes), send),
+            delays_s=self.retry_delays_s,
+            what=what,
+        )
+
     async def _send(self, job: Job, interaction: discord.Interaction | None, post: _Post) -> discord.Message:
         if interaction is not None and post.followup_tried and post.is_ours is not None:
             earlier = await self._find_lost_followup(job, interaction, post.is_ours)

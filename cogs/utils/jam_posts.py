@@ -63,6 +63,11 @@ class Attachment:
         return discord.File(io.BytesIO(self.data), filename=self.filename)
 
 
+def upload_size(attachments: Sequence[Attachment]) -> int:
+    """Bytes a post uploads (its timeout grows with them)."""
+    return sum(a.path.stat().st_size if a.path is not None else len(a.data or b"") for a in attachments)
+
+
 def post_nonce(jam: Jam, post: str) -> str:
     """A nonce for one of the jam's posts (Discord returns the message a nonce already made, so a
     retry whose answer was lost posts nothing twice). Discord keeps nonces per author, not per
