@@ -13,6 +13,7 @@ from pathlib import Path
 
 import discord
 
+from bot.audio.editing import clip_seconds
 from bot.audio.files import looks_like_audio, measure_upload
 from bot.config import Limits
 from bot.downloads import ClipIntake, DownloadFailed, DownloadTooLarge
@@ -49,8 +50,13 @@ class Uploads:
                 f"{shown_filename(attachment)} does not look like audio. Attach an audio file such as MP3, WAV, OGG or FLAC."
             )
 
-    async def store(self, attachment: discord.Attachment) -> tuple[Path, float]:
-        """Store an attachment in the data dir (kept for /replay); returns it and its seconds of audio."""
+    async def store(self, attachment: discord.Attachment, *, exact: bool = False) -> tuple[Path, float]:
+        """Store an attachment in the data dir (kept for /replay); returns it and its seconds of audio.
+
+        `exact`: the length to the sample at 32 kHz, as the worker will decode it (a continuation's
+        context window must end where the clip does); else a cheaper probe. Either way the clip is
+        decoded once here.
+        """
         self.check_before_download(attachment)
         suffix = Path(attachment.filename).suffix.lower()
         if not suffix[1:].isalnum():
@@ -71,7 +77,7 @@ class Uploads:
                     f"I could not download {shown_filename(attachment)} from Discord. Try again in a moment."
                 ) from error
             seconds = await asyncio.to_thread(
-                measure_upload,
+                clip_seconds if exact else measure_upload,
                 path,
                 max_seconds=self.limits.max_input_seconds,
                 timeout_s=self.decode_timeout_s,

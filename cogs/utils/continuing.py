@@ -8,14 +8,13 @@ through its interaction. A reply that mentions the bot builds its request with t
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import discord
 
 from bot.admission import JobAsk
-from bot.audio.editing import clip_seconds, context_window
+from bot.audio.editing import context_window
 from bot.continuation import (
     DEFAULT_NEW_SECONDS,
     audio_attachments,
@@ -137,14 +136,8 @@ class ClipContinuation:
             raise RequestError(
                 f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})."
             )
-        stored, _probed_seconds = await self.bot.uploads.store(clip)
+        stored, source_seconds = await self.bot.uploads.store(clip, exact=True)
         try:
-            source_seconds = await asyncio.to_thread(
-                clip_seconds,
-                stored,
-                timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s,
-                max_seconds=self.bot.config.limits.max_input_seconds,
-            )
             window = context_window(source_seconds, seconds, self.bot.config.limits.continuation_context_s)
             request = continuation_request(
                 model_version=model_version, prompt=prompt, source_path=stored, seconds=seconds, window=window
