@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import wave
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import discord
 
 from bot.admission import JobAsk
-from bot.audio.editing import context_window
+from bot.audio.editing import context_window, wav_seconds
 from bot.continuation import continuation_request
 from bot.replies import shown_member_text
 from bot.storage.jams import Jam, JamState, JamTurn, TurnStatus
@@ -45,11 +44,6 @@ CANCEL_WAIT_S = 60.0
 
 # Posts the public answer to a member's turn and returns its message id (None: nothing was posted).
 Answer = Callable[[str], Awaitable[int | None]]
-
-
-def wav_seconds(path: str | Path) -> float:
-    with wave.open(str(path)) as reader:
-        return reader.getnframes() / reader.getframerate()
 
 
 def place_text(label: str, ahead: int) -> str:
