@@ -61,6 +61,16 @@ async def client(ray_cluster: None, engine_settings: EngineSettings) -> AsyncIte
 
 
 @on_module_loop
+async def replica_freed(client: RayInferenceClient) -> None:
+    """The one replica is idle again: outcomes are answered as jobs end, and the replica's batch is
+    cleared just after the last one, so this waits (briefly) rather than racing it."""
+    for _ in range(500):
+        if client.idle_workers == 1 and client.busy_workers == 0:
+            return
+        await asyncio.sleep(0.01)
+    assert client.idle_workers == 1 and client.busy_workers == 0
+
+
 async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_side(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -97,7 +107,7 @@ async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_
         steps_done = [done for done, _ in events]
         assert steps_done == sorted(steps_done)
         assert events[-1][0] == events[-1][1]
-    assert client.idle_workers == 1 and client.busy_workers == 0
+    await replica_freed(client)
 
 
 @on_module_loop
@@ -160,12 +170,7 @@ async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_en
     # The batch is over: a late join waits for the replica as a batch of its own.
     (late,) = client.join_batch(["ray-long"], [JobSubmission("ray-late", short_request(seed=6))], tmp_path)
     assert (await asyncio.wait_for(late, JOB_TIMEOUT_S)).seed == 6
-    # The outcome is answered as the job ends; the replica's batch is cleared just after.
-    for _ in range(500):
-        if client.idle_workers == 1 and client.busy_workers == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert client.idle_workers == 1 and client.busy_workers == 0
+    await replica_freed(client)
     # A replica running no batch refuses a join (the client then queues those jobs as a batch).
     (actor,) = client.replica_actors
     idle_join = actor.join.remote((BatchJob("ray-refused", short_request()),), {})
