@@ -99,8 +99,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
-def engine_settings(model_dir: Path, *, dtype: str, threads: int) -> EngineSettings:
-    return random_model_settings(model_dir, EngineOptions(dtype=dtype, cpu_threads=threads))  # type: ignore[arg-type]
+def engine_settings(
+    model_dir: Path, *, dtype: str, threads: int, worker_nice: int | None = None
+) -> EngineSettings:
+    """The embedded engine defaults on a random-weight model (`worker_nice` None: the default)."""
+    options = EngineOptions(dtype=dtype, cpu_threads=threads)  # type: ignore[arg-type]
+    if worker_nice is not None:
+        options = options.model_copy(update={"worker_nice": worker_nice})
+    return random_model_settings(model_dir, options)
 
 
 def bot_config(
@@ -307,9 +313,12 @@ async def throughput_section(
     return [target_line("bot_batching_speedup", speedup, THROUGHPUT_TARGET, higher_is_better=True)]
 
 
-async def latency_section(tiny_dir: Path, work_dir: Path, sizes: Sizes, *, threads: int) -> list[str]:
+async def latency_section(
+    tiny_dir: Path, work_dir: Path, sizes: Sizes, *, threads: int, worker_nice: int | None = None
+) -> list[str]:
     """Acknowledgement latencies, with the tiny model behind the bot (see the module docstring)."""
-    tiny_settings = engine_settings(tiny_dir, dtype="float32", threads=threads)
+    tiny_settings = engine_settings(tiny_dir, dtype="float32", threads=threads, worker_nice=worker_nice)
+    print(f"latency: the worker at nice {tiny_settings.engine.worker_nice}", flush=True)
     async with InferenceClient(tiny_settings) as client:
 
         def music_bot() -> MusicGenBot:
@@ -356,7 +365,14 @@ SECTIONS = ("throughput", "latency", "staggered")
 
 
 async def run_async(
-    model_dir: Path, tiny_dir: Path, sizes: Sizes, *, dtype: str, threads: int, sections: frozenset[str]
+    model_dir: Path,
+    tiny_dir: Path,
+    sizes: Sizes,
+    *,
+    dtype: str,
+    threads: int,
+    sections: frozenset[str],
+    worker_nice: int | None = None,
 ) -> list[str]:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as work:
@@ -364,7 +380,9 @@ async def run_async(
         if "throughput" in sections:
             lines += await throughput_section(model_dir, work_dir, sizes, dtype=dtype, threads=threads)
         if "latency" in sections:
-            lines += await latency_section(tiny_dir, work_dir, sizes, threads=threads)
+            lines += await latency_section(
+                tiny_dir, work_dir, sizes, threads=threads, worker_nice=worker_nice
+            )
         if "staggered" in sections:
             lines += await staggered_section(model_dir, work_dir, sizes, dtype=dtype, threads=threads)
     return lines
@@ -378,10 +396,21 @@ def run_bot_bench(
     dtype: str = "auto",
     threads: int = 0,
     sections: frozenset[str] = frozenset(SECTIONS),
+    worker_nice: int | None = None,
 ) -> list[str]:
     """Run the measurements; returns their TARGET lines (bench/run.py prints them with its own)."""
     sizes = QUICK if quick else Sizes()
-    return asyncio.run(run_async(model_dir, tiny_dir, sizes, dtype=dtype, threads=threads, sections=sections))
+    return asyncio.run(
+        run_async(
+            model_dir,
+            tiny_dir,
+            sizes,
+            dtype=dtype,
+            threads=threads,
+            sections=sections,
+            worker_nice=worker_nice,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)} [all]"
     )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        help="[engine] worker_nice for the latency section's worker (default: the built-in 10; 0 = the "
+        "bot's own priority, as before it existed)",
+    )
     add_model_dir_option(parser)
     args = parser.parse_args(argv)
     from run import ensure_model  # bench/run.py, next to this file
@@ -402,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny_dir = ensure_model(args.model_dir / "tiny-small", tiny=True)
     sections = frozenset(name.strip() for name in args.sections.split(",") if name.strip())
     lines = run_bot_bench(
-        small_dir, tiny_dir, quick=args.quick, dtype=args.dtype, threads=args.threads, sections=sections
+        small_dir,
+        tiny_dir,
+        quick=args.quick,
+        dtype=args.dtype,
+        threads=args.threads,
+        sections=sections,
+        worker_nice=args.worker_nice,
     )
     return print_target_lines(lines)
 

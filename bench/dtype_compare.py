@@ -22,7 +22,6 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -31,11 +30,9 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model  # noqa: E402
-from inference.engine import codec  # noqa: E402
 from inference.engine.audio import measure_loudness  # noqa: E402
-from inference.engine.decoder_step import DecoderStep  # noqa: E402
-from inference.engine.decoding import DecodingRow, MusicGenDecoder  # noqa: E402
-from inference.engine.musicgen_engine import EngineJob, MusicGenEngine  # noqa: E402
+from inference.engine.comparison import codes_and_audio, spectral_difference_db, teacher_forced  # noqa: E402
+from inference.engine.musicgen_engine import MusicGenEngine  # noqa: E402
 from inference.request import GenerationRequest  # noqa: E402
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources  # noqa: E402
 
@@ -59,83 +56,12 @@ def settings(model_dir: Path, dtype: str, cpu_matmul: str = "auto") -> EngineSet
     )
 
 
-def prepared_row(engine: MusicGenEngine, request: GenerationRequest) -> Any:
-    """The engine's decoding row of a request, decoded here rather than finished by the engine."""
-    prepared = engine._prepare_music(EngineJob(request), lambda outcome: None)
-    prepared.row.on_finished = None
-    return prepared
-
-
-def decode_codes(engine: MusicGenEngine, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes [K, frames], audio [C, T]) of one request, through the engine's own decoding loop."""
-    prepared = prepared_row(engine, request)
-    decoder = engine._decoder_for(prepared.loaded)
-    with torch.inference_mode():
-        (decoded,) = decoder.decode([prepared.row])
-        assert not isinstance(decoded, Exception)
-        wav = codec.decode_codes(prepared.loaded, decoded.codes)
-    return decoded.codes, wav
-
-
 def teacher_forced_agreement(
     engines: dict[str, MusicGenEngine], request: GenerationRequest, codes: torch.Tensor
 ) -> float:
     """Share of (step, codebook) where both dtypes' guided argmax agree, given the same float32 codes."""
-    picks = {}
-    for name, engine in engines.items():
-        prepared = prepared_row(engine, request)
-        decoder = engine._decoder_for(prepared.loaded)
-        picks[name] = guided_argmax(decoder, prepared.row, codes)
-    a, b = picks.values()
+    a, b = (teacher_forced(engine, request, codes).picks for engine in engines.values())
     return float((a == b).float().mean())
-
-
-def guided_argmax(decoder: MusicGenDecoder, row: DecodingRow, codes: torch.Tensor) -> torch.Tensor:
-    """Argmax of the guided logits at every position, fed `codes` (not its own picks) step by step
-    through the engine's decoder pass (a text model's)."""
-    step = decoder.forward
-    assert isinstance(step, DecoderStep), "the engines run our decoder pass"
-    with torch.inference_mode():
-        start = torch.full((codes.shape[0], 1), decoder.start_id, dtype=torch.long)
-        _, pattern = decoder.decoder.build_delay_pattern_mask(
-            start, decoder.start_id, max_length=codes.shape[-1] + codes.shape[0]
-        )
-        # The float32 codes laid out with the delay pattern: codebook k shifted right by k + 1.
-        full = pattern.clone()
-        for k in range(codes.shape[0]):
-            full[k, k + 1 : k + 1 + codes.shape[-1]] = codes[k]
-        full[full == -1] = decoder.pad_id
-        conditioning = row.conditioning
-        states = torch.stack([conditioning.states, conditioning.null_states])
-        masks = None
-        if conditioning.mask is not None and conditioning.null_mask is not None:
-            masks = torch.stack([conditioning.mask, conditioning.null_mask])
-        cache = step.new_cache(2, full.shape[-1])
-        picks = []
-        for position in range(full.shape[-1] - 1):
-            column = full[:, position : position + 1]
-            logits = step(
-                input_ids=torch.cat([column, column]),
-                cache=cache,
-                encoder_hidden_states=states,
-                encoder_attention_mask=masks,
-            ).logits.float()
-            logits = logits.view(2, codes.shape[0], -1)
-            picks.append((logits[1] + row.sampling.guidance * (logits[0] - logits[1])).argmax(-1))
-        # Position j predicts position j + 1; only the positions the pattern leaves to the model count.
-        return torch.stack(picks, dim=-1)[pattern[:, 1:] == -1]
-
-
-def spectral_difference_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean |difference| of log-magnitude STFTs (dB) of two mono clips."""
-    window = torch.hann_window(2048)
-
-    def spectrum(wav: torch.Tensor) -> torch.Tensor:
-        magnitude = torch.stft(wav.mean(0), 2048, 512, window=window, return_complex=True).abs()
-        return 20 * torch.log10(magnitude + 1e-5)
-
-    length = min(a.shape[-1], b.shape[-1])
-    return float((spectrum(a[..., :length]) - spectrum(b[..., :length])).abs().mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                     temperature=temperature,
                 )
-                codes, wav = decode_codes(engines["float32"], request)
-                half_codes, half_wav = decode_codes(engines["bfloat16"], request)
+                codes, wav = codes_and_audio(engines["float32"], request)
+                half_codes, half_wav = codes_and_audio(engines["bfloat16"], request)
                 forced = teacher_forced_agreement(engines, request, codes)
                 same = codes == half_codes
                 free = float(same.float().mean())

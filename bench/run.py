@@ -10,8 +10,13 @@
   step cost nothing but its products;
 - default configuration: one job with `[engine] dtype = "auto"` (bfloat16 on CPUs with native bf16),
   and the real-time factor its products alone would give;
+- kernels (float32): one job's median step with the kernels `[engine] cpu_matmul = "auto"` measured,
+  and with the fixed rules used before ("rules"), against the products alone of the fastest kernel
+  that may run them (each float32 candidate of `inference.engine.kernel_choice`, timed on the step);
 - bot: through the bot and the fake Discord, in the default configuration (bench/bot_bench.py: batched
   vs batch size 1 throughput, acknowledgement latency, a burst against the fake Discord's floor);
+- stereo, long, takes: what a stereo step, a piece made window by window and four takes in one batch
+  cost (bench/peer_features.py);
 - replicas: jobs per minute with 1, 2 and 4 local workers of the tiny model (bench/replica_scaling.py).
 
 Both paths run in this process on the same weights (random, built once by
@@ -69,6 +74,9 @@ SPEED_RATIO_TARGET = 0.95  # the same work: the band is this machine's noise
 BATCH_SIZES = (1, 2, 4, 8)
 BATCH_SPEEDUP_TARGETS = {4: 3.0, 8: 5.0}
 DEFAULT_RTF_TARGET = 2.0
+# A one-job float32 step on the default path costs at most this much more than its products alone
+# with the fastest kernel here: the kernel is the right one, and the work around the products small.
+FP32_STEP_VS_BEST_PRODUCTS_TARGET = 1.15
 WORKER_OVERHEAD_TARGET_S = 0.5
 
 
@@ -173,10 +181,11 @@ def summarize(name: str, runs: list[Run], audio_s: float) -> Summary:
 
 
 # -- the two paths ------------------------------------------------------------------------------
-def bench_settings(model_dir: Path, dtype: str, threads: int) -> EngineSettings:
+def bench_settings(model_dir: Path, dtype: str, threads: int, **engine: Any) -> EngineSettings:
+    """The random model's settings on the CPU; `engine`: other `[engine]` options."""
     return random_model_settings(
         model_dir,
-        EngineOptions(device="cpu", dtype=dtype, cpu_threads=threads),  # type: ignore[arg-type]
+        EngineOptions(device="cpu", dtype=dtype, cpu_threads=threads, **engine),  # type: ignore[arg-type]
     )
 
 
@@ -352,8 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-worker", action="store_true", help="skip the worker round-trip measurement")
     parser.add_argument(
         "--sections",
-        default="parity,batching,default,bot,replicas",
-        help="comma-separated sections to run: parity, batching, default, bot, replicas [all]",
+        default="parity,batching,default,kernels,stereo,long,takes,bot,replicas",
+        help="comma-separated sections to run: parity, batching, default, kernels, stereo, long, takes, "
+        "bot, replicas [all]",
     )
     parser.add_argument(
         "--batch-repeats", type=int, default=1, help="timed runs per batch size (best reported) [1]"
@@ -544,6 +554,85 @@ def default_configuration_section(args: argparse.Namespace, small_dir: Path) -> 
     ]
 
 
+def kernels_section(args: argparse.Namespace, small_dir: Path) -> list[str]:
+    """One float32 job's median step with the measured kernels (`cpu_matmul = "auto"`, measured in
+    this run: no kernel cache) and with the rules used before ("rules"), alternating, against the
+    fastest candidate's products alone for one job's rows."""
+    import platform
+
+    from inference.cpu_features import cpu_model_name
+    from inference.engine import kernel_choice
+
+    print(
+        f"kernels: float32, {torch.get_num_threads()} thread(s), one {args.duration} s job (2 rows), "
+        f"CPU {cpu_model_name() or platform.processor()}, best of {args.repeats}",
+        flush=True,
+    )
+    fastest, fastest_kernel = fastest_candidate_products_s(small_dir, rows=2)
+    engines = {
+        "rules": OurEngine(bench_settings(small_dir, "float32", args.threads, cpu_matmul="rules")),
+        "auto": OurEngine(
+            bench_settings(small_dir, "float32", args.threads, cpu_matmul="auto", kernel_cache="")
+        ),
+    }
+    for ours in engines.values():
+        ours.generate(1)  # loads the model and chooses its kernels (measures, for "auto")
+    runs: dict[str, list[Run]] = {name: [] for name in engines}
+    for _ in range(args.repeats):
+        for name, ours in engines.items():  # alternating: drifting load hits both alike
+            runs[name].append(measure(functools.partial(ours.generate, args.duration)))
+    print(f"\n{'cpu_matmul':<12} {'kernels':<44} {'median step ms':>15} {'its products ms':>16}")
+    steps: dict[str, float] = {}
+    for name, ours in engines.items():
+        loaded = ours.engine.cache.get("small")
+        _, choice = kernel_choice.decoder_step(loaded.model, ours.engine.settings.engine, label="small")
+        steps[name] = min(r.median_step_s for r in runs[name])
+        own = products_alone_s(ours.decoder_step(), 2)
+        print(f"{name:<12} {choice.summary():<44} {steps[name] * 1000:>15.1f} {own * 1000:>16.1f}")
+        if choice.how == "measured":
+            print(f"  (measured in {choice.measure_s:.2f} s)")
+    print(
+        f"fastest candidate's products alone ({fastest_kernel}): {fastest * 1000:.1f} ms; the measured step "
+        f"costs {steps['auto'] / fastest:.2f}x that, the rules' {steps['rules'] / fastest:.2f}x\n"
+        "(median step: robust to other work on a shared machine; products: the step's matrix products\n"
+        " timed alone on 2 rows of random input, best of 5)\n",
+        flush=True,
+    )
+    return [
+        target_line(
+            "fp32_step_vs_best_products",
+            steps["auto"] / fastest,
+            FP32_STEP_VS_BEST_PRODUCTS_TARGET,
+            higher_is_better=False,
+        )
+    ]
+
+
+def fastest_candidate_products_s(small_dir: Path, rows: int) -> tuple[float, str]:
+    """The least time of one step's products alone on `rows` rows among the float32 kernels that may
+    run them here, each on the whole model (a model of its own: packing replaces the engines' weights)."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from inference.engine.decoder_step import KernelPlan
+    from inference.engine.kernel_choice import candidate_kernels
+
+    model = MusicgenForConditionalGeneration.from_pretrained(small_dir, dtype=torch.float32).eval()
+    times = {}
+    for kernel in candidate_kernels(torch.float32):
+        step = DecoderStep(model, plan=KernelPlan(kernel, onednn_min_rows=1))
+        times[kernel.value] = products_alone_s(step, rows)
+        del step
+        gc.collect()
+    del model
+    gc.collect()
+    fastest = min(times, key=times.__getitem__)
+    print(
+        "  products alone, 2 rows: " + ", ".join(f"{k} {t * 1000:.1f} ms" for k, t in times.items()),
+        flush=True,
+    )
+    return times[fastest], fastest
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
@@ -570,6 +659,14 @@ def main(argv: list[str] | None = None) -> int:
         lines += batching_section(args, small_dir)
     if "default" in args.sections:
         lines += default_configuration_section(args, small_dir)
+    if "kernels" in args.sections:
+        lines += kernels_section(args, small_dir)
+    for name in ("stereo", "long", "takes"):
+        if name in args.sections:
+            from bench import peer_features
+
+            print(flush=True)
+            lines += getattr(peer_features, f"{name}_section")(args)
     if "bot" in args.sections:
         lines += bot_section(args, small_dir)
     if "replicas" in args.sections:

@@ -2,6 +2,7 @@
 
 DISCORD_TOKEN=... musicgen-bot [--config config.toml]        # run (same as `musicgen-bot run`)
 musicgen-bot db upgrade | db status                          # apply / list the SQL migrations
+musicgen-bot doctor [--quick] [--model PATH_OR_ID]           # check this machine for the bot
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import aiohttp
 import click
@@ -22,7 +23,10 @@ from pydantic import ValidationError
 
 from bot.config import BotConfig, load_config
 from bot.storage.database import Database, discover_migrations
-from inference.settings import CONFIG_ENV_VAR
+from inference.backends.base import BackendOptions
+from inference.doctor import DoctorPlan, doctor_options, run_doctor_command
+from inference.request import ModelVersion
+from inference.settings import CONFIG_ENV_VAR, resolve_config_path
 
 logger = logging.getLogger("bot")
 
@@ -204,6 +208,38 @@ def status(config_path: Path | None) -> None:
     for migration in discover_migrations():
         mark = "applied" if migration.version in applied else "pending"
         click.echo(f"  V{migration.version}__{migration.name}: {mark}")
+
+
+@main.command()
+@doctor_options
+@click.pass_obj
+def doctor(config_path: Path | None, model_source: str | None, quick: bool, ray_timeout_s: float) -> None:
+    """Check this machine for the bot: environment, numerics on every device, speed. Exits 1 when a
+    check fails, with what to change. Run it once after installing (it loads the model: minutes)."""
+    config = read_config(config_path)
+    # The doctor imports torch once its round reaches the engine, in this command's process: a one-off
+    # check, not the bot, whose process never imports torch.
+    run_doctor_command(doctor_plan(config, config_path), model_source, quick, ray_timeout_s)
+
+
+def doctor_plan(config: BotConfig, config_path: Path | None) -> DoctorPlan:
+    """What the doctor checks, from the bot's configuration."""
+    worker = config.worker
+    return DoctorPlan(
+        settings=config.engine_settings,
+        # BotOptions has checked it is one of MODEL_VERSIONS.
+        model_version=cast(ModelVersion, config.bot.default_model_version),
+        config_path=resolve_config_path(config_path),
+        data_dir=config.data_dir,
+        min_free_mb=config.storage.min_free_mb,
+        backend=BackendOptions(
+            backend=worker.backend,
+            processes=worker.processes,
+            devices=tuple(worker.devices),
+            ray_address=worker.ray_address,
+        ),
+        max_batch_size=worker.max_batch_size,
+    )
 
 
 if __name__ == "__main__":

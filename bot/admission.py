@@ -14,7 +14,9 @@ in a reply). The gates, in order:
 6. the bot may post what it will post there (files and embeds; a thread for a jam).
 
 Only then is a job row made, by `admit_and_queue`, which checks the caps and the quota again under
-the admission lock: a download or a modal gives others time to take the last place.
+the admission lock: a download or a modal gives others time to take the last place. The takes of
+one request (`/generate takes:N`) count as N jobs at every gate and are admitted, written and queued
+together under that lock, or refused together: never some of them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bot.storage.jams import JamStore
 from bot.storage.jobs import ContinuationSource, Job, JobOrigin, JobStore
 from bot.storage.server_controls import Feature, ServerControls
 from inference.catalogue import ModelCatalogue
-from inference.request import MAX_SEED, GenerationRequest, RequestError
+from inference.request import MAX_SEED, GenerationRequest, RequestError, Takes
 
 
 class AdmissionHost(Protocol):
@@ -128,6 +130,11 @@ class JobAsk:
         )
 
 
+def _takes_note(ask: JobAsk) -> str:
+    """Why a request of several takes needs several places."""
+    return f" You asked for {ask.jobs} takes, and each counts as a job." if ask.jobs > 1 else ""
+
+
 def _parent_of(channel: object) -> int | None:
     return channel.parent_id if isinstance(channel, discord.Thread) else None
 
@@ -175,6 +182,12 @@ class Admission:
         made = await self.bot.controls.jobs_today(ask.guild_id, ask.user_id)
         waiting, _ = await self.bot.jam_store.waiting_turn_counts(ask.guild_id, ask.user_id)
         if made + waiting + ask.jobs > quota:
+            if ask.jobs > 1:
+                raise RequestError(
+                    f"You have made {made + waiting} job(s) here today and asked for {ask.jobs} takes, which "
+                    f"count as {ask.jobs} jobs: this server's daily limit is {quota}. Ask for fewer takes, or "
+                    "wait until midnight UTC."
+                )
             raise RequestError(
                 f"You have made {quota} job(s) here today (counting jam turns waiting for their place), "
                 "this server's daily limit. It resets at midnight UTC."
@@ -190,14 +203,14 @@ class Admission:
             turns = " and jam turns" if mine else ""
             raise RequestError(
                 f"You already have {member_pending} job(s){turns} queued or running here (the limit is "
-                f"{cap}). Wait for one to finish, or `/cancel` one."
+                f"{cap}). Wait for one to finish, or `/cancel` one.{_takes_note(ask)}"
             )
         guild_pending = scheduler.pending_for_guild(ask.guild_id) + here
         guild_cap = scheduler.guild_limit(ask.guild_id)
         if guild_pending + ask.jobs > guild_cap:
             raise RequestError(
                 f"This server's queue is full ({guild_pending} jobs queued or running, the limit is "
-                f"{guild_cap}). Try again when some have finished."
+                f"{guild_cap}). Try again when some have finished.{_takes_note(ask)}"
             )
 
     def check_permissions(self, ask: JobAsk) -> None:
@@ -242,6 +255,7 @@ class Admission:
         input_audio_filename: str | None,
         replay_of: int | None = None,
         continues: ContinuationSource | None = None,
+        takes: int = 1,
     ) -> Job:
         """`admit_and_queue` for a command, a button or a form: the job answers through its interaction."""
         assert interaction.guild_id is not None and interaction.channel_id is not None
@@ -259,6 +273,7 @@ class Admission:
             input_audio_filename=input_audio_filename,
             replay_of=replay_of,
             continues=continues,
+            takes=takes,
         )
 
     async def admit_and_queue(
@@ -272,31 +287,57 @@ class Admission:
         continues: ContinuationSource | None = None,
         status_message_id: int | None = None,
         holds_place: bool = False,
+        takes: int = 1,
     ) -> Job:
         """Check the caps and quota again, insert the row and queue it, under the admission lock.
 
         `holds_place`: a jam turn that waited for its place; it passed every gate when it was asked
         for and has counted towards the caps since, so it is not refused now.
+
+        `takes`: that many variations of the request, each a job of its own with its own seed
+        (`Takes.seeds`). They count as that many jobs and are written and queued together (so they
+        can share a batch), or refused together. Returns the first take's job.
         """
         seed_was_random = request.seed is None
-        if seed_was_random:
-            # Chosen here, not in the worker, so the row records it before the job runs and a retry
-            # after a crash or restart makes the same music.
-            request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
+        # Chosen here, not in the worker, so the row records it before the job runs and a retry
+        # after a crash or restart makes the same music.
+        requests = [
+            request.replace(seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed)
+            for seed in Takes(takes).validate().seeds(request.seed)
+        ]
         async with self.bot.admission_lock:
             if not holds_place:
-                ask = JobAsk(guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id)
+                ask = JobAsk(
+                    guild_id=origin.guild_id,
+                    channel_id=origin.channel_id,
+                    user_id=origin.user_id,
+                    jobs=len(requests),
+                )
                 # Again under the lock: two quick commands must not both take the member's last place.
                 await self.check_quota(ask)
                 await self.check_caps(ask)
-            job = await self.bot.jobs.create(
-                origin,
-                request,
-                seed_was_random=seed_was_random,
-                input_audio_filename=input_audio_filename,
-                replay_of=replay_of,
-                continues=continues,
-                status_message_id=status_message_id,
-            )
-            self.bot.dispatcher.add(job, interaction, status_message_id=status_message_id)
-        return job
+            if len(requests) == 1:
+                jobs = [
+                    await self.bot.jobs.create(
+                        origin,
+                        requests[0],
+                        seed_was_random=seed_was_random,
+                        input_audio_filename=input_audio_filename,
+                        replay_of=replay_of,
+                        continues=continues,
+                        status_message_id=status_message_id,
+                    )
+                ]
+            else:
+                # Takes come from /generate alone: never a replay, a continuation of a post or a jam turn.
+                assert replay_of is None and continues is None and status_message_id is None
+                jobs = await self.bot.jobs.create_takes(
+                    origin,
+                    requests,
+                    seed_was_random=seed_was_random,
+                    input_audio_filename=input_audio_filename,
+                )
+            # No await between these: the scheduler sees every take at once, to batch them together.
+            for job in jobs:
+                self.bot.dispatcher.add(job, interaction, status_message_id=status_message_id)
+        return jobs[0]

@@ -266,6 +266,7 @@ class MusicGenBot(commands.AutoShardedBot):
                     base_s=worker.job_deadline_base_s,
                     per_audio_second_s=worker.job_deadline_per_audio_s,
                     stall_s=worker.job_stall_s,
+                    extend_stride_s=self.config.engine_settings.engine.extend_stride_s,
                 ),
             ),
             prepare_result=self.prepare_result,

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.catalogue import ModelCatalogue
-from inference.request import MODEL_VERSIONS
-from inference.settings import EngineSettings, read_config_file, with_input_limit
+from inference.request import DEFAULT_MAX_DURATION_S, MODEL_VERSIONS
+from inference.settings import LIMITS_SHARED_WITH_ENGINE, EngineSettings, read_config_file, with_limits
 
 
 class _Section(BaseModel):
@@ -34,6 +34,9 @@ class Limits(_Section):
     max_pending_per_guild: int = Field(default=20, ge=1)
     max_attachment_mb: float = Field(default=25, gt=0)
     max_input_seconds: float = Field(default=600, gt=0)
+    # The longest `duration` a member may ask for (with continuation: the seconds added). Past the
+    # model's window (30 s) a piece is made window by window, as audiocraft extends it.
+    max_duration_s: int = Field(default=DEFAULT_MAX_DURATION_S, ge=1)
     progress_interval_s: float = Field(default=2.5, ge=0)
     continuation_context_s: float = Field(default=10, ge=0.02, le=29)
     # Attached clips being downloaded and probed at once, per member and for the whole bot.
@@ -125,17 +128,22 @@ class BotConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _one_input_limit(cls, data: Any) -> Any:
-        """The worker decodes clips under the same `max_input_seconds` the bot admits them with."""
+    def _limits_shared_with_engine(cls, data: Any) -> Any:
+        """The worker decodes clips under the same `max_input_seconds` the bot admits them with, and
+        accepts the same `max_duration_s`; it times its kernels up to `[worker] max_batch_size`."""
         if not isinstance(data, dict):
             return data
         limits = data.get("limits", Limits())
         limits = limits if isinstance(limits, Limits) else Limits(**limits)
+        worker = data.get("worker", WorkerOptions())
+        worker = worker if isinstance(worker, WorkerOptions) else WorkerOptions(**worker)
         settings = data.get("engine_settings", EngineSettings())
         settings = settings if isinstance(settings, EngineSettings) else EngineSettings(**settings)
-        if settings.engine.max_input_seconds == limits.max_input_seconds:
+        shared: dict[str, Any] = {key: getattr(limits, key) for key in LIMITS_SHARED_WITH_ENGINE}
+        shared["max_batch_size"] = worker.max_batch_size
+        if all(getattr(settings.engine, key) == value for key, value in shared.items()):
             return data
-        engine = settings.engine.model_copy(update={"max_input_seconds": limits.max_input_seconds})
+        engine = settings.engine.model_copy(update=shared)
         return {**data, "engine_settings": settings.model_copy(update={"engine": engine})}
 
     def model_post_init(self, _context: object) -> None:
@@ -171,6 +179,4 @@ class BotConfig(_Section):
 def load_config(path: str | os.PathLike[str] | None = None) -> BotConfig:
     raw = read_config_file(path)
     engine_tables: dict[str, Any] = {k: raw.pop(k) for k in ("models", "engine", "melody") if k in raw}
-    return BotConfig(
-        **raw, engine_settings=EngineSettings(**with_input_limit(engine_tables, raw.get("limits")))
-    )
+    return BotConfig(**raw, engine_settings=EngineSettings(**with_limits(engine_tables, raw.get("limits"))))

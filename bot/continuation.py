@@ -20,7 +20,7 @@ from bot.audio.editing import ContextWindow, stitch_files
 from bot.audio.files import looks_like_audio
 from bot.storage.jobs import ContinuationSource, Job
 from inference.protocol import GenerationResult
-from inference.request import MAX_DURATION_S, MIN_DURATION_S, GenerationRequest, RequestError
+from inference.request import DEFAULT_MAX_DURATION_S, MIN_DURATION_S, GenerationRequest, RequestError
 
 DEFAULT_NEW_SECONDS = 8
 
@@ -37,6 +37,9 @@ _TRAILING_DURATION = re.compile(
     rf"(?:^|(?<=[\s,;:]))(?P<number>{_NUMBER})\s*(?P<unit>{_UNIT})[.!?]*\s*$", re.IGNORECASE
 )
 # "1 sec of silence", "10 seconds of rain": a length inside the description, not the job's.
+# A number with `s` alone past this reads as a plural ("spin old 45s"): longer durations are typed
+# with a longer unit ("45 sec").
+_MOST_SECONDS_WITH_S_ALONE = 30
 _FOLLOWED_BY_OF = re.compile(r"\s+of\b", re.IGNORECASE)
 
 
@@ -45,8 +48,9 @@ def audio_attachments(message: discord.Message) -> list[discord.Attachment]:
     return [a for a in message.attachments if looks_like_audio(a.filename, a.content_type)]
 
 
-def parse_seconds(text: str | None) -> int:
-    """The seconds to add, as typed in a modal ("8", "8s", "8 seconds"); empty means the default."""
+def parse_seconds(text: str | None, *, max_seconds: int = DEFAULT_MAX_DURATION_S) -> int:
+    """The seconds to add, as typed in a modal ("8", "8s", "8 seconds"); empty means the default.
+    `max_seconds`: the most a member may ask for here (`[limits] max_duration_s`)."""
     text = (text or "").strip()
     if not text:
         return DEFAULT_NEW_SECONDS
@@ -58,16 +62,16 @@ def parse_seconds(text: str | None) -> int:
         raise RequestError(
             f"seconds must be a whole number of seconds, like 8 (not {text[:20]!r})."
         ) from None
-    return _whole_seconds(number, text)
+    return _whole_seconds(number, text, max_seconds)
 
 
-def _whole_seconds(number: float, typed: str) -> int:
+def _whole_seconds(number: float, typed: str, max_seconds: int) -> int:
     if not math.isfinite(number) or number != int(number):
         raise RequestError(f"seconds must be a whole number of seconds, like 8 (not {typed[:20]!r}).")
-    if not MIN_DURATION_S <= number <= MAX_DURATION_S:
+    if not MIN_DURATION_S <= number <= max_seconds:
         raise RequestError(
-            f"seconds must be between {MIN_DURATION_S} and {MAX_DURATION_S} (got {int(number)}): "
-            f"the model makes at most {MAX_DURATION_S} s at a time."
+            f"seconds must be between {MIN_DURATION_S} and {max_seconds} (got {int(number)}): "
+            f"this bot makes at most {max_seconds} s at a time."
         )
     return int(number)
 
@@ -88,24 +92,27 @@ def mentions_bot(content: str, bot_user_id: int) -> bool:
     return re.search(rf"<@!?{bot_user_id}>", content) is not None
 
 
-def parse_mention_request(content: str, bot_user_id: int) -> MentionRequest:
+def parse_mention_request(
+    content: str, bot_user_id: int, *, max_seconds: int = DEFAULT_MAX_DURATION_S
+) -> MentionRequest:
     """The prompt and seconds of "@bot [10s] [prompt] [10s]"; every other word is the prompt.
 
     Only an unambiguous duration is taken: a whole number with a unit, first or last (around the
-    mention). `s` alone on a multiple of ten or outside 1-30 is a decade or a plural ("80s synthwave",
-    "20s jazz", "1980s disco", "808s"), and a duration followed by "of" describes the music ("1 sec of
-    silence"): both stay in the prompt. Two durations, or one out of range, are refused.
+    mention). `s` alone on a multiple of ten or outside 1-30 is a decade or a plural ("80s
+    synthwave", "20s jazz", "1980s disco", "spin old 45s"; "45 sec" asks for 45 s), and a duration
+    followed by "of" describes the music ("1 sec of silence"): both stay in the prompt. Two
+    durations, or one outside 1 to `max_seconds` (`[limits] max_duration_s`), are refused.
     """
     pieces = [" ".join(piece.split()) for piece in re.split(rf"<@!?{bot_user_id}>", content)]
     found: list[tuple[int, re.Match[str]]] = []
     for index, piece in enumerate(pieces):
         taken_up_to = 0
         leading = _LEADING_DURATION.match(piece)
-        if leading is not None and _is_duration(leading, piece):
+        if leading is not None and _is_duration(leading, piece, max_seconds):
             found.append((index, leading))
             taken_up_to = leading.end()
         trailing = _TRAILING_DURATION.search(piece, taken_up_to)
-        if trailing is not None and _is_duration(trailing, piece):
+        if trailing is not None and _is_duration(trailing, piece, max_seconds):
             found.append((index, trailing))
     if len(found) > 1:
         typed = " and ".join(f"`{match.group('number')} {match.group('unit')}`" for _, match in found)
@@ -114,7 +121,7 @@ def parse_mention_request(content: str, bot_user_id: int) -> MentionRequest:
     if found:
         index, match = found[0]
         typed = f"{match.group('number')} {match.group('unit')}"
-        seconds = _whole_seconds(float(match.group("number").replace(",", ".")), typed)
+        seconds = _whole_seconds(float(match.group("number").replace(",", ".")), typed, max_seconds)
         piece = pieces[index]
         before, after = piece[: match.start()], piece[match.end() :]
         # The comma or dash that set the duration off goes with it.
@@ -123,14 +130,14 @@ def parse_mention_request(content: str, bot_user_id: int) -> MentionRequest:
     return MentionRequest(prompt=prompt, seconds=seconds)
 
 
-def _is_duration(match: re.Match[str], text: str) -> bool:
+def _is_duration(match: re.Match[str], text: str, max_seconds: int) -> bool:
     """Seconds, not a decade, a plural or a length inside the description."""
     if _FOLLOWED_BY_OF.match(text, match.end("unit")):
         return False
     number, unit = match.group("number"), match.group("unit")
     if unit.lower() == "s" and number.isdigit():
         value = int(number)
-        return value % 10 != 0 and MIN_DURATION_S <= value <= MAX_DURATION_S
+        return value % 10 != 0 and MIN_DURATION_S <= value <= min(max_seconds, _MOST_SECONDS_WITH_S_ALONE)
     return True
 
 
@@ -141,8 +148,11 @@ def continuation_request(
     source_path: Path,
     seconds: int,
     window: ContextWindow,
+    max_seconds: int = DEFAULT_MAX_DURATION_S,
 ) -> GenerationRequest:
-    """The job's request: continue the stored source from the start of its context window."""
+    """The job's request: continue the stored source from the start of its context window, adding
+    `seconds` (at most `max_seconds`, `[limits] max_duration_s`: past the model's window the piece is
+    made window by window)."""
     return GenerationRequest(
         model_version=model_version,  # type: ignore[arg-type]
         prompt=prompt,
@@ -151,7 +161,7 @@ def continuation_request(
         continuation=True,
         continuation_start=window.start_s,
         continuation_end=None,
-    ).validate()
+    ).validate(max_duration_s=max_seconds)
 
 
 def continuation_source(message: discord.Message | None, window: ContextWindow) -> ContinuationSource:

@@ -1,8 +1,9 @@
 """Continue any audio posted on Discord: the "Continue with MusicGen" context menu and "@bot" replies.
 
-Both queue an ordinary job on the server's default model: the tail of the clip (the last
-`[limits] continuation_context_s` seconds that leave room for the new ones) is continued, and the
-posted result is the whole piece, the full clip followed by the new seconds.
+Both queue an ordinary job on the server's default model: the tail of the clip (its last
+`[limits] continuation_context_s` seconds) is continued, and the posted result is the whole piece,
+the full clip followed by the new seconds (stereo when the clip or the model is: a stereo default
+model continues in stereo, `bot.audio.editing`).
 
 What Discord lets the bot read decides how: a context-menu command always carries its target
 message with its attachments. A reply that mentions the bot is readable, but the message it
@@ -107,7 +108,9 @@ class ContinueAudioCog(commands.Cog):
             raise RequestError(CONTEXT_MENU_HINT)
         if source is None:
             raise RequestError("I can't find the message you replied to any more.")
-        wanted = parse_mention_request(message.content, self.bot.user.id)
+        wanted = parse_mention_request(
+            message.content, self.bot.user.id, max_seconds=self.bot.config.limits.max_duration_s
+        )
         clips = audio_attachments(source)
         if not clips:
             raise RequestError("The message you replied to has no audio I can continue.")

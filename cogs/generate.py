@@ -4,7 +4,8 @@ Flow of /generate: build and validate the request from the options (cheap checks
 ephemerally before anything is public), check the caps, defer publicly within Discord's 3 s, then
 download and decode the attachment. Problems found after deferring delete the public "thinking…"
 message and are answered ephemerally too, so a mistake never leaves a public trace or a job row.
-Only a request that passed every check becomes a row, and only a row is queued.
+Only a request that passed every check becomes a row, and only a row is queued. With `takes`, that
+many variations of the request (each its own row and seed) are admitted, queued and posted together.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ from discord.ext import commands
 from bot.access import can_see_job
 from bot.admission import JobAsk
 from bot.downloads import DownloadFailed, DownloadTooLarge
+from bot.pipeline.delivery import is_embed_of
 from bot.replies import clip_text, defer_publicly, escape_member_text
 from bot.storage.jobs import Job
-from cogs.utils.options import request_choices, request_descriptions
+from cogs.utils.options import request_choices, request_descriptions, set_option_maximum
 from inference.request import (
-    MAX_DURATION_S,
+    DEFAULT_MAX_DURATION_S,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    MAX_TAKES,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MIN_DURATION_S,
     REQUEST_DEFAULTS,
+    TAKES_DEFAULTS,
     GenerationRequest,
     RequestError,
+    Takes,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ class GenerateCog(commands.Cog):
 
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
+        set_option_maximum(self.generate, "duration", bot.config.limits.max_duration_s)
 
     @app_commands.command(
         name="generate", description="Make music with MusicGen from a prompt and/or an audio clip."
@@ -72,7 +78,8 @@ class GenerateCog(commands.Cog):
         prompt: Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         model_version: str | None = None,
         input_audio: discord.Attachment | None = None,
-        duration: Range[int, MIN_DURATION_S, MAX_DURATION_S] = REQUEST_DEFAULTS.duration,
+        # Its maximum is `[limits] max_duration_s`, set in __init__ (the annotation holds the default's).
+        duration: Range[int, MIN_DURATION_S, DEFAULT_MAX_DURATION_S] = REQUEST_DEFAULTS.duration,
         continuation: bool = REQUEST_DEFAULTS.continuation,
         continuation_start: Range[float, 0.0, None] = REQUEST_DEFAULTS.continuation_start,
         continuation_end: Range[float, -1.0, None] = -1.0,
@@ -83,8 +90,10 @@ class GenerateCog(commands.Cog):
         classifier_free_guidance: Range[float, 0.0, MAX_GUIDANCE] = REQUEST_DEFAULTS.classifier_free_guidance,
         output_format: str = REQUEST_DEFAULTS.output_format,
         seed: Range[int, -1, MAX_SEED] = -1,
+        takes: Range[int, 1, MAX_TAKES] = TAKES_DEFAULTS.takes,
     ) -> None:
         self.bot.admission.check_accepting_jobs()
+        asked = Takes(takes).validate()
         assert interaction.guild_id is not None
         default_model = self.bot.default_model_for(interaction.guild_id)
         request = GenerationRequest(
@@ -103,11 +112,12 @@ class GenerateCog(commands.Cog):
             classifier_free_guidance=classifier_free_guidance,
             output_format=output_format,  # type: ignore[arg-type]
             seed=seed,
-        ).validate()
+        ).validate(max_duration_s=self.bot.config.limits.max_duration_s)
         self.bot.admission.check_model_available(request, default_model)
         if input_audio is not None:
             self.bot.uploads.check_before_download(input_audio)
-        await self.bot.admission.check(JobAsk.of_interaction(interaction))
+        # Every take counts as a job at every gate.
+        await self.bot.admission.check(JobAsk.of_interaction(interaction, jobs=asked.takes))
 
         await defer_publicly(interaction)
         upload: Path | None = None
@@ -117,7 +127,10 @@ class GenerateCog(commands.Cog):
                     upload = await self.download_and_measure(input_audio, request)
                 request = request.replace(input_audio=str(upload))
             await self.bot.admission.queue_for_interaction(
-                interaction, request, input_audio_filename=input_audio.filename if input_audio else None
+                interaction,
+                request,
+                input_audio_filename=input_audio.filename if input_audio else None,
+                takes=asked.takes,
             )
         except Exception:
             if upload is not None:
@@ -184,7 +197,8 @@ class GenerateCog(commands.Cog):
                 f"{interaction.user.mention} here is job #{original.id} again. Its clip is no longer stored, so "
                 "this is the audio posted for it (the same settings and seed make the same music).",
                 file=discord.File(path, filename=audio.filename),
-                embeds=message.embeds[:1],
+                # The job's own embed (a message of takes has one per take).
+                embeds=[e for e in message.embeds if is_embed_of(e, original.id)][:1] or message.embeds[:1],
                 allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
             )
         finally:

@@ -31,7 +31,7 @@ from bot.continuation import parse_mention_request
 from bot.pipeline.delivery import PostedResult
 from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
 from bot.replies import defer_publicly, reply_privately, shown_member_text
-from bot.storage.jam_turns import MAX_TURN_SECONDS, Answer, JamTurns, check_piece_present
+from bot.storage.jam_turns import Answer, JamTurns, check_piece_present
 from bot.storage.jams import Jam, JamState, JamTurn
 from bot.storage.jobs import Job
 from cogs.utils.jam_posts import (
@@ -50,8 +50,10 @@ from cogs.utils.jam_posts import (
     welcome_text,
 )
 from cogs.utils.mentions import answer_mention, mentions_me
+from cogs.utils.options import set_option_maximum
 from inference.protocol import GenerationResult
 from inference.request import (
+    DEFAULT_MAX_DURATION_S,
     MAX_PROMPT_CHARS,
     MIN_DURATION_S,
     MODEL_VERSIONS,
@@ -82,6 +84,10 @@ class JamCog(commands.Cog):
 
     def __init__(self, bot: MusicGenBot) -> None:
         self.bot = bot
+        # A turn adds up to `[limits] max_duration_s`, like any continuation (the annotations hold the default's).
+        most = bot.config.limits.max_duration_s
+        set_option_maximum(self.start, "turn_seconds", most)
+        set_option_maximum(self.add, "seconds", most)
         self.store = bot.jam_store
         self.turns = JamTurns(bot, posts=self)
         self._resume_task: asyncio.Task[None] | None = None
@@ -113,7 +119,7 @@ class JamCog(commands.Cog):
         interaction: discord.Interaction[MusicGenBot],
         prompt: Range[str, 1, MAX_PROMPT_CHARS],
         model_version: str | None = None,
-        turn_seconds: Range[int, MIN_DURATION_S, MAX_TURN_SECONDS] = DEFAULT_TURN_SECONDS,
+        turn_seconds: Range[int, MIN_DURATION_S, DEFAULT_MAX_DURATION_S] = DEFAULT_TURN_SECONDS,
         max_turns: Range[int, 1, MAX_MAX_TURNS] = DEFAULT_MAX_TURNS,
     ) -> None:
         assert interaction.guild_id is not None
@@ -127,7 +133,9 @@ class JamCog(commands.Cog):
             raise RequestError("Jams live in threads, so start one in a text channel.")
         default_model = self.bot.default_model_for(interaction.guild_id)
         model = model_version or default_model
-        request = GenerationRequest(model_version=model, prompt=prompt, duration=turn_seconds).validate()  # type: ignore[arg-type]
+        request = GenerationRequest(model_version=model, prompt=prompt, duration=turn_seconds).validate(  # type: ignore[arg-type]
+            max_duration_s=self.bot.config.limits.max_duration_s
+        )
         self.bot.admission.check_model_available(request, default_model)
         if turn_seconds > self.bot.config.jam.max_seconds:
             raise RequestError(
@@ -185,7 +193,7 @@ class JamCog(commands.Cog):
         self,
         interaction: discord.Interaction[MusicGenBot],
         prompt: Range[str, 1, MAX_PROMPT_CHARS],
-        seconds: Range[int, MIN_DURATION_S, MAX_TURN_SECONDS] | None = None,
+        seconds: Range[int, MIN_DURATION_S, DEFAULT_MAX_DURATION_S] | None = None,
     ) -> None:
         jam = await self.open_jam_here(interaction)
         state = await self.store.state(jam.id)
@@ -281,7 +289,9 @@ class JamCog(commands.Cog):
             raise RequestError("This jam has ended; `/jam start` opens a new one.")
         check_piece_present(await self.store.state(jam.id))
         await self.bot.admission.check(JobAsk.of_message(message, feature="jams"))
-        wanted = parse_mention_request(message.content, self.bot.user.id)
+        wanted = parse_mention_request(
+            message.content, self.bot.user.id, max_seconds=self.bot.config.limits.max_duration_s
+        )
         seconds = wanted.seconds_or(jam.turn_seconds)
 
         async def answer(text: str) -> int | None:

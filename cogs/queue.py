@@ -169,8 +169,9 @@ class QueueCog(commands.Cog):
         lines = [f"**Your last {len(jobs)} job(s) here** (`/replay job_id` makes one again):"]
         for job in jobs:
             request = job.request
+            take = f" · take {job.take.number} of {job.take.count}" if job.take is not None else ""
             line = (
-                f"{STATUS_ICONS[job.status]} #{job.id} · {job.status.value} · <t:{int(job.created_at)}:R> · "
+                f"{STATUS_ICONS[job.status]} #{job.id}{take} · {job.status.value} · <t:{int(job.created_at)}:R> · "
                 f"{request.model_version}, {request.duration} s · seed `{job.seed}` · {short_prompt(job)}"
             )
             if job.status is JobStatus.FAILED and job.error:

@@ -4,10 +4,12 @@ They are persistent: each button's custom id carries the action and the job id
 (`musicgen:reroll:42`), and the bot registers the pattern at start (a `DynamicItem`), so buttons
 posted before a restart keep working. Every request they make goes through the same checks as
 /generate (caps, a model that is not configured, a restarting bot); refusals are ephemeral.
+Under a request's takes, each take has its own row of the four buttons (`takes_view`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
@@ -19,6 +21,7 @@ import discord
 from discord.ext import commands
 
 from bot.admission import JobAsk
+from bot.audio.editing import clip_channels
 from bot.replies import answer_error, clip_text, defer_publicly, escape_member_text
 from bot.storage.jobs import Job
 from cogs.utils.continuing import ClipContinuation
@@ -42,7 +45,16 @@ ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
     "melody": ("Use as melody", "🎼", discord.ButtonStyle.secondary),
     "details": ("Details", "ℹ️", discord.ButtonStyle.secondary),
 }
+# The same actions under a request's takes, each naming its take ({n}).
+TAKE_LABELS: dict[str, str] = {
+    "reroll": "Re-roll take {n}",
+    "continue": "Continue take {n}",
+    "melody": "Take {n} as melody",
+    "details": "Take {n} details",
+}
 MELODY_MODEL: ModelVersion = "melody"
+# What follows a stereo result, so that the new piece stays stereo (when it runs here).
+STEREO_MELODY_MODEL: ModelVersion = "stereo-melody"
 MEMBER_TEXT_FIELDS = ("prompt", "input_audio")
 
 
@@ -52,10 +64,15 @@ class ResultButton(
 ):
     """One button under a result; the custom id says which action on which job."""
 
-    def __init__(self, action: str, job_id: int) -> None:
+    def __init__(self, action: str, job_id: int, *, take: int | None = None, row: int | None = None) -> None:
+        """`take`: the button is one of a take's row (`row`) under a request's takes."""
         label, emoji, style = ACTIONS[action]
+        if take is not None:
+            label = TAKE_LABELS[action].format(n=take)
         super().__init__(
-            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"musicgen:{action}:{job_id}")
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"musicgen:{action}:{job_id}", row=row
+            )
         )
         self.action = action
         self.job_id = job_id
@@ -80,6 +97,23 @@ def result_view(job: Job) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in ACTIONS:
         view.add_item(ResultButton(action, job.id))
+    return view
+
+
+def takes_view(jobs: list[Job]) -> discord.ui.View:
+    """The persistent view posted with a request's takes: a row of the four buttons for each take.
+
+    Buttons rather than a select menu: with a row per take, any action on any take is one click,
+    and 4 takes x 4 buttons fit in a message's 5 rows of 5. A select menu ("Take 2") beside the
+    buttons would make it two steps, and the pick would be state the next click must find again
+    (Discord does not send a select's value with a button press; a restart would forget it),
+    where each button's custom id already says which action on which take.
+    """
+    view = discord.ui.View(timeout=None)
+    for row, job in enumerate(jobs):
+        assert job.take is not None
+        for action in ACTIONS:
+            view.add_item(ResultButton(action, job.id, take=job.take.number, row=row))
     return view
 
 
@@ -123,6 +157,8 @@ def details_embed(job: Job) -> discord.Embed:
             lines.append(f"{name} = `{value}`")
     embed.add_field(name="Parameters", value="\n".join(lines)[:1024], inline=False)
     embed.add_field(name="Seed", value=f"`{job.seed}`" + (" (random)" if job.seed_was_random else ""))
+    if job.take is not None:
+        embed.add_field(name="Take", value=f"{job.take.number} of {job.take.count} (jobs {job.take.span})")
     embed.add_field(name="Status", value=job.status.value)
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     timings = [f"asked {_timestamp(job.created_at)}", f"started {_timestamp(job.started_at)}"]
@@ -166,12 +202,29 @@ class ResultActions:
         elif action == "continue":
             if not isinstance(interaction.message, discord.Message):
                 raise RequestError("I can't see that result's message any more.")
-            # The same modal and checks as the "Continue with MusicGen" context menu.
-            await ClipContinuation(self.bot).open_modal(interaction, interaction.message)
+            # The same modal and checks as the "Continue with MusicGen" context menu; under a
+            # request's takes, on this take's clip.
+            await ClipContinuation(self.bot).open_modal(
+                interaction, interaction.message, clip=self.take_clip(job, interaction.message)
+            )
         else:
             self.check_melody_source(job)
             await self.bot.admission.check(JobAsk.of_interaction(interaction))
             await interaction.response.send_modal(MelodyModal(self, job))
+
+    @staticmethod
+    def take_clip(job: Job, message: discord.Message) -> discord.Attachment | None:
+        """A take's own audio in the message that carries its request's takes (None: a job made alone)."""
+        if job.take is None:
+            return None
+        for attachment in message.attachments:
+            if attachment.filename.startswith(f"musicgen-{job.id}.") and not attachment.filename.endswith(
+                ".png"
+            ):
+                return attachment
+        raise RequestError(
+            f"Take {job.take.number}'s audio is not in that message, so it cannot be continued."
+        )
 
     async def reroll(self, job: Job, interaction: discord.Interaction[MusicGenBot]) -> None:
         """The same parameters with a new random seed (a continuation continues the same clip)."""
@@ -192,15 +245,27 @@ class ResultActions:
                 f"Job #{job.id}'s audio is no longer stored, so it cannot be used as a melody."
             )
 
+    async def melody_version_for(self, result_audio: Path) -> ModelVersion:
+        """The melody model of the result's kind: stereo-melody for a stereo result (when it runs
+        here), else melody. The audio decides, not the version that made it: a fine-tune may be
+        either, and a mono model continuing a stereo clip posts a stereo piece."""
+        if not self.bot.catalogue.is_configured(STEREO_MELODY_MODEL):
+            return MELODY_MODEL
+        channels = await asyncio.to_thread(
+            clip_channels, result_audio, timeout_s=self.bot.config.engine_settings.engine.decode_timeout_s
+        )
+        return STEREO_MELODY_MODEL if channels == 2 else MELODY_MODEL
+
     async def queue_melody(
         self, interaction: discord.Interaction[MusicGenBot], job: Job, prompt: str
     ) -> None:
-        """A melody-model job that follows this result (a stored copy, kept for /replay)."""
+        """A melody-model job that follows this result (a stored copy, kept for /replay), in stereo
+        when the result is stereo."""
         assert interaction.guild_id is not None
         self.check_melody_source(job)
         assert job.output_path is not None
         request = GenerationRequest(
-            model_version=MELODY_MODEL,
+            model_version=await self.melody_version_for(Path(job.output_path)),
             prompt=prompt,
             input_audio="pending-copy",
             duration=REQUEST_DEFAULTS.duration,
@@ -230,10 +295,12 @@ class ResultButtonsCog(commands.Cog):
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ResultButton)
         self.bot.dispatcher.poster.view_for = result_view
+        self.bot.dispatcher.poster.takes_view_for = takes_view
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ResultButton)
         self.bot.dispatcher.poster.view_for = None
+        self.bot.dispatcher.poster.takes_view_for = None
 
 
 async def setup(bot: MusicGenBot) -> None:

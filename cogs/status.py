@@ -50,10 +50,12 @@ class StatusCog(commands.Cog):
             + (f" · {starting} starting or restarting" if starting else ""),
             "**Models run since start:** " + (", ".join(models) or "none yet"),
         ]
-        # Each worker's device and models, where the back end follows its workers one by one (local).
+        # Each worker's device and models, where the back end follows its workers one by one (local),
+        # with the kernels each model's decoder took ([engine] cpu_matmul: measured, cached or forced).
         lines.extend(
             f"· {worker.name} on {worker.ready_device or worker.device}: "
             + (", ".join(worker.models) or "no model loaded yet")
+            + "".join(f" · {version} kernels: {kernels}" for version, kernels in worker.kernels.items())
             for worker in inference.workers
         )
         failure = await self.health.last_failure(guild_id)

@@ -1,7 +1,8 @@
-"""Command line for the inference engine: `python -m inference generate|make-test-model`.
+"""Command line for the inference engine: `python -m inference generate|make-test-model|doctor`.
 
 `generate` runs the engine in this process (no worker, no bot) with every generation input as a
-flag; `make-test-model` writes random-weight checkpoints for tests and benchmarks (no model hub here).
+flag; `make-test-model` writes random-weight checkpoints for tests and benchmarks (no model hub here);
+`doctor` checks this machine for the bot (`inference.doctor`, the same as `musicgen-bot doctor`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from inference.catalogue import ModelCatalogue
+from inference.doctor import DoctorPlan, doctor_options, run_doctor_command
 from inference.media.ffmpeg import use_ffmpeg
-from inference.request import OUTPUT_FORMATS, REQUEST_FIELDS, GenerationRequest, RequestError, RequestField
+from inference.request import (
+    GENERATE_FIELDS,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    RequestError,
+    RequestField,
+    Takes,
+)
 from inference.settings import EngineSettings, load_engine_settings
 
-if TYPE_CHECKING:  # random_models imports torch: only for the annotations
+if TYPE_CHECKING:  # these import torch: only for the annotations
     from inference.checkpoints.random_models import CheckpointFormat, ModelArchitecture
+    from inference.engine.generated_audio import GeneratedAudio
+    from inference.engine.musicgen_engine import MusicGenEngine, ProgressCallback
 
 FC = TypeVar("FC", bound=Callable[..., Any] | click.Command)
 
@@ -101,8 +112,9 @@ def _request_option(request_field: RequestField) -> Callable[[FC], FC]:
 
 
 def request_options(command: FC) -> FC:
-    """One flag per request field, in the request's order, from its declaration in inference.request."""
-    for request_field in reversed(REQUEST_FIELDS):
+    """One flag per request field (and --takes), in the request's order, from its declaration in
+    inference.request."""
+    for request_field in reversed(GENERATE_FIELDS):
         command = _request_option(request_field)(command)
     return command
 
@@ -148,7 +160,10 @@ def generate(
     progress: bool,
     **request_inputs: Any,
 ) -> None:
-    """Generate music from a prompt and/or input audio, in this process, and write it to a file."""
+    """Generate music from a prompt and/or input audio, in this process, and write it to a file.
+
+    With --takes N, N variations are made as one batch and written to <output>-take1.wav and so on.
+    """
     settings = _with_engine_overrides(
         load_engine_settings(config_path), device=device, dtype=dtype, cpu_threads=threads
     )
@@ -164,9 +179,14 @@ def generate(
         "output_format": _output_format_for(output, output_format),
     }
     try:
-        request = GenerationRequest(**request_inputs | picked).validate()
+        takes = Takes(request_inputs.pop("takes")).validate()
+        # Up to `[limits] max_duration_s`, as on Discord.
+        request = GenerationRequest(**request_inputs | picked).validate(
+            max_duration_s=settings.engine.max_duration_s
+        )
     except RequestError as exc:
         raise FriendlyRequestError(str(exc)) from None
+    requests = [request.replace(seed=seed) for seed in takes.seeds(request.seed)]
 
     # Imported here: torch and transformers take seconds to import, `--help` should not wait.
     import torch
@@ -194,20 +214,54 @@ def generate(
         bar.update(steps_done - bar.n)
 
     try:
-        generated = engine.generate(request, model_source=model_source, on_progress=on_progress)
+        made = _generate_takes(engine, requests, model_source, on_progress)
     except RequestError as exc:
         raise FriendlyRequestError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
-    # A failed write leaves no partial file behind.
-    written = write_generated(generated, request, output)
-    click.echo(f"seed: {generated.seed}")
-    click.echo(
-        f"wrote {written} ({generated.duration_s:.2f} s, {generated.sample_rate} Hz, "
-        f"{generated.channels} channel(s), {request.output_format}) in "
-        f"{generated.timings.get('total', 0.0):.1f} s"
-    )
+    paths = _take_paths(output, len(requests))
+    for number, (take_request, generated, path) in enumerate(
+        zip(requests, made, paths, strict=True), start=1
+    ):
+        # A failed write leaves no partial file behind.
+        written = write_generated(generated, take_request, path)
+        take = f"take {number}: " if len(requests) > 1 else ""
+        click.echo(f"{take}seed: {generated.seed}")
+        click.echo(
+            f"{take}wrote {written} ({generated.duration_s:.2f} s, {generated.sample_rate} Hz, "
+            f"{generated.channels} channel(s), {take_request.output_format}) in "
+            f"{generated.timings.get('total', 0.0):.1f} s"
+        )
+
+
+def _generate_takes(
+    engine: MusicGenEngine,
+    requests: list[GenerationRequest],
+    model_source: str | None,
+    on_progress: ProgressCallback,
+) -> list[GeneratedAudio]:
+    """Every take's audio, made as one batch (a decoder step serves them all); the first take's
+    steps drive the progress bar. Raises the first take's error, if any take failed."""
+    from inference.engine.musicgen_engine import EngineJob
+
+    jobs = [
+        EngineJob(request, model_source, on_progress if index == 0 else None)
+        for index, request in enumerate(requests)
+    ]
+    made = []
+    for outcome in engine.generate_batch(jobs):
+        if isinstance(outcome, Exception):
+            raise outcome
+        made.append(outcome)
+    return made
+
+
+def _take_paths(output: Path, takes: int) -> list[Path]:
+    """Where each take is written: `output` for one take; `<stem>-take1<suffix>` and on for several."""
+    if takes == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-take{number}{output.suffix}") for number in range(1, takes + 1)]
 
 
 @main.command("make-test-model")
@@ -257,6 +311,24 @@ def make_test_model_command(
         embedded_compression=embedded_compression,
     )
     click.echo(f"wrote {'tiny ' if tiny else ''}{model_version} test model ({fmt}) to {folder}")
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="config.toml to check with [default: $MUSICGEN_BOT_CONFIG or ./config.toml].",
+)
+@doctor_options
+def doctor(config_path: Path | None, model_source: str | None, quick: bool, ray_timeout_s: float) -> None:
+    """Check this machine for the bot: environment, numerics on every device, speed. Exits 1 when a
+    check fails, with what to change."""
+    try:
+        plan = DoctorPlan.from_config_file(config_path)
+    except ValueError as error:  # pydantic's ValidationError is one
+        raise click.ClickException(f"invalid configuration:\n{error}") from None
+    run_doctor_command(plan, model_source, quick, ray_timeout_s)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 engine ask (it imports no torch, so the bot process can use it).
 
 - small, medium, large: make music from text (and continue clips); cannot follow a melody.
-- melody: makes music and follows a melody (chroma conditioning).
+- melody, melody-large: make music and follow a melody (chroma conditioning).
+- stereo-small, stereo-medium, stereo-large, stereo-melody, stereo-melody-large: the same in stereo
+  (two channels at 32 kHz: the decoder predicts left and right codebooks interleaved).
 - finetuned: makes music when `[models] finetuned` is configured; whether it follows a melody is
   known once its checkpoint is loaded (a melody-based fine-tune does).
 - encode-decode: makes no music; it runs a clip through the compression model (EnCodec) of the
@@ -26,6 +28,8 @@ class VersionTraits:
     follows_melody: bool | None
     # Has no public checkpoint: unusable until `[models]` names one.
     needs_configured_source: bool = False
+    # Makes two channels: True/False when the version decides it; None when its checkpoint does.
+    stereo: bool | None = False
 
 
 VERSION_TRAITS: dict[str, VersionTraits] = {
@@ -33,7 +37,15 @@ VERSION_TRAITS: dict[str, VersionTraits] = {
     "medium": VersionTraits(makes_music=True, follows_melody=False),
     "large": VersionTraits(makes_music=True, follows_melody=False),
     "melody": VersionTraits(makes_music=True, follows_melody=True),
-    "finetuned": VersionTraits(makes_music=True, follows_melody=None, needs_configured_source=True),
+    "melody-large": VersionTraits(makes_music=True, follows_melody=True),
+    "stereo-small": VersionTraits(makes_music=True, follows_melody=False, stereo=True),
+    "stereo-medium": VersionTraits(makes_music=True, follows_melody=False, stereo=True),
+    "stereo-large": VersionTraits(makes_music=True, follows_melody=False, stereo=True),
+    "stereo-melody": VersionTraits(makes_music=True, follows_melody=True, stereo=True),
+    "stereo-melody-large": VersionTraits(makes_music=True, follows_melody=True, stereo=True),
+    "finetuned": VersionTraits(
+        makes_music=True, follows_melody=None, needs_configured_source=True, stereo=None
+    ),
     "encode-decode": VersionTraits(makes_music=False, follows_melody=False),
 }
 assert set(VERSION_TRAITS) == set(MODEL_VERSIONS)

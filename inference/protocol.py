@@ -6,7 +6,8 @@ data, and every kind of a message is an enum, not a free string.
 
 A client submits a batch of jobs (`SubmitBatch`, one job is a batch of one); the worker answers
 each job of it on its own: `Started`, `Progress`..., then exactly one `GenerationResult` or
-`GenerationError`, sent the moment that job ends. `Cancel` names one job: the others of its batch go
+`GenerationError`, sent the moment that job ends. `KernelsChosen` tells which kernels a model's
+decoder took, the first time the worker runs that model. `Cancel` names one job: the others of its batch go
 on. A `SubmitBatch` with `join` set joins the batch the worker is running (continuous batching).
 """
 
@@ -84,6 +85,15 @@ class StartupFailed:
 
 
 @dataclass(frozen=True)
+class KernelsChosen:
+    """Sent when the worker first runs a model: the kernels of its decoder's matrix products and how
+    they were chosen (`[engine] cpu_matmul`), in a few words: "onednn-packed (measured)"."""
+
+    model_version: str
+    kernels: str
+
+
+@dataclass(frozen=True)
 class Started:
     job_id: str
 
@@ -116,6 +126,6 @@ class GenerationError:
 
 
 WorkerCommand = SubmitBatch | Cancel | Shutdown
-WorkerEvent = Ready | StartupFailed | Started | Progress | GenerationResult | GenerationError
+WorkerEvent = Ready | StartupFailed | KernelsChosen | Started | Progress | GenerationResult | GenerationError
 # The events that end a job: each job of a batch gets exactly one.
 JobOutcome = GenerationResult | GenerationError

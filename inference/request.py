@@ -3,7 +3,9 @@
 It is validated once, at the edge (`GenerationRequest.validate()`), and then passed through
 unchanged. The semantics of every field are audiocraft's MusicGen (the README's Commands table).
 Each field is declared once, below: its name, type, default, range and help; `REQUEST_FIELDS` reads
-them back for the front ends (the /generate slash command, the CLI's `generate`).
+them back for the front ends (the /generate slash command, the CLI's `generate`). `Takes`, how many
+variations of one request to make at once, is declared the same way beside it (`GENERATE_FIELDS`:
+everything those front ends offer).
 """
 
 from __future__ import annotations
@@ -14,7 +16,22 @@ from dataclasses import dataclass, field
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-ModelVersion = Literal["melody", "small", "medium", "large", "encode-decode", "finetuned"]
+from inference.windows import RELEASED_MODEL_WINDOW_S
+
+ModelVersion = Literal[
+    "melody",
+    "small",
+    "medium",
+    "large",
+    "melody-large",
+    "stereo-small",
+    "stereo-medium",
+    "stereo-large",
+    "stereo-melody",
+    "stereo-melody-large",
+    "encode-decode",
+    "finetuned",
+]
 NormalizationStrategy = Literal["loudness", "clip", "peak", "rms"]
 OutputFormat = Literal["wav", "mp3"]
 
@@ -23,7 +40,10 @@ NORMALIZATION_STRATEGIES: tuple[str, ...] = get_args(NormalizationStrategy)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 MIN_DURATION_S = 1
-MAX_DURATION_S = 30  # MusicGen's maximum segment; for continuation it bounds prompt + new audio
+# `[limits] max_duration_s`'s default, and so `duration`'s declared maximum: the front ends offer the
+# configured value instead, and pass it to `validate()`. Longer than the model's window (see
+# inference.windows), a piece is made window by window, as audiocraft extends it.
+DEFAULT_MAX_DURATION_S = 120
 MAX_SEED = 2**32 - 1  # numpy's seed range, the narrowest of the three we seed
 MAX_TOP_K = 2048  # the codebook size: a larger k is the same as no top-k
 MAX_TEMPERATURE = 10.0
@@ -113,7 +133,7 @@ class GenerationRequest:
     # Seconds of audio to generate; for continuation, the seconds added after the prompt clip.
     duration: int = field(default=8, metadata=_offered(InputText(
         "Seconds to generate (with continuation: seconds added after the clip).",
-        minimum=MIN_DURATION_S, maximum=MAX_DURATION_S)))
+        minimum=MIN_DURATION_S, maximum=DEFAULT_MAX_DURATION_S)))
     continuation: bool = field(default=False, metadata=_offered(InputText(
         "Continue the input audio instead of following its melody.")))
     continuation_start: float = field(default=0.0, metadata=_offered(InputText(
@@ -156,8 +176,10 @@ class GenerationRequest:
             object.__setattr__(self, "prompt", stripped or None)
 
     # -- validation -----------------------------------------------------------------------------
-    def validate(self) -> GenerationRequest:
-        """Check everything that can be checked without the model or the audio; returns self."""
+    def validate(self, *, max_duration_s: int = DEFAULT_MAX_DURATION_S) -> GenerationRequest:
+        """Check everything that can be checked without the model or the audio; returns self.
+
+        `max_duration_s`: the longest `duration` allowed here (`[limits] max_duration_s`)."""
         self._check_number_types()
         if self.model_version not in MODEL_VERSIONS:
             raise RequestError(
@@ -174,9 +196,9 @@ class GenerationRequest:
             raise RequestError(
                 f"The prompt is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS})."
             )
-        if not MIN_DURATION_S <= self.duration <= MAX_DURATION_S:
+        if not MIN_DURATION_S <= self.duration <= max_duration_s:
             raise RequestError(
-                f"Duration must be between {MIN_DURATION_S} and {MAX_DURATION_S} seconds (got {self.duration})."
+                f"Duration must be between {MIN_DURATION_S} and {max_duration_s} seconds (got {self.duration})."
             )
         if self.model_version == "encode-decode":
             if self.input_audio is None:
@@ -232,8 +254,10 @@ class GenerationRequest:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise RequestError(f"{name} must be a finite number (got {value!r}).")
 
-    def check_input_length(self, input_seconds: float) -> None:
-        """Checks that need the decoded length of the input audio (trimming, the 30 s budget)."""
+    def check_input_length(self, input_seconds: float, *, window_s: float = RELEASED_MODEL_WINDOW_S) -> None:
+        """Checks that need the decoded length of the input audio: the trim, and for a continuation
+        that the clip leaves the model's window (`window_s`) room for new audio, as audiocraft
+        requires (the new seconds themselves may go past the window: the piece is then extended)."""
         if self.input_audio is None:
             return
         if self.continuation_start >= input_seconds:
@@ -242,10 +266,10 @@ class GenerationRequest:
             )
         end = input_seconds if self.continuation_end is None else min(self.continuation_end, input_seconds)
         used = end - self.continuation_start
-        if self.continuation and used + self.duration > MAX_DURATION_S + _SECONDS_TOLERANCE:
+        if self.continuation and used >= window_s - _SECONDS_TOLERANCE:
             raise RequestError(
-                f"The clip to continue is {used:.1f} s and you asked for {self.duration} s more: together they "
-                f"must fit in {MAX_DURATION_S} s. Trim the clip (continuation_start/continuation_end) or lower the duration."
+                f"The clip to continue must be shorter than {window_s:g} s (the model's window). "
+                "Trim it with continuation_start/continuation_end."
             )
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -281,10 +305,11 @@ def _value_type(hint: Any) -> tuple[type, tuple[str, ...]]:
     return hint, ()
 
 
-def _request_fields() -> tuple[RequestField, ...]:
-    hints = get_type_hints(GenerationRequest)
+def _declared_fields(owner: type) -> tuple[RequestField, ...]:
+    """The fields a dataclass declares with `_offered` metadata (`GenerationRequest`, `Takes`), in order."""
+    hints = get_type_hints(owner)
     declared = []
-    for request_field in dataclasses.fields(GenerationRequest):
+    for request_field in dataclasses.fields(owner):
         value_type, choices = _value_type(hints[request_field.name])
         text: InputText = request_field.metadata[_INPUT_TEXT]
         declared.append(
@@ -300,12 +325,58 @@ def _request_fields() -> tuple[RequestField, ...]:
 
 
 # Every request field, in the request's order: the slash command and the CLI are built from these.
-REQUEST_FIELDS = _request_fields()
+REQUEST_FIELDS = _declared_fields(GenerationRequest)
 _WHOLE_NUMBER_FIELDS = tuple(each.name for each in REQUEST_FIELDS if each.type is int)
 _REAL_NUMBER_FIELDS = tuple(each.name for each in REQUEST_FIELDS if each.type is float)
 
 # Every input's default, for the front ends (slash command options, CLI flags) to show and use.
 REQUEST_DEFAULTS = GenerationRequest()
+
+
+# -- takes: several variations of one request, made at once --------------------------------------
+# One message holds at most 10 files: 4 takes and their 4 waveform pictures fit.
+MAX_TAKES = 4
+
+
+@dataclass(frozen=True)
+class Takes:
+    """How many variations of one request are made at once (`/generate takes`, the CLI's `--takes`).
+
+    Not an input of the model, so not a field of `GenerationRequest`: each take is a request of its
+    own (what its job row records and `/replay` makes again) that differs from the others only in
+    its seed (`seeds`). It is declared the same way, and the front ends offer it with the request's
+    fields (`GENERATE_FIELDS`).
+    """
+
+    # fmt: off
+    takes: int = field(default=1, metadata=_offered(InputText(
+        "How many variations to make at once, each with its own seed (posted together).",
+        minimum=1, maximum=MAX_TAKES)))
+    # fmt: on
+
+    def validate(self) -> Takes:
+        if isinstance(self.takes, bool) or not isinstance(self.takes, int):
+            raise RequestError(f"takes must be a whole number (got {self.takes!r}).")
+        if not 1 <= self.takes <= MAX_TAKES:
+            raise RequestError(f"takes must be between 1 and {MAX_TAKES} (got {self.takes}).")
+        return self
+
+    def seeds(self, seed: int | None) -> list[int | None]:
+        """Each take's seed, take 1 first.
+
+        With a seed S, take i (counted from 1) uses (S + i - 1) mod 2**32: take 1 is the request made
+        alone, and the same seed makes the same takes again. Without one (None), every take's seed is
+        drawn at random where seeds are drawn (None here).
+        """
+        if seed is None:
+            return [None] * self.takes
+        return [(seed + index) % (MAX_SEED + 1) for index in range(self.takes)]
+
+
+TAKES_FIELDS = _declared_fields(Takes)
+TAKES_DEFAULTS = Takes()
+# Every input `/generate` and the CLI's `generate` offer, in order: the request's fields, then takes.
+GENERATE_FIELDS = REQUEST_FIELDS + TAKES_FIELDS
 
 
 def batch_key(request: GenerationRequest, model_source: str | None = None) -> tuple[str, ...] | None:

@@ -33,14 +33,21 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 @pytest.fixture(scope="session")
-def engine_settings(
+def engine_settings(tiny_engine_settings: EngineSettings) -> EngineSettings:
+    """The engine settings a test runs on: `tiny_engine_settings`, unless its module overrides this."""
+    return tiny_engine_settings
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_settings(
     tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> EngineSettings:
     """Settings pointing every model version at the tiny checkpoints, on CPU in float32.
 
     small/medium/large share the tiny small model, melody is the tiny melody model, the compression
     model (encode-decode) and text encoder are the tiny small's parts, no fine-tune is configured,
-    melody stem separation is off (demucs weights cannot be fetched) and conversions go to a temp folder.
+    melody stem separation is off (demucs weights cannot be fetched) and conversions (and measured
+    kernels) go to a temp folder.
     """
     from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR
     from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
@@ -57,9 +64,57 @@ def engine_settings(
             compression=str(small / COMPRESSION_DIR),
             conversion_cache=str(tmp_path_factory.mktemp("converted")),
         ),
-        engine=EngineOptions(device="cpu", dtype="float32", cpu_threads=1, model_cache_gb=4.0),
+        # The fixed kernel rules rather than "auto": what a measurement picks on a busy machine must
+        # not decide the suite's results (tests/inference/test_kernel_choice.py measures).
+        engine=EngineOptions(
+            device="cpu",
+            dtype="float32",
+            cpu_threads=1,
+            model_cache_gb=4.0,
+            cpu_matmul="rules",
+            kernel_cache=str(tmp_path_factory.mktemp("kernels") / "cpu-kernels.json"),
+        ),
         melody=MelodyOptions(stem_separation=False),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny stereo checkpoints, one of each format: {"stereo-small": a transformers folder laid out as
+    facebook/musicgen-stereo-small (decoder audio_channels 2, 8 codebooks), "stereo-melody": an
+    audiocraft export of audiocraft's stereo recipe (interleaved codebooks, channels 2), converted on
+    first use}. Both keep the mono EnCodec in `encodec/` and their T5 in `text_encoder/`."""
+    from inference.checkpoints.random_models import make_test_model
+
+    root = tmp_path_factory.mktemp("tiny_stereo_models")
+    return {
+        "stereo-small": make_test_model("small", root / "stereo-small", tiny=True, seed=10, stereo=True),
+        "stereo-melody": make_test_model(
+            "melody", root / "stereo-melody", tiny=True, seed=11, stereo=True, fmt="audiocraft"
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def stereo_engine_settings(
+    engine_settings: EngineSettings, tiny_stereo_model_dirs: dict[str, Path]
+) -> EngineSettings:
+    """`engine_settings` with the stereo versions on the tiny stereo checkpoints: stereo-small,
+    stereo-medium and stereo-large share the transformers one, stereo-melody and stereo-melody-large
+    the audiocraft one. All the tiny models share one T5 architecture and one EnCodec layout, so the
+    mono small model's `text_encoder` and `compression` serve the conversion."""
+    small = str(tiny_stereo_model_dirs["stereo-small"])
+    melody = str(tiny_stereo_model_dirs["stereo-melody"])
+    models = engine_settings.models.model_copy(
+        update={
+            "stereo_small": small,
+            "stereo_medium": small,
+            "stereo_large": small,
+            "stereo_melody": melody,
+            "stereo_melody_large": melody,
+        }
+    )
+    return engine_settings.model_copy(update={"models": models})
 
 
 @pytest.fixture(scope="module")

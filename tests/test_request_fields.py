@@ -1,4 +1,5 @@
-"""Each request field is declared once (inference.request): /generate, the CLI and validation agree with it."""
+"""Each request field (and takes) is declared once (inference.request): /generate, the CLI and validation
+agree with it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from bot.app import MusicGenBot
 from bot.config import BotConfig
 from cogs.generate import GenerateCog
 from inference.__main__ import generate as generate_command
-from inference.request import REQUEST_FIELDS, GenerationRequest, RequestError, RequestField
+from inference.request import (
+    GENERATE_FIELDS,
+    TAKES_FIELDS,
+    GenerationRequest,
+    RequestError,
+    RequestField,
+    Takes,
+)
 
 SLASH_TYPES = {
     str: AppCommandOptionType.string,
@@ -58,10 +66,10 @@ async def test_the_generate_command_offers_every_field_as_declared() -> None:
     assert isinstance(command, app_commands.Command)
     sent = {option["name"]: option for option in command.to_dict(bot.tree)["options"]}
 
-    assert sent == {f.name: declared_slash_option(f) for f in REQUEST_FIELDS}
+    assert sent == {f.name: declared_slash_option(f) for f in GENERATE_FIELDS}
     defaults = {parameter.name: parameter.default for parameter in command.parameters}
-    assert defaults == {f.name: declared_slash_default(f) for f in REQUEST_FIELDS}
-    assert all(len(f.help) <= 100 for f in REQUEST_FIELDS)  # Discord's limit for a description
+    assert defaults == {f.name: declared_slash_default(f) for f in GENERATE_FIELDS}
+    assert all(len(f.help) <= 100 for f in GENERATE_FIELDS)  # Discord's limit for a description
 
 
 def cli_option(name: str) -> click.Option:
@@ -69,7 +77,7 @@ def cli_option(name: str) -> click.Option:
     return option
 
 
-@pytest.mark.parametrize("request_field", REQUEST_FIELDS, ids=lambda f: f.name)
+@pytest.mark.parametrize("request_field", GENERATE_FIELDS, ids=lambda f: f.name)
 def test_the_cli_flag_of_each_field_is_built_from_its_declaration(request_field: RequestField) -> None:
     option = cli_option(request_field.name)
     flag = "--" + request_field.name.replace("_", "-")
@@ -88,7 +96,10 @@ def test_the_cli_flag_of_each_field_is_built_from_its_declaration(request_field:
     assert option.default == expected_default
 
 
-def with_value(request_field: RequestField, value: Any) -> GenerationRequest:
+def with_value(request_field: RequestField, value: Any) -> GenerationRequest | Takes:
+    """What a front end validates with `request_field` set to `value`: a request, or the takes."""
+    if request_field in TAKES_FIELDS:
+        return Takes(**{request_field.name: value})
     base = GenerationRequest(model_version="small", prompt="a tune", input_audio="clip.wav")
     return base.replace(**{request_field.name: value})
 
@@ -110,7 +121,7 @@ def values_outside(request_field: RequestField) -> list[Any]:
     return outside
 
 
-BOUNDED = [f for f in REQUEST_FIELDS if f.minimum is not None or f.maximum is not None]
+BOUNDED = [f for f in GENERATE_FIELDS if f.minimum is not None or f.maximum is not None]
 
 
 @pytest.mark.parametrize("request_field", BOUNDED, ids=lambda f: f.name)

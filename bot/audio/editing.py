@@ -1,23 +1,27 @@
 """Audio editing the bot does itself (no torch): continuing a clip and stitching the whole piece.
 
-A continuation job gives the model only the tail of the source (MusicGen sees at most 30 s) and gets
-back that tail, re-decoded by EnCodec, followed by the new seconds, normalized as a whole. The piece
+A continuation job gives the model only the tail of the source (shorter than the model's 30 s
+window; new seconds past the window are made window by window) and gets back that tail, re-decoded
+by EnCodec, followed by the new seconds, normalized as a whole. The piece
 a member hears is the full original followed by the new seconds only, so:
 
 - the tail is a whole number of EnCodec frames (20 ms at 32 kHz): the model's output then lines up
   sample for sample with the original's last seconds, and the new seconds start exactly at its end;
 - the new seconds are brought to the original's level by comparing the re-decoded tail with the
-  original tail, both mixed down to mono as the model heard it (the same music, so their RMS ratio
-  is the gain the job's normalization applied);
+  original tail as the model heard it: channel by channel for a stereo model given a stereo clip,
+  else both mixed down to mono (the same music, so their RMS ratio is the gain the job's
+  normalization applied, one gain for every channel);
 - the original is kept as it was, in its own channels (a stereo clip stays stereo; a mono model's
-  new seconds go to both channels), apart from a crossfade of at most 20 ms into the re-decoded
-  tail just before the join, so there is no click.
+  new seconds go to both channels, a stereo model's keep their own two, and a mono clip continued
+  by a stereo model is put on both channels), apart from a crossfade of at most 20 ms into the
+  re-decoded tail just before the join, channel by channel, so there is no click.
 
 Memory: a clip may be 10 minutes of stereo. Its length is counted as ffmpeg streams it past; the
 piece is written by ffmpeg (the whole original, as a 16-bit WAV on disk) and only its last seconds
-and the model's output (at most 30 s) are ever in the bot's memory, where the crossfade and the new
-seconds are computed and written into the file. Decodes take one of the bot's decode slots
-(`bot.audio.files.decode_slot`), so a burst of requests cannot add up.
+and the model's output (the tail and the new seconds: up to `[limits] max_duration_s` and 30 s
+more) are ever in the bot's memory, where the crossfade and the new seconds are computed and written
+into the file. Decodes take one of the bot's decode slots (`bot.audio.files.decode_slot`), so a
+burst of requests cannot add up.
 
 Everything here blocks (ffmpeg child processes, numpy): call it with `asyncio.to_thread`.
 """
@@ -44,7 +48,8 @@ from inference.media.ffmpeg import (
     decode_to_wav,
     encode_mp3,
 )
-from inference.request import MAX_DURATION_S, RequestError
+from inference.request import RequestError
+from inference.windows import RELEASED_MODEL_WINDOW_S
 
 __all__ = [
     "FRAME_SAMPLES",
@@ -53,6 +58,7 @@ __all__ = [
     "FittedFile",
     "Join",
     "StitchedPiece",
+    "clip_channels",
     "clip_seconds",
     "context_window",
     "decode_clip",
@@ -85,20 +91,18 @@ class ContextWindow:
     source_seconds: float
 
 
-def context_window(source_seconds: float, new_seconds: int, context_s: float) -> ContextWindow:
-    """The last `context_s` seconds of the source (fewer when the new ones need the room), whole frames.
+def context_window(source_seconds: float, context_s: float) -> ContextWindow:
+    """The last `context_s` seconds of the source (all of it when shorter), in whole frames.
 
-    The model's 30 s hold the tail and the new seconds together; the tail is cut to whole 20 ms
-    EnCodec frames so the model's output lines up with the original sample for sample.
+    The tail is the first window's prompt (`[limits] continuation_context_s` keeps it shorter than
+    the model's 30 s); new seconds past the window are made window by window. It is cut to whole
+    20 ms EnCodec frames so the model's output lines up with the original sample for sample.
     """
     source_samples = round(source_seconds * SAMPLE_RATE)
-    wanted_s = min(context_s, MAX_DURATION_S - new_seconds, source_samples / SAMPLE_RATE)
+    wanted_s = min(context_s, source_samples / SAMPLE_RATE)
     frames = math.floor(wanted_s * FRAME_RATE + 1e-9)
     if frames < 1:
-        raise RequestError(
-            "That clip is too short to continue (it needs at least 20 ms of audio), "
-            f"or {new_seconds} s leave no room for it in the model's {MAX_DURATION_S} s."
-        )
+        raise RequestError("That clip is too short to continue (it needs at least 20 ms of audio).")
     context_samples = frames * FRAME_SAMPLES
     start_sample = source_samples - context_samples
     return ContextWindow(
@@ -118,6 +122,16 @@ def decode_clip(path: str | Path, *, channels: int, timeout_s: float, max_second
     if channels == 1 and samples.shape[1] > 1:
         return samples.mean(axis=1, keepdims=True, dtype=np.float32)
     return _to_channels(samples, channels)
+
+
+def clip_channels(path: str | Path, *, timeout_s: float) -> int:
+    """The channels of an audio file as the bot posts it: 1 (mono) or 2 (stereo, or a wider clip
+    folded to stereo). Only its first 20 ms are decoded: without a decode slot, since it holds no
+    more than that, and a member's form waits for it."""
+    samples = decode_audio_file(
+        path, sample_rate=SAMPLE_RATE, timeout_s=timeout_s, end_s=FRAME_SAMPLES / SAMPLE_RATE
+    )
+    return int(samples.shape[1])
 
 
 def clip_seconds(path: str | Path, *, timeout_s: float, max_seconds: float) -> float:
@@ -151,11 +165,22 @@ def _to_channels(samples: np.ndarray, channels: int) -> np.ndarray:
 def level_match_gain(original_tail: np.ndarray, redecoded_tail: np.ndarray) -> float:
     """The gain that brings the model's output back to the original's level (1 if either is silent).
 
-    Both are compared as mono mixdowns ([T] or [T, C]): the model was given the original's mixdown
-    (a mono model) and its output is the same music, whatever the channels of either.
+    Both are compared as the model heard the original ([T] or [T, C]). With the same channels on
+    both sides (a stereo model given a stereo clip), each channel is compared with its own: their
+    mixdown could cancel out (a side out of phase with the other) where the channels do not.
+    Otherwise (a mono model given a stereo clip) as mono mixdowns: the model was given the
+    mixdown. One gain for every channel either way: the job's normalization scaled them all alike,
+    so the new seconds keep the balance the model gave them.
     """
-    original = _mixdown(original_tail) if original_tail.ndim == 2 else original_tail
-    redecoded = _mixdown(redecoded_tail) if redecoded_tail.ndim == 2 else redecoded_tail
+    if (
+        original_tail.ndim == 2
+        and redecoded_tail.ndim == 2
+        and original_tail.shape[1] == redecoded_tail.shape[1]
+    ):
+        original, redecoded = original_tail, redecoded_tail
+    else:
+        original = _mixdown(original_tail) if original_tail.ndim == 2 else original_tail
+        redecoded = _mixdown(redecoded_tail) if redecoded_tail.ndim == 2 else redecoded_tail
     original_rms, redecoded_rms = _rms(original), _rms(redecoded)
     if original_rms < _SILENT_RMS or redecoded_rms < _SILENT_RMS:
         return 1.0
@@ -326,7 +351,11 @@ def stitch_files(
     piece_path = Path(piece_path)
     with decode_slot():
         generated = decode_audio_file(
-            generated_path, sample_rate=SAMPLE_RATE, timeout_s=timeout_s, max_seconds=MAX_DURATION_S + 1
+            # The model's output: its context (shorter than its window) and the new seconds.
+            generated_path,
+            sample_rate=SAMPLE_RATE,
+            timeout_s=timeout_s,
+            max_seconds=RELEASED_MODEL_WINDOW_S + new_seconds + 1,
         )
         with _draft_beside(piece_path, ".wav") as draft:
             layout = decode_to_wav(

@@ -1,9 +1,10 @@
 """A small picture of a result: its waveform, with parts of the piece marked (who added what).
 
 Drawn with numpy and Pillow in the bot process from each pixel column's lowest and highest sample.
-A file is summarised as ffmpeg streams it past (`ColumnExtremes`), so a 10-minute piece costs the
-bot a few hundred kilobytes, not its samples. It blocks, so call it with `asyncio.to_thread`. The
-PNG is attached to the result message and shown in its embed.
+Mono audio is one lane; stereo audio is two, left above right, drawn to one scale so that a louder
+side looks louder. A file is summarised as ffmpeg streams it past (`ColumnExtremes`, one per
+channel), so a 10-minute piece costs the bot a few hundred kilobytes, not its samples. It blocks, so
+call it with `asyncio.to_thread`. The PNG is attached to the result message and shown in its embed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bot.audio.files import decode_slot
 from inference.media.ffmpeg import stream_audio_file
 
-__all__ = ["ColumnExtremes", "MarkedPart", "waveform_png", "waveform_png_of_file"]
+__all__ = ["ChannelExtremes", "ColumnExtremes", "MarkedPart", "waveform_png", "waveform_png_of_file"]
 
 WIDTH, HEIGHT = 640, 120
 # Plenty for a picture 640 pixels wide, and cheap to decode.
@@ -30,6 +31,9 @@ WAVE = (88, 101, 242)  # Discord's blurple, like the result embeds
 PART_COLOURS = ((43, 45, 49), (36, 52, 47), (52, 40, 56), (56, 49, 36))
 PART_WAVES = ((88, 101, 242), (59, 165, 93), (235, 69, 158), (250, 168, 26))
 LABEL = (220, 221, 222)
+# The line between the left and the right lane, and their names at the right edge.
+LANE_DIVIDER = (78, 80, 88)
+LANE_NAMES = ("L", "R")
 # Blocks a summary keeps at most per pixel column: columns stay exact to 1/32 of their width.
 BLOCKS_PER_COLUMN = 64
 
@@ -136,8 +140,36 @@ class ColumnExtremes:
         return column_lows, column_highs
 
 
+class ChannelExtremes:
+    """`ColumnExtremes` of each channel of audio fed in pieces of [samples] or [samples, channels]:
+    one lane for mono, two for stereo (more channels are mixed down to one lane)."""
+
+    def __init__(self) -> None:
+        self.lanes: list[ColumnExtremes] = []
+
+    def add(self, samples: np.ndarray) -> None:
+        samples = np.asarray(samples, dtype=np.float32)
+        channels = [samples] if samples.ndim == 1 else _lanes_of(samples)
+        if not self.lanes:
+            self.lanes = [ColumnExtremes() for _ in channels]
+        for lane, channel in zip(self.lanes, channels, strict=True):
+            lane.add(channel)
+
+    @property
+    def samples(self) -> int:
+        return self.lanes[0].samples if self.lanes else 0
+
+
+def _lanes_of(samples: np.ndarray) -> list[np.ndarray]:
+    """The signals of a [samples, channels] block to draw: each channel of mono or stereo audio, else
+    the mix."""
+    if samples.shape[1] in (1, len(LANE_NAMES)):
+        return [samples[:, channel] for channel in range(samples.shape[1])]
+    return [samples.mean(axis=1)]
+
+
 def _draw(
-    extremes: ColumnExtremes,
+    extremes: ChannelExtremes,
     sample_rate: int,
     parts: Sequence[MarkedPart],
     width: int,
@@ -154,15 +186,8 @@ def _draw(
             continue
         draw.rectangle((left, 0, right - 1, height - 1), fill=PART_COLOURS[index % len(PART_COLOURS)])
         column_colour[left:right] = [PART_WAVES[index % len(PART_WAVES)]] * (right - left)
-    lows, highs = extremes.columns(width)
-    peak = float(max(np.abs(lows).max(initial=0.0), np.abs(highs).max(initial=0.0)))
-    scale = (height / 2 - 4) / peak if peak > 1e-6 else 0.0
-    middle = height / 2
-    for column in range(width):
-        top = round(middle - highs[column] * scale)
-        bottom = round(middle - lows[column] * scale)
-        draw.line((column, top, column, max(bottom, top)), fill=column_colour[column])
     font = ImageFont.load_default()
+    _draw_lanes(draw, [lane.columns(width) for lane in extremes.lanes], column_colour, height, font)
     for part in parts:
         left = max(0, round(part.start_s / seconds * width))
         if left < width - 8:
@@ -176,6 +201,35 @@ def _draw(
     return buffer.getvalue()
 
 
+def _draw_lanes(
+    draw: ImageDraw.ImageDraw,
+    lanes: Sequence[tuple[np.ndarray, np.ndarray]],
+    column_colour: Sequence[tuple[int, int, int]],
+    height: int,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """Each lane's columns (lows, highs) in its own horizontal band, all to the loudest lane's scale."""
+    if not lanes:
+        return
+    peak = max(
+        float(max(np.abs(lows).max(initial=0.0), np.abs(highs).max(initial=0.0))) for lows, highs in lanes
+    )
+    lane_height = height / len(lanes)
+    scale = (lane_height / 2 - 4) / peak if peak > 1e-6 else 0.0
+    width = len(column_colour)
+    for index, (lows, highs) in enumerate(lanes):
+        middle = lane_height * (index + 0.5)
+        for column in range(width):
+            top = round(middle - highs[column] * scale)
+            bottom = round(middle - lows[column] * scale)
+            draw.line((column, top, column, max(bottom, top)), fill=column_colour[column])
+    if len(lanes) == len(LANE_NAMES):
+        divider = round(lane_height)
+        draw.line((0, divider, width - 1, divider), fill=LANE_DIVIDER)
+        for index, name in enumerate(LANE_NAMES):
+            draw.text((width - 10, round(lane_height * (index + 1)) - 13), name, fill=LABEL, font=font)
+
+
 def waveform_png(
     samples: np.ndarray,
     sample_rate: int,
@@ -184,9 +238,10 @@ def waveform_png(
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> bytes:
-    """The waveform of `samples` ([T] or [T, C]) as PNG bytes, each of `parts` shaded and labelled."""
-    extremes = ColumnExtremes()
-    extremes.add(samples.mean(axis=1) if samples.ndim == 2 else samples)
+    """The waveform of `samples` ([T] or [T, C]) as PNG bytes, each of `parts` shaded and labelled;
+    stereo audio is drawn as two lanes, left above right."""
+    extremes = ChannelExtremes()
+    extremes.add(samples)
     return _draw(extremes, sample_rate, parts, width, height)
 
 
@@ -197,12 +252,13 @@ def waveform_png_of_file(
     timeout_s: float = 30.0,
     max_seconds: float = 3600.0,
 ) -> bytes:
-    """The waveform picture of an audio file (any format ffmpeg decodes), summarised as it streams."""
-    extremes = ColumnExtremes()
+    """The waveform picture of an audio file (any format ffmpeg decodes), summarised as it streams;
+    a stereo file is drawn as two lanes, left above right."""
+    extremes = ChannelExtremes()
     with decode_slot():
         stream_audio_file(
             path,
-            lambda samples: extremes.add(samples.mean(axis=1)),
+            extremes.add,
             sample_rate=PICTURE_SAMPLE_RATE,
             timeout_s=timeout_s,
             max_seconds=max_seconds,

@@ -4,8 +4,10 @@ A stalled hub download, a CUDA hang or demucs on a long clip keeps a job 'runnin
 with one worker, stalls every server. Each job gets two limits:
 
 - a deadline from its size: `base_s` (model loading, a first download or conversion) plus
-  `per_audio_second_s` for every second of audio it makes or reads (continuation and melody clips
-  count up to 30 s), generous enough for the largest model on a CPU;
+  `per_audio_second_s` for every second of audio it makes or reads (a continuation's clip counts the
+  model's 30 s window; a melody counts 30 s for every window of the piece, each of which separates
+  and reads its own stretch of it), generous enough for the largest model on a CPU. A piece longer
+  than the window counts every second it makes: its windows are made one after the other;
 - once it has reported progress, a stall limit: no new step for `stall_s` means the decoding loop
   stopped (a step takes well under a second on a GPU, a few on a CPU).
 
@@ -25,7 +27,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from inference.request import MAX_DURATION_S, GenerationRequest
+from inference.request import GenerationRequest
+from inference.windows import DEFAULT_EXTEND_STRIDE_S, RELEASED_MODEL_WINDOW_S, window_count
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +40,23 @@ class DeadlinePolicy:
     base_s: float = 600.0
     per_audio_second_s: float = 60.0
     stall_s: float = 300.0
+    # `[engine] extend_stride_s`: how many windows a melody is read in.
+    extend_stride_s: float = DEFAULT_EXTEND_STRIDE_S
 
     def deadline_s(self, request: GenerationRequest) -> float:
         """How long `request` may run in all before its worker is presumed hung."""
         audio_s = float(request.duration)
         if request.input_audio is not None:
-            audio_s += MAX_DURATION_S  # the clip is decoded, trimmed and encoded (melody: demucs too)
+            audio_s += self.clip_seconds(request)
         return self.base_s + self.per_audio_second_s * audio_s
+
+    def clip_seconds(self, request: GenerationRequest) -> float:
+        """Seconds of its clip a job decodes, encodes or separates: a window's for a continuation (its
+        clip is shorter) and encode-decode, a window's per window of the piece for a melody (demucs
+        and the chroma run on each window's stretch of it)."""
+        if request.continuation or request.model_version == "encode-decode":
+            return RELEASED_MODEL_WINDOW_S
+        return RELEASED_MODEL_WINDOW_S * window_count(request.duration, stride_s=self.extend_stride_s)
 
 
 def seconds_text(seconds: float) -> str:

@@ -10,6 +10,11 @@ delivered. Channel posts carry a nonce that Discord enforces, so a retry after a
 transit returns the message already made instead of posting the music twice. A followup (an
 interaction webhook) cannot carry a nonce: before posting one again, the bot looks for its own
 message for that job in the channel.
+
+The takes of one request (`/generate takes:N`) are posted in one message (`post_takes`): every
+take's audio and waveform picture (at most 4 + 4 of Discord's 10 files), one embed each, and the
+buttons of each take. Their audio shares what one message may carry: a WAV over its share is
+re-encoded as MP3, as a single result over the upload limit is.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from bot.pipeline.discord_faults import (
     retry_transient,
 )
 from bot.pipeline.status_message import is_dead_token_error
-from bot.replies import clip_text, escape_member_text, fit_embed
+from bot.replies import CONTENT_LIMIT, EMBED_TOTAL_LIMIT, clip_text, escape_member_text, fit_embed
 from bot.storage.jobs import Job
 from inference.protocol import GenerationResult
 
@@ -44,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 # Discord's default upload limit per file (boosted guilds allow more; interactions tell us theirs).
 DEFAULT_UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
+# Discord refuses a request over 25 MiB, whatever the per-file limit: the takes' files share it.
+REQUEST_LIMIT_BYTES = 25 * 1024 * 1024
+# Room left in a request for its JSON and the multipart framing around the files.
+REQUEST_OVERHEAD_BYTES = 64 * 1024
 EMBED_COLOUR = discord.Colour.blurple()
 # Pauses between attempts to post a result (so len + 1 attempts): a blip passes, an outage is reported.
 RESULT_RETRY_DELAYS_S = (1.0, 4.0, 10.0)
@@ -57,6 +66,14 @@ _FIELDS_SHOWN_SEPARATELY = {"model_version", "prompt", "duration", "seed", "inpu
 class PostedResult:
     message_id: int
     posted_format: str  # "wav", "mp3", or "none" when no file fitted
+
+
+@dataclass(frozen=True)
+class PostedTakes:
+    """The one message that carries a request's takes, and the format each take was posted in."""
+
+    message_id: int
+    posted_formats: dict[int, str]  # by job id, as `PostedResult.posted_format`
 
 
 # Posts a job its own way and returns what it posted, or None when the job is not one of its own.
@@ -77,9 +94,14 @@ class _Post:
     followup_tried: bool = field(default=False, init=False)
 
 
+def is_embed_of(embed: discord.Embed, job_id: int) -> bool:
+    """The embed is job `job_id`'s: its footer starts with "Job #N " (one per take in a message of takes)."""
+    return (embed.footer.text or "").startswith(f"Job #{job_id} ")
+
+
 def is_result_of(message: discord.Message, job_id: int) -> bool:
-    """The message carries job `job_id`'s result: its embed's footer starts with "Job #N "."""
-    return any((embed.footer.text or "").startswith(f"Job #{job_id} ") for embed in message.embeds)
+    """The message carries job `job_id`'s result: one of its embeds is the job's."""
+    return any(is_embed_of(embed, job_id) for embed in message.embeds)
 
 
 def describe_size(size_bytes: int) -> str:
@@ -129,6 +151,39 @@ def result_embed(job: Job, result: GenerationResult) -> discord.Embed:
     return fit_embed(embed)
 
 
+def take_embed(job: Job, result: GenerationResult, *, first: bool) -> discord.Embed:
+    """A take's embed in the takes' message: the first one made says everything (as a result's
+    embed does) and which take it is; each later one only which take, its seed and its length."""
+    assert job.take is not None
+    take = f"{job.take.number} of {job.take.count}"
+    if first:
+        embed = result_embed(job, result)
+        embed.insert_field_at(3, name="Take", value=take)
+        return embed
+    embed = discord.Embed(title=f"Take {take}", colour=EMBED_COLOUR)
+    embed.add_field(name="Seed", value=f"`{result.seed}`")
+    embed.add_field(name="Duration", value=f"{result.duration_s:.1f} s")
+    embed.set_footer(text=f"Job #{job.id} · /replay {job.id} makes it again")
+    return embed
+
+
+def fit_embeds_together(embeds: list[discord.Embed]) -> list[discord.Embed]:
+    """Discord's 6000 characters count over all of a message's embeds: the first (the only long
+    one) gives way, its description first and then its last fields, so the later ones survive whole."""
+    first, later = embeds[0], embeds[1:]
+    room = EMBED_TOTAL_LIMIT - sum(len(embed) for embed in later)
+    if len(first) > room:
+        first.description = None
+    while len(first) > room and first.fields:
+        first.remove_field(len(first.fields) - 1)
+    return embeds
+
+
+def _file_size(file: tuple[Path | bytes, str]) -> int:
+    source = file[0]
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
+
+
 class ResultPoster:
     """Posts results and failure notices, by followup while possible, else in the channel."""
 
@@ -140,8 +195,9 @@ class ResultPoster:
         timeouts: DiscordTimeouts = DISCORD_TIMEOUTS,
     ) -> None:
         self._client = client
-        # The buttons under every result (set by the cog that answers them).
+        # The buttons under every result, and under a request's takes (set by the cog that answers them).
         self.view_for: Callable[[Job], discord.ui.View] | None = None
+        self.takes_view_for: Callable[[list[Job]], discord.ui.View] | None = None
         # The feature that posts some jobs its own way (a jam turn, in its thread; set by its cog).
         self.own_way: OwnWayPost | None = None
         self.retry_delays_s = retry_delays_s
@@ -158,12 +214,18 @@ class ResultPoster:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT_BYTES
 
     async def choose_file(
-        self, job: Job, result: GenerationResult, limit: int
+        self,
+        job: Job,
+        result: GenerationResult,
+        limit: int,
+        *,
+        limit_name: str = "this server's upload limit",
     ) -> tuple[Path | None, str, str]:
         """The file to attach, its format, and a note for the message (why it is MP3, or why there is none).
 
         A WAV over the limit becomes an MP3 at the best bitrate that fits; the whole piece of a
-        continuation that fits in no format is replaced by its new seconds alone.
+        continuation that fits in no format is replaced by its new seconds alone. `limit_name` says
+        in the note what the limit is.
         """
         path = Path(result.output_path)
         size = path.stat().st_size
@@ -177,7 +239,7 @@ class ResultPoster:
                 fitted.path,
                 fitted.format,
                 (
-                    f"The WAV ({describe_size(size)}) is over this server's upload limit "
+                    f"The WAV ({describe_size(size)}) is over {limit_name} "
                     f"({describe_size(limit)}), so here it is as MP3 ({fitted.bitrate_kbps} kbit/s)."
                 ),
             )
@@ -189,7 +251,7 @@ class ResultPoster:
                     fitted.path,
                     fitted.format,
                     (
-                        f"The whole piece ({result.duration_s:.0f} s) does not fit this server's upload limit "
+                        f"The whole piece ({result.duration_s:.0f} s) does not fit {limit_name} "
                         f"({describe_size(limit)}) even as MP3, so here is only the new part ({job.request.duration} s)."
                     ),
                 )
@@ -197,7 +259,7 @@ class ResultPoster:
             None,
             "none",
             (
-                f"The result ({describe_size(size)}) is over this server's upload limit ({describe_size(limit)}), "
+                f"The result ({describe_size(size)}) is over {limit_name} ({describe_size(limit)}), "
                 "so I could not attach it. Try a shorter duration or output_format mp3."
             ),
         )
@@ -266,6 +328,92 @@ class ResultPoster:
             what=f"job {job.id}: posting the result",
         )
         return PostedResult(sent.id, posted_format)
+
+    async def post_takes(
+        self,
+        made: list[tuple[Job, GenerationResult]],
+        missing: list[str],
+        interaction: discord.Interaction | None,
+    ) -> PostedTakes:
+        """Post the takes made of one request (in take order) in one message; `missing`: a line for
+        each take that was not made. Network faults are retried as for one result."""
+        lead = made[0][0]
+        take = lead.take
+        assert take is not None
+        pictures = [await self.picture(job, result) for job, result in made]
+        files, formats, notes = await self._takes_files(made, pictures, self.upload_limit(lead, interaction))
+        embeds = []
+        for index, ((job, result), picture) in enumerate(zip(made, pictures, strict=True)):
+            embed = take_embed(job, result, first=index == 0)
+            if picture is not None:
+                embed.set_image(url=f"attachment://musicgen-{job.id}.png")
+            embeds.append(embed)
+        embeds = fit_embeds_together(embeds)
+        jobs = [job for job, _ in made]
+
+        def message(content: str) -> dict[str, Any]:
+            kwargs: dict[str, Any] = {
+                "content": clip_text("\n".join([content, *missing, *notes]), CONTENT_LIMIT),
+                "embeds": embeds,
+                "allowed_mentions": discord.AllowedMentions(users=[discord.Object(lead.user_id)]),
+            }
+            if files:
+                # A discord.File is consumed by one upload: fresh ones per attempt.
+                kwargs["files"] = [
+                    discord.File(io.BytesIO(source) if isinstance(source, bytes) else source, filename=name)
+                    for source, name in files
+                ]
+            if self.takes_view_for is not None:
+                kwargs["view"] = self.takes_view_for(jobs)
+            return kwargs
+
+        def channel_message() -> dict[str, Any]:
+            # Discord returns the message this nonce already made (a retry whose answer was lost).
+            return {
+                **message(f"<@{lead.user_id}> your {take.count} takes (jobs {take.span}) are ready."),
+                "nonce": f"takes-{take.group}",
+            }
+
+        post = _Post(
+            followup=lambda: message(f"<@{lead.user_id}> your {take.count} takes are ready."),
+            channel=channel_message,
+            timeout_s=self.timeouts.for_upload(sum(_file_size(file) for file in files)),
+            is_ours=lambda found: is_result_of(found, lead.id),
+        )
+        sent = await retry_transient(
+            lambda: self._send(lead, interaction, post),
+            delays_s=self.retry_delays_s,
+            what=f"jobs {take.span}: posting the takes",
+        )
+        return PostedTakes(sent.id, formats)
+
+    async def _takes_files(
+        self, made: list[tuple[Job, GenerationResult]], pictures: list[bytes | None], limit: int
+    ) -> tuple[list[tuple[Path | bytes, str]], dict[int, str], list[str]]:
+        """Each take's audio (within its share of one message) and picture, as (path or bytes,
+        filename) pairs; the format each take is posted in; a note for each re-encoded one."""
+        room = REQUEST_LIMIT_BYTES - REQUEST_OVERHEAD_BYTES - sum(len(picture or b"") for picture in pictures)
+        share = min(limit, room // len(made))
+        shared = share < limit
+        files: list[tuple[Path | bytes, str]] = []
+        formats: dict[int, str] = {}
+        notes: list[str] = []
+        for (job, result), picture in zip(made, pictures, strict=True):
+            assert job.take is not None
+            path, posted_format, note = await self.choose_file(
+                job,
+                result,
+                share,
+                limit_name="each take's share of one message" if shared else "this server's upload limit",
+            )
+            formats[job.id] = posted_format
+            if note:
+                notes.append(f"Take {job.take.number}: {note}")
+            if path is not None:
+                files.append((path, f"musicgen-{job.id}.{posted_format}"))
+            if picture is not None:
+                files.append((picture, f"musicgen-{job.id}.png"))
+        return files, formats, notes
 
     async def post_failure(
         self, job: Job, text: str, interaction: discord.Interaction | None, *, ephemeral: bool

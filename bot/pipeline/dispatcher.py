@@ -10,7 +10,9 @@ as a new batch). A worker crash under several jobs puts each of them back to run
 past its deadline, or stops making progress, has its worker killed by the watchdog
 (`bot/pipeline/deadlines.py`) and is then retried or failed as after a crash (`bot/pipeline/retries.py`),
 with a "took too long" message. When a job has ended, the dispatcher says so through `on_job_ended`
-(the bot turns it into a `job_ended` event, which moves a jam on).
+(the bot turns it into a `job_ended` event, which moves a jam on). The takes of one request are
+queued together (to share a batch) and posted together once every one of them has ended
+(`bot/pipeline/takes.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import discord
 
+from bot.pipeline import takes as take_texts
 from bot.pipeline.deadlines import JobWatchdog
 from bot.pipeline.delivery import ResultPoster
 from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
@@ -32,14 +35,16 @@ from bot.pipeline.scheduler import FairScheduler, ScheduledJob
 from bot.pipeline.status_board import StatusBoard
 from bot.pipeline.status_message import ProgressClock
 from bot.pipeline.supervision import keep_running
+from bot.pipeline.takes import TakeGroups
 from bot.pipeline.worker_batches import WorkerBatch, WorkerBatches
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
-from bot.storage.jobs import Job, JobStatus
+from bot.storage.jobs import Job, JobStatus, Take
 from bot.storage.patience import PatientJobStore
 from inference.backends.base import InferenceBackend, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
 from inference.protocol import GenerationResult
-from inference.request import MAX_DURATION_S, GenerationRequest, RequestError, batch_key
+from inference.request import GenerationRequest, RequestError, batch_key
+from inference.windows import RELEASED_MODEL_WINDOW_S
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +74,19 @@ def scheduled(job: Job) -> ScheduledJob:
         job.user_id,
         batch_key=batch_key(job.request),
         audio_seconds=audio_seconds(job.request),
+        group=job.take.group if job.take is not None else None,
     )
 
 
 def audio_seconds(request: GenerationRequest) -> float:
-    """Seconds of audio a job makes, for the batch budget (a continuation's clip counts, up to the cap)."""
-    return float(MAX_DURATION_S if request.continuation else request.duration)
+    """Seconds of audio a job holds in the decoder at once, for the batch budget (the decoder's memory):
+    its length up to the model's 30 s window (a longer piece is made one window at a time, each
+    prompted with the end of the one before), and a whole window for a continuation (its clip and
+    new seconds). Its time on the worker is counted by its deadline, for every second it makes."""
+    if request.continuation:
+        return RELEASED_MODEL_WINDOW_S  # the clip and the new seconds: a window's worth at most at once
+    # A piece longer than the window is made one window at a time: only that window is in the decoder.
+    return float(min(request.duration, RELEASED_MODEL_WINDOW_S))
 
 
 def cancelled_text(job_id: int) -> str:
@@ -152,6 +164,8 @@ class JobDispatcher:
         self.on_job_ended = on_job_ended
         self.retries = RetryPolicy(options.job_retries)
         self.board = StatusBoard(poster, store, interval_s=options.progress_interval_s)
+        # The takes of each request, held until all of them have ended.
+        self.takes = TakeGroups()
         self.workers = WorkerBatches(slots=options.worker_slots, batch_wait_s=options.batch_wait_s)
         # One task per batch on the workers, and one per group of jobs joining one.
         self._batches: set[asyncio.Task[None]] = set()
@@ -185,6 +199,9 @@ class JobDispatcher:
             for task in still_running:
                 # Left 'running' in the database: the next start retries it.
                 task.cancel()
+        for job, _ in self.takes.held():
+            # Made, but waiting for its request's other takes: made again after the restart.
+            await self.store.requeue(job.id, error="interrupted by a shutdown", refund_attempt=True)
         await self.board.close()
 
     def pause(self) -> None:
@@ -204,6 +221,7 @@ class JobDispatcher:
         resumed = 0
         for job in await self.store.pending():
             self.board.follow(job, None, status_message_id=job.status_message_id)
+            self.takes.follow(job)
             if job.status is JobStatus.RUNNING:
                 verdict = self.retries.after_restart(job)
                 if isinstance(verdict, GiveUp):
@@ -229,6 +247,7 @@ class JobDispatcher:
         bot posted in the job's channel, edited through the channel.
         """
         self.board.follow(job, interaction, status_message_id=status_message_id)
+        self.takes.follow(job)
         self.scheduler.enqueue(scheduled(job))
         self.workers.arrived(job.id)
         self._refresh_positions()
@@ -238,8 +257,11 @@ class JobDispatcher:
         """Cancel a queued or running job; False if it is neither."""
         if self.scheduler.cancel(job_id):
             await self.store.mark_cancelled(job_id)
-            await self.board.finish(job_id, cancelled_text(job_id))
-            self._forget(job_id)
+            if (take := self.takes.take_of(job_id)) is not None:
+                await self._take_ended(job_id, take)
+            else:
+                await self.board.finish(job_id, cancelled_text(job_id))
+                self._forget(job_id)
             self._refresh_positions()
             return True
         if self.scheduler.is_running(job_id):
@@ -435,6 +457,9 @@ class JobDispatcher:
             return
         self._cancel_requested.discard(job.id)
         await self.store.mark_cancelled(job.id)
+        if job.take is not None:
+            await self._take_ended(job.id, job.take)
+            return
         await self.board.finish(job.id, cancelled_text(job.id))
         self._forget(job.id)
 
@@ -474,6 +499,10 @@ class JobDispatcher:
         interaction = self.board.interaction(job.id)
         if self.prepare_result is not None:
             result = await self.prepare_result(job, result)
+        if job.take is not None:
+            self.takes.hold(job, result)
+            await self._take_ended(job.id, job.take)
+            return
         # The status message is finished first: until the deferred response has been edited once,
         # a followup would replace it instead of arriving as a new message.
         await self.board.finish(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
@@ -503,8 +532,62 @@ class JobDispatcher:
         """
         # An ephemeral reason is a request the member can fix: the one failure that is their fault.
         await self.store.mark_failed(job.id, message, by_member=ephemeral)
+        if job.take is not None:
+            await self._take_ended(job.id, job.take)
+            return
         await self.board.report_failure(job, message, ephemeral=ephemeral)
         self._forget(job.id)
+
+    # -- takes ----------------------------------------------------------------------------------
+    async def _take_ended(self, job_id: int, take: Take) -> None:
+        """A take has ended (made, failed or cancelled; its row says so): once every take of its
+        request has, the ones made are posted together."""
+        if self.takes.ended(job_id, take):
+            await self._post_takes(take)
+
+    async def _post_takes(self, take: Take) -> None:
+        """Post a request's takes in one message, name the ones not made, and forget them all."""
+        made, followed = self.takes.release(take.group)
+        try:
+            rows = await self.store.takes_of(take.group)
+            in_order = take_texts.made_in_order(rows, made)
+            if in_order:
+                await self._deliver_takes(take, in_order, take_texts.missing_lines(rows, made))
+            elif take_texts.all_cancelled(rows):
+                await self.board.finish(take.group, take_texts.cancelled_text(take))
+            else:
+                text, ephemeral = take_texts.failure_text(take, rows)
+                await self.board.report_failure(rows[0], text, ephemeral=ephemeral)
+        finally:
+            for job_id in sorted(followed):
+                self._forget(job_id)
+
+    async def _deliver_takes(
+        self, take: Take, made: list[tuple[Job, GenerationResult]], missing: list[str]
+    ) -> None:
+        interaction = next(
+            (found for job_id in take.job_ids if (found := self.board.interaction(job_id)) is not None), None
+        )
+        # As for one job: the status message is finished first, so that the post is a message of its own.
+        await self.board.finish(take.group, take_texts.done_text(take, made))
+        try:
+            posted = await self.poster.post_takes(made, missing, interaction)
+        except DISCORD_REQUEST_ERRORS as error:
+            logger.error("jobs %s: could not post the takes: %s", take.span, describe_fault(error))
+            for job, result in made:
+                await self.store.mark_failed(
+                    job.id, f"could not post the result: {error}", output_path=result.output_path
+                )
+            await self.board.finish(take.group, undeliverable_text(made[0][0].id, error))
+            return
+        for job, result in made:
+            await self.store.mark_done(
+                job.id,
+                output_path=result.output_path,
+                seed=result.seed,
+                posted_format=posted.posted_formats[job.id],
+                result_message_id=posted.message_id,
+            )
 
     def _refresh_positions(self) -> None:
         self.board.show_positions(self.scheduler.queued_in_order())

@@ -96,7 +96,8 @@ class RetryPolicy:
 
     def label(self, job: Job) -> str:
         """How the job's status message names this run of it: "Job #N", and why it is another try."""
-        label = f"Job #{job.id}"
+        # The takes of a request share one status message, the first take's: it names them all.
+        label = f"Job #{job.id}" if job.take is None else f"Jobs {job.take.span} ({job.take.count} takes)"
         reason = self._reasons.get(job.id)
         if job.attempts > 1:
             label += f" (second try: {reason or 'the first was interrupted'})"

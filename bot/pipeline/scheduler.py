@@ -10,6 +10,11 @@ jobs after it in that order join while they can share its batch (same batch key)
 A job that cannot join is passed over: it waits for the next batch, at the front of the line, and
 is never passed over a second time (a batch stops growing rather than skip it again). So fairness
 holds when counted in batches: nobody waits longer than one batch for being different.
+
+The takes of one request (`/generate takes:N`, one `group`) were asked for together: they are served
+in one turn of their guild and join a batch together or not at all, so they run as one batch
+wherever the batch's size and audio budget leave room for all of them. Only takes that could never
+share one batch (more than `max_jobs`, or over the audio budget together) are split, in order.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class ScheduledJob:
     batch_key: Hashable | None = None
     # Seconds of audio the job generates: its share of a batch's budget.
     audio_seconds: float = 0.0
+    # The takes of one request share a group (the first take's job id); None: a job asked for alone.
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,16 @@ class FairScheduler:
         if self.runs_alone(first):
             return [first]
         assert first.batch_key is not None
-        joined = self._grow(first.batch_key, 1, first.audio_seconds, order[1:], limits, mark_passed_over)
+        # The first job's own takes, next to it in the order, come with it: as many as fit.
+        joined = self._grow(
+            first.batch_key,
+            1,
+            first.audio_seconds,
+            order[1:],
+            limits,
+            mark_passed_over,
+            lead_group=first.group,
+        )
         return [first, *joined]
 
     def _grow(
@@ -185,33 +201,63 @@ class FairScheduler:
         candidates: list[ScheduledJob],
         limits: BatchLimits,
         mark_passed_over: bool = True,
+        *,
+        lead_group: int | None = None,
     ) -> list[ScheduledJob]:
         """The candidates, in order, that join a batch of `size` jobs with this key; marks the jobs they
-        pass over (skipped before one that joins), and stops rather than pass one over twice."""
+        pass over (skipped before one that joins), and stops rather than pass one over twice.
+
+        The takes of one request join together or not at all, unless they are the rest of the batch's
+        first request (`lead_group`) or could never share a batch: then as many as fit join, and the
+        others go first in the next batch.
+        """
         joined: list[ScheduledJob] = []
         skipped: list[ScheduledJob] = []
         passed_over: list[ScheduledJob] = []
-        for candidate in candidates:
+        for unit in _units(candidates):
             if size + len(joined) >= limits.max_jobs:
                 break
-            joined_longest = max(longest, candidate.audio_seconds)
-            if (
-                candidate.batch_key == batch_key
-                and candidate.job_id not in self._retried
-                and limits.fits(size + len(joined) + 1, joined_longest)
-            ):
-                joined.append(candidate)
-                longest = joined_longest
+            fitting = self._fitting(unit, batch_key, size + len(joined), longest, limits)
+            may_split = unit[0].group is not None and (
+                unit[0].group == lead_group or not _fits_in_one_batch(unit, limits)
+            )
+            if fitting and (len(fitting) == len(unit) or may_split):
+                joined.extend(fitting)
+                longest = max([longest, *(job.audio_seconds for job in fitting)])
                 # Only the jobs skipped before one that joins are passed over (the rest just wait).
                 passed_over.extend(skipped)
                 skipped.clear()
-            elif candidate.job_id in self._passed_over:
+                if len(fitting) < len(unit):
+                    passed_over.extend(unit[len(fitting) :])  # the rest of these takes go next
+                    break
+            elif any(job.job_id in self._passed_over for job in unit):
                 break  # taking anything after it would pass it over a second time
             else:
-                skipped.append(candidate)
+                skipped.extend(unit)
         if mark_passed_over:
             self._passed_over.update(job.job_id for job in passed_over)
         return joined
+
+    def _fitting(
+        self,
+        unit: list[ScheduledJob],
+        batch_key: Hashable,
+        size: int,
+        longest: float,
+        limits: BatchLimits,
+    ) -> list[ScheduledJob]:
+        """The leading jobs of `unit` that can join a batch of `size` jobs with this key."""
+        fitting: list[ScheduledJob] = []
+        for job in unit:
+            longest = max(longest, job.audio_seconds)
+            if (
+                job.batch_key != batch_key
+                or job.job_id in self._retried
+                or not limits.fits(size + len(fitting) + 1, longest)
+            ):
+                break
+            fitting.append(job)
+        return fitting
 
     def _take(self, batch: list[ScheduledJob]) -> list[ScheduledJob]:
         """Move planned jobs from their queues to running, each guild counted as served in turn."""
@@ -259,7 +305,11 @@ class FairScheduler:
         order: list[ScheduledJob] = []
         turn = 0
         while (guild_id := self._next_guild(queues, last_served)) is not None:
-            order.append(queues[guild_id].popleft())
+            head = queues[guild_id].popleft()
+            order.append(head)
+            # The takes of one request were asked for together: they are served in one turn.
+            while head.group is not None and queues[guild_id] and queues[guild_id][0].group == head.group:
+                order.append(queues[guild_id].popleft())
             # Later than every real turn so far: simulated turns only compare among themselves.
             last_served[guild_id] = (1 << 62) + turn
             turn += 1
@@ -305,3 +355,18 @@ class FairScheduler:
     def _pending_in_guild(self, guild_id: int) -> list[ScheduledJob]:
         running = [job for job in self._running.values() if job.guild_id == guild_id]
         return running + list(self._queues.get(guild_id, ()))
+
+
+def _units(jobs: list[ScheduledJob]) -> list[list[ScheduledJob]]:
+    """`jobs` in order, with the takes of one request (next to each other, as queued) as one unit."""
+    units: list[list[ScheduledJob]] = []
+    for job in jobs:
+        if units and job.group is not None and units[-1][-1].group == job.group:
+            units[-1].append(job)
+        else:
+            units.append([job])
+    return units
+
+
+def _fits_in_one_batch(unit: list[ScheduledJob], limits: BatchLimits) -> bool:
+    return limits.fits(len(unit), max(job.audio_seconds for job in unit))

@@ -3,7 +3,8 @@ while the token lives, and its progress for /queue.
 
 Interaction tokens are credentials that live 15 minutes: they are kept in memory only, never in the
 database. A job asked for without one (a reply that mentions the bot, a jam turn) or resumed after a
-restart has its status message edited through its channel.
+restart has its status message edited through its channel. The takes of one request share one
+status message, their first take's, which speaks for all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import discord
 from bot.pipeline.delivery import ResultPoster
 from bot.pipeline.scheduler import ScheduledJob
 from bot.pipeline.status_message import StatusMessage
-from bot.storage.jobs import Job
+from bot.storage.jobs import Job, Take
 from bot.storage.patience import PatientJobStore
 
 
@@ -29,12 +30,24 @@ class StatusBoard:
         self._interactions: dict[int, discord.Interaction] = {}
         self._status: dict[int, StatusMessage] = {}
         self._progress: dict[int, str] = {}
+        # The first take of a request of several: its status message names them all...
+        self._takes: dict[int, Take] = {}
+        # ... and the later takes show their progress on it (by job id: the first take's).
+        self._lead_of: dict[int, int] = {}
 
     def follow(
         self, job: Job, interaction: discord.Interaction | None, *, status_message_id: int | None
     ) -> None:
         """Start showing a job: through its interaction, else by editing `status_message_id` (a message
-        the bot posted in the job's channel), else nowhere."""
+        the bot posted in the job's channel), else nowhere. A take after the first shows nothing of
+        its own (its interaction is kept, for the takes' post)."""
+        if job.take is not None:
+            if job.take.number > 1:
+                self._lead_of[job.id] = job.take.group
+                if interaction is not None:
+                    self._interactions[job.id] = interaction
+                return
+            self._takes[job.id] = job.take
         if interaction is not None:
             self._interactions[job.id] = interaction
             self._status[job.id] = self._status_message(
@@ -66,8 +79,14 @@ class StatusBoard:
         return self._interactions.get(job_id)
 
     def show(self, job_id: int, text: str) -> None:
-        """The job's status message reads `text` soon (throttled; a later text replaces it)."""
+        """The job's status message reads `text` soon (throttled; a later text replaces it).
+
+        A later take's texts (its progress, a retry) go to its request's status message: they name
+        the takes as the first take's do, and whichever take runs moves the bar.
+        """
         status = self._status.get(job_id)
+        if status is None and job_id in self._lead_of:
+            status = self._status.get(self._lead_of[job_id])
         if status is not None:
             status.show(text)
 
@@ -94,7 +113,10 @@ class StatusBoard:
             status = self._status.get(job_id)
             if status is None:
                 continue
-            if status.via_token:
+            take = self._takes.get(job_id)
+            if take is not None:
+                status.show(takes_queued_text(take, position, via_token=status.via_token))
+            elif status.via_token:
                 ahead = "next in line" if position == 1 else f"position {position} in line"
                 status.show(f"🎼 Job #{job_id} is queued: {ahead}. `/cancel {job_id}` cancels it.")
             else:
@@ -124,8 +146,23 @@ class StatusBoard:
         """The job has ended: nothing more is shown of it."""
         self._interactions.pop(job_id, None)
         self._status.pop(job_id, None)
+        self._takes.pop(job_id, None)
+        self._lead_of.pop(job_id, None)
 
     async def close(self) -> None:
         """Stop every status message's edits (the bot is shutting down)."""
         for status in list(self._status.values()):
             await status.close()
+
+
+def takes_queued_text(take: Take, position: int, *, via_token: bool) -> str:
+    """The status message of a request's takes while its first take waits (as for one job: its place
+    while the token lives, else a text that stays true until it starts)."""
+    if via_token:
+        where = "next in line" if position == 1 else f"position {position} in line"
+    else:
+        where = "`/queue` shows their place"
+    return (
+        f"🎼 Jobs {take.span} ({take.count} takes) are queued: {where}. "
+        "`/cancel` with one of their numbers cancels that take."
+    )

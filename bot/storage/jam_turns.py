@@ -30,15 +30,13 @@ from bot.continuation import continuation_request
 from bot.replies import shown_member_text
 from bot.storage.jams import Jam, JamState, JamTurn, TurnStatus
 from bot.storage.jobs import ContinuationSource, JobOrigin, JobStatus
-from inference.request import MAX_DURATION_S, MIN_DURATION_S, GenerationRequest, RequestError
+from inference.request import MIN_DURATION_S, GenerationRequest, RequestError
 
 if TYPE_CHECKING:
     from bot.app import MusicGenBot
 
 logger = logging.getLogger(__name__)
 
-# A turn leaves the model room for at least one second of the piece to continue from.
-MAX_TURN_SECONDS = MAX_DURATION_S - 1
 # How long /jam end waits for a turn it cancelled to stop before posting the final piece.
 CANCEL_WAIT_S = 60.0
 
@@ -136,11 +134,11 @@ class JamTurns:
         whose gates `/jam start` checked before it opened the thread.
         """
         async with self.work.counted():
-            if not MIN_DURATION_S <= seconds <= MAX_TURN_SECONDS:
-                raise RequestError(
-                    f"A turn adds {MIN_DURATION_S} to {MAX_TURN_SECONDS} s (the model keeps a little of the "
-                    "piece to continue from)."
-                )
+            # Like any continuation, a turn adds up to `[limits] max_duration_s` (past the model's
+            # window, window by window); the jam's own limit is the room left in its piece.
+            most = self.bot.config.limits.max_duration_s
+            if not MIN_DURATION_S <= seconds <= most:
+                raise RequestError(f"A turn adds {MIN_DURATION_S} to {most} s.")
             async with self._locks[jam.id]:
                 state = await self.store.state(jam.id)
                 self.check_room(state, seconds)
@@ -278,25 +276,24 @@ class JamTurns:
         self, state: JamState, turn: JamTurn
     ) -> tuple[GenerationRequest, ContinuationSource | None]:
         """The opening turn is a text job; every later one continues the tail of the piece so far."""
-        jam = state.jam
+        jam, limits = state.jam, self.bot.config.limits
         prompt = turn.prompt or jam.prompt
         if state.piece_path is None:
             request = GenerationRequest(
                 model_version=jam.model_version,  # type: ignore[arg-type]
                 prompt=prompt,
                 duration=turn.seconds,
-            ).validate()
+            ).validate(max_duration_s=limits.max_duration_s)
             return request, None
         check_piece_present(state)
-        window = context_window(
-            state.piece_seconds, turn.seconds, self.bot.config.limits.continuation_context_s
-        )
+        window = context_window(state.piece_seconds, limits.continuation_context_s)
         request = continuation_request(
             model_version=jam.model_version,
             prompt=prompt,
             source_path=Path(state.piece_path),
             seconds=turn.seconds,
             window=window,
+            max_seconds=limits.max_duration_s,
         )
         previous = await self.bot.jobs.get(state.done[-1].job_id or 0)
         continues = ContinuationSource(

@@ -1,15 +1,18 @@
 """Generation jobs as rows in SQLite: creation, status changes, lookups.
 
-A job is inserted (status 'queued') before the scheduler sees it. Every status change is one UPDATE
+A job is inserted (status 'queued') before the scheduler sees it; the takes of one request
+(`/generate takes:N`) are N rows inserted in one transaction. Every status change is one UPDATE
 statement committed on its own, guarded by the status it expects to move from, so a row is never
 half-written and two parties (a /cancel and the dispatcher) cannot both win.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +60,27 @@ class ContinuationSource:
 
 
 @dataclass(frozen=True)
+class Take:
+    """One of the takes of a request (`/generate takes:N`): a job of its own, posted with the others.
+
+    The takes' job ids follow each other: `group` (the first take's) to `group + count - 1`.
+    """
+
+    group: int
+    number: int
+    count: int
+
+    @property
+    def job_ids(self) -> range:
+        return range(self.group, self.group + self.count)
+
+    @property
+    def span(self) -> str:
+        """The takes' job numbers as members read them: "#12–#14"."""
+        return f"#{self.group}–#{self.group + self.count - 1}"
+
+
+@dataclass(frozen=True)
 class Job:
     """One row of the jobs table."""
 
@@ -81,6 +105,10 @@ class Job:
     started_at: float | None
     finished_at: float | None
     continues: ContinuationSource | None = None
+    # One of several takes of one request (None: a job made alone).
+    take: Take | None = None
+    # Whose fault a failed job was: "member" or "bot" (None: not failed, or failed before V6).
+    failed_by: str | None = None
 
     @property
     def is_pending(self) -> bool:
@@ -94,6 +122,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
+        columns = row.keys()
         return record_from_row(
             cls,
             row,
@@ -110,11 +139,51 @@ class Job:
                 context_start_s=row["context_start_s"],
                 context_s=row["context_s"],
             ),
+            take=None
+            if "take_group" not in columns or row["take_group"] is None
+            else Take(group=row["take_group"], number=row["take_number"], count=row["take_count"]),
+            failed_by=row["failed_by"] if "failed_by" in columns else None,
         )
 
 
 # Every field of the request is stored in the column of the same name (and the whole request as JSON).
 _REQUEST_COLUMNS = tuple(field.name for field in dataclasses.fields(GenerationRequest))
+
+
+def _row_fields(
+    origin: JobOrigin,
+    request: GenerationRequest,
+    *,
+    seed_was_random: bool,
+    input_audio_filename: str | None,
+    replay_of: int | None = None,
+    status_message_id: int | None = None,
+) -> dict[str, Any]:
+    """The columns of a new queued job's row (the request must carry its concrete seed)."""
+    if request.seed is None:
+        raise ValueError("a job's request must carry the seed it will run with")
+    fields: dict[str, Any] = {name: getattr(request, name) for name in _REQUEST_COLUMNS}
+    fields.update(
+        status=JobStatus.QUEUED.value,
+        guild_id=origin.guild_id,
+        channel_id=origin.channel_id,
+        user_id=origin.user_id,
+        application_id=origin.application_id,
+        interaction_id=origin.interaction_id,
+        replay_of=replay_of,
+        status_message_id=status_message_id,
+        input_audio_filename=input_audio_filename,
+        seed_was_random=seed_was_random,
+        request_json=json.dumps(request.to_dict()),
+        created_at=time.time(),
+    )
+    return fields
+
+
+def _insert_statement(fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    columns = ", ".join(fields)
+    placeholders = ", ".join("?" for _ in fields)
+    return f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", tuple(fields.values())
 
 
 class JobStore:
@@ -139,22 +208,13 @@ class JobStore:
         `status_message_id`: a status message posted already (a jam turn's), recorded in the same
         write, so a database that locks up in between cannot leave a row that does not know it.
         """
-        if request.seed is None:
-            raise ValueError("a job's request must carry the seed it will run with")
-        fields: dict[str, Any] = {name: getattr(request, name) for name in _REQUEST_COLUMNS}
-        fields.update(
-            status=JobStatus.QUEUED.value,
-            guild_id=origin.guild_id,
-            channel_id=origin.channel_id,
-            user_id=origin.user_id,
-            application_id=origin.application_id,
-            interaction_id=origin.interaction_id,
+        fields = _row_fields(
+            origin,
+            request,
+            seed_was_random=seed_was_random,
+            input_audio_filename=input_audio_filename,
             replay_of=replay_of,
             status_message_id=status_message_id,
-            input_audio_filename=input_audio_filename,
-            seed_was_random=seed_was_random,
-            request_json=json.dumps(request.to_dict()),
-            created_at=time.time(),
         )
         if continues is not None:
             fields.update(
@@ -164,14 +224,43 @@ class JobStore:
                 context_start_s=continues.context_start_s,
                 context_s=continues.context_s,
             )
-        columns = ", ".join(fields)
-        placeholders = ", ".join("?" for _ in fields)
-        job_id = await self._insert(
-            f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", tuple(fields.values())
-        )
+        job_id = await self._insert(*_insert_statement(fields))
         job = await self.get(job_id)
         assert job is not None
         return job
+
+    async def create_takes(
+        self,
+        origin: JobOrigin,
+        requests: list[GenerationRequest],
+        *,
+        seed_was_random: bool,
+        input_audio_filename: str | None = None,
+    ) -> list[Job]:
+        """Insert the takes of one request, queued, in one transaction: all of them or none.
+
+        Each is a job of its own (its request carries its own seed), numbered from 1, and all
+        record the first take's id as their group.
+        """
+        if len(requests) < 2:
+            raise ValueError("takes come two or more at a time")
+        rows = [
+            _row_fields(
+                origin, request, seed_was_random=seed_was_random, input_audio_filename=input_audio_filename
+            )
+            | {"take_number": number, "take_count": len(requests)}
+            for number, request in enumerate(requests, start=1)
+        ]
+        jobs = []
+        for job_id in await self._insert_takes(rows):
+            job = await self.get(job_id)
+            assert job is not None
+            jobs.append(job)
+        return jobs
+
+    async def takes_of(self, group: int) -> list[Job]:
+        """Every take of one request (its first take's id), in take order, whatever their status."""
+        return await self._select("SELECT * FROM jobs WHERE take_group = ? ORDER BY take_number", (group,))
 
     async def get(self, job_id: int) -> Job | None:
         async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
@@ -292,6 +381,29 @@ class JobStore:
         await self._db.commit()
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    async def _insert_takes(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert the rows of a request's takes and record the first one's id as their group, in one
+        transaction (the member's command waits on it); returns their ids, in order."""
+        try:
+            ids = []
+            for fields in rows:
+                cursor = await self._db.execute(*_insert_statement(fields))
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+            # One connection writes, so nothing comes between them: `Take.job_ids` counts on it.
+            assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+            placeholders = ", ".join("?" for _ in ids)
+            await self._db.execute(
+                f"UPDATE jobs SET take_group = ? WHERE id IN ({placeholders})", (ids[0], *ids)
+            )
+            await self._db.commit()
+        except BaseException:
+            # Never leave some of the takes behind for the next commit to write.
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            raise
+        return ids
 
     async def _update(self, sql: str, parameters: tuple[Any, ...], *, member_waits: bool = False) -> bool:
         """One write committed on its own; True if it changed a row.

@@ -241,6 +241,13 @@ class PatientJobStore(JobStore):
             member_waits=True,
         )
 
+    async def _insert_takes(self, rows: list[dict[str, Any]]) -> list[int]:
+        return await self.gate.run(
+            lambda: super(PatientJobStore, self)._insert_takes(rows),
+            what=f"inserting {len(rows)} takes",
+            member_waits=True,
+        )
+
     async def _update(self, sql: str, parameters: tuple[Any, ...], *, member_waits: bool = False) -> bool:
         return await self.gate.run(
             lambda: super(PatientJobStore, self)._update(sql, parameters),

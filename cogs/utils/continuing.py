@@ -47,24 +47,28 @@ class ContinueModal(discord.ui.Modal):
     prompt: discord.ui.TextInput[ContinueModal] = prompt_input(
         "prompt (optional)", required=False, placeholder="What the continuation should sound like"
     )
-    seconds: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
-        label="seconds to add (1–30)",
-        custom_id="seconds",
-        required=False,
-        default=str(DEFAULT_NEW_SECONDS),
-        max_length=10,
-    )
+    # Added per form: its label shows the range configured here (`[limits] max_duration_s`).
+    seconds: discord.ui.TextInput[ContinueModal]
 
     def __init__(
         self, continuing: ClipContinuation, source: discord.Message, clips: list[discord.Attachment]
     ) -> None:
         super().__init__(title=modal_title(len(clips)), timeout=15 * 60)
         self.continuing = continuing
+        self.max_seconds = continuing.bot.config.limits.max_duration_s
+        self.seconds = discord.ui.TextInput(
+            label=f"seconds to add (1–{self.max_seconds})",
+            custom_id="seconds",
+            required=False,
+            default=str(DEFAULT_NEW_SECONDS),
+            max_length=10,
+        )
+        self.add_item(self.seconds)
         self.source = source
         self.clip = clips[0]
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        seconds = parse_seconds(self.seconds.value)
+        seconds = parse_seconds(self.seconds.value, max_seconds=self.max_seconds)
         await self.continuing.continue_from_interaction(
             cast("discord.Interaction[MusicGenBot]", interaction),
             self.source,
@@ -84,11 +88,18 @@ class ClipContinuation:
         self.bot = bot
 
     async def open_modal(
-        self, interaction: discord.Interaction[MusicGenBot], message: discord.Message
+        self,
+        interaction: discord.Interaction[MusicGenBot],
+        message: discord.Message,
+        *,
+        clip: discord.Attachment | None = None,
     ) -> None:
-        """Check what can be checked, then ask for the prompt and seconds (a modal is the first response)."""
+        """Check what can be checked, then ask for the prompt and seconds (a modal is the first response).
+
+        `clip`: the message's clip to continue (one take of several); else its first audio clip.
+        """
         self.bot.admission.check_accepting_jobs()
-        clips = audio_attachments(message)
+        clips = [clip] if clip is not None else audio_attachments(message)
         if not clips:
             raise RequestError(
                 "That message has no audio I can continue. Use it on a message with an audio file or a "
@@ -138,9 +149,15 @@ class ClipContinuation:
             )
         stored, source_seconds = await self.bot.uploads.store(clip, exact=True)
         try:
-            window = context_window(source_seconds, seconds, self.bot.config.limits.continuation_context_s)
+            limits = self.bot.config.limits
+            window = context_window(source_seconds, limits.continuation_context_s)
             request = continuation_request(
-                model_version=model_version, prompt=prompt, source_path=stored, seconds=seconds, window=window
+                model_version=model_version,
+                prompt=prompt,
+                source_path=stored,
+                seconds=seconds,
+                window=window,
+                max_seconds=limits.max_duration_s,
             )
         except BaseException:
             stored.unlink(missing_ok=True)

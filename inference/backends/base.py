@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
@@ -81,6 +81,8 @@ class WorkerStatus:
     models: tuple[str, ...]
     batches_run: int
     jobs_run: int
+    # The decoder kernels of each model version it ran, as it reported them (`KernelsChosen`).
+    kernels: Mapping[str, str] = field(default_factory=dict)
 
 
 class BackendWorker(Protocol):

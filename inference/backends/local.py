@@ -75,6 +75,8 @@ class _WorkerProcess:
     device: str
     batch: Batch[_WorkerProcess] | None = None
     models: list[str] = field(default_factory=list)
+    # The decoder kernels of each model version it ran, as it reported them.
+    kernels: dict[str, str] = field(default_factory=dict)
     batches_run: int = 0
     jobs_run: int = 0
     exited: bool = False
@@ -210,6 +212,7 @@ class InferenceClient(InferenceBackend[_WorkerProcess]):
                 models=tuple(w.models),
                 batches_run=w.batches_run,
                 jobs_run=w.jobs_run,
+                kernels=dict(w.kernels),
             )
             for w in self._workers
             if not w.exited
@@ -335,6 +338,8 @@ class InferenceClient(InferenceBackend[_WorkerProcess]):
             if not worker.ready.done():
                 worker.ready.set_result(event)
             self._dispatch()
+        elif isinstance(event, protocol.KernelsChosen):
+            worker.kernels[event.model_version] = event.kernels
         elif isinstance(event, protocol.StartupFailed):
             logger.error("%s failed to start:\n%s", worker.name, event.details)
             if not worker.ready.done():

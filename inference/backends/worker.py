@@ -1,6 +1,6 @@
 """The inference worker process: one engine, one batch at a time, driven by `inference.protocol`.
 
-`main(conn, settings)` is the target of a "spawn" process started by `inference.backends.local`. It builds
+`main(conn, settings)` is the target of a worker process forked by `inference.backends.local`. It builds
 the engine, sends `Ready`, then runs the submitted batches in order, each as one
 `MusicGenEngine.generate_batch` call. A reader thread keeps receiving commands while a batch runs,
 so a `Cancel` reaches the engine between two decoder steps and drops that one job from its batch,
@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -40,6 +41,7 @@ from inference.protocol import (
     GenerationError,
     GenerationResult,
     JobOutcome,
+    KernelsChosen,
     Progress,
     Ready,
     Shutdown,
@@ -81,6 +83,7 @@ def main(conn: Connection, settings: EngineSettings) -> None:
             conn.close()
         raise SystemExit(1) from None
     worker = _WorkerLoop(conn, engine)
+    engine.on_kernels_chosen = lambda version, kernels: worker.send(KernelsChosen(version, kernels))
     worker.send(ready)
     worker.run()
 
@@ -99,6 +102,7 @@ def build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
 
     if settings.engine.cpu_threads > 0:
         torch.set_num_threads(settings.engine.cpu_threads)
+    lower_priority(settings.engine.worker_nice)
     # A device that is not there is a configuration error: fail here, before any job is accepted.
     device = resolve_device(settings.engine)
     if device.type == "cuda" and device.index is not None:
@@ -109,6 +113,13 @@ def build_engine(settings: EngineSettings) -> tuple[MusicGenEngine, Ready]:
     engine = engine_module.MusicGenEngine(settings)
     ready = Ready(device=str(device), dtype=str(dtype).removeprefix("torch."))
     return engine, ready
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this process's scheduling priority by `nice` (`[engine] worker_nice`), so that the bot's
+    event loop, at the normal priority, is never kept waiting by a busy model."""
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 def short_message(exc: BaseException) -> str:

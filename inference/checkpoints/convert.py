@@ -9,6 +9,13 @@ An audiocraft export (`audiocraft.utils.export.export_lm`) is a folder with
 The decoder maps one to one onto transformers' MusicgenForCausalLM when the training config uses
 only what that decoder can express; everything else is refused with `UnsupportedCheckpoint`.
 The key mapping is kept here in both directions (the test checkpoints are written with the inverse).
+
+Stereo checkpoints (audiocraft's stereo recipe: `interleave_stereo_codebooks.use`, `channels = 2`,
+`transformer_lm.n_q = 8`, delays [0, 0, 1, 1, 2, 2, 3, 3]) convert as they are: audiocraft's
+`InterleaveStereoCompressionModel` codes each channel with the mono EnCodec and interleaves the
+codebooks as `(k c)` (L0 R0 L1 R1 ...), which is the order transformers' stereo MusicGen
+(decoder `audio_channels = 2`) predicts, delays and decodes them in, so the codebook embeddings and
+heads keep their indices. Interleaving over time (`per_timestep`) has no transformers counterpart.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ COMPRESSION_STATE_FILE = "compression_state_dict.bin"
 # The compression model audiocraft's MusicGen recipes train with; `[models] compression` stands in
 # for it (a hub id or a local copy).
 DEFAULT_COMPRESSION_ID = "facebook/encodec_32khz"
+
+# The converted config's record of the checkpoint's training segment, in seconds (`dataset.segment_duration`).
+WINDOW_CONFIG_ATTRIBUTE = "segment_duration"
 
 _PRETRAINED_PREFIX = "//pretrained/"
 _DESCRIPTION_PROJ = "condition_provider.conditioners.description.output_proj."
@@ -64,6 +74,8 @@ class AudiocraftLMSpec:
     sample_rate: int
     channels: int
     text_encoder_name: str
+    # The training segment (`dataset.segment_duration`): the window the model generates at once.
+    segment_duration: float = 30.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,16 +182,16 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
         False,
         "transformers adds no positions to cross-attention inputs",
     )
-    expect("interleave_stereo_codebooks.use", False, False, "stereo checkpoints are not supported")
-    expect("channels", 1, 1, "only mono MusicGen checkpoints are supported")
-
+    channels = int(_get(cfg, "channels", 1))
     n_q = int(_get(cfg, f"{lm}.n_q", 4))
+    problems += _channel_problems(cfg, channels, n_q)
     pattern = _get(cfg, "codebooks_pattern.modeling")
     delays = _get(cfg, "codebooks_pattern.delay.delays")
-    if pattern != "delay" or list(delays or []) != list(range(n_q)):
+    expected_delays = delay_pattern(n_q, channels)
+    if pattern != "delay" or list(delays or []) != expected_delays:
         problems.append(
             f"codebooks_pattern={pattern!r} with delays {delays!r} (transformers implements only the "
-            f"delay pattern with delays {list(range(n_q))})"
+            f"delay pattern with delays {expected_delays})"
         )
     if _get(cfg, "codebooks_pattern.delay.flatten_first", 0) or _get(
         cfg, "codebooks_pattern.delay.empty_initial", 0
@@ -236,10 +248,43 @@ def read_lm_spec(cfg: Any) -> AudiocraftLMSpec:
         melody=melody,
         num_chroma=int(_get(cfg, "conditioners.self_wav.chroma_stem.n_chroma", 12) or 12),
         chroma_length=math.ceil(segment_s * sample_rate / chroma_hop),
+        segment_duration=segment_s,
         sample_rate=sample_rate,
-        channels=int(_get(cfg, "channels", 1)),
+        channels=channels,
         text_encoder_name=str(_get(cfg, "conditioners.description.t5.name", "t5-base")),
     )
+
+
+def delay_pattern(n_q: int, channels: int) -> list[int]:
+    """The codebook delays transformers' MusicGen applies: 0..n_q-1 for mono; for stereo each
+    left/right pair of the interleaved codebooks shares its mono codebook's delay."""
+    return [k // channels for k in range(n_q)]
+
+
+def _channel_problems(cfg: Any, channels: int, n_q: int) -> list[str]:
+    """What stops a checkpoint's channel layout from converting (mono, or audiocraft's stereo)."""
+    stereo = bool(_get(cfg, "interleave_stereo_codebooks.use", False))
+    if channels == 1 and not stereo:
+        return []
+    if channels != 2 or not stereo:
+        return [
+            f"channels={channels!r} with interleave_stereo_codebooks.use={stereo!r} (a MusicGen is mono, or "
+            "stereo with interleaved codebooks: channels=2 and interleave_stereo_codebooks.use=true)"
+        ]
+    problems = []
+    if _get(cfg, "interleave_stereo_codebooks.per_timestep", False):
+        problems.append(
+            "interleave_stereo_codebooks.per_timestep=True (transformers interleaves left and right "
+            "per codebook, not per time step)"
+        )
+    if n_q % 2:
+        problems.append(f"transformer_lm.n_q={n_q} (a stereo LM predicts left and right codebooks in pairs)")
+    compression_n_q = _get(cfg, "compression_model_n_q")
+    if compression_n_q is not None and int(compression_n_q) * 2 != n_q:
+        problems.append(
+            f"compression_model_n_q={compression_n_q!r} (each channel must have n_q / 2 = {n_q // 2} codebooks)"
+        )
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +571,24 @@ def _load_text_encoder(
     return model.eval(), tokenizer
 
 
+def _check_compression(codec: Any, spec: AudiocraftLMSpec) -> None:
+    """The EnCodec must code what the LM predicts: per channel (a stereo LM's EnCodec is mono and
+    codes each channel alone) n_q / channels codebooks of `card` codes, at the LM's rate."""
+    per_channel = spec.n_q // spec.channels
+    if (
+        codec.codebook_size != spec.card
+        or codec.sampling_rate != spec.sample_rate
+        or codec.num_quantizers < per_channel
+        or codec.audio_channels != 1
+    ):
+        raise UnsupportedCheckpoint(
+            f"the compression model ({codec.audio_channels} channel(s), {codec.num_quantizers} codebooks of "
+            f"{codec.codebook_size} codes at {codec.sampling_rate} Hz) does not match the checkpoint "
+            f"(a mono EnCodec with {per_channel} codebooks of {spec.card} codes at {spec.sample_rate} Hz, "
+            f"for {spec.channels} channel(s))"
+        )
+
+
 def convert_audiocraft_checkpoint(
     src: str | Path, dst: str | Path, *, text_encoder: str, compression: str
 ) -> Path:
@@ -542,17 +605,7 @@ def convert_audiocraft_checkpoint(
     spec = read_lm_spec(_xp_cfg(package, lm_file))
 
     encodec = _load_compression(folder, compression)
-    codec = encodec.config
-    if (
-        codec.codebook_size != spec.card
-        or codec.sampling_rate != spec.sample_rate
-        or codec.num_quantizers < spec.n_q
-    ):
-        raise UnsupportedCheckpoint(
-            f"the compression model ({codec.num_quantizers} codebooks of {codec.codebook_size} codes at "
-            f"{codec.sampling_rate} Hz) does not match the checkpoint ({spec.n_q} codebooks of {spec.card} "
-            f"codes at {spec.sample_rate} Hz)"
-        )
+    _check_compression(encodec.config, spec)
     t5, tokenizer = _load_text_encoder(text_encoder, state, spec)
 
     decoder = layout.decoder_config(
@@ -567,12 +620,15 @@ def convert_audiocraft_checkpoint(
     )
     config = layout.musicgen_config(
         text_encoder=t5.config,
-        audio_encoder=codec,
+        audio_encoder=encodec.config,
         decoder=decoder,
         melody=spec.melody,
         num_chroma=spec.num_chroma,
         chroma_length=spec.chroma_length,
     )
+    # Kept in the converted config: the engine makes longer pieces window by window (audiocraft's
+    # `max_duration` is this segment too).
+    setattr(config, WINDOW_CONFIG_ATTRIBUTE, spec.segment_duration)
     model = layout.model_class(spec.melody)(config)
 
     full_state = {f"text_encoder.{k}": v for k, v in t5.state_dict().items()}

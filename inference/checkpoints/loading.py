@@ -24,12 +24,14 @@ from inference.catalogue import ModelCatalogue
 from inference.checkpoints.convert import (
     COMPRESSION_STATE_FILE,
     LM_STATE_FILE,
+    WINDOW_CONFIG_ATTRIBUTE,
     convert_audiocraft_checkpoint,
     is_audiocraft_checkpoint,
 )
 from inference.cpu_features import cpu_flags, has_native_bfloat16
 from inference.request import RequestError
 from inference.settings import EngineOptions, EngineSettings
+from inference.windows import RELEASED_MODEL_WINDOW_S
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ logging.getLogger("transformers.configuration_utils").addFilter(_CodebookSpecial
 
 BYTES_PER_GB = 1_000_000_000
 # Bump when the converter's output changes, so stale conversions are not reused.
-CONVERTER_REVISION = 1
+CONVERTER_REVISION = 2
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -72,6 +74,12 @@ _SAFETENSORS_ELEMENT_BYTES = {
     "U8": 1,
     "BOOL": 1,
 }
+
+
+def model_window_s(config: Any) -> float:
+    """The window of a MusicGen config: a converted audiocraft checkpoint records its training segment;
+    every other one is a released model's (or made like one), whose window is 30 s."""
+    return float(getattr(config, WINDOW_CONFIG_ATTRIBUTE, None) or RELEASED_MODEL_WINDOW_S)
 
 
 class ModelLoadError(RuntimeError):
@@ -137,11 +145,15 @@ class LoadedMusicGen:
     size_bytes: int
     # The folder the weights were read from: the source itself, or its converted copy.
     weights_path: str = ""
+    # The most it generates at once, in seconds (longer pieces are made window by window): 30 s for
+    # the released models, an audiocraft checkpoint's own training segment.
+    window_s: float = RELEASED_MODEL_WINDOW_S
 
 
 @dataclass
 class LoadedCompression:
-    """An EnCodec model for the encode-decode mode."""
+    """An EnCodec model for the encode-decode mode. `audio_channels` are the clip's: 2 with a mono
+    EnCodec is a stereo MusicGen's, which codes each channel alone."""
 
     source: str
     model: Any  # EncodecModel, in eval mode
@@ -214,13 +226,14 @@ class ModelCache:
 
     @staticmethod
     def _compression_of(loaded: LoadedMusicGen) -> LoadedCompression:
-        """A MusicGen's own EnCodec (shared with it in the cache, so it takes no memory of its own)."""
+        """A MusicGen's own EnCodec (shared with it in the cache, so it takes no memory of its own),
+        with the MusicGen's channels: a stereo model's mono EnCodec codes each channel alone."""
         codec = loaded.model.audio_encoder
         return LoadedCompression(
             source=loaded.source,
             model=codec,
             sample_rate=int(codec.config.sampling_rate),
-            audio_channels=int(codec.config.audio_channels),
+            audio_channels=loaded.audio_channels,
             frame_rate=int(codec.config.frame_rate),
             device=loaded.device,
             dtype=CODEC_DTYPE,
@@ -330,6 +343,7 @@ class ModelCache:
             dtype=self.dtype,
             size_bytes=module_size_bytes(model),
             weights_path=weights,
+            window_s=model_window_s(model.config),
         )
 
     def _load_compression(self, source: str) -> LoadedCompression:

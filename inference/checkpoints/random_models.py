@@ -4,6 +4,9 @@
 facebook/musicgen-* configs, T5-base and EnCodec 32 kHz) or, with `tiny=True`, a few-layer version of
 it that keeps everything the engine relies on: 32 kHz audio, 50 frames/s, 4 codebooks of 2048 codes,
 the delay pattern, a T5 text encoder with a tokenizer, and (melody) 12-bin chroma conditioning.
+With `stereo=True` it is the stereo model of that architecture, as facebook/musicgen-stereo-* are
+made: the mono EnCodec, and a decoder that predicts 8 codebooks, left and right interleaved
+(L0 R0 L1 R1 ...), with the stereo delay pattern (each pair delayed as its mono codebook).
 
 Two on-disk formats:
 - "transformers": a `from_pretrained` folder (MusicgenForConditionalGeneration or
@@ -16,6 +19,7 @@ Two on-disk formats:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,16 +31,18 @@ from inference.checkpoints.convert import (
     COMPRESSION_STATE_FILE,
     DEFAULT_COMPRESSION_ID,
     LM_STATE_FILE,
+    WINDOW_CONFIG_ATTRIBUTE,
     transformers_to_encodec_state,
     transformers_to_lm_state,
 )
 
-ModelArchitecture = Literal["small", "medium", "large", "melody"]
+ModelArchitecture = Literal["small", "medium", "large", "melody", "melody-large"]
 CheckpointFormat = Literal["transformers", "audiocraft"]
 
 SAMPLE_RATE = 32_000
 FRAME_RATE = 50
-NUM_CODEBOOKS = 4
+NUM_CODEBOOKS = 4  # of the mono EnCodec; a stereo decoder predicts twice as many
+STEREO_CHANNELS = 2
 CODEBOOK_SIZE = 2048
 T5_VOCAB_SIZE = 32_128  # t5-base's embedding rows (its sentencepiece vocab plus 100 sentinels, padded)
 
@@ -56,16 +62,20 @@ class DecoderShape:
     ffn_dim: int
 
 
-# facebook/musicgen-{small,medium,large,melody} (the 1.5B melody model shares medium's decoder).
+# facebook/musicgen-{small,medium,large,melody,melody-large} (the 1.5B melody model shares medium's
+# decoder, the 3.3B melody-large large's); the stereo models share their mono model's numbers.
 REAL_DECODERS: dict[str, DecoderShape] = {
     "small": DecoderShape(num_layers=24, hidden_size=1024, num_heads=16, ffn_dim=4096),
     "medium": DecoderShape(num_layers=48, hidden_size=1536, num_heads=24, ffn_dim=6144),
     "large": DecoderShape(num_layers=48, hidden_size=2048, num_heads=32, ffn_dim=8192),
     "melody": DecoderShape(num_layers=48, hidden_size=1536, num_heads=24, ffn_dim=6144),
+    "melody-large": DecoderShape(num_layers=48, hidden_size=2048, num_heads=32, ffn_dim=8192),
 }
+MELODY_ARCHITECTURES = ("melody", "melody-large")
 TINY_DECODER = DecoderShape(num_layers=2, hidden_size=64, num_heads=4, ffn_dim=128)
 MELODY_NUM_CHROMA = 12
 MELODY_CHROMA_LENGTH = 235  # 30 s of chroma frames, as in facebook/musicgen-melody
+CHROMA_HOP = 2**14 // 4  # audiocraft's ChromaExtractor hops a quarter of its 2**14 window
 
 # A small corpus for the test tokenizer: byte-level BPE never needs an unknown token, so every prompt
 # maps to distinct ids (different prompts must condition the model differently).
@@ -140,23 +150,29 @@ def decoder_shape(model_version: str, *, tiny: bool) -> DecoderShape:
     return TINY_DECODER if tiny else REAL_DECODERS[model_version]
 
 
-def musicgen_config(model_version: str, *, tiny: bool = False, audio_channels: int = 1) -> Any:
-    """The composite MusicgenConfig / MusicgenMelodyConfig of a model version."""
+def is_melody_architecture(model_version: str) -> bool:
+    return model_version in MELODY_ARCHITECTURES
+
+
+def musicgen_config(model_version: str, *, tiny: bool = False, stereo: bool = False) -> Any:
+    """The composite MusicgenConfig / MusicgenMelodyConfig of a model version (its stereo model with
+    `stereo`: the same mono EnCodec, 8 interleaved codebooks in the decoder)."""
     shape = decoder_shape(model_version, tiny=tiny)
-    melody = model_version == "melody"
+    melody = is_melody_architecture(model_version)
+    channels = STEREO_CHANNELS if stereo else 1
     decoder = layout.decoder_config(
         melody=melody,
         codebook_size=CODEBOOK_SIZE,
-        num_codebooks=NUM_CODEBOOKS,
+        num_codebooks=NUM_CODEBOOKS * channels,
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         num_heads=shape.num_heads,
         ffn_dim=shape.ffn_dim,
-        audio_channels=audio_channels,
+        audio_channels=channels,
     )
     return layout.musicgen_config(
         text_encoder=t5_config(tiny=tiny),
-        audio_encoder=encodec_config(tiny=tiny, audio_channels=audio_channels),
+        audio_encoder=encodec_config(tiny=tiny),
         decoder=decoder,
         melody=melody,
         num_chroma=MELODY_NUM_CHROMA,
@@ -246,18 +262,15 @@ def generation_defaults(model: Any, *, guidance_scale: float = 3.0) -> None:
     layout.set_generation_defaults(model, codebook_size=CODEBOOK_SIZE, guidance_scale=guidance_scale)
 
 
-def build_random_musicgen(model_version: str, *, tiny: bool = False, seed: int = 0) -> Any:
-    """A MusicGen model (decoder + T5 + EnCodec) of the given version with random weights, in eval mode."""
-    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
-
-    config = musicgen_config(model_version, tiny=tiny)
+def build_random_musicgen(
+    model_version: str, *, tiny: bool = False, seed: int = 0, stereo: bool = False
+) -> Any:
+    """A MusicGen model (decoder + T5 + EnCodec) of the given version with random weights, in eval mode.
+    The weights are a function of the arguments alone (for the same torch and transformers): every
+    random draw comes from generators seeded here."""
+    config = musicgen_config(model_version, tiny=tiny, stereo=stereo)
     torch.manual_seed(seed)
-    model_class = (
-        MusicgenMelodyForConditionalGeneration
-        if model_version == "melody"
-        else MusicgenForConditionalGeneration
-    )
-    model = model_class(config)
+    model = layout.model_class(is_melody_architecture(model_version))(config)
     generator = torch.Generator().manual_seed(seed + 1)
     fill_random_codebooks(model.audio_encoder, generator)
     randomize_layer_norms(model.decoder, generator)
@@ -273,19 +286,25 @@ def make_test_model(
     fmt: CheckpointFormat = "transformers",
     seed: int = 0,
     embedded_compression: bool = False,
+    stereo: bool = False,
+    window_s: float | None = None,
 ) -> Path:
-    """Write a random-weight checkpoint of `model_version` to `out_dir` and return the folder.
+    """Write a random-weight checkpoint of `model_version` (its stereo model with `stereo`) to
+    `out_dir` and return the folder. `window_s`: the window the model generates at once, when not a
+    released model's 30 s (audiocraft's `dataset.segment_duration`; its conversion records it).
 
-    fmt="transformers": a from_pretrained folder (+ `text_encoder/`, `encodec/` sub-folders).
+    fmt="transformers": a from_pretrained folder (+ `text_encoder/`, `encodec/` sub-folders); a stereo
+    one is laid out as facebook/musicgen-stereo-* (decoder `audio_channels = 2`, 8 codebooks).
     fmt="audiocraft": `state_dict.bin` + `compression_state_dict.bin` (a pointer to the `encodec/`
     folder beside it, or with `embedded_compression=True` audiocraft's exported SEANet EnCodec),
-    + `text_encoder/` and `encodec/`.
+    + `text_encoder/` and `encodec/`; a stereo one is what audiocraft's stereo recipe exports
+    (`interleave_stereo_codebooks.use`, `channels = 2`, delays [0, 0, 1, 1, 2, 2, 3, 3]).
     """
     if fmt not in ("transformers", "audiocraft"):
         raise ValueError(f"unknown checkpoint format {fmt!r}; expected 'transformers' or 'audiocraft'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_random_musicgen(model_version, tiny=tiny, seed=seed)
+    model = build_random_musicgen(model_version, tiny=tiny, seed=seed, stereo=stereo)
     tokenizer = build_tokenizer(vocab_size=model.config.text_encoder.vocab_size)
 
     save_text_encoder(model.text_encoder, tokenizer, out / TEXT_ENCODER_DIR)
@@ -294,13 +313,16 @@ def make_test_model(
         out / COMPRESSION_DIR, audio_channels=model.config.audio_encoder.audio_channels
     )
 
+    if window_s is not None:
+        _set_window(model, window_s)
     if fmt == "transformers":
         model.save_pretrained(out)
+        # The processor pads the model's audio: two channels for a stereo model (its EnCodec is mono).
         save_tokenizer_and_processor(
             out,
             tokenizer,
-            melody=model_version == "melody",
-            audio_channels=model.config.audio_encoder.audio_channels,
+            melody=is_melody_architecture(model_version),
+            audio_channels=model.config.decoder.audio_channels,
         )
     else:
         write_audiocraft_checkpoint(
@@ -308,6 +330,7 @@ def make_test_model(
             out,
             model_version=model_version,
             embedded_compression=embedded_compression,
+            cfg_overrides=None if window_s is None else {"dataset.segment_duration": window_s},
         )
     (out / TEST_MODEL_MARKER).write_text(
         json.dumps(
@@ -317,12 +340,22 @@ def make_test_model(
                 "format": fmt,
                 "seed": seed,
                 "embedded_compression": embedded_compression,
+                "stereo": stereo,
+                "window_s": window_s,
             },
             indent=2,
         )
         + "\n"
     )
     return out
+
+
+def _set_window(model: Any, window_s: float) -> None:
+    """Record a window other than 30 s in the model's config, as a converted audiocraft checkpoint
+    does (a melody model's chroma then spans that window too)."""
+    setattr(model.config, WINDOW_CONFIG_ATTRIBUTE, window_s)
+    if hasattr(model.config, "chroma_length"):
+        model.config.chroma_length = math.ceil(window_s * SAMPLE_RATE / CHROMA_HOP)
 
 
 def save_text_encoder(text_encoder: Any, tokenizer: Any, folder: Path) -> None:
@@ -369,11 +402,10 @@ def write_audiocraft_checkpoint(
     for dotted, value in (cfg_overrides or {}).items():
         OmegaConf.update(cfg, dotted, value, force_add=True)
     lm_state = transformers_to_lm_state(model)
-    if model_version == "melody":
-        # audiocraft saves its chroma extractor's filter bank buffer with the LM (n_chroma x n_fft/2+1).
-        lm_state["condition_provider.conditioners.self_wav.chroma.fbanks"] = torch.rand(
-            MELODY_NUM_CHROMA, 2**13 + 1
-        )
+    if is_melody_architecture(model_version):
+        # audiocraft 1.3.0 saves its chroma extractor's spectrogram window with the LM (its filter bank
+        # is a non-persistent buffer); the converter recomputes both.
+        lm_state["condition_provider.conditioners.self_wav.chroma.spec.window"] = torch.hann_window(2**14)
     torch.save(
         {
             "best_state": lm_state,
@@ -400,9 +432,11 @@ AUDIOCRAFT_VERSION = "1.3.0"
 
 def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float = 3.0) -> dict[str, Any]:
     """The parts of audiocraft's merged MusicGen training config (musicgen_base_32khz /
-    musicgen_melody_32khz recipes) that describe the LM and its conditioning."""
+    musicgen_melody_32khz recipes, with the stereo recipe's overrides for a stereo model) that
+    describe the LM and its conditioning."""
     decoder = model.config.decoder
-    melody = model_version == "melody"
+    melody = is_melody_architecture(model_version)
+    channels = int(decoder.audio_channels)
     conditioners: dict[str, Any] = {
         "description": {
             "model": "t5",
@@ -426,14 +460,21 @@ def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float =
     return {
         "solver": "musicgen",
         "sample_rate": SAMPLE_RATE,
-        "channels": model.config.audio_encoder.audio_channels,
+        "channels": channels,
         "compression_model_checkpoint": "//pretrained/" + "facebook/encodec_32khz",
+        "compression_model_n_q": None,
         "dataset": {"segment_duration": 30, "batch_size": 192},
-        "interleave_stereo_codebooks": {"use": False, "per_timestep": False},
+        # audiocraft's stereo recipe (grids/musicgen/musicgen_stereo_finetune_32khz.py): the mono
+        # EnCodec codes each channel, interleaved per codebook, each pair delayed as its codebook.
+        "interleave_stereo_codebooks": {"use": channels == STEREO_CHANNELS, "per_timestep": False},
         "lm_model": "transformer_lm",
         "codebooks_pattern": {
             "modeling": "delay",
-            "delay": {"delays": list(range(decoder.num_codebooks)), "flatten_first": 0, "empty_initial": 0},
+            "delay": {
+                "delays": [k // channels for k in range(decoder.num_codebooks)],
+                "flatten_first": 0,
+                "empty_initial": 0,
+            },
         },
         "transformer_lm": {
             "dim": decoder.hidden_size,

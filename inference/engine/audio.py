@@ -29,12 +29,12 @@ from inference.media.ffmpeg import (
     use_ffmpeg,
 )
 from inference.request import (
-    MAX_DURATION_S,
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
     GenerationRequest,
     RequestError,
 )
+from inference.windows import RELEASED_MODEL_WINDOW_S
 
 __all__ = [
     "AudioDecodeError",
@@ -55,8 +55,9 @@ LOUDNESS_TARGET_LUFS = -14.0
 # Below this RMS, loudness normalization leaves the signal alone instead of boosting noise.
 LOUDNESS_ENERGY_FLOOR = 2e-3
 MP3_BITRATE = "320k"  # audiocraft's audio_write default, and the product's
-# The most input audio any request uses, counted from continuation_start (see `load_audio`).
-INPUT_WINDOW_S = float(MAX_DURATION_S)
+# The input audio a request uses, counted from continuation_start (see `load_audio`): a released
+# model's window. A melody followed past the window is read further (the engine asks for its span).
+INPUT_WINDOW_S = RELEASED_MODEL_WINDOW_S
 # BS.1770 gates 400 ms blocks; pyloudnorm refuses shorter signals.
 _LOUDNESS_BLOCK_S = 0.4
 
@@ -80,9 +81,9 @@ def load_audio(
     The audio is resampled by ffmpeg, mixed like audiocraft's `convert_audio_channels` (mono = mean
     of the channels, mono to stereo = the same signal on both), then trimmed to
     `[round(start_s*sr) : round(end_s*sr)]` in the output rate; `end_s=None` means the end of the
-    clip. At most `window_s` seconds from `start_s` are decoded (no input of the model uses more:
-    a continuation prompt plus its new audio fit in 30 s, a melody is followed for the 30 s
-    generated, encode-decode returns at most 30 s). Raises AudioDecodeError (a RequestError) for
+    clip. At most `window_s` seconds from `start_s` are decoded (a continuation's clip must be
+    shorter than the model's 30 s window, encode-decode returns at most 30 s, and a melody is read
+    for as long as the piece follows it). Raises AudioDecodeError (a RequestError) for
     unreadable, empty, too slow or too long audio, and RequestError for a trim window outside the clip.
     """
     if channels not in (1, 2):

@@ -1,12 +1,15 @@
 """EnCodec at the two ends of a MusicGen job: the codes of a continuation's prompt, and the audio of
-the codes the decoder made. Stereo models interleave left and right codebooks (as transformers and
-audiocraft do), so each channel goes through the mono codec on its own."""
+the codes the decoder made; and a clip's round trip for encode-decode. Stereo models interleave left
+and right codebooks as `(k c)`: L0 R0 L1 R1 ... (audiocraft's `InterleaveStereoCompressionModel`,
+and transformers' stereo MusicGen), and each channel goes through the mono codec on its own."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from inference.checkpoints.loading import CODEC_DTYPE, LoadedMusicGen
+from inference.checkpoints.loading import CODEC_DTYPE, LoadedCompression, LoadedMusicGen
 
 
 def decode_codes(loaded: LoadedMusicGen, codes: torch.Tensor) -> torch.Tensor:
@@ -35,3 +38,24 @@ def encode_prompt(loaded: LoadedMusicGen, clip: torch.Tensor) -> torch.Tensor:
     else:
         codes = codec.encode(batch).audio_codes[0]  # [1, K, frames]
     return codes.reshape(-1, codes.shape[-1])
+
+
+def encode_clip(compression: LoadedCompression, clip: torch.Tensor) -> list[Any]:
+    """EnCodec's encoding of `clip` [channels, samples]: one for the whole clip, or, when a mono codec
+    serves a stereo model, one per channel (as audiocraft's stereo wrapper encodes)."""
+    batch = clip[None].to(compression.device, compression.dtype)
+    codec = compression.model
+    if _codes_each_channel(compression):
+        return [codec.encode(batch[:, channel : channel + 1]) for channel in range(batch.shape[1])]
+    return [codec.encode(batch)]
+
+
+def decode_clip(compression: LoadedCompression, encoded: list[Any]) -> torch.Tensor:
+    """The audio [channels, samples] of `encode_clip`'s encodings (channels side by side)."""
+    codec = compression.model
+    decoded = [codec.decode(part.audio_codes, part.audio_scales).audio_values for part in encoded]
+    return torch.cat(decoded, dim=1)[0].float().cpu()
+
+
+def _codes_each_channel(compression: LoadedCompression) -> bool:
+    return compression.audio_channels == 2 and int(compression.model.config.audio_channels) == 1

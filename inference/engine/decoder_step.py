@@ -24,11 +24,14 @@ products and of the work around them. What it does differently, and why:
   bfloat16 until they are added to a float32 sum (no conversions in between), and fc1's GELU is
   applied by the kernel to its float32 sums: 4 % off a one-job step. Keys and values are products'
   results, so a bfloat16 cache holds them exactly; attention over it runs in SDPA's fused kernel.
-- On CPUs, float32 weights run through torch's `linear` (MKL) for up to 3 rows (one job) and through
-  oneDNN's GEMM, on the same weights, for more: on a Xeon with AMX, MKL's products for 16 rows took
-  161 ms and oneDNN's 112 ms, while for 2 rows MKL's took 56 ms and oneDNN's 77.
-  Elsewhere (CUDA, other builds) the products are torch's `linear` in the model's dtype. fbgemm's
-  packed weights replace the model's own copies (`DecoderStep.of_model`).
+- On CPUs, float32 weights run through torch's `linear` (MKL), oneDNN's GEMM on the same weights, or
+  oneDNN's GEMM on weights packed for it, whichever is fastest here: which one is, differs from CPU to
+  CPU (on a Xeon with AMX, MKL's products for 2 rows took 56 ms and oneDNN's 77, while for 16 rows
+  MKL's took 161 ms and oneDNN's 112; on an AMD EPYC, MKL's took twice oneDNN's for 2 rows), so
+  `inference.engine.kernel_choice` times them on the model's own products and hands the step a
+  `KernelPlan`. Without one, the step follows fixed rules (`KernelPlan.by_rules`).
+  Elsewhere (CUDA, other builds) the products are torch's `linear` in the model's dtype. Packed
+  weights replace the model's own copies (`DecoderStep.of_model`).
 
 Every row of a batch is computed independently of the others (per-row products; attention within a
 row), so a job's logits depend on its batch only through the floating-point kernels a shape selects.
@@ -73,9 +76,10 @@ def half_precision_kernel_available() -> bool:
     )
 
 
-# From this many rows on, float32 products go to oneDNN rather than MKL (torch's linear). On a 2-core
-# Xeon the decoder's products took 56 / 59 / 96 / 125 / 161 ms with MKL for 2 / 3 / 4 / 8 / 16 rows,
-# and 77 / 80 / 87 / 94 / 112 ms with oneDNN: MKL is faster for one job (2 rows with guidance).
+# By the rules (`KernelPlan.by_rules`), float32 products go to oneDNN rather than MKL (torch's linear)
+# from this many rows on. On a 2-core Xeon the decoder's products took 56 / 59 / 96 / 125 / 161 ms with
+# MKL for 2 / 3 / 4 / 8 / 16 rows, and 77 / 80 / 87 / 94 / 112 ms with oneDNN: MKL is faster for one
+# job (2 rows with guidance) there. Not everywhere: measured plans set their own threshold.
 ONEDNN_MIN_ROWS = 4
 
 
@@ -91,6 +95,19 @@ def onednn_kernel_available() -> bool:
     """Whether oneDNN's float32 GEMM runs here (torch built with oneDNN)."""
     return torch.backends.mkldnn.is_available() and _product_runs(
         lambda: _onednn_linear(torch.ones(1, 8), torch.ones(8, 8)), 8.0
+    )
+
+
+def _pack_onednn(weight: torch.Tensor) -> Any:
+    """oneDNN's packed (blocked) float32 form of a [out, in] weight."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous())
+
+
+@functools.cache
+def packed_onednn_kernel_available() -> bool:
+    """Whether oneDNN's float32 GEMM runs here on weights packed for it."""
+    return torch.backends.mkldnn.is_available() and _product_runs(
+        lambda: _onednn_linear(torch.ones(1, 8), _pack_onednn(torch.ones(8, 8))), 8.0
     )
 
 
@@ -123,20 +140,24 @@ def amx_kernel_available() -> bool:
 class MatmulKernel(enum.Enum):
     """Which kernel multiplies by a decoder weight."""
 
-    # torch's linear in the model's dtype (CUDA, or `[engine] cpu_matmul = "torch"`).
+    # torch's linear in the model's dtype (CUDA, `[engine] cpu_matmul = "torch"`; on a CPU, MKL's
+    # GEMM for float32 weights).
     TORCH = "torch"
     # float16/bfloat16 weights on an x86 CPU: fbgemm's float16 GEMM with float32 activations.
     HALF = "fbgemm-fp16"
     # bfloat16 weights on a CPU with AMX: oneDNN's bfloat16 GEMM, activations rounded to bfloat16 for
     # the product and its result returned in bfloat16 (the step keeps its sums in float32).
     AMX = "onednn-amx-bf16"
-    # float32 weights on a CPU: torch's linear (MKL) for a few rows, oneDNN's GEMM for more.
+    # float32 weights on a CPU: torch's linear (MKL) for fewer rows than the plan's
+    # `onednn_min_rows`, oneDNN's GEMM on the same weights from there on.
     ONEDNN = "onednn"
+    # float32 weights on a CPU, packed in oneDNN's blocked layout for its GEMM, at every row count.
+    ONEDNN_PACKED = "onednn-packed"
 
     @property
     def packs_weights(self) -> bool:
         """Whether the kernel keeps its own copy of a weight (the model's can then be released)."""
-        return self in (MatmulKernel.HALF, MatmulKernel.AMX)
+        return self in (MatmulKernel.HALF, MatmulKernel.AMX, MatmulKernel.ONEDNN_PACKED)
 
     @property
     def computes_in_float32(self) -> bool:
@@ -145,10 +166,13 @@ class MatmulKernel(enum.Enum):
 
     @classmethod
     def choose(cls, device: torch.device, dtype: torch.dtype, cpu_matmul: str) -> MatmulKernel:
-        """The kernel for weights of `dtype` on `device` under `[engine] cpu_matmul`."""
+        """The kernel the rules give weights of `dtype` on `device` under `[engine] cpu_matmul` (for
+        "auto", what it gives where nothing was measured)."""
         if cpu_matmul == "torch" or device.type != "cpu":
             return cls.TORCH
-        if dtype == torch.bfloat16 and cpu_matmul == "auto" and amx_kernel_available():
+        if dtype == torch.float32 and cpu_matmul == "onednn-packed" and packed_onednn_kernel_available():
+            return cls.ONEDNN_PACKED
+        if dtype == torch.bfloat16 and cpu_matmul in ("auto", "rules") and amx_kernel_available():
             return cls.AMX
         if dtype in HALF_DTYPES and half_precision_kernel_available():
             return cls.HALF
@@ -157,16 +181,59 @@ class MatmulKernel(enum.Enum):
         return cls.TORCH
 
 
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which kernel multiplies by the decoder's weights at every number of rows: one kernel, and for
+    `ONEDNN` (float32 weights shared by MKL and oneDNN) the row count from which oneDNN takes over.
+    Kernels that keep other activations or another cache (fbgemm's, AMX's) or other weights (packed
+    ones) cannot share a step, so a plan switches kernels only within `ONEDNN`."""
+
+    kernel: MatmulKernel
+    onednn_min_rows: int = ONEDNN_MIN_ROWS
+
+    @classmethod
+    def by_rules(cls, device: torch.device, dtype: torch.dtype, cpu_matmul: str) -> KernelPlan:
+        """The plan of fixed rules (`MatmulKernel.choose`; `cpu_matmul = "onednn"`: oneDNN at every row
+        count)."""
+        kernel = MatmulKernel.choose(device, dtype, cpu_matmul)
+        if kernel is MatmulKernel.ONEDNN and cpu_matmul == "onednn":
+            return cls(kernel, onednn_min_rows=1)
+        return cls(kernel)
+
+    def kernel_at(self, rows: int) -> MatmulKernel:
+        """The kernel that multiplies `rows` rows (MKL's, that is TORCH, below an ONEDNN threshold)."""
+        if self.kernel is MatmulKernel.ONEDNN and rows < self.onednn_min_rows:
+            return MatmulKernel.TORCH
+        return self.kernel
+
+    def describe(self) -> str:
+        """In a few words, for logs and /musicgen-status: "onednn-packed", "mkl up to 3 rows, onednn from 4"."""
+        if self.kernel is not MatmulKernel.ONEDNN:
+            return self.kernel.value
+        if self.onednn_min_rows <= 1:
+            return "onednn"
+        return f"mkl up to {self.onednn_min_rows - 1} rows, onednn from {self.onednn_min_rows}"
+
+
 class Linear:
     """A bias-free linear map, held in the form its kernel wants. Each output row depends on its
     input row alone (the kernels below were checked for this); which kernel runs may depend on the
     number of rows, which only rounds the last bit of a float32 result differently."""
 
-    def __init__(self, weight: torch.Tensor, *, kernel: MatmulKernel, then_gelu: bool = False):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        *,
+        kernel: MatmulKernel,
+        then_gelu: bool = False,
+        onednn_min_rows: int = ONEDNN_MIN_ROWS,
+    ):
         """`then_gelu`: the map is followed by exact GELU, which the AMX kernel applies to its float32
-        sums before rounding them (one rounding instead of two, and three fewer operators a layer)."""
+        sums before rounding them (one rounding instead of two, and three fewer operators a layer).
+        `onednn_min_rows`: with `ONEDNN`, the row count from which oneDNN's GEMM replaces MKL's."""
         self.kernel = kernel
         self.then_gelu = then_gelu
+        self.onednn_min_rows = onednn_min_rows
         self.out_features, self.in_features = (int(n) for n in weight.shape)
         weight = weight.detach().contiguous()
         self._weight: Any
@@ -177,6 +244,8 @@ class Linear:
             self._weight = _pack_half(weight)
         elif kernel is MatmulKernel.AMX:
             self._weight = _pack_amx(weight)
+        elif kernel is MatmulKernel.ONEDNN_PACKED:
+            self._weight = _pack_onednn(weight)
         else:
             self._weight = weight
 
@@ -187,7 +256,11 @@ class Linear:
             return self._amx(x)
         if self.kernel is MatmulKernel.HALF:
             out = torch.ops.quantized.linear_dynamic_fp16(x, self._weight)
-        elif self.kernel is MatmulKernel.ONEDNN and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]:
+        elif self.kernel is MatmulKernel.ONEDNN_PACKED:
+            out = _onednn_linear(x.reshape(-1, x.shape[-1]), self._weight).view(
+                *x.shape[:-1], self.out_features
+            )
+        elif self.kernel is MatmulKernel.ONEDNN and x.numel() >= self.onednn_min_rows * x.shape[-1]:
             # MKL's float32 products slow down sharply with every row a batch adds on some CPUs.
             out = _onednn_linear(x, self._weight)
         else:
@@ -203,6 +276,41 @@ class Linear:
             blocks = rows.split(AMX_ROWS_PER_CALL)
             out = torch.cat([_onednn_linear(block, self._weight, post_op) for block in blocks])
         return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def heads_kernel_of(kernel: MatmulKernel) -> MatmulKernel:
+    """The kernel of the codebook heads in a step whose other products take `kernel`. With AMX, the
+    heads keep fbgemm's float32 result: logits rounded to bfloat16 (three significant digits) would
+    tie codes that float32 tells apart. Their weights are 2 % of the step's."""
+    if kernel is MatmulKernel.AMX and half_precision_kernel_available():
+        return MatmulKernel.HALF
+    return kernel
+
+
+# A layer's matrix products on every step after the first, in the order the step runs them (a prefix
+# model has no cross-attention); the cross-attention's keys and values ("cross_kv") are computed once.
+STEP_PRODUCTS = ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2")
+
+
+def layer_product_weights(layer: Any, *, fc1_gelu: bool) -> dict[str, tuple[torch.Tensor, bool]]:
+    """A decoder layer's matrix products as our step runs them: name -> ([out, in] weight, whether
+    exact GELU follows). q, k and v are one product, as are the cross-attention's k and v."""
+    attention = layer.self_attn
+    products = {
+        "qkv": (
+            torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+            False,
+        ),
+        "self_out": (attention.out_proj.weight, False),
+        "fc1": (layer.fc1.weight, fc1_gelu),
+        "fc2": (layer.fc2.weight, False),
+    }
+    cross = getattr(layer, "encoder_attn", None)
+    if cross is not None:
+        products["cross_q"] = (cross.q_proj.weight, False)
+        products["cross_kv"] = (torch.cat([cross.k_proj.weight, cross.v_proj.weight]), False)
+        products["cross_out"] = (cross.out_proj.weight, False)
+    return {name: (weight.detach(), then_gelu) for name, (weight, then_gelu) in products.items()}
 
 
 @dataclass
@@ -387,10 +495,19 @@ class DecoderStep:
     loop gives transformers' forward pass (`input_ids`, `encoder_hidden_states`,
     `encoder_attention_mask`, `cache`); its cache comes from `new_cache`."""
 
-    def __init__(self, model: Any, *, cpu_matmul: str = "auto", release_packed_weights: bool = False):
-        """`release_packed_weights`: once packed for a CPU kernel, drop the model's own copies of those
-        weights (as much memory again as the decoder), so that transformers' pass can no longer run
-        on this model: for a model used by this pass alone (see `of_model`)."""
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cpu_matmul: str = "auto",
+        plan: KernelPlan | None = None,
+        release_packed_weights: bool = False,
+    ):
+        """`plan`: the kernels of the products (`inference.engine.kernel_choice` measures one); without
+        it, the rules for `cpu_matmul` (`KernelPlan.by_rules`). `release_packed_weights`: once packed
+        for a CPU kernel, drop the model's own copies of those weights (as much memory again as the
+        decoder), so that transformers' pass can no longer run on this model: for a model used by
+        this pass alone (see `of_model`)."""
         causal_lm = model.decoder
         decoder = causal_lm.model.decoder
         config = causal_lm.config
@@ -401,7 +518,8 @@ class DecoderStep:
         self.scaling = self.head_dim**-0.5
         weight = decoder.layers[0].fc1.weight
         self.device = weight.device
-        self.kernel = MatmulKernel.choose(weight.device, weight.dtype, cpu_matmul)
+        self.plan = plan or KernelPlan.by_rules(weight.device, weight.dtype, cpu_matmul)
+        self.kernel = self.plan.kernel
         # fbgemm's products take and give float32, the AMX kernel's take float32 and give bfloat16: both
         # keep the norms and residual sums in float32. Elsewhere everything stays in the model's dtype.
         self.dtype = torch.float32 if self.kernel.computes_in_float32 else weight.dtype
@@ -416,12 +534,11 @@ class DecoderStep:
         self.fc1_gelu = config.activation_function == "gelu"
         self.layers = [self._layer(layer) for layer in decoder.layers]
         self.final_norm = _Norm.of(decoder.layer_norm, self.dtype)
-        # With AMX, the codebook heads keep fbgemm's float32 result: logits rounded to bfloat16 (three
-        # significant digits) would tie codes that float32 tells apart. Their weights are 2 % of the step's.
-        heads_kernel = self.kernel
-        if heads_kernel is MatmulKernel.AMX and half_precision_kernel_available():
-            heads_kernel = MatmulKernel.HALF
-        self.lm_heads = Linear(torch.cat([h.weight for h in causal_lm.lm_heads]), kernel=heads_kernel)
+        self.lm_heads = Linear(
+            torch.cat([h.weight for h in causal_lm.lm_heads]),
+            kernel=heads_kernel_of(self.kernel),
+            onednn_min_rows=self.plan.onednn_min_rows,
+        )
         self.vocab = int(causal_lm.lm_heads[0].weight.shape[0])
         self.activation = decoder.layers[0].activation_fn
         self.is_prefix_model = self.layers[0].cross_q is None
@@ -430,37 +547,52 @@ class DecoderStep:
             _release_linear_weights(model)
 
     @classmethod
-    def of_model(cls, model: Any, *, cpu_matmul: str = "auto") -> DecoderStep:
+    def of_model(cls, model: Any, *, cpu_matmul: str = "auto", plan: KernelPlan | None = None) -> DecoderStep:
         """The step of a model used by our pass alone (the engines' models): built once (packed
-        weights replacing the model's own), then shared by every engine that uses the model."""
+        weights replacing the model's own), then shared by every engine that uses the model. `plan`
+        applies to the first build only (see `built_for`)."""
+        step = cls.built_for(model, cpu_matmul)
+        if step is None:
+            step = cls(model, cpu_matmul=cpu_matmul, plan=plan, release_packed_weights=True)
+            setattr(model, STEP_MARK, step)
+        return step
+
+    @staticmethod
+    def built_for(model: Any, cpu_matmul: str) -> DecoderStep | None:
+        """The step `of_model` built for this model under `cpu_matmul`, None if there is none yet;
+        ValueError if one was built under another `cpu_matmul` and packing released the weights."""
         step: DecoderStep | None = getattr(model, STEP_MARK, None)
         if step is not None and step.cpu_matmul == cpu_matmul:
             return step
         if step is not None and getattr(model, PACKED_MARK, False):
             raise ValueError(f"this model's decoder weights were packed for cpu_matmul = {step.cpu_matmul!r}")
-        step = cls(model, cpu_matmul=cpu_matmul, release_packed_weights=True)
-        setattr(model, STEP_MARK, step)
-        return step
+        return None
 
     def _layer(self, layer: Any) -> _Layer:
-        attention = layer.self_attn
+        weights = layer_product_weights(layer, fc1_gelu=self.fc1_gelu)
+
+        def linear(name: str) -> Linear | None:
+            if name not in weights:
+                return None
+            weight, then_gelu = weights[name]
+            return Linear(
+                weight, kernel=self.kernel, then_gelu=then_gelu, onednn_min_rows=self.plan.onednn_min_rows
+            )
+
         cross = getattr(layer, "encoder_attn", None)
-
-        def linear(*weights: torch.Tensor, then_gelu: bool = False) -> Linear:
-            weight = torch.cat(weights) if len(weights) > 1 else weights[0]
-            return Linear(weight, kernel=self.kernel, then_gelu=then_gelu)
-
+        qkv, self_out, fc1, fc2 = linear("qkv"), linear("self_out"), linear("fc1"), linear("fc2")
+        assert qkv is not None and self_out is not None and fc1 is not None and fc2 is not None
         return _Layer(
             self_norm=_Norm.of(layer.self_attn_layer_norm, self.dtype),
-            qkv=linear(attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight),
-            self_out=linear(attention.out_proj.weight),
+            qkv=qkv,
+            self_out=self_out,
             ffn_norm=_Norm.of(layer.final_layer_norm, self.dtype),
-            fc1=linear(layer.fc1.weight, then_gelu=self.fc1_gelu),
-            fc2=linear(layer.fc2.weight),
+            fc1=fc1,
+            fc2=fc2,
             cross_norm=None if cross is None else _Norm.of(layer.encoder_attn_layer_norm, self.dtype),
-            cross_q=None if cross is None else linear(cross.q_proj.weight),
-            cross_kv=None if cross is None else linear(cross.k_proj.weight, cross.v_proj.weight),
-            cross_out=None if cross is None else linear(cross.out_proj.weight),
+            cross_q=linear("cross_q"),
+            cross_kv=linear("cross_kv"),
+            cross_out=linear("cross_out"),
         )
 
     @property

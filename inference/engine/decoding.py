@@ -12,7 +12,9 @@ music alone or in a batch.
 
 Rows leave the batch between steps: when they reach their own length (jobs of different durations
 share a batch), or when they are cancelled; each row's end is reported at once, and the key/value
-cache keeps only the rows still running. With our forward pass, rows also enter between steps
+cache keeps only the rows still running. A piece longer than the model's window is one row per
+window (`inference.engine.musicgen_engine`): its next window enters the batch as a new row, and a
+row counts its progress in the steps of every window of its job (`steps_before`, `steps_total`). With our forward pass, rows also enter between steps
 (continuous batching): a group of new rows reads its own prefix and prompt and samples its first
 step, then its cache is joined with the batch's (`inference.engine.decoder_step.join_caches`: every row
 keeps its own positions, and a mask hides the columns it never wrote), so rows that start at
@@ -93,6 +95,15 @@ class DecodingRow:
     is_cancelled: CancelCheck | None = None
     # Called the moment the row ends (its codes, or GenerationCancelled), while the batch goes on.
     on_finished: Callable[[DecodedRow | GenerationCancelled], None] | None = None
+    # A row that is one window of a longer piece counts its progress in the whole job's steps: those
+    # of the windows before it, and the total of them all (None: this row's own `new_steps`).
+    steps_before: int = 0
+    steps_total: int | None = None
+
+    @property
+    def job_steps(self) -> int:
+        """The decoder steps of the whole job this row is (a window of)."""
+        return self.new_steps if self.steps_total is None else self.steps_total
 
     def shape_key(self) -> tuple[int, int]:
         """Rows read their whole sequence (prefix, prompt) in one call only when both have the same
@@ -198,8 +209,10 @@ class MusicGenDecoder:
         Every row runs to its own length and reports its end at once (`DecodingRow.on_finished`).
 
         With a decoder that `can_join`, `joining()` is asked between decoder steps for rows that enter
-        the batch now (their entries follow, in the order they came), and `rows` may differ in prefix
-        and prompt length. Otherwise every row must have the same `shape_key`.
+        the batch now (their entries follow, in the order they came), and once more when the last
+        row has left (a row that ends may be followed by another: the next window of a long piece);
+        `rows` may differ in prefix and prompt length. Otherwise every row must have the same
+        `shape_key`.
         """
         if not self.can_join and len({row.shape_key() for row in rows}) > 1:
             raise ValueError("rows of one batch need the same prefix and prompt lengths")
@@ -211,10 +224,11 @@ class MusicGenDecoder:
                 started = [self._start(row) for row in entering]
                 everyone += started
                 batch = self._enter(batch, self._drop_cancelled(started, before_start=True))
-            if batch is None or not batch.running:
-                break
-            self._step(batch)
+            if batch is not None and batch.running:
+                self._step(batch)
             entering = list(joining()) if joining is not None and self.can_join else []
+            if not entering and (batch is None or not batch.running):
+                break
         return [state.outcome for state in everyone if state.outcome is not None]
 
     def _enter(self, batch: _Batch | None, states: list[_RowState]) -> _Batch | None:
@@ -294,7 +308,7 @@ class MusicGenDecoder:
         for state in running:
             state.steps_done += 1
             if state.row.on_progress is not None:
-                state.row.on_progress(state.steps_done, state.row.new_steps)
+                state.row.on_progress(state.row.steps_before + state.steps_done, state.row.job_steps)
             if state.steps_done >= state.row.new_steps:
                 state.finish(DecodedRow(self._strip_pattern(state), now))
         self._drop_cancelled([s for s in running if not s.done], before_start=False)
@@ -315,15 +329,19 @@ class MusicGenDecoder:
         for state in states:
             check = state.row.is_cancelled
             if check is not None and check():
-                when = (
-                    "before generation started"
-                    if before_start
-                    else f"after {state.steps_done} of {state.row.new_steps} decoder steps"
-                )
-                state.finish(GenerationCancelled(f"cancelled {when}"))
+                state.finish(GenerationCancelled(f"cancelled {self._when(state, before_start=before_start)}"))
             else:
                 kept.append(state)
         return kept
+
+    @staticmethod
+    def _when(state: _RowState, *, before_start: bool) -> str:
+        """When a row was cancelled, in its job's decoder steps (every window of a long piece)."""
+        done = state.row.steps_before + state.steps_done
+        if before_start and done == 0:
+            return "before generation started"
+        between = " (between two windows)" if before_start else ""
+        return f"after {done} of {state.row.job_steps} decoder steps{between}"
 
     @staticmethod
     def _row_count(states: list[_RowState]) -> int:

@@ -18,11 +18,24 @@ do, as the Cog predictor of the product calls them:
 and sampling settings, its own length, progress and cancellation, and a bad request fails alone.
 `generate` is a batch of one. Both return audio; normalising and writing it is
 `inference.engine.audio.write_generated`.
+
+A piece longer than the model's window (30 s for the released models, an audiocraft checkpoint's
+own training segment) is made as audiocraft's `MusicGen._generate_tokens` makes it
+(`inference.windows`): the first window whole, then each next one prompted with the last
+`window - [engine] extend_stride_s` seconds of codes and adding the stride, a melody followed from
+each window's time on; the codes are decoded by EnCodec together at the end. Each window is one row
+of the decoding loop, and the job's next window re-enters the running batch as a new row (through
+the same entry as jobs that join it): its neighbours go on without waiting for a batch to end, the
+long job never holds more than one window of key/value cache, and cancellation (between any two
+steps, windows included) and progress (counted over every window's steps) work as for any row.
+With transformers' pass, where nothing can join a running batch, the next window decodes with the
+batches that follow.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import math
@@ -30,22 +43,23 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from inference.checkpoints.loading import LoadedCompression, LoadedMusicGen, ModelCache
-from inference.engine import audio
+from inference.engine import audio, kernel_choice
+from inference.engine.audio import INPUT_WINDOW_S
 from inference.engine.chroma import extract_chroma
-from inference.engine.codec import decode_codes, encode_prompt
-from inference.engine.decoder_step import DecoderStep
+from inference.engine.codec import decode_clip, decode_codes, encode_clip, encode_prompt
 from inference.engine.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
 from inference.engine.generated_audio import GeneratedAudio
 from inference.errors import GenerationCancelled
 from inference.request import MAX_SEED, GenerationRequest, RequestError
 from inference.settings import EngineSettings
+from inference.windows import Window, decoder_steps, plan_windows, stride_frames, window_frames
 
 __all__ = ["EngineJob", "GeneratedAudio", "GenerationCancelled", "MusicGenEngine", "seed_everything"]
 
@@ -110,7 +124,8 @@ class _PhaseClock:
 
 @dataclass
 class _PreparedMusic:
-    """A music job ready for the decoding loop."""
+    """A music job ready for the decoding loop: the windows it is made of (one, unless the piece is
+    longer than the model's window), and the row of the one decoding now."""
 
     loaded: LoadedMusicGen
     seed: int
@@ -119,12 +134,42 @@ class _PreparedMusic:
     prompt_frames: int
     new_frames: int
     report: Callable[[GeneratedAudio | Exception], None]
+    windows: tuple[Window, ...]
+    # Each window's conditioning (a melody is followed from each window's time on), or one for all.
+    conditionings: tuple[Conditioning, ...]
+    # Frames a window moves the next one on by (audiocraft's stride, in frames).
+    stride: int
+    # Decoder steps the delay pattern adds to each window.
+    delay_steps: int
+    window_index: int = 0
+    # What the finished windows made: the first whole (a continuation's clip included), then the codes
+    # each next one added after its prompt.
+    made: list[torch.Tensor] = field(default_factory=list)
+    # Where its next window waits to enter the batch that decodes it (set by that batch).
+    next_window_ready: Callable[[_PreparedMusic], None] | None = None
     reported: bool = False
 
     def report_once(self, outcome: GeneratedAudio | Exception) -> None:
         if not self.reported:
             self.reported = True
             self.report(outcome)
+
+    @property
+    def last_window(self) -> bool:
+        return self.window_index == len(self.windows) - 1
+
+    def window_row(self, row: DecodingRow, prompt_codes: torch.Tensor | None) -> DecodingRow:
+        """`row` (the job's first window, or the one before) made into the row of the current window."""
+        window = self.windows[self.window_index]
+        done = self.windows[: self.window_index]
+        return dataclasses.replace(
+            row,
+            conditioning=self.conditionings[min(self.window_index, len(self.conditionings) - 1)],
+            new_steps=window.new_frames + self.delay_steps,
+            prompt_codes=prompt_codes,
+            steps_before=decoder_steps(done, delay_steps=self.delay_steps),
+            steps_total=decoder_steps(self.windows, delay_steps=self.delay_steps),
+        )
 
 
 def sampling_of(request: GenerationRequest) -> Sampling:
@@ -153,6 +198,10 @@ class MusicGenEngine:
         self.cache = cache if cache is not None else ModelCache(settings)
         self._demucs: torch.nn.Module | None = stem_separator
         self._decoders: list[MusicGenDecoder] = []
+        # The decoder kernels of each model version run so far ("onednn-packed (measured)"), and who
+        # is told when one is chosen (the worker, which reports it to the bot).
+        self.kernel_choices: dict[str, str] = {}
+        self.on_kernels_chosen: Callable[[str, str], None] | None = None
 
     # -- public API ------------------------------------------------------------------------------
     def generate(
@@ -219,7 +268,8 @@ class MusicGenEngine:
     ) -> _PreparedMusic | None:
         """A music job ready to decode; an encode-decode job, or one that fails here, is reported now."""
         try:
-            if job.request.validate().model_version == "encode-decode":
+            request = job.request.validate(max_duration_s=self.settings.engine.max_duration_s)
+            if request.model_version == "encode-decode":
                 report(self._encode_decode(job))
                 return None
             return self._prepare_music(job, report)
@@ -256,38 +306,81 @@ class MusicGenEngine:
             )
         separator = self._stem_separator(loaded.device) if follows_melody else None
         clock.lap("load")
+        new_frames = request.duration * loaded.frame_rate
         with torch.inference_mode():
             # Seed before anything random (demucs' random shifts included).
             seed_everything(seed)
             prompt_codes = None
-            chroma = None
+            chromas: list[torch.Tensor | None] = [None]
             if request.input_audio is not None and request.continuation:
-                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
+                clip = self._load_input(request, loaded)
                 prompt_codes = encode_prompt(loaded, clip)
-            elif request.input_audio is not None:
-                clip = self._load_input(request, loaded.sample_rate, loaded.audio_channels)
-                chroma = self._melody_chroma(loaded, clip, separator).to(loaded.device, loaded.dtype)
-            conditioning = self._conditioning(loaded, request.prompt, chroma)
-        new_frames = request.duration * loaded.frame_rate
+            windows = self._plan_windows(
+                loaded, 0 if prompt_codes is None else prompt_codes.shape[-1], new_frames
+            )
+            if follows_melody:
+                clip = self._load_input(request, loaded, seconds=self._melody_span_s(loaded, windows))
+                chromas = [
+                    chroma.to(loaded.device, loaded.dtype)
+                    for chroma in self._melody_chromas(loaded, clip, separator, windows)
+                ]
+            text, mask = self._text_states(loaded, request.prompt)
+            conditionings = tuple(self._conditioning(loaded, text, mask, chroma) for chroma in chromas)
         num_codebooks = int(loaded.model.decoder.config.num_codebooks)
         channel_codebooks = num_codebooks // 2 if loaded.audio_channels == 2 else num_codebooks
         generator = torch.Generator(device=loaded.device)
         generator.manual_seed(seed)
-        row = DecodingRow(
-            conditioning=conditioning,
-            # The delay pattern leaves the last codebook channel_codebooks - 1 steps behind the first.
-            new_steps=new_frames + channel_codebooks - 1,
+        first_row = DecodingRow(
+            conditioning=conditionings[0],
+            new_steps=0,  # set per window
             sampling=sampling_of(request),
             generator=generator,
-            prompt_codes=prompt_codes,
             on_progress=job.on_progress,
             is_cancelled=job.is_cancelled,
         )
         clock.lap("prepare")
         prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
-        prepared = _PreparedMusic(loaded, seed, clock, row, prompt_frames, new_frames, report)
-        row.on_finished = functools.partial(self._row_finished, prepared)
+        prepared = _PreparedMusic(
+            loaded,
+            seed,
+            clock,
+            first_row,
+            prompt_frames,
+            new_frames,
+            report,
+            windows=windows,
+            conditionings=conditionings,
+            stride=stride_frames(self.settings.engine.extend_stride_s, loaded.frame_rate),
+            # The delay pattern leaves the last codebook channel_codebooks - 1 steps behind the first.
+            delay_steps=channel_codebooks - 1,
+        )
+        prepared.row = prepared.window_row(first_row, prompt_codes)
+        prepared.row.on_finished = functools.partial(self._row_finished, prepared)
         return prepared
+
+    def _plan_windows(
+        self, loaded: LoadedMusicGen, prompt_frames: int, new_frames: int
+    ) -> tuple[Window, ...]:
+        """The windows of a piece (`inference.windows`); RequestError for one this model cannot make."""
+        window = window_frames(loaded.window_s, loaded.frame_rate)
+        stride = stride_frames(self.settings.engine.extend_stride_s, loaded.frame_rate)
+        if prompt_frames >= window:
+            raise RequestError(
+                f"The clip to continue must be shorter than {loaded.window_s:g} s (the model's window). "
+                "Trim it with continuation_start/continuation_end."
+            )
+        if prompt_frames + new_frames > window and not 0 < stride < window:
+            raise RequestError(
+                f"This model makes at most {loaded.window_s:g} s at a time, and this bot cannot make longer "
+                f"pieces with it ([engine] extend_stride_s = {self.settings.engine.extend_stride_s:g} s must be "
+                f"shorter than that). Ask for at most {loaded.window_s:g} s in all."
+            )
+        return plan_windows(prompt_frames=prompt_frames, new_frames=new_frames, window=window, stride=stride)
+
+    @staticmethod
+    def _melody_span_s(loaded: LoadedMusicGen, windows: tuple[Window, ...]) -> float:
+        """Seconds of a melody clip the piece follows: from its start to the end of the last window."""
+        return max(INPUT_WINDOW_S, windows[-1].offset / loaded.frame_rate + loaded.window_s)
 
     def _decode_group(
         self,
@@ -296,28 +389,39 @@ class MusicGenEngine:
         on_outcome: OutcomeCallback | None,
         later: list[_PreparedMusic],
     ) -> None:
-        """Decode a group as one batch, which jobs from `joining` may join; every job of it is reported
-        as it ends. Joining jobs of another model go to `later`."""
+        """Decode a group as one batch, which jobs from `joining` and the next windows of its long
+        pieces may enter; every job of it is reported as it ends. Joining jobs of another model go to
+        `later`, and so do next windows the decoder cannot take in (transformers' pass)."""
         decoder = self._decoder_for(group[0].loaded)
         members = list(group)
+        next_windows: list[_PreparedMusic] = []
         for job in group:
             job.clock.restart()
+            job.next_window_ready = next_windows.append
 
-        def joining_rows() -> list[DecodingRow]:
-            assert joining is not None
-            joined = self._join(joining(), decoder.model, on_outcome, later)
-            members.extend(joined)
-            return [job.row for job in joined]
+        def entering_rows() -> list[DecodingRow]:
+            rows = [job.row for job in next_windows]
+            next_windows.clear()
+            # Jobs join while the batch runs: a long piece between two windows still runs in it.
+            if joining is not None and not all(job.reported for job in members):
+                joined = self._join(joining(), decoder.model, on_outcome, later)
+                for job in joined:
+                    job.next_window_ready = next_windows.append
+                members.extend(joined)
+                rows += [job.row for job in joined]
+            return rows
 
         try:
             with torch.inference_mode():
-                decoder.decode([job.row for job in group], joining=joining_rows if joining else None)
+                decoder.decode([job.row for job in group], joining=entering_rows)
         except Exception as error:
             # Not one job's fault (the batch itself failed): every job still in it reports the error.
             logger.exception("a batch of %d job(s) failed", len(members))
             for job in members:
                 if not job.reported:
                     job.report_once(self._job_failed(error))
+            return
+        later.extend(job for job in next_windows if not job.reported)
 
     def _join(
         self,
@@ -345,14 +449,34 @@ class MusicGenEngine:
         return joined
 
     def _row_finished(self, job: _PreparedMusic, decoded: DecodedRow | GenerationCancelled) -> None:
-        """A row left its batch: its audio (or its cancellation) is the job's outcome."""
+        """A row left its batch: the next window of the job enters it, or the job's audio (or its
+        cancellation) is its outcome."""
         if isinstance(decoded, GenerationCancelled):
             job.report_once(decoded)
             return
         try:
-            job.report_once(self._finish_music(job, decoded))
+            window = job.windows[job.window_index]
+            job.made.append(
+                decoded.codes if job.window_index == 0 else decoded.codes[:, window.prompt_frames :]
+            )
+            if not job.last_window:
+                self._next_window(job, decoded)
+                return
+            codes = torch.cat(job.made, dim=-1)
+            job.report_once(self._finish_music(job, DecodedRow(codes, decoded.finished_at)))
         except Exception as error:
             job.report_once(self._job_failed(error))
+
+    @staticmethod
+    def _next_window(job: _PreparedMusic, decoded: DecodedRow) -> None:
+        """Start the job's next window, prompted with the last `window - stride` frames of this one
+        (audiocraft's `prompt_tokens = gen_tokens[:, :, stride_tokens:]`)."""
+        prompt = decoded.codes[:, job.stride :]
+        job.window_index += 1
+        assert prompt.shape[-1] == job.windows[job.window_index].prompt_frames
+        job.row = job.window_row(job.row, prompt)
+        assert job.next_window_ready is not None
+        job.next_window_ready(job)
 
     def _finish_music(self, job: _PreparedMusic, decoded: DecodedRow) -> GeneratedAudio:
         job.clock.lap("generate", until=decoded.finished_at)
@@ -380,9 +504,11 @@ class MusicGenEngine:
         options = self.settings.engine
         if options.runs_our_decoder:
             # The cache's models are loaded for the engines alone: their decoder weights can live in
-            # the packed copies of one step that every engine on this cache shares.
-            step = DecoderStep.of_model(loaded.model, cpu_matmul=options.cpu_matmul)
+            # the packed copies of one step that every engine on this cache shares. Its CPU kernels
+            # are chosen (measured, or read from the kernel cache) the first time.
+            step, choice = kernel_choice.decoder_step(loaded.model, options, label=loaded.version)
             decoder = MusicGenDecoder(loaded.model, step=step)
+            self._kernels_chosen(loaded.version, choice.summary())
         else:
             factory = _static_cache_factory(loaded.model) if options.static_cache else None
             decoder = MusicGenDecoder(loaded.model, cache_factory=factory)
@@ -390,6 +516,11 @@ class MusicGenEngine:
                 decoder.compile_forward(cuda_graphs=loaded.device.type == "cuda" and options.static_cache)
         self._decoders.append(decoder)
         return decoder
+
+    def _kernels_chosen(self, model_version: str, kernels: str) -> None:
+        self.kernel_choices[model_version] = kernels
+        if self.on_kernels_chosen is not None:
+            self.on_kernels_chosen(model_version, kernels)
 
     @staticmethod
     def _job_failed(error: Exception) -> Exception:
@@ -413,31 +544,34 @@ class MusicGenEngine:
     def _run_compression_model(
         self, request: GenerationRequest, compression: LoadedCompression, clock: _PhaseClock
     ) -> tuple[torch.Tensor, int]:
-        clip = self._load_input(request, compression.sample_rate, compression.audio_channels)
-        codec = compression.model
-        batch = clip[None].to(compression.device, compression.dtype)
+        clip = self._read_clip(request, compression.sample_rate, compression.audio_channels)
+        request.check_input_length(request.continuation_start + clip.shape[-1] / compression.sample_rate)
         clock.lap("prepare")
-        encoded = codec.encode(batch)
+        encoded = encode_clip(compression, clip)  # a stereo model's clip: each channel alone
         clock.lap("generate")
-        decoded = codec.decode(encoded.audio_codes, encoded.audio_scales).audio_values
+        wav = decode_clip(compression, encoded)
         clock.lap("decode")
-        wav = decoded[0].float().cpu()
         return _fit_length(wav, clip.shape[-1]), compression.sample_rate
 
     # -- inputs ----------------------------------------------------------------------------------
-    def _conditioning(
-        self, loaded: LoadedMusicGen, prompt: str | None, chroma: torch.Tensor | None
-    ) -> Conditioning:
-        """The decoder's conditioning for one job, computed alone (batch 1) so that it is the same
-        whatever the batch: transformers' text-then-null-condition recipe for musicgen and musicgen-melody."""
+    @staticmethod
+    def _text_states(loaded: LoadedMusicGen, prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's states of the prompt and their mask, computed alone (batch 1) so that they are the same
+        whatever the batch; a missing prompt is audiocraft's: "" with its mask zeroed (no text at all)."""
         model = loaded.model
         tokens = loaded.tokenizer([prompt or ""], return_tensors="pt")
         input_ids = tokens["input_ids"].to(loaded.device)
         mask = tokens["attention_mask"].to(loaded.device)
         if prompt is None:
-            # audiocraft conditions a missing description on "" with its mask zeroed: no text at all.
             mask = torch.zeros_like(mask)
-        text = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask
+
+    def _conditioning(
+        self, loaded: LoadedMusicGen, text: torch.Tensor, mask: torch.Tensor, chroma: torch.Tensor | None
+    ) -> Conditioning:
+        """The decoder's conditioning for one job (or one window of it): transformers'
+        text-then-null-condition recipe for musicgen and musicgen-melody."""
+        model = loaded.model
         if loaded.supports_melody:
             return self._prefix_conditioning(loaded, text, mask, chroma)
         decoder_config = model.decoder.config
@@ -486,7 +620,22 @@ class MusicGenEngine:
             states=prefix(melody, text), mask=None, null_states=prefix(null_chroma, null_text), null_mask=None
         )
 
-    def _load_input(self, request: GenerationRequest, sample_rate: int, channels: int) -> torch.Tensor:
+    def _load_input(
+        self, request: GenerationRequest, loaded: LoadedMusicGen, *, seconds: float = INPUT_WINDOW_S
+    ) -> torch.Tensor:
+        """The input clip decoded at the model's rate and channels, trimmed to [start*sr : end*sr] and
+        to at most `seconds` from the start."""
+        clip = self._read_clip(request, loaded.sample_rate, loaded.audio_channels, seconds=seconds)
+        # The clip ends at start + its trimmed length (the decoder stops reading at continuation_end),
+        # which is all a continuation's check needs.
+        request.check_input_length(
+            request.continuation_start + clip.shape[-1] / loaded.sample_rate, window_s=loaded.window_s
+        )
+        return clip
+
+    def _read_clip(
+        self, request: GenerationRequest, sample_rate: int, channels: int, *, seconds: float = INPUT_WINDOW_S
+    ) -> torch.Tensor:
         """The input clip decoded at `sample_rate`/`channels` and trimmed to [start*sr : end*sr]."""
         assert request.input_audio is not None
         clip = audio.load_audio(
@@ -497,12 +646,10 @@ class MusicGenEngine:
             end_s=request.continuation_end,
             timeout_s=self.settings.engine.decode_timeout_s,
             max_seconds=self.settings.engine.max_input_seconds,
+            window_s=seconds,
         )
         if clip.shape[-1] == 0:
             raise RequestError("The trimmed clip is empty: check continuation_start and continuation_end.")
-        # The clip ends at start + its trimmed length (the decoder stops reading at continuation_end),
-        # which is all the 30 s budget of a continuation needs.
-        request.check_input_length(request.continuation_start + clip.shape[-1] / sample_rate)
         return clip
 
     def _stem_separator(self, device: torch.device) -> torch.nn.Module | None:
@@ -516,16 +663,37 @@ class MusicGenEngine:
         # Demucs runs in float32 whatever the MusicGen dtype (audiocraft autocasts it to float32).
         return self._demucs.to(device=device, dtype=torch.float32)
 
+    def _melody_chromas(
+        self,
+        loaded: LoadedMusicGen,
+        clip: torch.Tensor,
+        separator: torch.nn.Module | None,
+        windows: tuple[Window, ...],
+    ) -> list[torch.Tensor]:
+        """The chroma each window follows. One window: the clip's. Past the model's window, as
+        audiocraft slices it: each window's melody is a whole window of the clip from the window's time
+        offset on, the clip repeated where it is shorter (`positions % length`)."""
+        if len(windows) == 1:
+            return [self._melody_chroma(loaded, clip, separator)]
+        window_samples = int(loaded.window_s * loaded.sample_rate)
+        chromas = []
+        for window in windows:
+            start = window.melody_start_sample(frame_rate=loaded.frame_rate, sample_rate=loaded.sample_rate)
+            positions = torch.arange(start, start + window_samples) % clip.shape[-1]
+            chromas.append(self._melody_chroma(loaded, clip[..., positions], separator))
+        return chromas
+
     def _melody_chroma(
         self, loaded: LoadedMusicGen, clip: torch.Tensor, separator: torch.nn.Module | None
     ) -> torch.Tensor:
         """audiocraft's melody conditioning: demucs stems (vocals + other) when configured, then the argmax chroma."""
+        # audiocraft mixes a melody down to mono before anything else (`ConditioningProvider._collate_wavs`):
+        # a stereo model's stereo clip is separated as its mono mix, like a mono model's.
+        mono = clip.mean(dim=0, keepdim=True)
         if separator is not None:
             from inference.engine.stems import melody_stems
 
-            mono = melody_stems(clip, loaded.sample_rate, separator, loaded.device)
-        else:
-            mono = clip.mean(dim=0, keepdim=True)
+            mono = melody_stems(mono, loaded.sample_rate, separator, loaded.device)
         return extract_chroma(mono, loaded.sample_rate)  # [1, frames, 12]
 
 

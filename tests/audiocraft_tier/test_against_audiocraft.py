@@ -8,16 +8,14 @@ everywhere else:
     .venv-audiocraft/bin/python -m pytest -m audiocraft tests/audiocraft_tier
 
 Everything runs on tiny random-weight models on the CPU. audiocraft loads our test exports with its
-own loaders and builders; the only thing adapted is where the T5 text encoder comes from (there is no
-model hub here): the export's `conditioners.description.t5.name` names the local tiny T5 folder, which
-is registered with audiocraft's T5Conditioner, and its tokenizer is loaded with AutoTokenizer (the
-tiny T5 has a BPE tokenizer, not t5-base's sentencepiece one).
+own loaders and builders (tests/audiocraft_tier/audiocraft_models.py says what is adapted: where the
+T5 text encoder and the EnCodec come from, as there is no model hub here). Stereo models are compared
+in test_stereo_against_audiocraft.py.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,9 @@ import pytest
 pytest.importorskip("audiocraft")
 
 import torch
-from omegaconf import OmegaConf
-from transformers import AutoTokenizer, EncodecModel, MusicgenForConditionalGeneration, T5Config
+from transformers import MusicgenForConditionalGeneration
 
-from inference.checkpoints.convert import COMPRESSION_STATE_FILE, LM_STATE_FILE, convert_audiocraft_checkpoint
+from inference.checkpoints.convert import COMPRESSION_STATE_FILE, convert_audiocraft_checkpoint
 from inference.checkpoints.loading import LoadedMusicGen
 from inference.checkpoints.random_models import COMPRESSION_DIR, TEXT_ENCODER_DIR, make_test_model
 from inference.engine.audio import measure_loudness, normalize_audio
@@ -38,6 +35,7 @@ from inference.engine.chroma import extract_chroma
 from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineOptions, EngineSettings, MelodyOptions, ModelSources
+from tests.audiocraft_tier.audiocraft_models import load_audiocraft_lm, load_audiocraft_musicgen
 
 pytestmark = pytest.mark.audiocraft
 
@@ -69,62 +67,27 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _audiocraft_view(export: Path, destination: Path) -> Path:
-    """A copy of `export` whose xp.cfg names the local tiny T5 instead of t5-base (nothing else changes)."""
-    shutil.copytree(export, destination)
-    package = torch.load(export / LM_STATE_FILE, map_location="cpu", weights_only=True)
-    cfg = OmegaConf.create(package["xp.cfg"])
-    cfg.conditioners.description.t5.name = str(export / TEXT_ENCODER_DIR)
-    package["xp.cfg"] = OmegaConf.to_yaml(cfg)
-    torch.save(package, destination / LM_STATE_FILE)
-    return destination
-
-
 @pytest.fixture(scope="module")
 def audiocraft_loader(
     exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], Any]:
     """Load an export's LM with audiocraft's own `loaders.load_lm_model` (builders + strict state dict)."""
-    from audiocraft.models import loaders
-    from audiocraft.modules import conditioners
-
     root = tmp_path_factory.mktemp("audiocraft_views")
     loaded: dict[str, Any] = {}
 
     def load(name: str) -> Any:
         if name not in loaded:
-            loaded[name] = _load(name)
+            loaded[name] = load_audiocraft_lm(exports[name], root)
         return loaded[name]
-
-    def _load(name: str) -> Any:
-        export = exports[name]
-        view = _audiocraft_view(export, root / name)
-        text_encoder = str(export / TEXT_ENCODER_DIR)
-        t5 = conditioners.T5Conditioner
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(t5, "MODELS", [*t5.MODELS, text_encoder])
-            patch.setattr(
-                t5,
-                "MODELS_DIMS",
-                {**t5.MODELS_DIMS, text_encoder: T5Config.from_pretrained(text_encoder).d_model},
-            )
-            patch.setattr(conditioners, "T5Tokenizer", AutoTokenizer)
-            return loaders.load_lm_model(str(view / LM_STATE_FILE), device="cpu")
 
     return load
 
 
 @pytest.fixture(scope="module")
-def audiocraft_musicgen(exports: dict[str, Path], audiocraft_loader: Callable[[str], Any]) -> Any:
+def audiocraft_musicgen(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """audiocraft's MusicGen for the pointer export; the pointer's facebook/encodec_32khz is served by the
     export's local EnCodec folder through audiocraft's own HF EnCodec wrapper (what get_pretrained does)."""
-    from audiocraft.models import MusicGen
-    from audiocraft.models.encodec import HFEncodecCompressionModel
-
-    compression = HFEncodecCompressionModel(
-        EncodecModel.from_pretrained(exports["pointer"] / COMPRESSION_DIR)
-    ).eval()
-    return MusicGen("tier-test", compression, audiocraft_loader("pointer"), max_duration=30)
+    return load_audiocraft_musicgen(exports["pointer"], tmp_path_factory.mktemp("audiocraft_musicgen"))
 
 
 @pytest.fixture(scope="module")

@@ -70,13 +70,15 @@ def decoded(path: Path, *, channels: int) -> np.ndarray:
 
 
 def test_a_long_source_is_continued_from_its_last_ten_seconds() -> None:
-    window = context_window(45.0, 8, 10.0)
+    window = context_window(45.0, 10.0)
     assert (window.start_s, window.seconds, window.source_seconds) == (35.0, 10.0, 45.0)
 
 
-def test_the_window_shrinks_to_leave_room_for_the_new_seconds_and_is_whole_frames() -> None:
-    assert context_window(60.0, 25, 10.0).seconds == pytest.approx(5.0)
-    short = context_window(3.013, 8, 10.0)  # the whole clip, cut to whole 20 ms frames
+def test_the_context_is_whole_frames_of_the_clip_however_many_seconds_are_added() -> None:
+    # The new seconds no longer have to fit in the model's 30 s with it: past the window the piece
+    # is made window by window, so the context keeps its length.
+    assert context_window(60.0, 10.0).seconds == pytest.approx(10.0)
+    short = context_window(3.013, 10.0)  # the whole clip, cut to whole 20 ms frames
     context_samples = round(short.seconds * SAMPLE_RATE)
     assert context_samples % FRAME_SAMPLES == 0 and context_samples == 150 * FRAME_SAMPLES
     assert round(short.start_s * SAMPLE_RATE) + context_samples == round(3.013 * SAMPLE_RATE)
@@ -84,7 +86,7 @@ def test_the_window_shrinks_to_leave_room_for_the_new_seconds_and_is_whole_frame
 
 def test_a_clip_shorter_than_one_frame_cannot_be_continued() -> None:
     with pytest.raises(RequestError, match="too short"):
-        context_window(0.01, 8, 10.0)
+        context_window(0.01, 10.0)
 
 
 def test_the_piece_is_the_untouched_original_then_the_new_seconds_at_the_originals_level() -> None:
@@ -211,6 +213,23 @@ def test_a_mono_clip_continued_by_a_stereo_model_goes_to_both_channels_unchanged
     # Not ffmpeg's up-mix, which lowers a mono signal by 3 dB on each side.
     np.testing.assert_allclose(piece[:before_fade], stereo(original, original)[:before_fade], atol=1 / 32768)
     np.testing.assert_allclose(piece[2 * SAMPLE_RATE :], new, atol=1 / 32768)
+
+
+def test_a_stereo_model_continuing_a_stereo_clip_is_level_matched_channel_by_channel() -> None:
+    left = tone(3.0, 220, 0.3)
+    original = stereo(left, -left)  # its mixdown is silence; its channels are not
+    # A stereo model heard each channel; its normalization made everything 4x louder.
+    new = stereo(tone(1.0, 330, 0.4), tone(1.0, 440, 0.2))
+    generated = np.concatenate([4 * original, new])
+
+    piece = stitch_continuation(original, generated, new.shape[0])
+
+    join, fade = original.shape[0], round(0.02 * SAMPLE_RATE)
+    np.testing.assert_array_equal(piece[: join - fade], original[: join - fade])
+    # One gain for both channels: the new part keeps the model's own left and right, at the clip's level.
+    np.testing.assert_allclose(piece[join:], new / 4, atol=1e-6)
+    # The crossfade runs per channel from the clip into the re-decoded tail (the same music).
+    np.testing.assert_allclose(piece[join - fade : join], original[join - fade :], atol=1e-6)
 
 
 # -- memory (finding 8) ---------------------------------------------------------------------------

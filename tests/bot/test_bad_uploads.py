@@ -31,8 +31,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeDiscordValidationError
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CorpusFile]:
@@ -62,12 +60,12 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def studio(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Hostile uploads", ("mallory", "alice"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     studio: Server,

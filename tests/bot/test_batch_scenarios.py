@@ -31,18 +31,18 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# A worker is killed under a batch, and the worker's batch counts are read.
 
 SERVER_NAMES = ("North", "South", "East", "West")
 MEMBER_NAMES = ("ann", "ben")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def servers(fake_discord: FakeDiscord) -> list[Server]:
     return [add_server(fake_discord, name, MEMBER_NAMES) for name in SERVER_NAMES]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     servers: list[Server],

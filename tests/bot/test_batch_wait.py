@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
@@ -24,15 +23,13 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def servers(fake_discord: FakeDiscord) -> list[Server]:
     return [add_server(fake_discord, name, ("dana",)) for name in ("Attic", "Basement", "Cellar")]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     inference_client: InferenceClient,

@@ -20,10 +20,8 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Slow network", ("alice", "bob", "carol"))
 

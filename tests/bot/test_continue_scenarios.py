@@ -35,8 +35,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage, MessageFlag
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 CONTEXT_MENU = "Continue with MusicGen"
 
 
@@ -67,7 +65,7 @@ def decoded(data: bytes, folder: Path, name: str) -> np.ndarray:
     return decode_clip(path, channels=1, timeout_s=30, max_seconds=600)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Jam room", ("alice", "bob"))
 
@@ -82,7 +80,7 @@ def refused_requests(fake: FakeDiscord, since: int) -> list[str]:
     return [f"{r.method} {r.path} → {r.status}" for r in fake.requests[since:] if r.status >= 400]
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def bot(
     fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
 ) -> AsyncIterator[MusicGenBot]:
@@ -173,7 +171,7 @@ async def test_the_context_menu_on_a_message_without_audio_says_so(
 
 @pytest.mark.parametrize(
     ("typed", "answer"),
-    [("ten", "whole number"), ("NaN", "whole number"), ("2.5", "whole number"), ("45", "between 1 and 30")],
+    [("ten", "whole number"), ("NaN", "whole number"), ("2.5", "whole number"), ("145", "between 1 and 120")],
 )
 async def test_a_modal_with_bad_seconds_is_answered_privately_and_queues_nothing(
     fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path, typed: str, answer: str

@@ -32,18 +32,18 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Jobs past their deadline get their worker killed.
 
 # So short that every real job misses it (loading the model alone takes longer).
 TINY_DEADLINE = DeadlinePolicy(base_s=0.5, per_audio_second_s=0, stall_s=300)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Deadlines", ("ann", "ben"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     server: Server,

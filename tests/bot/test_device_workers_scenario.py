@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from bot.app import MusicGenBot
 from bot.config import WorkerOptions
 from inference.backends.local import InferenceClient
@@ -21,8 +19,6 @@ from tests.bot.scenario_harness import (
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord, running_bot
-
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_two_cpu_workers_from_the_config_each_run_a_job_of_two_servers_at_once(

@@ -27,8 +27,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 FOLLOWUPS = "/webhooks/*/*"  # POST: a followup (the result, while the token lives)
 TOKEN_EDITS = "/webhooks/*/*/messages/*"  # PATCH: status edits through the token
 CHANNEL_POSTS = "/channels/*/messages"  # POST: the result once the token is gone
@@ -37,7 +35,7 @@ TOKEN_EDIT_ROUTE = "/webhooks/{application_id}/{token}/messages/{message_id}"
 SHORT_TIMEOUTS = DiscordTimeouts(call_s=1.0, upload_bytes_per_s=1e9)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Flaky Wi-Fi", ("alice", "bob"))
 

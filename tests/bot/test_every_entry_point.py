@@ -33,12 +33,10 @@ from tests.bot.scenario_harness import (
 from tests.bot.test_jam_scenarios import take_turn
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage, Permission
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 CONTEXT_MENU = "Continue with MusicGen"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     server = add_server(fake_discord, "Gates", ("alice", "bob"))
     server.members["elsewhere"] = fake_discord.add_member(server.guild, "elsewhere-admin")
@@ -64,7 +62,7 @@ def elsewhere(server: Server) -> FakeChannel:
     return next(c for c in server.guild.channels.values() if c.name == "elsewhere")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def world(fake_discord: FakeDiscord, server: Server, bot: MusicGenBot) -> World:
     fake, alice = fake_discord, server["alice"]
     asked = await run_command(fake, alice, server.channel, "generate", prompt="a tune", duration=1)
@@ -263,7 +261,7 @@ CASES = [
 ]
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def gated(
     request: pytest.FixtureRequest, fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, world: World
 ) -> AsyncIterator[tuple[str, Gate]]:

@@ -23,12 +23,10 @@ from tests.bot.scenario_harness import (
 from tests.bot.test_jam_scenarios import audio_named, rows, start_jam, take_turn, turn_result
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 THREAD_POSTS = "/channels/*/messages"  # POST: the bot's own posts (a jam's turns are posted in its thread)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Jam promises", ("alice", "bob"))
 

@@ -24,10 +24,8 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeInteraction, FakeMember, FakeMessage, Permission
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     server = add_server(fake_discord, "Jam club", ("alice", "bob"))
     server.members["mod"] = fake_discord.add_member(
@@ -47,7 +45,7 @@ def config(tmp_path: Path, engine_settings: EngineSettings, request: pytest.Fixt
     return base.model_copy(update={"jam": JamOptions(**jam_options)}) if jam_options else base
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def bot(
     fake_discord: FakeDiscord, config: BotConfig, inference_client: InferenceClient
 ) -> AsyncIterator[MusicGenBot]:

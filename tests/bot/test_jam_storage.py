@@ -26,18 +26,16 @@ from tests.bot.scenario_harness import (
 from tests.bot.test_jam_scenarios import take_turn
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 # A sweep that keeps nothing it may delete: every file is past its age and over the size budget.
 KEEP_NOTHING = RetentionPolicy(keep_days=0, max_bytes=0)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Jam storage", ("alice", "bob"))
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def bot(fresh_bot: MusicGenBot) -> MusicGenBot:
     # The same waits, sooner: SQLite's busy wait (5 s) and the gate's pauses between tries.
     await fresh_bot.database.connection.execute("PRAGMA busy_timeout = 200")

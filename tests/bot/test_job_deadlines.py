@@ -19,7 +19,7 @@ from inference.errors import WorkerCrashed
 from inference.protocol import GenerationResult
 from inference.request import GenerationRequest
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The watchdog kills the worker of a job past its deadline.
 
 
 def killer(client: InferenceClient, killed: list[int]) -> Callable[[str], bool]:

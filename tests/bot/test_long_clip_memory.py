@@ -17,7 +17,6 @@ from tests.bot.scenario_harness import Server, add_server, wait_for_status
 from tests.fake_discord import FakeDiscord
 
 pytestmark = [
-    pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.skipif(not can_measure_peak_memory(), reason="needs Linux's /proc/self/clear_refs"),
 ]
 
@@ -34,7 +33,7 @@ def long_take(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return make_long_stereo_mp3(path, seconds=CLIP_SECONDS, bitrate="32k")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     # A 3 MiB upload limit: the 77 MB piece goes out as a 32 kbit/s MP3 (2.4 MB), so the fake
     # Discord, which keeps what it is sent in this same process, adds little to the measurement.

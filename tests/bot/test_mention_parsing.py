@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bot.continuation import DEFAULT_NEW_SECONDS, parse_mention_request, parse_seconds
-from inference.request import MAX_DURATION_S, RequestError
+from inference.request import DEFAULT_MAX_DURATION_S, RequestError
 
 BOT_ID = 4242
 AT_BOT = f"<@{BOT_ID}>"
@@ -92,8 +92,8 @@ def test_the_mention_may_stand_anywhere_and_the_duration_next_to_it(
 @pytest.mark.parametrize(
     ("typed", "says"),
     [
-        ("45 seconds add brass", f"between 1 and {MAX_DURATION_S} (got 45)"),
-        ("add brass 0 sec", f"between 1 and {MAX_DURATION_S} (got 0)"),
+        ("145 seconds add brass", f"between 1 and {DEFAULT_MAX_DURATION_S} (got 145)"),
+        ("add brass 0 sec", f"between 1 and {DEFAULT_MAX_DURATION_S} (got 0)"),
         ("12.5s add brass", "whole number"),
         ("12s add brass 5 seconds", "Type the seconds once"),
     ],
@@ -117,7 +117,22 @@ def test_the_forms_seconds_field_takes_the_same_units(typed: str, seconds: int) 
     assert parse_seconds(typed) == seconds
 
 
-@pytest.mark.parametrize("typed", ["80s", "45 seconds", "0", "8.5", "eight"])
-def test_the_forms_seconds_field_refuses_what_is_not_a_whole_number_from_1_to_30(typed: str) -> None:
+@pytest.mark.parametrize("typed", ["180s", "145 seconds", "0", "8.5", "eight"])
+def test_the_forms_seconds_field_refuses_what_is_not_a_whole_number_from_1_to_the_limit(typed: str) -> None:
     with pytest.raises(RequestError):
         parse_seconds(typed)
+
+
+def test_seconds_past_the_models_30_s_are_taken_up_to_the_configured_limit() -> None:
+    # Past the model's window a piece is made window by window: "45 sec" asks for 45 s ("45s" alone
+    # stays a plural, as in "spin old 45s").
+    wanted = parse_mention_request(f"{AT_BOT} 45 sec add brass", BOT_ID)
+    assert (wanted.prompt, wanted.seconds) == ("add brass", 45)
+    assert parse_mention_request(f"{AT_BOT} add brass 120 seconds", BOT_ID).seconds == 120
+    assert parse_seconds("45 seconds") == 45 and parse_seconds("45s") == 45
+    with pytest.raises(RequestError, match=r"between 1 and 40 \(got 45\)"):
+        parse_seconds("45", max_seconds=40)
+    with pytest.raises(RequestError, match=r"between 1 and 40 \(got 45\)"):
+        parse_mention_request(f"{AT_BOT} 45 seconds add brass", BOT_ID, max_seconds=40)
+    with pytest.raises(RequestError, match=r"between 1 and 120 \(got 121\)"):
+        parse_mention_request(f"{AT_BOT} 121 sec add brass", BOT_ID)

@@ -22,8 +22,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction, Permission
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 @pytest.fixture(scope="module")
 def engine_settings(
@@ -35,7 +33,7 @@ def engine_settings(
     )
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     server = add_server(fake_discord, "Misconfigured", ("alice",))
     server.members["owner"] = fake_discord.add_member(

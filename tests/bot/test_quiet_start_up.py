@@ -13,8 +13,6 @@ from inference.settings import EngineSettings
 from tests.bot.scenario_harness import musicgen_bot, scenario_config
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 async def test_starting_the_bot_logs_no_voice_warnings(
     fake_discord: FakeDiscord,

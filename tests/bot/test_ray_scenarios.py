@@ -30,18 +30,16 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, running_bot
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 # Starting the replica (a Ray worker that imports torch) is part of the bot's start-up here.
 BOT_READY_TIMEOUT_S = 240.0
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Cluster", ("ann", "ben"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     ray_cluster: None,
     fake_discord: FakeDiscord,

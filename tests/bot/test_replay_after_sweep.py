@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
@@ -24,10 +23,8 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Old jobs", ("alice", "bob"))
 

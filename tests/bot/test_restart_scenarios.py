@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 
-import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
@@ -30,10 +29,10 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeMessage
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The worker is killed mid-job.
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Night shift", ("alice", "bob"))
 

@@ -24,10 +24,10 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeDiscordValidationError, Permission
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The worker is killed mid-job, and /musicgen-status lists the models it has run since it started.
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     server = add_server(fake_discord, "Controlled", ("alice", "bob"))
     server.members["admin"] = fake_discord.add_member(
@@ -151,7 +151,10 @@ async def test_an_admin_reads_the_bots_status_and_members_cannot(
 ) -> None:
     with pytest.raises(FakeDiscordValidationError):
         await fake_discord.invoke_slash_command(server["alice"], server.channel, "musicgen-status", {})
-    await run_command(fake_discord, server["admin"], server.channel, "musicgen-settings max_pending", limit=7)
+    admin = server["admin"]
+    for feature in ("jams", "replies"):
+        await run_command(fake_discord, admin, server.channel, f"musicgen-settings {feature}", enabled=False)
+    await run_command(fake_discord, admin, server.channel, "musicgen-settings max_pending", limit=7)
     status = await private_reply(
         await run_command(fake_discord, server["admin"], server.channel, "musicgen-status")
     )
@@ -159,6 +162,7 @@ async def test_an_admin_reads_the_bots_status_and_members_cannot(
     assert "**This server:** 0 queued, 0 running (limit 7)" in status
     assert "**Workers:** 1 configured" in status
     assert "**Models run since start:** small" in status
+    assert "small kernels: " in status  # the decoder kernels the worker chose for it ([engine] cpu_matmul)
     assert "**Last error here:** none" in status
     assert "jams off" in status and "replies off" in status
     assert f"<@{server['admin'].id}> set max_pending: 20 → 7" in status

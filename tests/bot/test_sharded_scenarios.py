@@ -27,8 +27,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 SHARDS = 3
 SERVERS = 6
 
@@ -38,13 +36,13 @@ def shard_of(guild_id: int) -> int:
     return (guild_id >> 22) % SHARDS
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def sharded_discord() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord(recommended_shards=SHARDS) as fake:
         yield fake
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def servers(sharded_discord: FakeDiscord) -> list[Server]:
     """Two servers on each shard. A guild's shard comes from its id's timestamp (milliseconds), so
     servers made in the same millisecond share a shard: more are made, a millisecond apart, until
@@ -60,7 +58,7 @@ async def servers(sharded_discord: FakeDiscord) -> list[Server]:
     raise AssertionError("could not place two servers on every shard")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     sharded_discord: FakeDiscord,
     servers: list[Server],

@@ -29,7 +29,8 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+# The worker is killed five times.
+pytestmark = pytest.mark.timeout(900)
 
 JOBS = 100
 WORKER_KILLS = 5

@@ -170,12 +170,12 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Small disk", ("alice",))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     server: Server,
@@ -189,7 +189,6 @@ async def bot(
         yield running
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_a_full_disk_refuses_new_jobs_clearly_and_the_bot_recovers_when_space_is_back(
     bot: MusicGenBot,
     fake_discord: FakeDiscord,

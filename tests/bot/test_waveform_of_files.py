@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageChops
 
-from bot.audio.waveform import PICTURE_SAMPLE_RATE, MarkedPart, waveform_png, waveform_png_of_file
+from bot.audio.waveform import PICTURE_SAMPLE_RATE, WAVE, MarkedPart, waveform_png, waveform_png_of_file
 from inference.media.ffmpeg import decode_audio_file
 
 
@@ -61,3 +61,19 @@ def test_a_ten_minute_piece_is_drawn_without_holding_its_samples(tmp_path: Path)
         ImageChops.difference(picture(from_file), expected).convert("L").point(lambda v: 255 if v else 0)
     )
     assert differing.histogram()[255] < 0.01 * 640 * 120  # summarised in blocks: nearly every pixel alike
+
+
+def test_a_stereo_files_picture_has_a_lane_for_each_channel_and_a_mono_file_one(tmp_path: Path) -> None:
+    tone = swelling_tone(2.0, 32000)
+    stereo_path, mono_path = tmp_path / "stereo.wav", tmp_path / "mono.wav"
+    soundfile.write(stereo_path, np.stack([tone, np.zeros_like(tone)], axis=1), 32000, subtype="PCM_16")
+    soundfile.write(mono_path, tone, 32000, subtype="PCM_16")
+
+    stereo, mono = picture(waveform_png_of_file(stereo_path)), picture(waveform_png_of_file(mono_path))
+
+    def drawn_rows(image: Image.Image) -> set[int]:
+        return {y for x in range(0, 640, 8) for y in range(120) if image.getpixel((x, y)) == WAVE}
+
+    # The silent right channel is a flat line in the lower lane; the left fills the upper lane.
+    assert min(drawn_rows(stereo)) < 10 and len({y for y in drawn_rows(stereo) if y >= 60}) <= 2
+    assert max(drawn_rows(mono)) > 100 and min(drawn_rows(mono)) < 20

@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
@@ -33,14 +32,12 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord, Permission
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 # A masked link `[text](url)` whose bracket is not escaped: Discord would render only "text".
 UNESCAPED_MASKED_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")
 LURE = "[Download your track here](https://evil.example/steal) @everyone "
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def club(fake_discord: FakeDiscord) -> Server:
     names = tuple(f"member{index}" for index in range(10))
     server = add_server(fake_discord, "Busy club", names)
@@ -50,7 +47,7 @@ async def club(fake_discord: FakeDiscord) -> Server:
     return server
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     club: Server,

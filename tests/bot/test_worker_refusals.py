@@ -26,8 +26,6 @@ from tests.bot.scenario_harness import (
 )
 from tests.fake_discord import FakeDiscord
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 @pytest.fixture(scope="module")
 def engine_settings(engine_settings: EngineSettings, tiny_model_dirs: dict[str, Path]) -> EngineSettings:
@@ -36,7 +34,7 @@ def engine_settings(engine_settings: EngineSettings, tiny_model_dirs: dict[str, 
     return engine_settings.model_copy(update={"models": models})
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def server(fake_discord: FakeDiscord) -> Server:
     return add_server(fake_discord, "Fine-tuners", ("alice", "bob"))
 

@@ -128,7 +128,7 @@ def test_a_bad_request_fails_alone_and_its_neighbours_are_unharmed(
     garbage = tmp_path / "garbage.mp3"
     garbage.write_bytes(b"this is not an mp3 file" * 100)
     bad = [
-        request(duration=31),  # invalid
+        request(duration=121),  # invalid: over [limits] max_duration_s
         request(model_version="finetuned"),  # none configured
         request(input_audio=str(melody_clip)),  # small cannot follow a melody
         request(input_audio=str(garbage), continuation=True),  # not audio

@@ -115,7 +115,7 @@ def test_make_test_model_writes_a_folder_that_generate_can_load(config_file: Pat
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--prompt", "x", "--duration", "40"], "Duration must be between 1 and 30"),
+        (["--prompt", "x", "--duration", "121"], "Duration must be between 1 and 120"),
         (["--prompt", "x", "--top-p", "1.5"], "top_p must be between 0 and 1"),
         (["--prompt", "x", "--top-k", "many"], "'many' is not a valid integer"),
         (["--prompt", "x", "--model-version", "huge"], "'huge' is not one of"),

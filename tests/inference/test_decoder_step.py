@@ -22,6 +22,7 @@ from inference.engine.decoder_step import (
     half_precision_kernel_available,
     onednn_kernel_available,
 )
+from inference.engine.kernel_choice import candidate_kernels
 from inference.engine.musicgen_engine import EngineJob, GeneratedAudio, MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
@@ -226,7 +227,7 @@ def test_the_kernel_follows_the_weights_dtype_the_device_and_cpu_matmul() -> Non
 
 
 @needs_half_kernel
-@pytest.mark.parametrize("cpu_matmul", ["auto", "fbgemm"])
+@pytest.mark.parametrize("cpu_matmul", ["auto", "rules", "fbgemm"])
 def test_a_bfloat16_engine_keeps_each_jobs_music_in_a_batch_with_either_cpu_kernel(
     engine_settings: EngineSettings, cpu_matmul: str, tmp_path: Path
 ) -> None:
@@ -244,7 +245,11 @@ def test_a_bfloat16_engine_keeps_each_jobs_music_in_a_batch_with_either_cpu_kern
     batch = engine.generate_batch([EngineJob(r) for r in requests])
     decoder = engine._decoder_for(engine.cache.get("small"))
     assert isinstance(decoder.forward, DecoderStep)
-    assert decoder.forward.kernel is MatmulKernel.choose(torch.device("cpu"), torch.bfloat16, cpu_matmul)
+    kernel = decoder.forward.kernel
+    if cpu_matmul == "auto":  # measured among the bfloat16 kernels where there are several (AMX)
+        assert kernel in candidate_kernels(torch.bfloat16)
+    else:
+        assert kernel is MatmulKernel.choose(torch.device("cpu"), torch.bfloat16, cpu_matmul)
     for together, alone in zip(batch, requests, strict=True):
         assert same(together, engine.generate(alone))
 
@@ -302,7 +307,7 @@ def test_engines_sharing_a_model_cache_share_one_packed_decoder(engine_settings:
     # torch's own products (cpu_matmul = "torch") would need the weights the packing replaced.
     torch_options = bfloat16.engine.model_copy(update={"cpu_matmul": "torch"})
     third = MusicGenEngine(bfloat16.model_copy(update={"engine": torch_options}), first.cache)
-    with pytest.raises(ValueError, match="packed for cpu_matmul = 'auto'"):
+    with pytest.raises(ValueError, match="packed for cpu_matmul = 'rules'"):
         third.generate(request(seed=12))
 
 

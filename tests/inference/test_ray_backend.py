@@ -55,8 +55,11 @@ def replica_scratch_folders() -> set[Path]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(ray_cluster: None, engine_settings: EngineSettings) -> AsyncIterator[RayInferenceClient]:
-    async with RayInferenceClient(engine_settings, replicas=1, num_cpus=1) as inference_client:
+async def client(
+    ray_cluster: None, stereo_engine_settings: EngineSettings
+) -> AsyncIterator[RayInferenceClient]:
+    # The mono versions on the tiny models, and the stereo ones beside them (loaded only when asked for).
+    async with RayInferenceClient(stereo_engine_settings, replicas=1, num_cpus=1) as inference_client:
         yield inference_client
 
 
@@ -124,8 +127,8 @@ async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_th
     good, bad, cancelled = client.submit_batch(
         [
             JobSubmission("ray-good", short_request(duration=2, seed=11)),
-            # 40 s bypasses GenerationRequest.validate(); the engine refuses it.
-            JobSubmission("ray-too-long", short_request(duration=40, seed=12)),
+            # 1000 s bypasses GenerationRequest.validate(); the engine refuses it.
+            JobSubmission("ray-too-long", short_request(duration=1000, seed=12)),
             JobSubmission(
                 "ray-cancel-me", short_request(duration=LONG_DURATION_S, seed=13), cancel_on_first_progress
             ),
@@ -136,7 +139,7 @@ async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_th
     assert len(done) == 3, "a job of the batch never ended"
 
     assert good.result().seed == 11
-    with pytest.raises(RequestError, match="30"):
+    with pytest.raises(RequestError, match="120"):
         bad.result()
     with pytest.raises(GenerationCancelled):
         cancelled.result()
@@ -424,3 +427,36 @@ def test_the_worker_s_ray_keys_are_read_from_the_config_file_and_the_shipped_fil
 
     shipped = Path(__file__).resolve().parents[2] / "config.toml"
     assert load_config(shipped).worker == WorkerOptions()
+
+
+@on_module_loop
+async def test_a_stereo_batch_runs_on_a_replica_and_comes_back_in_two_channels(
+    client: RayInferenceClient, tmp_path: Path
+) -> None:
+    seconds = np.arange(32_000 * 2) / 32_000
+    clip = tmp_path / "stereo-riff.wav"
+    soundfile.write(
+        clip,
+        np.stack([0.3 * np.sin(2 * np.pi * 220 * seconds), 0.2 * np.sin(2 * np.pi * 330 * seconds)], axis=1),
+        32_000,
+    )
+    text, continued = client.submit_batch(
+        [
+            JobSubmission("ray-stereo", short_request(model_version="stereo-small", seed=21)),
+            # The clip travels as bytes and is continued in its own two channels.
+            JobSubmission(
+                "ray-stereo-continued",
+                short_request(
+                    model_version="stereo-small", input_audio=str(clip), continuation=True, seed=22
+                ),
+            ),
+        ],
+        tmp_path / "out",
+    )
+    results = await asyncio.wait_for(asyncio.gather(text, continued), JOB_TIMEOUT_S)
+
+    for result, frames in zip(results, (32_000, 3 * 32_000), strict=True):
+        samples, rate = soundfile.read(result.output_path, dtype="float32", always_2d=True)
+        assert (samples.shape, rate) == ((frames, 2), 32_000)
+        assert np.abs(samples[:, 0] - samples[:, 1]).max() > 0.01  # a left and a right of its own
+    await replica_freed(client)

@@ -1,4 +1,4 @@
-"""GenerationRequest checks that need the input clip's length (the 30 s budget of a continuation)."""
+"""GenerationRequest checks that need the input clip's length (a continuation's clip and the window)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ SAMPLE_RATE = 32_000
 
 
 @pytest.mark.parametrize(("start", "extra_seconds"), [(3.02, 1), (3.2, 1), (0.3, 1), (1.1, 2)])
-def test_a_trimmed_clip_plus_new_seconds_of_exactly_30_s_is_accepted(
-    start: float, extra_seconds: int
-) -> None:
-    # A member trims the clip so that it and the continuation fill the 30 s exactly. The engine sees
-    # the clip end as start + samples / rate, and floating point must not turn 30 s into 30.000000000000004.
-    clip_seconds = 30 - extra_seconds
+def test_a_trimmed_clip_just_shorter_than_the_window_is_accepted(start: float, extra_seconds: int) -> None:
+    # A member trims the clip to just under the model's 30 s. The engine sees the clip end as
+    # start + samples / rate, and floating point must not turn 29.98 s into 29.980000000000004.
+    clip_seconds = 29.98
     end = start + clip_seconds
     request = GenerationRequest(
         model_version="small",
@@ -29,10 +27,16 @@ def test_a_trimmed_clip_plus_new_seconds_of_exactly_30_s_is_accepted(
     request.check_input_length(start + samples / SAMPLE_RATE)
 
 
-def test_a_clip_plus_new_seconds_over_30_s_is_still_refused() -> None:
-    request = GenerationRequest(model_version="small", input_audio="clip.wav", continuation=True, duration=2)
-    with pytest.raises(RequestError, match="30 s"):
-        request.check_input_length(28.01)
+def test_a_clip_plus_new_seconds_past_the_window_is_accepted_and_a_whole_window_of_clip_is_not() -> None:
+    # The piece is extended window by window past 30 s; the clip itself must leave room in the first.
+    request = GenerationRequest(
+        model_version="small", input_audio="clip.wav", continuation=True, duration=100
+    )
+    request.check_input_length(28.01)
+    with pytest.raises(RequestError, match="shorter than 30 s"):
+        request.check_input_length(30.0)
+    with pytest.raises(RequestError, match="shorter than 2 s"):
+        request.check_input_length(2.5, window_s=2.0)
 
 
 def test_text_jobs_of_one_model_share_a_batch_whatever_their_settings() -> None:
