@@ -2,18 +2,65 @@
 
 The models are built once per test session (a couple of seconds) under a session temp folder; torch
 is imported lazily so tests that never touch a model (the bot side) do not pay for it.
+
+The suite runs on pytest-xdist workers (`-n` in pyproject's addopts). Each test module stays on one
+worker, so its module-scoped fixtures start once and its scenarios run in their written order; the
+modules that start a Ray runtime run on one worker, so no two runtimes run at once.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from inference.settings import EngineSettings
+
+# No test may wait on the Hugging Face hub: tests build their checkpoints, and a hub id in a test stands
+# for one that cannot be reached. Offline mode makes every hub access fail at once (on a refused
+# connection huggingface_hub retries for 23 s), and the endpoint, a closed port on this machine, keeps
+# anything that ignores offline mode off the network. Set before huggingface_hub is imported (it reads
+# them once), and inherited by every worker and child process.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
+# The test modules that start a Ray runtime: they run on one xdist worker, one after the other (two
+# runtimes at once on a 2-core machine starve each other past their timeouts).
+RAY_TEST_MODULES = frozenset({"tests/inference/test_ray_backend.py", "tests/bot/test_ray_scenarios.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (pyproject's addopts), with the Ray modules as one unit of work.
+
+    Each module goes whole to one worker, in its written order, so its module-scoped fixtures
+    start once; units are handed out in collection order (`--no-loadscope-reorder`), longest first. (xdist's `loadgroup` would do this with marks, but it does not see them under
+    pytest 9.2, whose node ids it cannot suffix.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ray" if module in RAY_TEST_MODULES else module
+
+    return ModulesScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module that starts a Ray runtime must be one of RAY_TEST_MODULES."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if "ray_cluster" in getattr(item, "fixturenames", ()) and module not in RAY_TEST_MODULES:
+            raise pytest.UsageError(
+                f"{module} starts a Ray runtime: add it to RAY_TEST_MODULES in tests/conftest.py"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bot", "cogs", "inference")
-# The modules that need torch: the engine, and loading or making checkpoints.
+# The modules that need torch: the engine, loading or making checkpoints, and what the workers' fork
+# server preloads (never imported by the bot: its fork server names it).
 TORCH_MODULES = (
+    "inference.backends.worker_preload",
     "inference.engine.",
     "inference.checkpoints.convert",
     "inference.checkpoints.loading",

@@ -1,10 +1,13 @@
 """Fixtures for the bot's scenario tests: a fake Discord, the real inference client, a running bot.
 
-One inference client (a real worker process on the tiny random models) and one fake Discord per
-test module keep the scenarios fast; each module starts its own bot(s) against them. A module that
-defines its `server` (and, for other limits, `scenario_limits`) gets the usual `bot`; one that needs
-another bot defines its own `bot`; one whose tests each need a database of their own uses
-`fresh_config` and `fresh_bot`.
+Each test module gets an inference client of its own (a real worker process on the tiny random
+models, or on the module's `engine_settings`) and a fake Discord of its own, and starts its own
+bot(s) against them. A module that defines its `server`
+(and, for other limits, `scenario_limits`) gets the usual `bot`; one that needs another bot defines
+its own `bot`; one whose tests each need a database of their own uses `fresh_config` and `fresh_bot`.
+
+Every test and fixture runs in the session's event loop (pyproject's asyncio settings), so a
+module's client, fake Discord and bot serve all of its tests.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from tests.bot.scenario_harness import Server, make_sine, musicgen_bot, scenario
 from tests.fake_discord import FakeDiscord
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def inference_client(engine_settings: EngineSettings) -> AsyncIterator[InferenceClient]:
+    """The module's own inference client: one worker, forked in a moment from the fork server (which
+    has imported torch and the engine once for the session), so a module that kills or stalls it
+    leaves the next module nothing to clean up."""
     async with InferenceClient(engine_settings, processes=1) as client:
         yield client
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord() as fake:
         yield fake
@@ -57,7 +63,7 @@ def scenario_limits() -> dict[str, object]:
     return {}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def bot(
     fake_discord: FakeDiscord,
     server: Server,
@@ -78,7 +84,7 @@ def fresh_config(tmp_path: Path, engine_settings: EngineSettings) -> BotConfig:
     return scenario_config(tmp_path / "data", engine_settings)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture
 async def fresh_bot(
     fake_discord: FakeDiscord, fresh_config: BotConfig, inference_client: InferenceClient
 ) -> AsyncIterator[MusicGenBot]:

@@ -1,6 +1,6 @@
 """The worker process and its client, as the bot uses them: submit, batches, progress, errors, cancel, crashes.
 
-One client (one spawned worker on the tiny models) is shared by most tests: starting a process that
+One client (one worker on the tiny models) is shared by most tests: starting a process that
 imports torch takes seconds. Tests that need their own processes say so.
 """
 
@@ -21,7 +21,7 @@ import soundfile
 
 from inference.backends import worker as worker_module
 from inference.backends.base import JobSubmission
-from inference.backends.local import InferenceClient
+from inference.backends.local import InferenceClient, worker_process_context
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed, WorkerStartError
 from inference.protocol import (
     BatchJob,
@@ -389,7 +389,7 @@ async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(
 @contextlib.contextmanager
 def raw_worker(engine_settings: EngineSettings) -> Iterator[tuple[Connection, Ready]]:
     """A worker process spoken to over its pipe, without the client; it must then shut down cleanly."""
-    context = multiprocessing.get_context("spawn")
+    context = worker_process_context()
     parent_conn, child_conn = context.Pipe()
     process = context.Process(target=worker_module.main, args=(child_conn, engine_settings), daemon=True)
     process.start()
