@@ -32,14 +32,28 @@ class ServerControls:
         # Admission reads these before acknowledging a command: on the reader, they never wait
         # behind another query (see `Database.reader`).
         self._reader: aiosqlite.Connection = database.reader
+        # The allow-list, switches and quota, as read: every command reads them before its
+        # acknowledgement and only this class writes them (each setter forgets its guild's), so a
+        # burst of commands does not queue hundreds of reads on the database's thread.
+        # A setter forgets its guild's once its change is committed.
+        self._channels: dict[int, list[int]] = {}
+        self._switches: dict[tuple[int, Feature], bool] = {}
+        self._quotas: dict[int, int | None] = {}
+
+    def _forget(self, guild_id: int) -> None:
+        self._channels.pop(guild_id, None)
+        self._quotas.pop(guild_id, None)
+        self._switches = {key: on for key, on in self._switches.items() if key[0] != guild_id}
 
     # -- channels ---------------------------------------------------------------------------------
     async def channels(self, guild_id: int) -> list[int]:
         """The channels the bot works in here; empty means everywhere."""
-        async with self._reader.execute(
-            "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        if guild_id not in self._channels:
+            async with self._reader.execute(
+                "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
+            ) as cursor:
+                self._channels[guild_id] = [row[0] for row in await cursor.fetchall()]
+        return list(self._channels[guild_id])
 
     async def set_channel(self, guild_id: int, channel_id: int, allowed: bool, *, by: int) -> list[int]:
         before = await self.channels(guild_id)
@@ -59,12 +73,14 @@ class ServerControls:
     # -- switches and quota -------------------------------------------------------------------------
     async def feature_enabled(self, guild_id: int, feature: Feature) -> bool:
         """Whether the server's admins leave `feature` on (it is, unless they turned it off)."""
-        column = FEATURE_COLUMNS[feature]
-        async with self._reader.execute(
-            f"SELECT {column} FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return True if row is None else bool(row[0])
+        if (guild_id, feature) not in self._switches:
+            column = FEATURE_COLUMNS[feature]
+            async with self._reader.execute(
+                f"SELECT {column} FROM guild_settings WHERE guild_id = ?", (guild_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            self._switches[guild_id, feature] = True if row is None else bool(row[0])
+        return self._switches[guild_id, feature]
 
     async def set_feature(self, guild_id: int, feature: Feature, enabled: bool, *, by: int) -> None:
         column = FEATURE_COLUMNS[feature]
@@ -77,11 +93,13 @@ class ServerControls:
         await self.record(guild_id, by, feature, _switch(before), _switch(enabled))
 
     async def daily_quota(self, guild_id: int) -> int | None:
-        async with self._reader.execute(
-            "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
+        if guild_id not in self._quotas:
+            async with self._reader.execute(
+                "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            self._quotas[guild_id] = None if row is None else row[0]
+        return self._quotas[guild_id]
 
     async def set_daily_quota(self, guild_id: int, quota: int | None, *, by: int) -> None:
         before = await self.daily_quota(guild_id)
@@ -117,6 +135,8 @@ class ServerControls:
             (guild_id, user_id, setting, old, new, time.time()),
         )
         await self._db.commit()
+        # After the commit: a read on the reader until then saw (and kept) the old values.
+        self._forget(guild_id)
 
     async def recent_changes(self, guild_id: int, limit: int = 5) -> list[aiosqlite.Row]:
         async with self._db.execute(
