@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from bot.config import BotConfig, load_config
 from bot.storage.database import Database, discover_migrations
-from inference.backends.base import BackendOptions
 from inference.doctor import DoctorPlan, doctor_options, run_doctor_command
 from inference.request import ModelVersion
 from inference.settings import CONFIG_ENV_VAR, resolve_config_path
@@ -224,7 +223,6 @@ def doctor(config_path: Path | None, model_source: str | None, quick: bool, ray_
 
 def doctor_plan(config: BotConfig, config_path: Path | None) -> DoctorPlan:
     """What the doctor checks, from the bot's configuration."""
-    worker = config.worker
     return DoctorPlan(
         settings=config.engine_settings,
         # BotOptions has checked it is one of MODEL_VERSIONS.
@@ -232,13 +230,8 @@ def doctor_plan(config: BotConfig, config_path: Path | None) -> DoctorPlan:
         config_path=resolve_config_path(config_path),
         data_dir=config.data_dir,
         min_free_mb=config.storage.min_free_mb,
-        backend=BackendOptions(
-            backend=worker.backend,
-            processes=worker.processes,
-            devices=tuple(worker.devices),
-            ray_address=worker.ray_address,
-        ),
-        max_batch_size=worker.max_batch_size,
+        backend=config.backend_options,
+        max_batch_size=config.worker.max_batch_size,
     )
 
 

@@ -34,7 +34,7 @@ from bot.storage.patience import PatientJobStore
 from bot.storage.retention import GIB, MIB, RetentionPolicy, StorageJanitor, files_in_use, low_disk_refusal
 from bot.storage.server_controls import ServerControls
 from bot.uploads import Uploads
-from inference.backends.base import BackendOptions, InferenceBackend
+from inference.backends.base import InferenceBackend
 from inference.backends.factory import create_backend
 from inference.catalogue import ModelCatalogue
 from inference.media.ffmpeg import use_ffmpeg
@@ -298,16 +298,7 @@ class MusicGenBot(commands.AutoShardedBot):
 
     def _inference_backend(self) -> InferenceBackend:
         """The inference back end [worker] backend names; Ray is imported only when it is chosen."""
-        worker = self.config.worker
-        options = BackendOptions(
-            backend=worker.backend,
-            processes=worker.processes,
-            devices=tuple(worker.devices),
-            ray_address=worker.ray_address,
-            ray_num_gpus=worker.ray_gpus_per_replica,
-            ray_num_cpus=worker.ray_num_cpus,
-        )
-        return create_backend(self.config.engine_settings, options)
+        return create_backend(self.config.engine_settings, self.config.backend_options)
 
     async def close(self) -> None:
         """Stop taking jobs, put running ones back in the queue, stop the worker, close the DB."""

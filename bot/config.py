@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from inference.backends.base import BackendOptions
 from inference.catalogue import ModelCatalogue
 from inference.request import DEFAULT_MAX_DURATION_S, MODEL_VERSIONS
 from inference.settings import LIMITS_SHARED_WITH_ENGINE, EngineSettings, read_config_file, with_limits
@@ -170,6 +171,19 @@ class BotConfig(_Section):
     @property
     def data_dir(self) -> Path:
         return Path(self.bot.data_dir)
+
+    @property
+    def backend_options(self) -> BackendOptions:
+        """The inference back end `[worker]` names, as the bot and `doctor` build it."""
+        worker = self.worker
+        return BackendOptions(
+            backend=worker.backend,
+            processes=worker.processes,
+            devices=tuple(worker.devices),
+            ray_address=worker.ray_address,
+            ray_num_gpus=worker.ray_gpus_per_replica,
+            ray_num_cpus=worker.ray_num_cpus,
+        )
 
     @property
     def database_path(self) -> Path:
