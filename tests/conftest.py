@@ -38,8 +38,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile` (pyproject's addopts), with the Ray modules as one unit of work.
 
     Each module goes whole to one worker, in its written order, so its module-scoped fixtures
-    start once; units are handed out in collection order (`--no-loadscope-reorder`), longest first. (xdist's `loadgroup` would do this with marks, but it does not see them under
-    pytest 9.2, whose node ids it cannot suffix.)
+    start once; units are handed out in collection order (`--no-loadscope-reorder`), which puts
+    LONGEST_MODULES_FIRST first. (xdist's `loadgroup` would group by marks, but it does not see them
+    under pytest 9.2, whose node ids it cannot suffix.)
     """
     if config.getvalue("dist") != "loadfile":
         return None
@@ -53,14 +54,37 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return ModulesScheduling(config, log)
 
 
+# The modules that take longest (half a minute and more: Ray, processes killed and replaced, a
+# compile with a cold inductor cache, discord.py's retry pauses) start first, so that none of them is
+# left running alone at the end.
+LONGEST_MODULES_FIRST = (
+    *sorted(RAY_TEST_MODULES),
+    "tests/inference/test_batching.py",
+    "tests/bot/test_long_clip_memory.py",
+    "tests/bot/test_soak.py",
+    "tests/bot/test_restart_scenarios.py",
+    "tests/test_fake_discord_faults.py",
+    "tests/bot/test_stereo_scenarios.py",
+    "tests/bot/test_runtime_fault_scenarios.py",
+    "tests/bot/test_every_entry_point.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module that starts a Ray runtime must be one of RAY_TEST_MODULES."""
+    """Put LONGEST_MODULES_FIRST first (each module keeps its tests' order), and check that a module
+    that starts a Ray runtime is one of RAY_TEST_MODULES."""
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
+        module = _module_of(item)
         if "ray_cluster" in getattr(item, "fixturenames", ()) and module not in RAY_TEST_MODULES:
             raise pytest.UsageError(
                 f"{module} starts a Ray runtime: add it to RAY_TEST_MODULES in tests/conftest.py"
             )
+    rank = {module: place for place, module in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))
+
+
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 @pytest.fixture(scope="session")
