@@ -29,8 +29,6 @@ from inference.settings import EngineSettings, load_engine_settings
 
 if TYPE_CHECKING:  # these import torch: only for the annotations
     from inference.checkpoints.random_models import CheckpointFormat, ModelArchitecture
-    from inference.engine.generated_audio import GeneratedAudio
-    from inference.engine.musicgen_engine import MusicGenEngine, ProgressCallback
 
 FC = TypeVar("FC", bound=Callable[..., Any] | click.Command)
 
@@ -214,7 +212,8 @@ def generate(
         bar.update(steps_done - bar.n)
 
     try:
-        made = _generate_takes(engine, requests, model_source, on_progress)
+        # Every take as one batch (a decoder step serves them all); the first drives the bar.
+        made = engine.generate_all(requests, model_source=model_source, on_progress=on_progress)
     except RequestError as exc:
         raise FriendlyRequestError(str(exc)) from None
     finally:
@@ -233,28 +232,6 @@ def generate(
             f"{generated.channels} channel(s), {take_request.output_format}) in "
             f"{generated.timings.get('total', 0.0):.1f} s"
         )
-
-
-def _generate_takes(
-    engine: MusicGenEngine,
-    requests: list[GenerationRequest],
-    model_source: str | None,
-    on_progress: ProgressCallback,
-) -> list[GeneratedAudio]:
-    """Every take's audio, made as one batch (a decoder step serves them all); the first take's
-    steps drive the progress bar. Raises the first take's error, if any take failed."""
-    from inference.engine.musicgen_engine import EngineJob
-
-    jobs = [
-        EngineJob(request, model_source, on_progress if index == 0 else None)
-        for index, request in enumerate(requests)
-    ]
-    made = []
-    for outcome in engine.generate_batch(jobs):
-        if isinstance(outcome, Exception):
-            raise outcome
-        made.append(outcome)
-    return made
 
 
 def _take_paths(output: Path, takes: int) -> list[Path]:

@@ -22,7 +22,7 @@ from inference.checkpoints.loading import resolve_dtype
 from inference.engine.audio import measure_loudness
 from inference.engine.comparison import codes_and_audio, spectral_difference_db, teacher_forced
 from inference.engine.generated_audio import GeneratedAudio
-from inference.engine.musicgen_engine import EngineJob, MusicGenEngine
+from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineSettings
 
@@ -288,16 +288,7 @@ def _generate(
         nonlocal steps
         steps = total
 
-    jobs = [
-        EngineJob(request, model_source, count if index == 0 else None)
-        for index, request in enumerate(requests)
-    ]
-    made = []
-    for outcome in engine.generate_batch(jobs):
-        if isinstance(outcome, Exception):
-            raise outcome
-        made.append(outcome)
-    return made, steps
+    return engine.generate_all(requests, model_source=model_source, on_progress=count), steps
 
 
 @dataclass

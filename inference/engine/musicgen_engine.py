@@ -225,6 +225,26 @@ class MusicGenEngine:
             raise outcome
         return outcome
 
+    def generate_all(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        model_source: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[GeneratedAudio]:
+        """Every request's audio, made as one batch, in order (takes, a timed batch); `on_progress`
+        follows the first request's steps. Raises the first failure, if any request failed."""
+        jobs = [
+            EngineJob(request, model_source, on_progress if index == 0 else None)
+            for index, request in enumerate(requests)
+        ]
+        made = []
+        for outcome in self.generate_batch(jobs):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            made.append(outcome)
+        return made
+
     def generate_batch(
         self,
         jobs: Sequence[EngineJob],
