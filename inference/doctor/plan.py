@@ -58,6 +58,9 @@ class DoctorPlan:
                 processes=worker.processes,
                 devices=tuple(worker.devices),
                 ray_address=worker.ray_address,
+                # "auto": Ray looks at the cluster (as `[worker] ray_num_gpus` reads for the bot).
+                ray_num_gpus=None if worker.ray_num_gpus == "auto" else float(worker.ray_num_gpus),
+                ray_num_cpus=worker.ray_num_cpus,
             ),
             max_batch_size=worker.max_batch_size,
         )
@@ -83,3 +86,5 @@ class _WorkerKeys(_Keys):
     max_batch_size: int = Field(default=4, ge=1)
     backend: Literal["local", "ray"] = "local"
     ray_address: str = ""
+    ray_num_gpus: float | Literal["auto"] = "auto"
+    ray_num_cpus: float = 1.0

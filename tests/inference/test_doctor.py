@@ -180,6 +180,8 @@ def test_both_commands_read_the_same_plan_from_a_config_file(
             "max_batch_size": 3,
             "backend": "ray",
             "ray_address": "10.0.0.1:6379",
+            "ray_num_gpus": 0.5,
+            "ray_num_cpus": 2.0,
         },
         storage={"min_free_mb": 123},
         limits={"max_duration_s": 60},
