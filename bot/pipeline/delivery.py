@@ -316,15 +316,12 @@ class ResultPoster:
             }
 
         upload_bytes = (path.stat().st_size if path is not None else 0) + len(picture or b"")
-        post = _Post(
+        sent = await self._post_retrying(
+            job,
+            interaction,
             followup=lambda: message(f"<@{job.user_id}> your music is ready."),
             channel=channel_message,
-            timeout_s=self.timeouts.for_upload(upload_bytes),
-            is_ours=lambda found: is_result_of(found, job.id),
-        )
-        sent = await retry_transient(
-            lambda: self._send(job, interaction, post),
-            delays_s=self.retry_delays_s,
+            upload_bytes=upload_bytes,
             what=f"job {job.id}: posting the result",
         )
         return PostedResult(sent.id, posted_format)
@@ -374,18 +371,37 @@ class ResultPoster:
                 "nonce": f"takes-{take.group}",
             }
 
-        post = _Post(
+        sent = await self._post_retrying(
+            lead,
+            interaction,
             followup=lambda: message(f"<@{lead.user_id}> your {take.count} takes are ready."),
             channel=channel_message,
-            timeout_s=self.timeouts.for_upload(sum(_file_size(file) for file in files)),
-            is_ours=lambda found: is_result_of(found, lead.id),
-        )
-        sent = await retry_transient(
-            lambda: self._send(lead, interaction, post),
-            delays_s=self.retry_delays_s,
+            upload_bytes=sum(_file_size(file) for file in files),
             what=f"jobs {take.span}: posting the takes",
         )
         return PostedTakes(sent.id, formats)
+
+    async def _post_retrying(
+        self,
+        job: Job,
+        interaction: discord.Interaction | None,
+        *,
+        followup: Callable[[], dict[str, Any]],
+        channel: Callable[[], dict[str, Any]],
+        upload_bytes: int,
+        what: str,
+    ) -> discord.Message:
+        """Post the job's message (as a followup while the interaction lasts, else in the channel),
+        each try answered within the timeout its size allows, network faults retried."""
+        post = _Post(
+            followup=followup,
+            channel=channel,
+            timeout_s=self.timeouts.for_upload(upload_bytes),
+            is_ours=lambda found: is_result_of(found, job.id),
+        )
+        return await retry_transient(
+            lambda: self._send(job, interaction, post), delays_s=self.retry_delays_s, what=what
+        )
 
     async def _takes_files(
         self, made: list[tuple[Job, GenerationResult]], pictures: list[bytes | None], limit: int
