@@ -33,14 +33,18 @@ class ServerControls:
         # behind another query (see `Database.reader`).
         self._reader: aiosqlite.Connection = database.reader
         # The allow-list, switches and quota, as read: every command reads them before its
-        # acknowledgement and only this class writes them (each setter forgets its guild's), so a
-        # burst of commands does not queue hundreds of reads on the database's thread.
-        # A setter forgets its guild's once its change is committed.
+        # acknowledgement and only this class writes them (each setter forgets its guild's once its
+        # change is committed), so a burst of commands does not queue hundreds of reads on the
+        # database's thread.
         self._channels: dict[int, list[int]] = {}
         self._switches: dict[tuple[int, Feature], bool] = {}
         self._quotas: dict[int, int | None] = {}
+        # Changes committed per guild: a read that a change overtook (it began before the commit) is
+        # returned but not kept, or the old value would outlive the change.
+        self._changes: dict[int, int] = {}
 
     def _forget(self, guild_id: int) -> None:
+        self._changes[guild_id] = self._changes.get(guild_id, 0) + 1
         self._channels.pop(guild_id, None)
         self._quotas.pop(guild_id, None)
         self._switches = {key: on for key, on in self._switches.items() if key[0] != guild_id}
@@ -48,12 +52,16 @@ class ServerControls:
     # -- channels ---------------------------------------------------------------------------------
     async def channels(self, guild_id: int) -> list[int]:
         """The channels the bot works in here; empty means everywhere."""
-        if guild_id not in self._channels:
-            async with self._reader.execute(
-                "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
-            ) as cursor:
-                self._channels[guild_id] = [row[0] for row in await cursor.fetchall()]
-        return list(self._channels[guild_id])
+        if guild_id in self._channels:
+            return list(self._channels[guild_id])
+        seen = self._changes.get(guild_id, 0)
+        async with self._reader.execute(
+            "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
+        ) as cursor:
+            channels = [row[0] for row in await cursor.fetchall()]
+        if self._changes.get(guild_id, 0) == seen:
+            self._channels[guild_id] = channels
+        return list(channels)
 
     async def set_channel(self, guild_id: int, channel_id: int, allowed: bool, *, by: int) -> list[int]:
         before = await self.channels(guild_id)
@@ -73,14 +81,17 @@ class ServerControls:
     # -- switches and quota -------------------------------------------------------------------------
     async def feature_enabled(self, guild_id: int, feature: Feature) -> bool:
         """Whether the server's admins leave `feature` on (it is, unless they turned it off)."""
-        if (guild_id, feature) not in self._switches:
-            column = FEATURE_COLUMNS[feature]
-            async with self._reader.execute(
-                f"SELECT {column} FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            self._switches[guild_id, feature] = True if row is None else bool(row[0])
-        return self._switches[guild_id, feature]
+        if (guild_id, feature) in self._switches:
+            return self._switches[guild_id, feature]
+        seen = self._changes.get(guild_id, 0)
+        async with self._reader.execute(
+            f"SELECT {FEATURE_COLUMNS[feature]} FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        enabled = True if row is None else bool(row[0])
+        if self._changes.get(guild_id, 0) == seen:
+            self._switches[guild_id, feature] = enabled
+        return enabled
 
     async def set_feature(self, guild_id: int, feature: Feature, enabled: bool, *, by: int) -> None:
         column = FEATURE_COLUMNS[feature]
@@ -93,13 +104,17 @@ class ServerControls:
         await self.record(guild_id, by, feature, _switch(before), _switch(enabled))
 
     async def daily_quota(self, guild_id: int) -> int | None:
-        if guild_id not in self._quotas:
-            async with self._reader.execute(
-                "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            self._quotas[guild_id] = None if row is None else row[0]
-        return self._quotas[guild_id]
+        if guild_id in self._quotas:
+            return self._quotas[guild_id]
+        seen = self._changes.get(guild_id, 0)
+        async with self._reader.execute(
+            "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        quota: int | None = None if row is None else row[0]
+        if self._changes.get(guild_id, 0) == seen:
+            self._quotas[guild_id] = quota
+        return quota
 
     async def set_daily_quota(self, guild_id: int, quota: int | None, *, by: int) -> None:
         before = await self.daily_quota(guild_id)
