@@ -48,6 +48,13 @@ def audio_attachments(message: discord.Message) -> list[discord.Attachment]:
     return [a for a in message.attachments if looks_like_audio(a.filename, a.content_type)]
 
 
+def posted_audio_of(message: discord.Message, job_id: int) -> discord.Attachment | None:
+    """A job's own audio in a message the bot posted (one of several under a request's takes; never
+    its waveform picture, `musicgen-<id>.png`)."""
+    prefix = f"musicgen-{job_id}."
+    return next((clip for clip in audio_attachments(message) if clip.filename.startswith(prefix)), None)
+
+
 def parse_seconds(text: str | None, *, max_seconds: int = DEFAULT_MAX_DURATION_S) -> int:
     """The seconds to add, as typed in a modal ("8", "8s", "8 seconds"); empty means the default.
     `max_seconds`: the most a member may ask for here (`[limits] max_duration_s`)."""

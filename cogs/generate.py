@@ -22,6 +22,7 @@ from discord.ext import commands
 
 from bot.access import can_see_job
 from bot.admission import JobAsk
+from bot.continuation import posted_audio_of
 from bot.downloads import DownloadFailed, DownloadTooLarge
 from bot.pipeline.delivery import is_embed_of
 from bot.replies import clip_text, defer_publicly, escape_member_text
@@ -214,8 +215,8 @@ class GenerateCog(commands.Cog):
         except discord.HTTPException as error:  # deleted, or the bot may no longer read the channel
             logger.info("job %s: its result message cannot be fetched: %s", job.id, error)
             return None
-        audio = [a for a in message.attachments if a.filename.startswith(f"musicgen-{job.id}.")]
-        return (message, audio[0]) if audio else None
+        audio = posted_audio_of(message, job.id)
+        return (message, audio) if audio is not None else None
 
     # -- checks ---------------------------------------------------------------------------------------
     # -- after deferring --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from discord.ext import commands
 
 from bot.admission import JobAsk
 from bot.audio.editing import clip_channels
+from bot.continuation import posted_audio_of
 from bot.replies import answer_error, clip_text, defer_publicly, escape_member_text
 from bot.storage.jobs import Job
 from cogs.utils.continuing import ClipContinuation
@@ -217,11 +218,8 @@ class ResultActions:
         """A take's own audio in the message that carries its request's takes (None: a job made alone)."""
         if job.take is None:
             return None
-        for attachment in message.attachments:
-            if attachment.filename.startswith(f"musicgen-{job.id}.") and not attachment.filename.endswith(
-                ".png"
-            ):
-                return attachment
+        if (clip := posted_audio_of(message, job.id)) is not None:
+            return clip
         raise RequestError(
             f"Take {job.take.number}'s audio is not in that message, so it cannot be continued."
         )

@@ -122,7 +122,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
-        columns = row.keys()
+        columns = row.keys()  # sqlite3.Row: `in row` looks at values, not column names
         return record_from_row(
             cls,
             row,
@@ -131,7 +131,7 @@ class Job:
             seed_was_random=bool(row["seed_was_random"]),
             # (A database not yet migrated to V3 has no such columns.)
             continues=None
-            if "context_s" not in row.keys() or row["context_s"] is None  # noqa: SIM118 (sqlite3.Row: `in` looks at values)
+            if "context_s" not in columns or row["context_s"] is None
             else ContinuationSource(
                 message_id=row["source_message_id"],
                 channel_id=row["source_channel_id"],
@@ -251,12 +251,8 @@ class JobStore:
             | {"take_number": number, "take_count": len(requests)}
             for number, request in enumerate(requests, start=1)
         ]
-        jobs = []
-        for job_id in await self._insert_takes(rows):
-            job = await self.get(job_id)
-            assert job is not None
-            jobs.append(job)
-        return jobs
+        group = (await self._insert_takes(rows))[0]
+        return await self.takes_of(group)  # one read for them all, in take order
 
     async def takes_of(self, group: int) -> list[Job]:
         """Every take of one request (its first take's id), in take order, whatever their status."""
