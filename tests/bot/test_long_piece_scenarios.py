@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile
@@ -30,6 +29,7 @@ from tests.bot.scenario_harness import (
     wait_for_status,
     wav_seconds,
 )
+from tests.bot.test_continue_scenarios import tone
 from tests.fake_discord import (
     FakeDiscord,
     FakeDiscordValidationError,
@@ -165,11 +165,6 @@ async def test_a_continuation_adds_more_than_the_models_30_s_after_the_clip(
 
     assert wav_seconds(result.attachments[0].data) == pytest.approx(3.0 + 35)
     assert "3.0 s + 35 s new" in result.text
-
-
-def tone(seconds: float, frequency: float = 220.0) -> np.ndarray:
-    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return (0.25 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)[:, None]
 
 
 async def test_a_clip_to_continue_must_leave_the_model_room_and_is_refused_privately_otherwise(

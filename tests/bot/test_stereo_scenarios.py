@@ -34,6 +34,7 @@ from tests.bot.scenario_harness import (
     scenario_config,
     wait_for_status,
 )
+from tests.bot.test_continue_scenarios import tone
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMember, FakeMessage, Permission
 
 # The crossfade at a join: away from it, the original is posted as it was.
@@ -161,8 +162,7 @@ async def test_with_a_stereo_default_a_stereo_result_is_continued_in_stereo_by_b
     fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
 ) -> None:
     fake, alice, bob = fake_discord, server["alice"], server["bob"]
-    _, result = await generate(fake, server, alice, prompt="strings", model_version="stereo-small")
-    source_job = int(result.embeds[0]["footer"]["text"].split("Job #", 1)[1].split()[0])
+    source_job, result = await generate(fake, server, alice, prompt="strings", model_version="stereo-small")
     original = audio_of(attachment(result, ".wav"), tmp_path, "original.wav")
     await set_default_model(fake, server, "stereo-small")
     try:
@@ -195,8 +195,7 @@ async def test_a_mono_clip_continued_by_a_stereo_default_becomes_stereo_and_a_mo
     fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
 ) -> None:
     fake, alice = fake_discord, server["alice"]
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    riff = (0.25 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None]
+    riff = tone(1.0)
     clip = fake.add_attachment("riff.wav", write_wav(riff, tmp_path / "riff.wav").read_bytes())
     posted = await fake.post_user_message(alice, server.channel, attachments=[clip])
 

@@ -374,11 +374,8 @@ def test_takes_that_could_never_share_one_batch_are_split_in_order() -> None:
     assert [queued.job_id for queued in fair.next_batch()] == [12, 1]
     # Over the audio budget together (4 x 40 s > 120 s): as many as fit.
     budget = scheduler(max_audio_seconds=120.0)
-    for queued in (
-        job(20, 200, group=20, seconds=40),
-        *(job(i, 200, group=20, seconds=40) for i in (21, 22, 23)),
-    ):
-        budget.enqueue(queued)
+    for job_id in (20, 21, 22, 23):
+        budget.enqueue(job(job_id, 200, group=20, seconds=40))
     assert [queued.job_id for queued in budget.next_batch()] == [20, 21, 22]
     assert [queued.job_id for queued in budget.next_batch()] == [23]
 

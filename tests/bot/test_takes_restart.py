@@ -5,8 +5,6 @@ A module of its own: each test runs its own bots, one after the other, on one da
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest_asyncio
 
 from bot.config import BotConfig, WorkerOptions
@@ -57,4 +55,3 @@ async def test_takes_cut_short_by_a_restart_are_made_again_and_posted_together(
         # Neither used up its retry: the shutdown put them back.
         assert [(row["seed"], row["attempts"]) for row in rows] == [(7, 1), (8, 1)]
         assert {row["result_message_id"] for row in rows} == {message.id}
-        await asyncio.sleep(0)

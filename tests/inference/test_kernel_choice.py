@@ -26,24 +26,13 @@ from inference.engine.kernel_choice import (
 from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest
 from inference.settings import EngineOptions, EngineSettings
+from tests.inference.test_decoder_step import load
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 needs_several_float32_kernels = pytest.mark.skipif(
     len(candidate_kernels(torch.float32)) < 2, reason="only one float32 kernel runs here: nothing to measure"
 )
-
-
-def load(folder: Path) -> Any:
-    from transformers import (
-        AutoConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenMelodyForConditionalGeneration,
-    )
-
-    melody = AutoConfig.from_pretrained(folder).model_type == "musicgen_melody"
-    model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
-    return model_class.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def measuring(settings: EngineSettings, cache: Path, **changes: object) -> EngineSettings:

@@ -262,7 +262,7 @@ def test_a_long_piece_s_next_window_enters_the_running_batch_and_nobody_s_music_
 
 
 def test_transformers_pass_makes_the_same_long_piece_one_window_batch_after_another(
-    long_engine: MusicGenEngine, export: Path, tmp_path: Path, codes_made: list[torch.Tensor]
+    long_engine: MusicGenEngine, codes_made: list[torch.Tensor]
 ) -> None:
     settings = long_engine.settings
     theirs = MusicGenEngine(
