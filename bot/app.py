@@ -213,6 +213,9 @@ class MusicGenBot(commands.AutoShardedBot):
         self.jobs = PatientJobStore(self.database)
         self.jam_store = JamStore(self.database, gate=self.jobs.gate)
         self.controls = ServerControls(self.database)
+        # What admission reads before acknowledging a command, in memory from the start.
+        await self.controls.load()
+        await self.jam_store.load()
         limits = self.config.limits
         self.clip_intake = ClipIntake(
             per_member=limits.max_concurrent_downloads_per_member, total=limits.max_concurrent_downloads

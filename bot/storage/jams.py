@@ -150,6 +150,19 @@ class JamStore:
         self._reader = database.reader
         # The job store's gate unless told otherwise: one storage state for the whole bot.
         self.gate = gate or shared_gate(database)
+        # After `load`, every guild with a turn waiting (and maybe some without): admission counts
+        # them before every command is acknowledged, and most servers have no jam waiting.
+        self._guilds_with_waiting_turns: set[int] | None = None
+        self._turns_being_added = 0
+        self._turns_added = 0
+
+    async def load(self) -> None:
+        """Learn at start-up which guilds have turns waiting (all others have none)."""
+        async with self._reader.execute(
+            "SELECT DISTINCT jams.guild_id FROM jam_turns JOIN jams ON jams.id = jam_turns.jam_id "
+            "WHERE jam_turns.status = 'waiting'"
+        ) as cursor:
+            self._guilds_with_waiting_turns = {row[0] for row in await cursor.fetchall()}
 
     # -- jams ---------------------------------------------------------------------------------------
     async def create(
@@ -227,10 +240,21 @@ class JamStore:
     async def add_turn(
         self, jam_id: int, *, user_id: int, user_name: str, prompt: str | None, seconds: int
     ) -> JamTurn:
-        turn_id = await self._insert(
-            "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (jam_id, user_id, user_name, prompt, seconds, time.time()),
-        )
+        # A new turn waits (the column's default): its guild is counted from before the row is
+        # written, and no count read meanwhile may take it off (see `waiting_turn_counts`).
+        if self._guilds_with_waiting_turns is not None:
+            jam = await self.get(jam_id)
+            assert jam is not None
+            self._guilds_with_waiting_turns.add(jam.guild_id)
+        self._turns_being_added += 1
+        try:
+            turn_id = await self._insert(
+                "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (jam_id, user_id, user_name, prompt, seconds, time.time()),
+            )
+        finally:
+            self._turns_being_added -= 1
+            self._turns_added += 1
         turn = await self.turn(turn_id)
         assert turn is not None
         return turn
@@ -248,6 +272,10 @@ class JamStore:
 
         They count towards the caps and the daily quota as jobs: each holds its place in line.
         """
+        known = self._guilds_with_waiting_turns
+        if known is not None and guild_id not in known:
+            return (0, 0)
+        turns_added = self._turns_added
         # On the reader: admission counts these before acknowledging a command (see `Database.reader`).
         async with self._reader.execute(
             "SELECT COALESCE(SUM(jam_turns.user_id = ?), 0), COUNT(*) FROM jam_turns "
@@ -255,7 +283,15 @@ class JamStore:
             (user_id, guild_id),
         ) as cursor:
             row = await cursor.fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        mine, here = (int(row[0]), int(row[1])) if row else (0, 0)
+        if (
+            here == 0
+            and known is not None
+            and not self._turns_being_added
+            and turns_added == self._turns_added
+        ):
+            known.discard(guild_id)  # none waits, and none was added while this was read
+        return mine, here
 
     async def waiting_turns_of(self, guild_id: int, user_id: int) -> list[tuple[Jam, JamTurn]]:
         """The member's turns still waiting for their place in this guild's jams, oldest first."""

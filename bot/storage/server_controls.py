@@ -16,7 +16,7 @@ import aiosqlite
 from bot.storage.database import Database
 
 Feature = Literal["replies", "jams"]
-FEATURE_COLUMNS: dict[str, str] = {"replies": "replies_enabled", "jams": "jams_enabled"}
+FEATURE_COLUMNS: dict[Feature, str] = {"replies": "replies_enabled", "jams": "jams_enabled"}
 
 
 def start_of_utc_day(now: float | None = None) -> float:
@@ -42,9 +42,36 @@ class ServerControls:
         # Changes committed per guild: a read that a change overtook (it began before the commit) is
         # returned but not kept, or the old value would outlive the change.
         self._changes: dict[int, int] = {}
+        # After `load`: a guild that is in neither table has the defaults (no query needed), unless a
+        # change made since has sent it back to the database.
+        self._loaded = False
+        self._changed_since_load: set[int] = set()
+
+    async def load(self) -> None:
+        """Read every server's allow-list, switches and quota at start-up, so that a burst of commands
+        right after a restart is not a burst of queries (one per server) before its acknowledgements."""
+        async with self._reader.execute(
+            "SELECT guild_id, channel_id FROM guild_channels ORDER BY channel_id"
+        ) as cursor:
+            for guild_id, channel_id in await cursor.fetchall():
+                self._channels.setdefault(guild_id, []).append(channel_id)
+        columns = ", ".join(FEATURE_COLUMNS.values())
+        async with self._reader.execute(
+            f"SELECT guild_id, daily_quota, {columns} FROM guild_settings"
+        ) as cursor:
+            for guild_id, quota, *switches in await cursor.fetchall():
+                self._quotas[guild_id] = quota
+                for feature, enabled in zip(FEATURE_COLUMNS, switches, strict=True):
+                    self._switches[guild_id, feature] = bool(enabled)
+        self._loaded = True
+
+    def _has_defaults(self, guild_id: int) -> bool:
+        """Known, without a query, to have no row in either table."""
+        return self._loaded and guild_id not in self._changed_since_load
 
     def _forget(self, guild_id: int) -> None:
         self._changes[guild_id] = self._changes.get(guild_id, 0) + 1
+        self._changed_since_load.add(guild_id)
         self._channels.pop(guild_id, None)
         self._quotas.pop(guild_id, None)
         self._switches = {key: on for key, on in self._switches.items() if key[0] != guild_id}
@@ -54,6 +81,8 @@ class ServerControls:
         """The channels the bot works in here; empty means everywhere."""
         if guild_id in self._channels:
             return list(self._channels[guild_id])
+        if self._has_defaults(guild_id):
+            return []
         seen = self._changes.get(guild_id, 0)
         async with self._reader.execute(
             "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
@@ -83,6 +112,8 @@ class ServerControls:
         """Whether the server's admins leave `feature` on (it is, unless they turned it off)."""
         if (guild_id, feature) in self._switches:
             return self._switches[guild_id, feature]
+        if self._has_defaults(guild_id):
+            return True
         seen = self._changes.get(guild_id, 0)
         async with self._reader.execute(
             f"SELECT {FEATURE_COLUMNS[feature]} FROM guild_settings WHERE guild_id = ?", (guild_id,)
@@ -106,6 +137,8 @@ class ServerControls:
     async def daily_quota(self, guild_id: int) -> int | None:
         if guild_id in self._quotas:
             return self._quotas[guild_id]
+        if self._has_defaults(guild_id):
+            return None
         seen = self._changes.get(guild_id, 0)
         async with self._reader.execute(
             "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)

@@ -12,6 +12,8 @@ import pytest
 import pytest_asyncio
 
 from bot.app import MusicGenBot
+from bot.storage.database import Database
+from bot.storage.jams import JamStore
 from bot.storage.jobs import Job
 from bot.storage.retention import RetentionPolicy
 from inference.protocol import GenerationResult
@@ -161,3 +163,33 @@ async def test_a_turn_that_ends_while_the_database_is_locked_is_posted_and_done_
     (recorded,) = await rows(bot, "SELECT status, number, end_s FROM jam_turns")
     assert tuple(recorded) == ("done", 1, pytest.approx(2.0))
     assert gate.writable
+
+
+async def test_waiting_turns_are_counted_from_a_restart_on_and_as_turns_are_added_or_leave_the_line(
+    tmp_path: Path,
+) -> None:
+    # The store learns at start-up which guilds have turns waiting, and answers for the others
+    # without a query; these counts are the caps and quota admission applies to jam turns.
+    database = await Database.open(tmp_path / "bot.db")
+    try:
+        jams = JamStore(database)
+        await jams.load()
+        jam = await jams.create(
+            guild_id=1, channel_id=10, thread_id=11, starter_id=7, prompt="dusk",
+            model_version="small", turn_seconds=5, max_turns=4,
+        )  # fmt: skip
+        assert await jams.waiting_turn_counts(1, 7) == (0, 0)
+        turn = await jams.add_turn(jam.id, user_id=7, user_name="ann", prompt=None, seconds=5)
+        assert [await jams.waiting_turn_counts(1, user) for user in (7, 8)] == [(1, 1), (0, 1)]
+        assert await jams.waiting_turn_counts(2, 7) == (0, 0)
+
+        restarted = JamStore(database)
+        await restarted.load()
+        assert await restarted.waiting_turn_counts(1, 8) == (0, 1)
+        assert await restarted.waiting_turn_counts(2, 7) == (0, 0)
+        assert await restarted.mark_failed(turn.id)
+        assert await restarted.waiting_turn_counts(1, 7) == (0, 0)
+        await restarted.add_turn(jam.id, user_id=8, user_name="ben", prompt="drums", seconds=5)
+        assert await restarted.waiting_turn_counts(1, 8) == (1, 1)
+    finally:
+        await database.close()

@@ -21,13 +21,14 @@ from tests.bot.scenario_harness import (
     job_row,
     musicgen_bot,
     posted_result,
+    private_reply,
     queued_job_id,
     run_command,
     status_reads,
     stuck_jobs,
     wait_for_status,
 )
-from tests.fake_discord import FakeDiscord, FakeMessage
+from tests.fake_discord import FakeDiscord, FakeMessage, Permission
 
 # The worker is killed mid-job.
 
@@ -80,6 +81,36 @@ async def test_jobs_queued_when_the_bot_stops_are_made_and_posted_after_it_start
         assert await stuck_jobs(second_run) == []
     # The commands did not change, so the restart did not spend any of the daily command creates.
     assert len(fake.requests_to("PUT", "/applications/{application_id}/commands")) == command_syncs
+
+
+async def test_the_controls_an_admin_set_before_a_restart_hold_from_the_first_command_after_it(
+    fake_discord: FakeDiscord, server: Server, fresh_config: BotConfig, inference_client: InferenceClient
+) -> None:
+    # The bot reads every server's controls once as it starts (no query before an acknowledgement).
+    fake, alice = fake_discord, server["alice"]
+    admin = fake.add_member(server.guild, "night manager", permissions=Permission.MANAGE_GUILD)
+    elsewhere = fake.add_channel(server.guild, "break room")
+    async with musicgen_bot(fake, fresh_config, inference_client):
+        await run_command(fake, admin, server.channel, "musicgen-settings daily_quota", limit=1)
+        await run_command(fake, admin, server.channel, "musicgen-settings jams", enabled=False)
+        allow = await fake.invoke_slash_command(
+            admin, server.channel, "musicgen-settings channel", {"channel": server.channel, "allowed": True}
+        )
+        assert "now works in" in await private_reply(allow)
+
+    async with musicgen_bot(fake, fresh_config, inference_client) as second_run:
+        refused = await run_command(fake, alice, elsewhere, "generate", prompt="here?", duration=1)
+        assert f"only in <#{server.channel.id}>" in await private_reply(refused)
+        jam = await run_command(fake, alice, server.channel, "jam start", prompt="late jam")
+        assert "Jams are switched off" in await private_reply(jam)
+        first = await run_command(fake, alice, server.channel, "generate", prompt="one", duration=1)
+        await wait_for_status(second_run, await queued_job_id(first), "done")
+        over = await run_command(fake, alice, server.channel, "generate", prompt="two", duration=1)
+        assert "this server's daily limit" in await private_reply(over)
+        # A change made after the start is read again, not taken from what was loaded.
+        await run_command(fake, admin, server.channel, "musicgen-settings daily_quota")
+        again = await run_command(fake, alice, server.channel, "generate", prompt="two", duration=1)
+        await wait_for_status(second_run, await queued_job_id(again), "done")
 
 
 async def test_a_job_interrupted_by_a_clean_shutdown_runs_again_without_using_its_retry(
