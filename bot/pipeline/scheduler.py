@@ -19,6 +19,7 @@ share one batch (more than `max_jobs`, or over the audio budget together) are sp
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections import deque
@@ -299,22 +300,30 @@ class FairScheduler:
         return job_id in self._running
 
     def queued_in_order(self) -> list[ScheduledJob]:
-        """Every queued job, in the round-robin order (the order they start in when nothing batches)."""
+        """Every queued job, in the round-robin order (the order they start in when nothing batches).
+
+        The status messages ask for it after every new job, so a burst of commands must not make it
+        slow: a heap of the guilds by `_guild_key`, in which only the guild just served moves.
+        """
         queues = {guild_id: deque(queue) for guild_id, queue in self._queues.items()}
         last_served = dict(self._last_served)
+        ready = [(self._guild_key(guild_id, queues, last_served), guild_id) for guild_id in queues]
+        heapq.heapify(ready)
         order: list[ScheduledJob] = []
         turn = 0
-        while (guild_id := self._next_guild(queues, last_served)) is not None:
-            head = queues[guild_id].popleft()
+        while ready:
+            _, guild_id = heapq.heappop(ready)
+            queue = queues[guild_id]
+            head = queue.popleft()
             order.append(head)
             # The takes of one request were asked for together: they are served in one turn.
-            while head.group is not None and queues[guild_id] and queues[guild_id][0].group == head.group:
-                order.append(queues[guild_id].popleft())
+            while head.group is not None and queue and queue[0].group == head.group:
+                order.append(queue.popleft())
             # Later than every real turn so far: simulated turns only compare among themselves.
             last_served[guild_id] = (1 << 62) + turn
             turn += 1
-            if not queues[guild_id]:
-                del queues[guild_id]
+            if queue:
+                heapq.heappush(ready, (self._guild_key(guild_id, queues, last_served), guild_id))
         return order
 
     def position(self, job_id: int) -> int | None:
@@ -331,15 +340,13 @@ class FairScheduler:
         """A guild's queued jobs, FIFO."""
         return list(self._queues.get(guild_id, ()))
 
-    def _next_guild(self, queues: dict[int, deque[ScheduledJob]], last_served: dict[int, int]) -> int | None:
-        """The guild served next: one whose first job is a retry, then one whose first job was passed
-        over by a batch, else the least recently served (ties: arrival order)."""
-        if not queues:
-            return None
-        return min(
-            queues,
-            key=lambda g: (self._head_rank(queues[g][0]), last_served.get(g, -1), self._arrival[g]),
-        )
+    def _guild_key(
+        self, guild_id: int, queues: dict[int, deque[ScheduledJob]], last_served: dict[int, int]
+    ) -> tuple[int, int, int]:
+        """The guild with the smallest key is served next: one whose first job is a retry, then one whose
+        first job was passed over by a batch, else the least recently served (ties: arrival order;
+        arrivals are unique, so no two keys tie)."""
+        return (self._head_rank(queues[guild_id][0]), last_served.get(guild_id, -1), self._arrival[guild_id])
 
     def _head_rank(self, head: ScheduledJob) -> int:
         if head.job_id in self._retried:

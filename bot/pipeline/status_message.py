@@ -125,6 +125,11 @@ class StatusMessage:
         """Ask for the message to read `text` soon (replacing any edit not yet sent)."""
         if not self.usable:
             return
+        if text == self._latest and (text == self._shown or self._changed.is_set() or self._editing):
+            # Shown, or on its way. Every queued job is told its place whenever one joins the queue:
+            # in a burst of commands, waking each job's edit loop for nothing would hold up the
+            # acknowledgements of the commands still arriving.
+            return
         self._latest = text
         self._changed.set()
         if self._task is None:
