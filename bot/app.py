@@ -7,6 +7,8 @@ commands when (and only when) they changed, and resumes the job queue left by th
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import hashlib
 import json
 import logging
@@ -140,8 +142,10 @@ class MusicGenBot(commands.AutoShardedBot):
         self._guild_default_models: dict[int, str] = {}
 
     # -- paths --------------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def data_dir(self) -> Path:
+        # Resolved once: every command checks the disk's free space here before it is acknowledged,
+        # and resolving walks the path's folders with a system call each.
         return self.config.data_dir.resolve()
 
     @property
@@ -322,6 +326,7 @@ class MusicGenBot(commands.AutoShardedBot):
             await self.clip_intake.close()
         if hasattr(self, "database"):
             await self.database.close()
+        gc.unfreeze()
 
     # -- slash command registration ---------------------------------------------------------------
     async def sync_commands_if_changed(self, *, force: bool = False) -> list[str]:
@@ -351,3 +356,17 @@ class MusicGenBot(commands.AutoShardedBot):
 
     async def on_ready(self) -> None:
         logger.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))
+        freeze_start_up_heap()
+
+
+def freeze_start_up_heap() -> None:
+    """Keep what start-up made (modules, the command tree, the guild cache) out of later garbage
+    collections.
+
+    A full collection walks every live object: a couple of hundred thousand after start-up, 100 to
+    200 ms on a small server CPU, during which no command is acknowledged. A burst of commands
+    allocates enough to set one off. Frozen objects are never walked again, so a full collection
+    costs only what was made since (the advice of the `gc.freeze` documentation for servers).
+    """
+    gc.collect()
+    gc.freeze()
