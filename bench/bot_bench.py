@@ -86,7 +86,7 @@ QUICK = Sizes(
     ack_commands=50,
     burst_commands=120,
     burst_servers=24,
-    repeats=1,
+    repeats=2,
     staggered_jobs=4,
     staggered_seconds=(2, 1),
 )
@@ -415,7 +415,7 @@ def run_bot_bench(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller bursts, one repeat")
+    parser.add_argument("--quick", action="store_true", help="smaller bursts and fewer jobs")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads in the worker (0 = torch's default)"
