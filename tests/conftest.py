@@ -190,20 +190,32 @@ def stereo_engine_settings(
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """A local Ray runtime for one test module: two CPUs, no dashboard, a small object store.
+    """A local Ray runtime for a module of RAY_TEST_MODULES: two CPUs, no dashboard, a small object store.
 
-    Ray-backed clients started meanwhile find Ray initialised and use it (and leave it running).
+    Ray-backed clients started meanwhile find Ray initialised and use it (and leave it running). A
+    Ray module followed by another (they run one after another, on one xdist worker) hands its
+    runtime on instead of stopping it: starting one costs seconds of CPU.
     """
     import ray
 
-    ray.init(
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        object_store_memory=200 * 1024 * 1024,
-        configure_logging=False,
-    )
-    try:
-        yield
-    finally:
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            num_gpus=0,
+            include_dashboard=False,
+            object_store_memory=200 * 1024 * 1024,
+            configure_logging=False,
+        )
+    yield
+    if _next_module not in RAY_TEST_MODULES:
         ray.shutdown()
+
+
+# The module of the test that runs next (None: none does), for fixtures that end with their module.
+_next_module: str | None = None
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Runs before pytest's own teardown, which ends the module's fixtures when the module changes.
+    global _next_module
+    _next_module = None if nextitem is None else _module_of(nextitem)
