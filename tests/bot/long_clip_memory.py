@@ -59,7 +59,7 @@ def make_long_stereo_mp3(path: Path, *, seconds: float, bitrate: str = "64k") ->
          "-f", "lavfi", "-i", f"sine=frequency=220:duration={seconds}:sample_rate=44100",
          "-f", "lavfi", "-i", f"sine=frequency=330:duration={seconds}:sample_rate=44100",
          "-filter_complex", "[0:a][1:a]join=inputs=2:channel_layout=stereo",
-         "-c:a", "libmp3lame", "-b:a", bitrate, str(path)],
+         "-c:a", "libmp3lame", "-compression_level", "9", "-b:a", bitrate, str(path)],
         check=True,
     )  # fmt: skip
     return path.read_bytes()
