@@ -273,8 +273,9 @@ class ResultActions:
         await defer_publicly(interaction)
         source = Path(job.output_path)
         copy = self.bot.uploads_dir / f"{uuid.uuid4().hex}{source.suffix}"
-        shutil.copyfile(source, copy)
         try:
+            # A long piece is tens of megabytes of WAV: copied off the event loop.
+            await asyncio.to_thread(shutil.copyfile, source, copy)
             await self.bot.admission.queue_for_interaction(
                 interaction, request.replace(input_audio=str(copy)), input_audio_filename=f"job #{job.id}"
             )
