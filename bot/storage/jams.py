@@ -150,11 +150,10 @@ class JamStore:
         self._reader = database.reader
         # The job store's gate unless told otherwise: one storage state for the whole bot.
         self.gate = gate or shared_gate(database)
-        # After `load`, every guild with a turn waiting (and maybe some without): admission counts
-        # them before every command is acknowledged, and most servers have no jam waiting.
+        # After `load`, every guild with a turn waiting: admission counts them before every command is
+        # acknowledged, and most servers have no jam waiting. A guild stays in it until the next start
+        # (its counts are then read from the database, which is always right).
         self._guilds_with_waiting_turns: set[int] | None = None
-        self._turns_being_added = 0
-        self._turns_added = 0
 
     async def load(self) -> None:
         """Learn at start-up which guilds have turns waiting (all others have none)."""
@@ -240,21 +239,15 @@ class JamStore:
     async def add_turn(
         self, jam_id: int, *, user_id: int, user_name: str, prompt: str | None, seconds: int
     ) -> JamTurn:
-        # A new turn waits (the column's default): its guild is counted from before the row is
-        # written, and no count read meanwhile may take it off (see `waiting_turn_counts`).
+        # A new turn waits (the column's default): its guild is counted from before the row is written.
         if self._guilds_with_waiting_turns is not None:
             jam = await self.get(jam_id)
             assert jam is not None
             self._guilds_with_waiting_turns.add(jam.guild_id)
-        self._turns_being_added += 1
-        try:
-            turn_id = await self._insert(
-                "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (jam_id, user_id, user_name, prompt, seconds, time.time()),
-            )
-        finally:
-            self._turns_being_added -= 1
-            self._turns_added += 1
+        turn_id = await self._insert(
+            "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (jam_id, user_id, user_name, prompt, seconds, time.time()),
+        )
         turn = await self.turn(turn_id)
         assert turn is not None
         return turn
@@ -275,7 +268,6 @@ class JamStore:
         known = self._guilds_with_waiting_turns
         if known is not None and guild_id not in known:
             return (0, 0)
-        turns_added = self._turns_added
         # On the reader: admission counts these before acknowledging a command (see `Database.reader`).
         async with self._reader.execute(
             "SELECT COALESCE(SUM(jam_turns.user_id = ?), 0), COUNT(*) FROM jam_turns "
@@ -283,15 +275,7 @@ class JamStore:
             (user_id, guild_id),
         ) as cursor:
             row = await cursor.fetchone()
-        mine, here = (int(row[0]), int(row[1])) if row else (0, 0)
-        if (
-            here == 0
-            and known is not None
-            and not self._turns_being_added
-            and turns_added == self._turns_added
-        ):
-            known.discard(guild_id)  # none waits, and none was added while this was read
-        return mine, here
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def waiting_turns_of(self, guild_id: int, user_id: int) -> list[tuple[Jam, JamTurn]]:
         """The member's turns still waiting for their place in this guild's jams, oldest first."""

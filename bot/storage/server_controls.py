@@ -32,65 +32,47 @@ class ServerControls:
         # Admission reads these before acknowledging a command: on the reader, they never wait
         # behind another query (see `Database.reader`).
         self._reader: aiosqlite.Connection = database.reader
-        # The allow-list, switches and quota, as read: every command reads them before its
-        # acknowledgement and only this class writes them (each setter forgets its guild's once its
-        # change is committed), so a burst of commands does not queue hundreds of reads on the
-        # database's thread.
+        # Every server's allow-list, switches and quota, read at start-up (`load`) and again for a
+        # server once a change to it is committed: every command reads them before its
+        # acknowledgement, so none of those reads waits on the database. Only this class writes
+        # them; a server absent here has the defaults.
         self._channels: dict[int, list[int]] = {}
         self._switches: dict[tuple[int, Feature], bool] = {}
         self._quotas: dict[int, int | None] = {}
-        # Changes committed per guild: a read that a change overtook (it began before the commit) is
-        # returned but not kept, or the old value would outlive the change.
-        self._changes: dict[int, int] = {}
-        # After `load`: a guild that is in neither table has the defaults (no query needed), unless a
-        # change made since has sent it back to the database.
-        self._loaded = False
-        self._changed_since_load: set[int] = set()
 
     async def load(self) -> None:
-        """Read every server's allow-list, switches and quota at start-up, so that a burst of commands
-        right after a restart is not a burst of queries (one per server) before its acknowledgements."""
+        """Read every server's allow-list, switches and quota (at start-up, before any lookup)."""
+        await self._read()
+
+    async def _read(self, guild_id: int | None = None) -> None:
+        """Read the allow-list, switches and quota of one server, or of every server (None)."""
+        where, args = ("", ()) if guild_id is None else (" WHERE guild_id = ?", (guild_id,))
+        channels: dict[int, list[int]] = {}
         async with self._reader.execute(
-            "SELECT guild_id, channel_id FROM guild_channels ORDER BY channel_id"
+            f"SELECT guild_id, channel_id FROM guild_channels{where} ORDER BY channel_id", args
         ) as cursor:
-            for guild_id, channel_id in await cursor.fetchall():
-                self._channels.setdefault(guild_id, []).append(channel_id)
+            for guild, channel_id in await cursor.fetchall():
+                channels.setdefault(guild, []).append(channel_id)
         columns = ", ".join(FEATURE_COLUMNS.values())
         async with self._reader.execute(
-            f"SELECT guild_id, daily_quota, {columns} FROM guild_settings"
+            f"SELECT guild_id, daily_quota, {columns} FROM guild_settings{where}", args
         ) as cursor:
-            for guild_id, quota, *switches in await cursor.fetchall():
-                self._quotas[guild_id] = quota
-                for feature, enabled in zip(FEATURE_COLUMNS, switches, strict=True):
-                    self._switches[guild_id, feature] = bool(enabled)
-        self._loaded = True
-
-    def _has_defaults(self, guild_id: int) -> bool:
-        """Known, without a query, to have no row in either table."""
-        return self._loaded and guild_id not in self._changed_since_load
-
-    def _forget(self, guild_id: int) -> None:
-        self._changes[guild_id] = self._changes.get(guild_id, 0) + 1
-        self._changed_since_load.add(guild_id)
-        self._channels.pop(guild_id, None)
-        self._quotas.pop(guild_id, None)
-        self._switches = {key: on for key, on in self._switches.items() if key[0] != guild_id}
+            settings = await cursor.fetchall()
+        if guild_id is not None:  # what the server no longer has must not outlive the change
+            self._channels.pop(guild_id, None)
+            self._quotas.pop(guild_id, None)
+            for feature in FEATURE_COLUMNS:
+                self._switches.pop((guild_id, feature), None)
+        self._channels.update(channels)
+        for guild, quota, *switches in settings:
+            self._quotas[guild] = quota
+            for feature, enabled in zip(FEATURE_COLUMNS, switches, strict=True):
+                self._switches[guild, feature] = bool(enabled)
 
     # -- channels ---------------------------------------------------------------------------------
     async def channels(self, guild_id: int) -> list[int]:
         """The channels the bot works in here; empty means everywhere."""
-        if guild_id in self._channels:
-            return list(self._channels[guild_id])
-        if self._has_defaults(guild_id):
-            return []
-        seen = self._changes.get(guild_id, 0)
-        async with self._reader.execute(
-            "SELECT channel_id FROM guild_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
-        ) as cursor:
-            channels = [row[0] for row in await cursor.fetchall()]
-        if self._changes.get(guild_id, 0) == seen:
-            self._channels[guild_id] = channels
-        return list(channels)
+        return list(self._channels.get(guild_id, ()))
 
     async def set_channel(self, guild_id: int, channel_id: int, allowed: bool, *, by: int) -> list[int]:
         before = await self.channels(guild_id)
@@ -110,19 +92,7 @@ class ServerControls:
     # -- switches and quota -------------------------------------------------------------------------
     async def feature_enabled(self, guild_id: int, feature: Feature) -> bool:
         """Whether the server's admins leave `feature` on (it is, unless they turned it off)."""
-        if (guild_id, feature) in self._switches:
-            return self._switches[guild_id, feature]
-        if self._has_defaults(guild_id):
-            return True
-        seen = self._changes.get(guild_id, 0)
-        async with self._reader.execute(
-            f"SELECT {FEATURE_COLUMNS[feature]} FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        enabled = True if row is None else bool(row[0])
-        if self._changes.get(guild_id, 0) == seen:
-            self._switches[guild_id, feature] = enabled
-        return enabled
+        return self._switches.get((guild_id, feature), True)
 
     async def set_feature(self, guild_id: int, feature: Feature, enabled: bool, *, by: int) -> None:
         column = FEATURE_COLUMNS[feature]
@@ -135,19 +105,7 @@ class ServerControls:
         await self.record(guild_id, by, feature, _switch(before), _switch(enabled))
 
     async def daily_quota(self, guild_id: int) -> int | None:
-        if guild_id in self._quotas:
-            return self._quotas[guild_id]
-        if self._has_defaults(guild_id):
-            return None
-        seen = self._changes.get(guild_id, 0)
-        async with self._reader.execute(
-            "SELECT daily_quota FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        quota: int | None = None if row is None else row[0]
-        if self._changes.get(guild_id, 0) == seen:
-            self._quotas[guild_id] = quota
-        return quota
+        return self._quotas.get(guild_id)
 
     async def set_daily_quota(self, guild_id: int, quota: int | None, *, by: int) -> None:
         before = await self.daily_quota(guild_id)
@@ -183,8 +141,7 @@ class ServerControls:
             (guild_id, user_id, setting, old, new, time.time()),
         )
         await self._db.commit()
-        # After the commit: a read on the reader until then saw (and kept) the old values.
-        self._forget(guild_id)
+        await self._read(guild_id)  # after the commit, which the reader sees from now on
 
     async def recent_changes(self, guild_id: int, limit: int = 5) -> list[aiosqlite.Row]:
         async with self._db.execute(
