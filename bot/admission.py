@@ -34,7 +34,7 @@ from bot.storage.jams import JamStore
 from bot.storage.jobs import ContinuationSource, Job, JobOrigin, JobStore
 from bot.storage.server_controls import Feature, ServerControls
 from inference.catalogue import ModelCatalogue
-from inference.request import MAX_SEED, GenerationRequest, RequestError, Takes
+from inference.request import MAX_SEED, TAKES_DEFAULTS, GenerationRequest, RequestError, Takes
 
 
 class AdmissionHost(Protocol):
@@ -255,7 +255,7 @@ class Admission:
         input_audio_filename: str | None,
         replay_of: int | None = None,
         continues: ContinuationSource | None = None,
-        takes: int = 1,
+        takes: Takes = TAKES_DEFAULTS,
     ) -> Job:
         """`admit_and_queue` for a command, a button or a form: the job answers through its interaction."""
         assert interaction.guild_id is not None and interaction.channel_id is not None
@@ -287,7 +287,7 @@ class Admission:
         continues: ContinuationSource | None = None,
         status_message_id: int | None = None,
         holds_place: bool = False,
-        takes: int = 1,
+        takes: Takes = TAKES_DEFAULTS,
     ) -> Job:
         """Check the caps and quota again, insert the row and queue it, under the admission lock.
 
@@ -303,7 +303,7 @@ class Admission:
         # after a crash or restart makes the same music.
         requests = [
             request.replace(seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed)
-            for seed in Takes(takes).validate().seeds(request.seed)
+            for seed in takes.seeds(request.seed)
         ]
         async with self.bot.admission_lock:
             if not holds_place:

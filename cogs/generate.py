@@ -131,7 +131,7 @@ class GenerateCog(commands.Cog):
                 interaction,
                 request,
                 input_audio_filename=input_audio.filename if input_audio else None,
-                takes=asked.takes,
+                takes=asked,
             )
         except Exception:
             if upload is not None:

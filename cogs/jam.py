@@ -28,7 +28,7 @@ from discord.ext import commands
 
 from bot.admission import JobAsk
 from bot.continuation import parse_mention_request
-from bot.pipeline.delivery import PostedResult
+from bot.pipeline.delivery import PostedResult, upload_size
 from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
 from bot.replies import defer_publicly, reply_privately, shown_member_text
 from bot.storage.jam_turns import Answer, JamTurns, check_piece_present
@@ -46,7 +46,6 @@ from cogs.utils.jam_posts import (
     thread_name,
     turn_attachments,
     turn_text,
-    upload_size,
     welcome_text,
 )
 from cogs.utils.mentions import answer_mention, mentions_me

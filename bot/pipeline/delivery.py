@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,9 +179,25 @@ def fit_embeds_together(embeds: list[discord.Embed]) -> list[discord.Embed]:
     return embeds
 
 
-def _file_size(file: tuple[Path | bytes, str]) -> int:
-    source = file[0]
-    return len(source) if isinstance(source, bytes) else source.stat().st_size
+@dataclass(frozen=True)
+class Attachment:
+    """A file to post, kept as a path or bytes: a `discord.File` is consumed by one upload, so each
+    try of a post builds fresh ones."""
+
+    filename: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def file(self) -> discord.File:
+        if self.path is not None:
+            return discord.File(self.path, filename=self.filename)
+        assert self.data is not None
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+def upload_size(attachments: Sequence[Attachment]) -> int:
+    """Bytes a post uploads (its timeout grows with them)."""
+    return sum(a.path.stat().st_size if a.path is not None else len(a.data or b"") for a in attachments)
 
 
 class ResultPoster:
@@ -355,11 +371,7 @@ class ResultPoster:
                 "allowed_mentions": discord.AllowedMentions(users=[discord.Object(lead.user_id)]),
             }
             if files:
-                # A discord.File is consumed by one upload: fresh ones per attempt.
-                kwargs["files"] = [
-                    discord.File(io.BytesIO(source) if isinstance(source, bytes) else source, filename=name)
-                    for source, name in files
-                ]
+                kwargs["files"] = [attachment.file() for attachment in files]
             if self.takes_view_for is not None:
                 kwargs["view"] = self.takes_view_for(jobs)
             return kwargs
@@ -376,7 +388,7 @@ class ResultPoster:
             interaction,
             followup=lambda: message(f"<@{lead.user_id}> your {take.count} takes are ready."),
             channel=channel_message,
-            upload_bytes=sum(_file_size(file) for file in files),
+            upload_bytes=upload_size(files),
             what=f"jobs {take.span}: posting the takes",
         )
         return PostedTakes(sent.id, formats)
@@ -405,13 +417,13 @@ class ResultPoster:
 
     async def _takes_files(
         self, made: list[tuple[Job, GenerationResult]], pictures: list[bytes | None], limit: int
-    ) -> tuple[list[tuple[Path | bytes, str]], dict[int, str], list[str]]:
-        """Each take's audio (within its share of one message) and picture, as (path or bytes,
-        filename) pairs; the format each take is posted in; a note for each re-encoded one."""
+    ) -> tuple[list[Attachment], dict[int, str], list[str]]:
+        """Each take's audio (within its share of one message) and picture; the format each take is
+        posted in; a note for each re-encoded one."""
         room = REQUEST_LIMIT_BYTES - REQUEST_OVERHEAD_BYTES - sum(len(picture or b"") for picture in pictures)
         share = min(limit, room // len(made))
         shared = share < limit
-        files: list[tuple[Path | bytes, str]] = []
+        files: list[Attachment] = []
         formats: dict[int, str] = {}
         notes: list[str] = []
         for (job, result), picture in zip(made, pictures, strict=True):
@@ -426,9 +438,9 @@ class ResultPoster:
             if note:
                 notes.append(f"Take {job.take.number}: {note}")
             if path is not None:
-                files.append((path, f"musicgen-{job.id}.{posted_format}"))
+                files.append(Attachment(f"musicgen-{job.id}.{posted_format}", path=path))
             if picture is not None:
-                files.append((picture, f"musicgen-{job.id}.png"))
+                files.append(Attachment(f"musicgen-{job.id}.png", data=picture))
         return files, formats, notes
 
     async def post_failure(

@@ -27,10 +27,9 @@ class TakeGroups:
     """Which takes of each request are still followed, and the audio of the ones already made."""
 
     def __init__(self) -> None:
-        # By group (the first take's job id): the takes followed in this run that have not ended...
+        # By group (the first take's job id): the takes followed in this run that have not ended, and
+        # the takes made so far; by job id, every take followed in this run.
         self._waiting: dict[int, set[int]] = {}
-        # ... every take followed in this run, and the takes made so far.
-        self._followed: dict[int, set[int]] = {}
         self._made: dict[int, dict[int, MadeTake]] = {}
         self._take_of: dict[int, Take] = {}
 
@@ -40,7 +39,6 @@ class TakeGroups:
             return
         self._take_of[job.id] = job.take
         self._waiting.setdefault(job.take.group, set()).add(job.id)
-        self._followed.setdefault(job.take.group, set()).add(job.id)
 
     def take_of(self, job_id: int) -> Take | None:
         """The job's place among its request's takes, while it is followed (None: a job made alone)."""
@@ -70,9 +68,9 @@ class TakeGroups:
     def release(self, group: int) -> tuple[dict[int, MadeTake], set[int]]:
         """The takes made, by job id, and every take followed in this run, of a request whose takes
         have all ended; forgets them."""
-        followed = self._followed.pop(group, set())
+        followed = {job_id for job_id, take in self._take_of.items() if take.group == group}
         for job_id in followed:
-            self._take_of.pop(job_id, None)
+            del self._take_of[job_id]
         return self._made.pop(group, {}), followed
 
 

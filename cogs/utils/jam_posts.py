@@ -5,26 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import discord
 
 from bot.audio.editing import encode_to_fit, new_part_path_for
 from bot.audio.waveform import MarkedPart, waveform_png_of_file
-from bot.pipeline.delivery import EMBED_COLOUR
+from bot.pipeline.delivery import EMBED_COLOUR, REQUEST_LIMIT_BYTES, Attachment
 from bot.replies import clip_text, shown_member_text
 from bot.storage.jams import Contributor, Jam, JamState, JamTurn
 
 logger = logging.getLogger(__name__)
 
 THREAD_NAME_LIMIT = 100  # Discord's limit on channel (thread) names
-# Discord refuses a request over 25 MiB, whatever the per-file limit.
-REQUEST_LIMIT_BYTES = 25 * 1024 * 1024
 PICTURE_ALLOWANCE_BYTES = 256 * 1024
 NO_MENTIONS = discord.AllowedMentions.none()
 CREDITS_CHARS = 3500
@@ -45,27 +41,6 @@ def thread_name(prompt: str) -> str:
 def clock(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """A file to post, kept as a path or bytes: a `discord.File` is consumed by one upload, so each
-    try of a post builds fresh ones."""
-
-    filename: str
-    path: Path | None = None
-    data: bytes | None = None
-
-    def file(self) -> discord.File:
-        if self.path is not None:
-            return discord.File(self.path, filename=self.filename)
-        assert self.data is not None
-        return discord.File(io.BytesIO(self.data), filename=self.filename)
-
-
-def upload_size(attachments: Sequence[Attachment]) -> int:
-    """Bytes a post uploads (its timeout grows with them)."""
-    return sum(a.path.stat().st_size if a.path is not None else len(a.data or b"") for a in attachments)
 
 
 def post_nonce(jam: Jam, post: str) -> str:
