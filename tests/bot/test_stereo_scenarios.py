@@ -35,7 +35,8 @@ from tests.bot.scenario_harness import (
     wait_for_status,
 )
 from tests.bot.test_continue_scenarios import tone
-from tests.fake_discord import FakeChannel, FakeDiscord, FakeMember, FakeMessage, Permission
+from tests.bot.test_jam_scenarios import audio_named, start_jam, take_turn, turn_result
+from tests.fake_discord import FakeDiscord, FakeMember, FakeMessage, Permission
 
 # The crossfade at a join: away from it, the original is posted as it was.
 CROSSFADE_SAMPLES = round(0.02 * SAMPLE_RATE)
@@ -76,12 +77,6 @@ def audio_of(data: bytes, folder: Path, name: str) -> np.ndarray:
     path = folder / name
     path.write_bytes(data)
     return decode_audio_file(path, sample_rate=SAMPLE_RATE)
-
-
-def attachment(message: FakeMessage, ending: str) -> bytes:
-    found = [a for a in message.attachments if a.filename.endswith(ending)]
-    assert len(found) == 1, [a.filename for a in message.attachments]
-    return found[0].data
 
 
 def has_two_lanes(png: bytes) -> bool:
@@ -141,18 +136,18 @@ async def test_a_stereo_model_posts_two_channels_at_32_khz_in_wav_and_mp3_with_a
     for job_id, result, ending in ((wav_job, wav_result, ".wav"), (mp3_job, mp3_result, ".mp3")):
         row = await wait_for_status(bot, job_id, "done")
         assert row["model_version"] == "stereo-small"
-        data = attachment(result, ending)
+        data = audio_named(result, ending)
         header = soundfile.info(io.BytesIO(data))
         assert (header.channels, header.samplerate) == (2, SAMPLE_RATE)
         samples = audio_of(data, tmp_path, f"{job_id}{ending}")
         assert_stereo(samples)
         assert samples.shape[0] == pytest.approx(SAMPLE_RATE, abs=0.06 * SAMPLE_RATE)  # MP3 pads a little
-        assert has_two_lanes(attachment(result, ".png"))
+        assert has_two_lanes(audio_named(result, ".png"))
         assert {f["name"]: f["value"] for f in result.embeds[0]["fields"]}["Model"] == "stereo-small"
     # A mono model's picture keeps one lane.
     _, mono = await generate(fake, server, alice, prompt="narrow", model_version="small")
-    assert audio_of(attachment(mono, ".wav"), tmp_path, "mono.wav").shape[1] == 1
-    assert not has_two_lanes(attachment(mono, ".png"))
+    assert audio_of(audio_named(mono, ".wav"), tmp_path, "mono.wav").shape[1] == 1
+    assert not has_two_lanes(audio_named(mono, ".png"))
 
 
 # -- continuing ----------------------------------------------------------------------------------------
@@ -163,7 +158,7 @@ async def test_with_a_stereo_default_a_stereo_result_is_continued_in_stereo_by_b
 ) -> None:
     fake, alice, bob = fake_discord, server["alice"], server["bob"]
     source_job, result = await generate(fake, server, alice, prompt="strings", model_version="stereo-small")
-    original = audio_of(attachment(result, ".wav"), tmp_path, "original.wav")
+    original = audio_of(audio_named(result, ".wav"), tmp_path, "original.wav")
     await set_default_model(fake, server, "stereo-small")
     try:
         by_button = await continue_with_button(fake, alice, result, source_job)
@@ -182,13 +177,13 @@ async def test_with_a_stereo_default_a_stereo_result_is_continued_in_stereo_by_b
 
     for job_id, message in ((by_button, piece_message), (by_reply, reply_message)):
         assert (await wait_for_status(bot, job_id, "done"))["model_version"] == "stereo-small"
-        piece = audio_of(attachment(message, ".wav"), tmp_path, f"piece-{job_id}.wav")
+        piece = audio_of(audio_named(message, ".wav"), tmp_path, f"piece-{job_id}.wav")
         assert piece.shape == (original.shape[0] + SAMPLE_RATE, 2)
         # The original is posted as it was, each channel its own; the new second is stereo too.
         kept = original.shape[0] - CROSSFADE_SAMPLES
         np.testing.assert_allclose(piece[:kept], original[:kept], atol=PCM_STEP)
         assert_stereo(piece[original.shape[0] :])
-        assert has_two_lanes(attachment(message, ".png"))
+        assert has_two_lanes(audio_named(message, ".png"))
 
 
 async def test_a_mono_clip_continued_by_a_stereo_default_becomes_stereo_and_a_mono_model_keeps_it_so(
@@ -209,7 +204,7 @@ async def test_a_mono_clip_continued_by_a_stereo_default_becomes_stereo_and_a_mo
         widened_message = await posted_result(fake, server.channel, widened_job)
     finally:
         await set_default_model(fake, server, None)
-    widened = audio_of(attachment(widened_message, ".wav"), tmp_path, "widened.wav")
+    widened = audio_of(audio_named(widened_message, ".wav"), tmp_path, "widened.wav")
     assert widened.shape == (2 * SAMPLE_RATE, 2)
     kept = SAMPLE_RATE - CROSSFADE_SAMPLES
     for channel in (0, 1):  # the mono clip on both channels, as it was
@@ -219,7 +214,7 @@ async def test_a_mono_clip_continued_by_a_stereo_default_becomes_stereo_and_a_mo
     # The server's default is small again: its new second goes to both channels, the piece stays stereo.
     again_job = await continue_with_button(fake, alice, widened_message, widened_job)
     again = audio_of(
-        attachment(await posted_result(fake, server.channel, again_job), ".wav"), tmp_path, "again.wav"
+        audio_named(await posted_result(fake, server.channel, again_job), ".wav"), tmp_path, "again.wav"
     )
     assert (await wait_for_status(bot, again_job, "done"))["model_version"] == "small"
     assert again.shape == (3 * SAMPLE_RATE, 2)
@@ -232,60 +227,36 @@ async def test_a_mono_clip_continued_by_a_stereo_default_becomes_stereo_and_a_mo
 # -- jams ------------------------------------------------------------------------------------------------
 
 
-def jam_thread(fake: FakeDiscord, parent: FakeChannel, name: str) -> FakeChannel:
-    (thread,) = [
-        c for c in fake.channels.values() if c.is_thread and c.parent_id == parent.id and c.name == name
-    ]
-    return thread
-
-
-async def turn_post(fake: FakeDiscord, thread: FakeChannel, number: int) -> FakeMessage:
-    return await fake.wait_for_message(
-        thread,
-        lambda m: m.author is fake.bot_user and f"**Turn {number} of" in m.content and bool(m.attachments),
-        90,
-    )
-
-
 async def test_a_jam_on_a_stereo_model_stays_stereo_in_every_turn_and_in_its_export(
     fake_discord: FakeDiscord, server: Server, bot: MusicGenBot, tmp_path: Path
 ) -> None:
-    fake, alice, bob = fake_discord, server["alice"], server["bob"]
-    started = await run_command(
-        fake,
-        alice,
-        server.channel,
-        "jam start",
-        prompt="stereo jam",
-        model_version="stereo-small",
-        turn_seconds=1,
+    fake, bob = fake_discord, server["bob"]
+    thread = await start_jam(
+        fake, server, "alice", "stereo jam", model_version="stereo-small", turn_seconds=1
     )
-    await started.wait_for_final(lambda m: not m.is_loading and "started a jam" in m.content)
-    thread = jam_thread(fake, server.channel, "stereo jam")
-    first = await turn_post(fake, thread, 1)
-    opening = audio_of(attachment(first, "-piece.wav"), tmp_path, "turn-1.wav")
+    first = await turn_result(fake, thread, 1)
+    opening = audio_of(audio_named(first, "-piece.wav"), tmp_path, "turn-1.wav")
     assert_stereo(opening)
-    assert has_two_lanes(attachment(first, ".png"))
+    assert has_two_lanes(audio_named(first, ".png"))
 
-    adding = await run_command(fake, bob, thread, "jam add", prompt="add brass")
-    await adding.wait_for_final(lambda m: not m.is_loading and "Turn " in m.content, 30)
-    second = await turn_post(fake, thread, 2)
-    new_part = audio_of(attachment(second, "-new.wav"), tmp_path, "turn-2-new.wav")
-    piece = audio_of(attachment(second, "-piece.wav"), tmp_path, "turn-2-piece.wav")
+    await take_turn(fake, bob, thread, prompt="add brass")
+    second = await turn_result(fake, thread, 2)
+    new_part = audio_of(audio_named(second, "-new.wav"), tmp_path, "turn-2-new.wav")
+    piece = audio_of(audio_named(second, "-piece.wav"), tmp_path, "turn-2-piece.wav")
     assert new_part.shape == (SAMPLE_RATE, 2) and piece.shape == (2 * SAMPLE_RATE, 2)
     assert_stereo(new_part)
     np.testing.assert_allclose(
         piece[: SAMPLE_RATE - CROSSFADE_SAMPLES], opening[:-CROSSFADE_SAMPLES], atol=PCM_STEP
     )
-    assert has_two_lanes(attachment(second, ".png"))
+    assert has_two_lanes(audio_named(second, ".png"))
 
     for output_format in ("wav", "mp3"):
         export = await run_command(fake, bob, thread, "jam export", output_format=output_format)
         exported = await export.wait_for_final(lambda m: not m.is_loading and bool(m.attachments))
-        samples = audio_of(attachment(exported, f".{output_format}"), tmp_path, f"export.{output_format}")
+        samples = audio_of(audio_named(exported, f".{output_format}"), tmp_path, f"export.{output_format}")
         assert samples.shape[1] == 2
         assert samples.shape[0] == pytest.approx(2 * SAMPLE_RATE, abs=0.06 * SAMPLE_RATE)
-        assert has_two_lanes(attachment(exported, ".png"))
+        assert has_two_lanes(audio_named(exported, ".png"))
     turns = await bot.jobs.get(int(second.embeds[0]["footer"]["text"].split("Job #", 1)[1].split()[0]))
     assert turns is not None and turns.request.model_version == "stereo-small"
 
@@ -317,5 +288,5 @@ async def test_use_as_melody_follows_a_stereo_result_with_stereo_melody_and_a_mo
 
     assert (await wait_for_status(bot, from_stereo, "done"))["model_version"] == "stereo-melody"
     assert (await wait_for_status(bot, from_mono, "done"))["model_version"] == "melody"
-    assert_stereo(audio_of(attachment(stereo_cover, ".wav"), tmp_path, "stereo-cover.wav"))
-    assert audio_of(attachment(mono_cover, ".wav"), tmp_path, "mono-cover.wav").shape[1] == 1
+    assert_stereo(audio_of(audio_named(stereo_cover, ".wav"), tmp_path, "stereo-cover.wav"))
+    assert audio_of(audio_named(mono_cover, ".wav"), tmp_path, "mono-cover.wav").shape[1] == 1
