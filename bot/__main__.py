@@ -231,7 +231,6 @@ def doctor_plan(config: BotConfig, config_path: Path | None) -> DoctorPlan:
         data_dir=config.data_dir,
         min_free_mb=config.storage.min_free_mb,
         backend=config.backend_options,
-        max_batch_size=config.worker.max_batch_size,
     )
 
 

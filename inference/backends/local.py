@@ -46,8 +46,6 @@ from inference.settings import EngineSettings
 # What the fork server imports before it forks the first worker (torch, transformers' MusicGen
 # classes, the engine): a module of imports only.
 WORKER_PRELOAD = ("inference.backends.worker_preload",)
-# "spawn" stays available (`start_method`) where a fork server cannot run.
-StartMethod = Literal["forkserver", "spawn"]
 
 __all__ = [
     "GenerationCancelled",
@@ -179,12 +177,8 @@ class _WorkerProcess:
         del self.models[REMEMBERED_MODELS:]
 
 
-def worker_process_context(
-    start_method: StartMethod = "forkserver",
-) -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
+def worker_process_context() -> multiprocessing.context.ForkServerContext:
     """The multiprocessing context worker processes start from (its fork server preloaded)."""
-    if start_method == "spawn":
-        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_PRELOAD))
     return context
@@ -201,7 +195,6 @@ class InferenceClient(InferenceBackend[_WorkerProcess]):
         devices: Sequence[str] = (),
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
-        start_method: StartMethod = "forkserver",
     ) -> None:
         super().__init__(settings)
         self._processes = at_least_one(processes, "processes")
@@ -210,7 +203,7 @@ class InferenceClient(InferenceBackend[_WorkerProcess]):
         self._devices: list[str] = []
         self._start_timeout_s = start_timeout_s
         self._close_timeout_s = close_timeout_s
-        self._context = worker_process_context(start_method)
+        self._context = worker_process_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._names = itertools.count(1)
 

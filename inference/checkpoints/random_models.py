@@ -32,6 +32,7 @@ from inference.checkpoints.convert import (
     DEFAULT_COMPRESSION_ID,
     LM_STATE_FILE,
     WINDOW_CONFIG_ATTRIBUTE,
+    delay_pattern,
     transformers_to_encodec_state,
     transformers_to_lm_state,
 )
@@ -471,7 +472,7 @@ def audiocraft_lm_cfg(model: Any, *, model_version: str, guidance_scale: float =
         "codebooks_pattern": {
             "modeling": "delay",
             "delay": {
-                "delays": [k // channels for k in range(decoder.num_codebooks)],
+                "delays": delay_pattern(decoder.num_codebooks, channels),
                 "flatten_first": 0,
                 "empty_initial": 0,
             },

@@ -223,8 +223,9 @@ def _timings(
         model_version=plan.model_version, prompt=TIMING_PROMPT, duration=lengths.timed_s, seed=SEED
     )
     batches = [(1, f"{lengths.timed_s} s job on {device}")]
-    if plan.max_batch_size > 1:
-        batches.append((plan.max_batch_size, f"batch of {plan.max_batch_size} on {device}"))
+    # `[worker] max_batch_size`, which the engine settings carry (the batch the doctor times).
+    if (batch_size := plan.settings.engine.max_batch_size) > 1:
+        batches.append((batch_size, f"batch of {batch_size} on {device}"))
     findings = []
     for jobs, label in batches:
         try:

@@ -31,8 +31,6 @@ class DoctorPlan:
     # New jobs are refused below this much free disk (`[storage] min_free_mb`).
     min_free_mb: float
     backend: BackendOptions
-    # Jobs a worker runs as one batch (`[worker] max_batch_size`): the batch the doctor times.
-    max_batch_size: int
 
     @property
     def model_source(self) -> str:
@@ -62,7 +60,6 @@ class DoctorPlan:
                 ray_num_gpus=None if worker.ray_num_gpus == "auto" else float(worker.ray_num_gpus),
                 ray_num_cpus=worker.ray_num_cpus,
             ),
-            max_batch_size=worker.max_batch_size,
         )
 
 
@@ -83,7 +80,6 @@ class _StorageKeys(_Keys):
 class _WorkerKeys(_Keys):
     processes: int | Literal["auto"] = 1
     devices: list[str] = Field(default_factory=list)
-    max_batch_size: int = Field(default=4, ge=1)
     backend: Literal["local", "ray"] = "local"
     ray_address: str = ""
     ray_num_gpus: float | Literal["auto"] = "auto"

@@ -167,7 +167,6 @@ class Numerics:
     device: str
     dtype: str
     decoder: str  # the decoder pass and its kernels, in a few words
-    load_s: float
     finite: bool  # no NaN or infinity in its logits (teacher-forced) or its audio (free decoding)
     agreement: float  # share of codes its guided argmax picks as the reference did, in the same context
     loudness_difference_lu: float  # |LUFS| of its teacher-forced picks' audio against the reference's
@@ -179,9 +178,7 @@ class Numerics:
 def check_numerics(engine: MusicGenEngine, reference: Reference) -> Numerics:
     """Decode the reference's request on `engine` freely and teacher-forced, and compare."""
     request, source = reference.request, reference.model_source
-    started = time.perf_counter()
     loaded = engine.cache.get(request.model_version, source)
-    load_s = time.perf_counter() - started
     if engine is reference.engine:
         codes, wav = reference.codes, reference.wav
     else:
@@ -194,7 +191,6 @@ def check_numerics(engine: MusicGenEngine, reference: Reference) -> Numerics:
         device=str(loaded.device),
         dtype=_dtype_name(loaded.dtype),
         decoder=decoder_description(engine, request.model_version),
-        load_s=load_s,
         finite=finite,
         agreement=float((forced.picks == reference.codes).float().mean()),
         loudness_difference_lu=_loudness_difference(reference.wav, forced.wav, loaded.sample_rate),

@@ -423,7 +423,8 @@ class MusicGenEngine:
             rows = [job.row for job in next_windows]
             next_windows.clear()
             # Jobs join while the batch runs: a long piece between two windows still runs in it.
-            if joining is not None and not all(job.reported for job in members):
+            # (From the newest: the oldest members are the ones already reported.)
+            if joining is not None and any(not job.reported for job in reversed(members)):
                 joined = self._join(joining(), decoder.model, on_outcome, later)
                 for job in joined:
                     job.next_window_ready = next_windows.append
