@@ -326,7 +326,6 @@ class MusicGenBot(commands.AutoShardedBot):
             await self.clip_intake.close()
         if hasattr(self, "database"):
             await self.database.close()
-        gc.unfreeze()
 
     # -- slash command registration ---------------------------------------------------------------
     async def sync_commands_if_changed(self, *, force: bool = False) -> list[str]:
@@ -361,12 +360,18 @@ class MusicGenBot(commands.AutoShardedBot):
 
 def freeze_start_up_heap() -> None:
     """Keep what start-up made (modules, the command tree, the guild cache) out of later garbage
-    collections.
+    collections, once per process.
 
     A full collection walks every live object: a couple of hundred thousand after start-up, 100 to
     200 ms on a small server CPU, during which no command is acknowledged. A burst of commands
     allocates enough to set one off. Frozen objects are never walked again, so a full collection
     costs only what was made since (the advice of the `gc.freeze` documentation for servers).
+
+    Only the first `on_ready` freezes. A later one (a reconnect that could not resume) would freeze
+    the caches of that moment, and the cyclic GC could never free them once they are replaced. The
+    process never unfreezes: what start-up made lives as long as the process.
     """
+    if gc.get_freeze_count() > 0:
+        return
     gc.collect()
     gc.freeze()
