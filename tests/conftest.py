@@ -11,11 +11,13 @@ modules that start a Ray runtime run on one worker, so no two runtimes run at on
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from filelock import FileLock
 
 if TYPE_CHECKING:
     from inference.settings import EngineSettings
@@ -96,11 +98,35 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     """
     from inference.checkpoints.random_models import make_test_model
 
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {
-        "small": make_test_model("small", root / "small", tiny=True, seed=0),
-        "melody": make_test_model("melody", root / "melody", tiny=True, seed=1),
-    }
+    root = built_once(
+        tmp_path_factory,
+        "tiny_models",
+        lambda root: (
+            make_test_model("small", root / "small", tiny=True, seed=0),
+            make_test_model("melody", root / "melody", tiny=True, seed=1),
+        ),
+    )
+    return {"small": root / "small", "melody": root / "melody"}
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder `build` fills the same way every time (seeded test models), made once per test run.
+
+    The xdist workers of a run share it: the first to get here builds it under a lock, and the
+    others wait and read it. Each worker building its own copy cost the start of the run a few
+    seconds of CPU per worker.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's own temp folder, above each worker's
+    folder, complete = root / name, root / f"{name}.complete"
+    with FileLock(root / f"{name}.lock"):
+        if not complete.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half-way left
+            folder.mkdir()
+            build(folder)
+            complete.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -157,13 +183,17 @@ def tiny_stereo_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str
     first use}. Both keep the mono EnCodec in `encodec/` and their T5 in `text_encoder/`."""
     from inference.checkpoints.random_models import make_test_model
 
-    root = tmp_path_factory.mktemp("tiny_stereo_models")
-    return {
-        "stereo-small": make_test_model("small", root / "stereo-small", tiny=True, seed=10, stereo=True),
-        "stereo-melody": make_test_model(
-            "melody", root / "stereo-melody", tiny=True, seed=11, stereo=True, fmt="audiocraft"
+    root = built_once(
+        tmp_path_factory,
+        "tiny_stereo_models",
+        lambda root: (
+            make_test_model("small", root / "stereo-small", tiny=True, seed=10, stereo=True),
+            make_test_model(
+                "melody", root / "stereo-melody", tiny=True, seed=11, stereo=True, fmt="audiocraft"
+            ),
         ),
-    }
+    )
+    return {"stereo-small": root / "stereo-small", "stereo-melody": root / "stereo-melody"}
 
 
 @pytest.fixture(scope="session")
