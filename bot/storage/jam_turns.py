@@ -190,7 +190,7 @@ class JamTurns:
                 await self.bot.admission.check_quota(ask)
                 await self.bot.admission.check_caps(ask)
             return await self.store.add_turn(
-                jam.id, user_id=member.id, user_name=member.display_name, prompt=prompt, seconds=seconds
+                jam, user_id=member.id, user_name=member.display_name, prompt=prompt, seconds=seconds
             )
 
     # -- the line moves on -----------------------------------------------------------------------------

@@ -237,16 +237,14 @@ class JamStore:
         return JamState(jam, [JamTurn.from_row(row) for row in rows])
 
     async def add_turn(
-        self, jam_id: int, *, user_id: int, user_name: str, prompt: str | None, seconds: int
+        self, jam: Jam, *, user_id: int, user_name: str, prompt: str | None, seconds: int
     ) -> JamTurn:
         # A new turn waits (the column's default): its guild is counted from before the row is written.
         if self._guilds_with_waiting_turns is not None:
-            jam = await self.get(jam_id)
-            assert jam is not None
             self._guilds_with_waiting_turns.add(jam.guild_id)
         turn_id = await self._insert(
             "INSERT INTO jam_turns (jam_id, user_id, user_name, prompt, seconds, asked_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (jam_id, user_id, user_name, prompt, seconds, time.time()),
+            (jam.id, user_id, user_name, prompt, seconds, time.time()),
         )
         turn = await self.turn(turn_id)
         assert turn is not None

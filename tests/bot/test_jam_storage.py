@@ -179,7 +179,7 @@ async def test_waiting_turns_are_counted_from_a_restart_on_and_as_turns_are_adde
             model_version="small", turn_seconds=5, max_turns=4,
         )  # fmt: skip
         assert await jams.waiting_turn_counts(1, 7) == (0, 0)
-        turn = await jams.add_turn(jam.id, user_id=7, user_name="ann", prompt=None, seconds=5)
+        turn = await jams.add_turn(jam, user_id=7, user_name="ann", prompt=None, seconds=5)
         assert [await jams.waiting_turn_counts(1, user) for user in (7, 8)] == [(1, 1), (0, 1)]
         assert await jams.waiting_turn_counts(2, 7) == (0, 0)
 
@@ -189,7 +189,7 @@ async def test_waiting_turns_are_counted_from_a_restart_on_and_as_turns_are_adde
         assert await restarted.waiting_turn_counts(2, 7) == (0, 0)
         assert await restarted.mark_failed(turn.id)
         assert await restarted.waiting_turn_counts(1, 7) == (0, 0)
-        await restarted.add_turn(jam.id, user_id=8, user_name="ben", prompt="drums", seconds=5)
+        await restarted.add_turn(jam, user_id=8, user_name="ben", prompt="drums", seconds=5)
         assert await restarted.waiting_turn_counts(1, 8) == (1, 1)
     finally:
         await database.close()

@@ -106,7 +106,9 @@ async def test_the_sweep_keeps_what_an_open_jam_needs_and_lets_an_ended_jams_fil
             return made.id
 
         async def turn(jam_id: int, job: Job, *, number: int, piece: Path | None) -> None:
-            added = await jams.add_turn(jam_id, user_id=3, user_name="alice", prompt=None, seconds=2)
+            made = await jams.get(jam_id)
+            assert made is not None
+            added = await jams.add_turn(made, user_id=3, user_name="alice", prompt=None, seconds=2)
             await jams.mark_started(added.id, job.id)
             if piece is not None:
                 await jams.mark_done(
