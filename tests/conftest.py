@@ -56,19 +56,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return ModulesScheduling(config, log)
 
 
-# The modules that take longest (half a minute and more: Ray, processes killed and replaced, a
-# compile with a cold inductor cache, discord.py's retry pauses) start first, so that none of them is
-# left running alone at the end.
+# The modules that take longest (a quarter of a minute and more) go first, so that none of them is
+# left running alone at the end: Ray, processes killed and replaced, a compile with a cold inductor
+# cache. After those, the scenarios that spend their time waiting (discord.py's retry and
+# rate-limit pauses, timeouts run out on purpose) alternate with busy modules: waiting together they
+# would leave the cores idle, beside a busy one they cost next to nothing.
 LONGEST_MODULES_FIRST = (
     *sorted(RAY_TEST_MODULES),
     "tests/inference/test_batching.py",
     "tests/bot/test_long_clip_memory.py",
     "tests/bot/test_soak.py",
-    "tests/bot/test_restart_scenarios.py",
-    "tests/test_fake_discord_faults.py",
     "tests/bot/test_stereo_scenarios.py",
-    "tests/bot/test_runtime_fault_scenarios.py",
+    "tests/bot/test_jam_scenarios.py",
+    "tests/inference/test_checkpoints.py",
+    "tests/bot/test_discord_fault_scenarios.py",
+    "tests/bot/test_batch_scenarios.py",
     "tests/bot/test_every_entry_point.py",
+    "tests/bot/test_restart_scenarios.py",
+    "tests/bot/test_continue_scenarios.py",
+    "tests/bot/test_deadline_scenarios.py",
+    "tests/bot/test_jam_promises.py",
+    "tests/bot/test_long_piece_scenarios.py",
+    "tests/test_fake_discord_faults.py",
+    "tests/inference/test_engine.py",
+    "tests/bot/test_runtime_fault_scenarios.py",
+    "tests/inference/test_stereo.py",
 )
 
 
