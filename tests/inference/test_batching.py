@@ -220,10 +220,13 @@ def has_cxx_compiler() -> bool:
 
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
 def test_the_compiled_step_on_the_static_cache_gives_the_plain_paths_greedy_tokens(
-    engine: MusicGenEngine, engine_settings: EngineSettings
+    engine: MusicGenEngine, engine_settings: EngineSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a GPU runs as CUDA graphs ("reduce-overhead"); on a CPU the same compiled graph without
-    # them. Compiling the tiny model took about 30 s on a 2-core CI machine.
+    # them. Compiling the tiny model took about 50 s on a 2-core CI machine (a cold inductor cache).
+    # Its kernels are built in this process: a pool of compile workers, each importing torch, cost
+    # about 8 s of CPU more for the same build time (while the other modules keep both cores busy).
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     options = engine_settings.engine.model_copy(update={"static_cache": True, "compile": True})
     compiled = MusicGenEngine(engine_settings.model_copy(update={"engine": options}), engine.cache)
     jobs = [
