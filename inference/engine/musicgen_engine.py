@@ -42,6 +42,7 @@ import math
 import random
 import secrets
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -737,15 +738,44 @@ STATIC_CACHE_GRANULE = 256
 
 def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
     """Fixed-size key/value caches for the decoder's self-attention (the cross-attention keys are
-    computed once and have a fixed size already)."""
+    computed once and have a fixed size already). The position table is made to cover each cache
+    before it is used (`_read_positions_from_table`)."""
     from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
     config = model.decoder.config
+    positions = model.decoder.model.decoder.embed_positions
+    if "forward" not in vars(positions):
+        positions.forward = types.MethodType(_read_positions_from_table, positions)
 
-    def make(rows: int, positions: int) -> Any:
-        size = math.ceil(positions / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
+    def make(rows: int, positions_needed: int) -> Any:
+        size = math.ceil(positions_needed / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
+        if positions.weights.shape[0] < size:
+            positions.make_weights(size, positions.embedding_dim)
         return EncoderDecoderCache(
             StaticCache(config=config, max_cache_len=size), DynamicCache(config=config)
         )
 
     return make
+
+
+def _read_positions_from_table(
+    table: Any, inputs: torch.Tensor, cache_length: int | torch.Tensor = 0
+) -> torch.Tensor:
+    """transformers' sinusoidal position embeddings (MusicGen's and the melody model's) for the next
+    columns, without growing the table from inside the step.
+
+    transformers grows the table when `seq_len + cache_length` passes its size. With a static cache,
+    `cache_length` is a tensor (the cache counts its filled positions), so that check is a
+    data-dependent branch: torch.compile breaks the step's graph there and runs the rest of the
+    forward pass as a dozen separately compiled pieces (24 kernels for the tiny test model instead of
+    17), which also keeps a GPU's CUDA graphs from capturing one step. The static cache factory grows
+    the table to the cache's size before the step instead; a plain integer length (a dynamic cache of
+    another engine sharing the model) still grows it here, as transformers does.
+    """
+    # MusicGen passes codebook ids [batch, codebooks, length]; the melody model embeddings
+    # [batch, length, hidden].
+    seq_len = inputs.shape[1] if inputs.is_floating_point() else inputs.shape[-1]
+    if isinstance(cache_length, int) and seq_len + cache_length > table.weights.shape[0]:
+        table.make_weights(seq_len + cache_length, table.embedding_dim)
+    position_ids = torch.arange(seq_len, device=inputs.device) + cache_length
+    return table.weights.index_select(0, position_ids.view(-1)).detach()

@@ -21,7 +21,12 @@ import pytest
 import soundfile
 import torch
 
-from inference.engine.musicgen_engine import EngineJob, GenerationCancelled, MusicGenEngine
+from inference.engine.musicgen_engine import (
+    STATIC_CACHE_GRANULE,
+    EngineJob,
+    GenerationCancelled,
+    MusicGenEngine,
+)
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 from tests.inference.audio_checks import audio_of, same
@@ -213,6 +218,20 @@ def test_the_static_cache_gives_the_same_tokens_as_the_dynamic_one(
     assert same(static.generate(melody), engine.generate(melody))
 
 
+def test_the_static_cache_grows_a_short_position_table_to_its_size_before_the_step_reads_it(
+    engine: MusicGenEngine, engine_settings: EngineSettings
+) -> None:
+    # The step reads positions from the table without growing it (a growth check inside the step is
+    # a data-dependent branch that breaks torch.compile's graph): the cache factory grows it first.
+    options = engine_settings.engine.model_copy(update={"static_cache": True})
+    static = MusicGenEngine(engine_settings.model_copy(update={"engine": options}))  # its own models
+    table = static.cache.get("small").model.decoder.model.decoder.embed_positions
+    table.make_weights(8, table.embedding_dim)  # a 1 s job needs 50 positions and more
+    job = request(temperature=0)
+    assert same(static.generate(job), engine.generate(job))
+    assert table.weights.shape[0] == STATIC_CACHE_GRANULE
+
+
 def has_cxx_compiler() -> bool:
     """Whether there is a C++ compiler for torch.compile's CPU backend (inductor) to build with."""
     return any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "clang++"))
@@ -223,7 +242,7 @@ def test_the_compiled_step_on_the_static_cache_gives_the_plain_paths_greedy_toke
     engine: MusicGenEngine, engine_settings: EngineSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a GPU runs as CUDA graphs ("reduce-overhead"); on a CPU the same compiled graph without
-    # them. Compiling the tiny model took about 50 s on a 2-core CI machine (a cold inductor cache).
+    # them. Compiling the tiny model takes about 35 s on a 2-core machine with a cold inductor cache.
     # Its kernels are built in this process: a pool of compile workers, each importing torch, cost
     # about 8 s of CPU more for the same build time (while the other modules keep both cores busy).
     monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
