@@ -41,7 +41,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     Each module goes whole to one worker, in its written order, so its module-scoped fixtures
     start once; units are handed out in collection order (`--no-loadscope-reorder`), which puts
-    LONGEST_MODULES_FIRST first. (xdist's `loadgroup` would group by marks, but it does not see them
+    MODULES_RUN_FIRST first. (xdist's `loadgroup` would group by marks, but it does not see them
     under pytest 9.2, whose node ids it cannot suffix.)
     """
     if config.getvalue("dist") != "loadfile":
@@ -61,7 +61,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # cache. After those, the scenarios that spend their time waiting (discord.py's retry and
 # rate-limit pauses, timeouts run out on purpose) alternate with busy modules: waiting together they
 # would leave the cores idle, beside a busy one they cost next to nothing.
-LONGEST_MODULES_FIRST = (
+MODULES_RUN_FIRST = (
     *sorted(RAY_TEST_MODULES),
     "tests/inference/test_batching.py",
     "tests/bot/test_long_clip_memory.py",
@@ -85,15 +85,15 @@ LONGEST_MODULES_FIRST = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put LONGEST_MODULES_FIRST first (each module keeps its tests' order), and check that a module
-    that starts a Ray runtime is one of RAY_TEST_MODULES."""
+    """Run MODULES_RUN_FIRST first, in their order (each module keeps its tests' order), and check
+    that a module that starts a Ray runtime is one of RAY_TEST_MODULES."""
     for item in items:
         module = _module_of(item)
         if "ray_cluster" in getattr(item, "fixturenames", ()) and module not in RAY_TEST_MODULES:
             raise pytest.UsageError(
                 f"{module} starts a Ray runtime: add it to RAY_TEST_MODULES in tests/conftest.py"
             )
-    rank = {module: place for place, module in enumerate(LONGEST_MODULES_FIRST)}
+    rank = {module: place for place, module in enumerate(MODULES_RUN_FIRST)}
     items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))
 
 
