@@ -18,6 +18,7 @@ Two on-disk formats:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -221,6 +222,11 @@ def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
     few codes and no test could tell two clips apart. So the encoder's last convolution is rescaled to
     give zero-mean, unit-variance embeddings (measured on a mix of noise and tones), the scale of the
     codes, as trained EnCodec encoders and codebooks share one.
+
+    That measurement runs in float64, on a copy of the encoder: in float32 its last bits depend on
+    the convolution kernels the CPU gets (oneDNN's AVX2 and AVX-512 ones round differently), and the
+    checkpoint must be the same on every machine, since stored references name it by its digest.
+    Rounded to float32, the float64 result no longer shows which kernels computed it.
     """
     with torch.no_grad():
         for layer in encodec.quantizer.layers:
@@ -231,15 +237,7 @@ def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
             codebook.cluster_size.fill_(1.0)
             codebook.inited.fill_(1.0)
 
-        sample_rate = int(encodec.config.sampling_rate)
-        channels = int(encodec.config.audio_channels)
-        t = torch.arange(sample_rate) / sample_rate
-        clips = [level * torch.randn(sample_rate, generator=generator) for level in (0.05, 0.3, 1.0)]
-        clips += [0.5 * torch.sin(2 * torch.pi * frequency * t) for frequency in (110.0, 440.0, 1760.0)]
-        audio = torch.stack(clips)[:, None].expand(-1, channels, -1).contiguous()  # [clips, channels, T]
-        embeddings = encodec.encoder(audio)  # [clips, dim, frames]
-        mean = embeddings.mean(dim=(0, 2))
-        scale = embeddings.std().clamp_min(1e-6)
+        mean, scale = _encoder_output_statistics(encodec, generator)
         last_conv = encodec.encoder.layers[-1].conv
         # Weight norm: weight = g * v / |v|, so scaling g scales the weight.
         if hasattr(last_conv, "parametrizations"):
@@ -247,6 +245,22 @@ def fill_random_codebooks(encodec: Any, generator: torch.Generator) -> None:
         else:
             last_conv.weight.div_(scale)
         last_conv.bias.sub_(mean).div_(scale)
+
+
+def _encoder_output_statistics(encodec: Any, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """The per-channel mean and the overall standard deviation of the encoder's embeddings of a mix of
+    noise and tones, measured in float64 and given back in float32 (the mean) and as a Python float
+    rounded to float32 (the scale)."""
+    sample_rate = int(encodec.config.sampling_rate)
+    channels = int(encodec.config.audio_channels)
+    t = torch.arange(sample_rate, dtype=torch.float64) / sample_rate
+    clips = [level * torch.randn(sample_rate, generator=generator).double() for level in (0.05, 0.3, 1.0)]
+    clips += [0.5 * torch.sin(2 * torch.pi * frequency * t) for frequency in (110.0, 440.0, 1760.0)]
+    audio = torch.stack(clips)[:, None].expand(-1, channels, -1).contiguous()  # [clips, channels, T]
+    embeddings = copy.deepcopy(encodec.encoder).double()(audio)  # [clips, dim, frames]
+    mean = embeddings.mean(dim=(0, 2)).float()
+    scale = embeddings.std().clamp_min(1e-6).float().item()
+    return mean, scale
 
 
 def randomize_layer_norms(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -267,8 +281,9 @@ def build_random_musicgen(
     model_version: str, *, tiny: bool = False, seed: int = 0, stereo: bool = False
 ) -> Any:
     """A MusicGen model (decoder + T5 + EnCodec) of the given version with random weights, in eval mode.
-    The weights are a function of the arguments alone (for the same torch and transformers): every
-    random draw comes from generators seeded here."""
+    The weights are a function of the arguments alone (for the same torch and transformers, on any
+    CPU with AVX2, whose random draws torch makes alike): every random draw comes from generators
+    seeded here, and the one measurement (`fill_random_codebooks`) does not depend on the kernels."""
     config = musicgen_config(model_version, tiny=tiny, stereo=stereo)
     torch.manual_seed(seed)
     model = layout.model_class(is_melody_architecture(model_version))(config)

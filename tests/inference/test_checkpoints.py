@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,6 +185,39 @@ def test_tiny_small_model_saves_and_loads_with_its_tokenizer_and_parts(tiny_mode
     assert AutoTokenizer.from_pretrained(folder / TEXT_ENCODER_DIR)("a b").input_ids[-1] == 1  # </s> appended
     assert EncodecModel.from_pretrained(folder / COMPRESSION_DIR).config.frame_rate == 50
     assert type(AutoProcessor.from_pretrained(folder)).__name__ == "MusicgenProcessor"
+
+
+# Building a test model with the kernels of a CPU without AVX-512: ATen's and oneDNN's AVX2 ones
+# (read once, at start-up, so they need a process of their own).
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def tiny_model_digest(seed: int) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(build_random_musicgen("small", tiny=True, seed=seed).state_dict().items()):
+        digest.update(key.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.skipif(
+    "avx512f" not in cpu_flags(), reason="on a CPU without AVX-512 both builds use the AVX2 kernels"
+)
+def test_a_test_model_is_the_same_bit_for_bit_whichever_kernels_the_cpu_gets():
+    """The stored audiocraft references name their checkpoints by digest, so a test model must not
+    depend on the machine that builds it (AVX2 or AVX-512 convolutions round differently)."""
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from tests.inference.test_checkpoints import tiny_model_digest\n"
+        "print(tiny_model_digest(7))"
+    )
+    with_avx2_kernels = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **AVX2_KERNELS},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    assert with_avx2_kernels == tiny_model_digest(7)
 
 
 def test_tiny_models_generate_audio_that_depends_on_the_codes(engine_settings):

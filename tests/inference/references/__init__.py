@@ -4,7 +4,7 @@ our engine against audiocraft without audiocraft installed.
 Each reference is one file, `<name>.pt`, written by scripts/make-audiocraft-references.py (run in the
 audiocraft tier's virtualenv; its docstring says how they were made). A reference is made from
 checkpoints the tests build themselves, with random weights drawn from explicitly seeded generators,
-so both environments (the same torch and transformers) build them bit for bit alike; the file records
+so both environments (the same torch and transformers, on any CPU with AVX2) build them bit for bit alike; the file records
 each checkpoint's digest, and a test first checks that it rebuilt the same checkpoint.
 
 A file holds {"checkpoints": {name: digest}, "cases": {case: {"codes": [codebooks, frames] int16,
