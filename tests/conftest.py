@@ -93,8 +93,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(
                 f"{module} starts a Ray runtime: add it to RAY_TEST_MODULES in tests/conftest.py"
             )
+    for item in items:
+        _check_runs_on_the_session_loop(item)
     rank = {module: place for place, module in enumerate(MODULES_RUN_FIRST)}
     items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))
+
+
+def _check_runs_on_the_session_loop(item: pytest.Item) -> None:
+    """Every async test and fixture runs on the session's one event loop (pyproject's asyncio
+    settings). A client's tasks belong to the loop that started it: a test on another loop than its
+    fixture's gets answers only while its own loop runs, and what is left pending stalls for good
+    once that loop stops (a Ray client's batch did, and every later test of its module timed out)."""
+    marker = item.get_closest_marker("asyncio")
+    scopes = {"test": (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker else None}
+    if isinstance(item, pytest.Function):
+        for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+            scopes[f"fixture {name}"] = getattr(definitions[-1].func, "_loop_scope", None)
+    elsewhere = {what: scope for what, scope in scopes.items() if scope not in (None, "session")}
+    if elsewhere:
+        raise pytest.UsageError(f"{item.nodeid}: runs on another event loop than the session's: {elsewhere}")
 
 
 def _module_of(item: pytest.Item) -> str:

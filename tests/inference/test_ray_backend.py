@@ -31,8 +31,6 @@ from inference.protocol import BatchJob
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
-on_module_loop = pytest.mark.asyncio(loop_scope="module")
-
 # Hang guards only (tests never assert timings).
 JOB_TIMEOUT_S = 180.0
 # Long enough that a job is still running when the test reacts to its first progress event.
@@ -49,12 +47,13 @@ def replica_pids(client: RayInferenceClient) -> list[int]:
     return [ray.get(actor.pid.remote()) for actor in client.replica_actors]
 
 
-def replica_scratch_folders() -> set[Path]:
-    """The replicas' temporary folders on this machine (a replica killed mid-batch leaves its own)."""
-    return set(Path(tempfile.gettempdir()).glob("musicgen-replica-*"))
+def replica_scratch_folders(pid: int) -> list[Path]:
+    """The temporary folders of the replica with this pid on this machine (one killed mid-batch leaves
+    its own). Only that replica's: another test run on the machine has replicas of its own."""
+    return list(Path(tempfile.gettempdir()).glob(f"musicgen-replica-{pid}-*"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def client(
     ray_cluster: None, stereo_engine_settings: EngineSettings
 ) -> AsyncIterator[RayInferenceClient]:
@@ -63,11 +62,11 @@ async def client(
         yield inference_client
 
 
-@on_module_loop
 async def replica_freed(client: RayInferenceClient) -> None:
     """The one replica is idle again: outcomes are answered as jobs end, and the replica's batch is
-    cleared just after the last one, so this waits (briefly) rather than racing it."""
-    for _ in range(500):
+    cleared just after the last one (once its `run_batch` call has returned, its scratch folder
+    removed), so this waits rather than racing it."""
+    for _ in range(3000):  # a hang guard of 30 s
         if client.idle_workers == 1 and client.busy_workers == 0:
             return
         await asyncio.sleep(0.01)
@@ -86,7 +85,7 @@ async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_
         return on_progress
 
     output_dir = tmp_path / "outputs"  # not there yet: the client makes it
-    scratch_before = replica_scratch_folders()
+    (pid,) = replica_pids(client)
     tasks = client.submit_batch(
         [
             JobSubmission("ray-a", short_request(seed=1), recorder("ray-a")),
@@ -103,17 +102,17 @@ async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_
         assert info.samplerate == result.sample_rate == 32_000
         assert info.frames == seconds * 32_000
     assert sorted(path.name for path in output_dir.iterdir()) == ["ray-a.wav", "ray-b.wav"]
-    # The replica's own copies are gone once their bytes came back.
-    assert replica_scratch_folders() == scratch_before
     for job_id, events in progress.items():
         assert events, f"no progress for {job_id}"
         steps_done = [done for done, _ in events]
         assert steps_done == sorted(steps_done)
         assert events[-1][0] == events[-1][1]
+    # The replica's own copies are gone once the batch is over (outcomes come back as each job ends,
+    # a moment before the replica's batch call returns and removes them).
     await replica_freed(client)
+    assert replica_scratch_folders(pid) == []
 
 
-@on_module_loop
 async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_the_other_finishes(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -149,7 +148,6 @@ async def test_in_a_batch_a_bad_request_fails_alone_a_cancelled_job_stops_and_th
     assert replica_pids(client) == pids_before
 
 
-@on_module_loop
 async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_ends(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -180,7 +178,6 @@ async def test_jobs_join_the_batch_a_replica_runs_and_each_comes_back_when_it_en
     assert await asyncio.wait_for(asyncio.wrap_future(idle_join.future()), JOB_TIMEOUT_S) is False
 
 
-@on_module_loop
 async def test_a_job_waiting_for_the_busy_replica_can_be_cancelled_and_never_runs(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -203,7 +200,6 @@ async def test_a_job_waiting_for_the_busy_replica_can_be_cancelled_and_never_run
     assert not list(tmp_path.glob("ray-second*"))
 
 
-@on_module_loop
 async def test_a_replica_killed_mid_batch_fails_its_jobs_as_crashed_and_a_replacement_serves_the_next(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -239,12 +235,9 @@ async def test_a_replica_killed_mid_batch_fails_its_jobs_as_crashed_and_a_replac
     (new_pid,) = replica_pids(client)
     assert new_pid != old_pid
     # The killed replica's temporary folder was removed by its replacement (on the same node here).
-    assert not [
-        path for path in replica_scratch_folders() if path.name.startswith(f"musicgen-replica-{old_pid}-")
-    ]
+    assert replica_scratch_folders(old_pid) == []
 
 
-@on_module_loop
 async def test_the_watchdog_can_kill_the_replica_of_a_hung_job_and_a_replacement_takes_over(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -277,7 +270,6 @@ async def test_the_watchdog_can_kill_the_replica_of_a_hung_job_and_a_replacement
     assert new_pid != old_pid
 
 
-@on_module_loop
 async def test_a_replica_the_cluster_cannot_place_is_a_start_error_naming_the_missing_resources(
     ray_cluster: None, engine_settings: EngineSettings
 ) -> None:
@@ -288,7 +280,6 @@ async def test_a_replica_the_cluster_cannot_place_is_a_start_error_naming_the_mi
     assert ray.is_initialized()  # the runtime it found is left to its owner
 
 
-@on_module_loop
 async def test_an_uploaded_clip_travels_to_the_replica_as_bytes(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:
@@ -429,7 +420,6 @@ def test_the_worker_s_ray_keys_are_read_from_the_config_file_and_the_shipped_fil
     assert load_config(shipped).worker == WorkerOptions()
 
 
-@on_module_loop
 async def test_a_stereo_batch_runs_on_a_replica_and_comes_back_in_two_channels(
     client: RayInferenceClient, tmp_path: Path
 ) -> None:

@@ -363,14 +363,13 @@ def test_greedy_stereo_output_equals_audiocrafts(
 # -- the worker --------------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def stereo_worker(stereo_engine_settings: EngineSettings) -> AsyncIterator[InferenceClient]:
     """One worker process on the stereo settings for the module's worker tests (starting one takes seconds)."""
     async with InferenceClient(stereo_engine_settings, processes=1) as client:
         yield client
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_the_worker_writes_stereo_wav_and_mp3_files_for_text_continuation_and_melody(
     stereo_worker: InferenceClient, tmp_path: Path
 ) -> None:
@@ -397,7 +396,6 @@ async def test_the_worker_writes_stereo_wav_and_mp3_files_for_text_continuation_
     assert results[0].output_path.endswith(".mp3") and results[1].output_path.endswith(".wav")
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_a_mono_and_a_stereo_job_submitted_together_come_back_as_each_would_alone(
     stereo_worker: InferenceClient, tmp_path: Path
 ) -> None:

@@ -38,9 +38,6 @@ from inference.protocol import (
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
 
-# The async tests share the module-scoped client, so they run on one module-wide event loop.
-on_module_loop = pytest.mark.asyncio(loop_scope="module")
-
 # Hang guards only (tests never assert timings): a crash must be noticed long before this.
 JOB_TIMEOUT_S = 120.0
 # Long enough that a job is still running when the test reacts to its first progress event.
@@ -53,7 +50,7 @@ def short_request(**changes: object) -> GenerationRequest:
     )
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module")
 async def client(engine_settings: EngineSettings) -> AsyncIterator[InferenceClient]:
     inference_client = InferenceClient(engine_settings, processes=1)
     await inference_client.start()
@@ -61,7 +58,6 @@ async def client(engine_settings: EngineSettings) -> AsyncIterator[InferenceClie
     await inference_client.close()
 
 
-@on_module_loop
 async def test_a_job_writes_an_audio_file_and_reports_its_seed_and_progress(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -90,7 +86,6 @@ async def test_a_job_writes_an_audio_file_and_reports_its_seed_and_progress(
     assert client.idle_workers == 1
 
 
-@on_module_loop
 async def test_a_bad_request_is_the_person_s_error_and_the_same_worker_serves_the_next_job(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -109,7 +104,6 @@ async def test_a_bad_request_is_the_person_s_error_and_the_same_worker_serves_th
     assert client.worker_pids == pids_before
 
 
-@on_module_loop
 async def test_an_internal_failure_fails_only_that_job(client: InferenceClient, tmp_path: Path) -> None:
     pids_before = client.worker_pids
     not_a_folder = tmp_path / "a-file"
@@ -125,7 +119,6 @@ async def test_an_internal_failure_fails_only_that_job(client: InferenceClient, 
     assert client.worker_pids == pids_before
 
 
-@on_module_loop
 async def test_cancelling_a_running_job_stops_it_and_the_worker_goes_on(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -153,7 +146,6 @@ async def test_cancelling_a_running_job_stops_it_and_the_worker_goes_on(
     assert client.worker_pids == pids_before
 
 
-@on_module_loop
 async def test_a_job_waiting_for_a_busy_worker_can_be_cancelled_and_never_runs(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -177,7 +169,6 @@ async def test_a_job_waiting_for_a_busy_worker_can_be_cancelled_and_never_runs(
     assert not list(tmp_path.glob("job-second*"))
 
 
-@on_module_loop
 async def test_a_worker_killed_mid_job_fails_that_job_and_a_new_worker_takes_the_next(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -207,7 +198,6 @@ async def test_a_worker_killed_mid_job_fails_that_job_and_a_new_worker_takes_the
     assert new_pid != old_pid
 
 
-@on_module_loop
 async def test_in_a_batch_of_three_a_bad_request_fails_alone_a_cancelled_job_stops_and_the_third_finishes(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -253,7 +243,6 @@ async def test_in_a_batch_of_three_a_bad_request_fails_alone_a_cancelled_job_sto
     assert client.idle_workers == 1
 
 
-@on_module_loop
 async def test_a_job_cancelled_while_its_batch_waits_leaves_the_batch_and_the_others_run(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -278,7 +267,6 @@ async def test_a_job_cancelled_while_its_batch_waits_leaves_the_batch_and_the_ot
     assert not list(tmp_path.glob("wait-dropped*"))
 
 
-@on_module_loop
 async def test_a_worker_killed_mid_batch_fails_every_job_of_the_batch_as_crashed(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -310,7 +298,6 @@ async def test_a_worker_killed_mid_batch_fails_every_job_of_the_batch_as_crashed
     assert client.worker_pids != [old_pid]
 
 
-@on_module_loop
 async def test_jobs_joined_to_a_running_batch_run_in_it_and_each_ends_on_its_own(
     client: InferenceClient, tmp_path: Path
 ) -> None:
@@ -342,7 +329,6 @@ async def test_jobs_joined_to_a_running_batch_run_in_it_and_each_ends_on_its_own
     assert last.batches_run == before.batches_run + 2
 
 
-@on_module_loop
 async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
     engine_settings: EngineSettings, tmp_path: Path
 ) -> None:
@@ -371,7 +357,6 @@ async def test_closing_the_client_mid_job_cancels_it_and_leaves_no_process(
         await own_client.submit("job-after-close", short_request(), tmp_path)
 
 
-@on_module_loop
 async def test_a_worker_that_cannot_start_says_why_and_leaves_no_process(
     engine_settings: EngineSettings,
 ) -> None:
