@@ -9,7 +9,8 @@ it between two decoder steps instead of waiting for it to end (the same round-ro
 as a new batch). A worker crash under several jobs puts each of them back to run alone. A job that runs far
 past its deadline, or stops making progress, has its worker killed by the watchdog
 (`bot/pipeline/deadlines.py`) and is then retried or failed as after a crash (`bot/pipeline/retries.py`),
-with a "took too long" message. When a job has ended, the dispatcher says so through `on_job_ended`
+with a "took too long" message. How each job ended is posted and recorded by `JobEndings`
+(`bot/pipeline/endings.py`). When a job has ended, the dispatcher says so through `on_job_ended`
 (the bot turns it into a `job_ended` event, which moves a jam on). The takes of one request are
 queued together (to share a batch) and posted together once every one of them has ended
 (`bot/pipeline/takes.py`).
@@ -26,10 +27,9 @@ from pathlib import Path
 
 import discord
 
-from bot.pipeline import takes as take_texts
 from bot.pipeline.deadlines import JobWatchdog
 from bot.pipeline.delivery import ResultPoster
-from bot.pipeline.discord_faults import DISCORD_REQUEST_ERRORS, describe_fault
+from bot.pipeline.endings import JobEndings
 from bot.pipeline.retries import GiveUp, RetryPolicy
 from bot.pipeline.scheduler import FairScheduler, ScheduledJob
 from bot.pipeline.status_board import StatusBoard
@@ -38,7 +38,7 @@ from bot.pipeline.supervision import keep_running
 from bot.pipeline.takes import TakeGroups
 from bot.pipeline.worker_batches import WorkerBatch, WorkerBatches
 from bot.replies import INTERNAL_ERROR_TEXT, text_for_requester
-from bot.storage.jobs import Job, JobStatus, Take
+from bot.storage.jobs import Job, JobStatus
 from bot.storage.patience import PatientJobStore
 from inference.backends.base import InferenceBackend, JobSubmission
 from inference.errors import GenerationCancelled, GenerationFailed, WorkerCrashed
@@ -87,22 +87,6 @@ def audio_seconds(request: GenerationRequest) -> float:
         return RELEASED_MODEL_WINDOW_S  # the clip and the new seconds: a window's worth at most at once
     # A piece longer than the window is made one window at a time: only that window is in the decoder.
     return float(min(request.duration, RELEASED_MODEL_WINDOW_S))
-
-
-def cancelled_text(job_id: int) -> str:
-    return f"🚫 Job #{job_id} was cancelled."
-
-
-def undeliverable_text(job_id: int, error: Exception) -> str:
-    """The status of a job whose music was made but could not be posted, and what to do about it."""
-    if not isinstance(error, discord.HTTPException):
-        return f"❌ Job #{job_id} is made, but I could not reach Discord to post it. `/replay {job_id}` tries again."
-    if isinstance(error, discord.Forbidden):
-        return (
-            f"❌ Job #{job_id} is made, but I am not allowed to post files in this channel. Someone with Manage "
-            f"Server can give me Send Messages and Attach Files here; then `/replay {job_id}` posts the same music."
-        )
-    return f"❌ Job #{job_id} is made, but Discord refused the upload ({error.text or error.status}). `/replay {job_id}` tries again."
 
 
 def watched(
@@ -166,6 +150,9 @@ class JobDispatcher:
         self.board = StatusBoard(poster, store, interval_s=options.progress_interval_s)
         # The takes of each request, held until all of them have ended.
         self.takes = TakeGroups()
+        self.endings = JobEndings(
+            store=store, board=self.board, poster=poster, takes=self.takes, forget=self._forget
+        )
         self.workers = WorkerBatches(slots=options.worker_slots, batch_wait_s=options.batch_wait_s)
         # One task per batch on the workers, and one per group of jobs joining one.
         self._batches: set[asyncio.Task[None]] = set()
@@ -225,7 +212,7 @@ class JobDispatcher:
             if job.status is JobStatus.RUNNING:
                 verdict = self.retries.after_restart(job)
                 if isinstance(verdict, GiveUp):
-                    await self._fail(job, verdict.text)
+                    await self.endings.fail(job, verdict.text)
                     continue
                 await self.store.requeue(job.id, error=verdict.error)
                 self.retries.remember(job.id, verdict)
@@ -257,11 +244,7 @@ class JobDispatcher:
         """Cancel a queued or running job; False if it is neither."""
         if self.scheduler.cancel(job_id):
             await self.store.mark_cancelled(job_id)
-            if (take := self.takes.take_of(job_id)) is not None:
-                await self._take_ended(job_id, take)
-            else:
-                await self.board.finish(job_id, cancelled_text(job_id))
-                self._forget(job_id)
+            await self.endings.cancelled(job_id, self.takes.take_of(job_id))
             self._refresh_positions()
             return True
         if self.scheduler.is_running(job_id):
@@ -415,18 +398,20 @@ class JobDispatcher:
             except WorkerCrashed as crash:
                 await self._after_crash(job, crash)
             except RequestError as error:
-                await self._fail(
+                await self.endings.fail(
                     job,
                     text_for_requester(str(error), self.board.interaction(job.id), job.id),
                     ephemeral=True,
                 )
             except GenerationFailed as error:
                 logger.error("job %s failed in the engine: %s", job.id, error)
-                await self._fail(
+                await self.endings.fail(
                     job, "The generator hit an internal error on this request. Please try again."
                 )
             else:
-                await self._deliver(job, result)
+                if self.prepare_result is not None:
+                    result = await self.prepare_result(job, result)
+                await self.endings.deliver(job, result)
         except Exception:
             logger.exception("job %s: unexpected error in the dispatcher", job.id)
             await self._fail_if_pending(job.id)
@@ -448,7 +433,7 @@ class JobDispatcher:
     async def _fail_if_pending(self, job_id: int) -> None:
         job = await self.store.get(job_id)
         if job is not None and job.is_pending:
-            await self._fail(job, INTERNAL_ERROR_TEXT)
+            await self.endings.fail(job, INTERNAL_ERROR_TEXT)
 
     async def _after_cancel(self, job: Job) -> None:
         if self.stopping and job.id not in self._cancel_requested:
@@ -457,11 +442,7 @@ class JobDispatcher:
             return
         self._cancel_requested.discard(job.id)
         await self.store.mark_cancelled(job.id)
-        if job.take is not None:
-            await self._take_ended(job.id, job.take)
-            return
-        await self.board.finish(job.id, cancelled_text(job.id))
-        self._forget(job.id)
+        await self.endings.cancelled(job.id, job.take)
 
     async def _after_crash(self, job: Job, crash: WorkerCrashed) -> None:
         # Why the watchdog killed the worker, when it did: then the job took too long, it did not crash.
@@ -478,7 +459,7 @@ class JobDispatcher:
             return
         verdict = self.retries.after_crash(job, crash, missed)
         if isinstance(verdict, GiveUp):
-            await self._fail(job, verdict.text)
+            await self.endings.fail(job, verdict.text)
             return
         await self.store.requeue(job.id, error=verdict.error, refund_attempt=verdict.refund_attempt)
         self.retries.remember(job.id, verdict)
@@ -494,100 +475,6 @@ class JobDispatcher:
         await self.board.finish(
             job.id, f"⏸️ Job #{job.id}: the bot is restarting; it will run when it is back."
         )
-
-    async def _deliver(self, job: Job, result: GenerationResult) -> None:
-        interaction = self.board.interaction(job.id)
-        if self.prepare_result is not None:
-            result = await self.prepare_result(job, result)
-        if job.take is not None:
-            self.takes.hold(job, result)
-            await self._take_ended(job.id, job.take)
-            return
-        # The status message is finished first: until the deferred response has been edited once,
-        # a followup would replace it instead of arriving as a new message.
-        await self.board.finish(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
-        try:
-            posted = await self.poster.post_result(job, result, interaction)
-        except DISCORD_REQUEST_ERRORS as error:
-            logger.error("job %s: could not post the result: %s", job.id, describe_fault(error))
-            await self.store.mark_failed(
-                job.id, f"could not post the result: {error}", output_path=result.output_path
-            )
-            await self.board.finish(job.id, undeliverable_text(job.id, error))
-            self._forget(job.id)
-            return
-        await self.store.mark_done(
-            job.id,
-            output_path=result.output_path,
-            seed=result.seed,
-            posted_format=posted.posted_format,
-            result_message_id=posted.message_id,
-        )
-        self._forget(job.id)
-
-    async def _fail(self, job: Job, message: str, *, ephemeral: bool = False) -> None:
-        """Record the failure and tell the requester; the queue goes on.
-
-        `ephemeral`: the reason is for the requester alone (a request they can fix) while the token lives.
-        """
-        # An ephemeral reason is a request the member can fix: the one failure that is their fault.
-        await self.store.mark_failed(job.id, message, by_member=ephemeral)
-        if job.take is not None:
-            await self._take_ended(job.id, job.take)
-            return
-        await self.board.report_failure(job, message, ephemeral=ephemeral)
-        self._forget(job.id)
-
-    # -- takes ----------------------------------------------------------------------------------
-    async def _take_ended(self, job_id: int, take: Take) -> None:
-        """A take has ended (made, failed or cancelled; its row says so): once every take of its
-        request has, the ones made are posted together."""
-        if self.takes.ended(job_id, take):
-            await self._post_takes(take)
-
-    async def _post_takes(self, take: Take) -> None:
-        """Post a request's takes in one message, name the ones not made, and forget them all."""
-        made, followed = self.takes.release(take.group)
-        try:
-            rows = await self.store.takes_of(take.group)
-            in_order = take_texts.made_in_order(rows, made)
-            if in_order:
-                await self._deliver_takes(take, in_order, take_texts.missing_lines(rows, made))
-            elif take_texts.all_cancelled(rows):
-                await self.board.finish(take.group, take_texts.cancelled_text(take))
-            else:
-                text, ephemeral = take_texts.failure_text(take, rows)
-                await self.board.report_failure(rows[0], text, ephemeral=ephemeral)
-        finally:
-            for job_id in sorted(followed):
-                self._forget(job_id)
-
-    async def _deliver_takes(
-        self, take: Take, made: list[tuple[Job, GenerationResult]], missing: list[str]
-    ) -> None:
-        interaction = next(
-            (found for job_id in take.job_ids if (found := self.board.interaction(job_id)) is not None), None
-        )
-        # As for one job: the status message is finished first, so that the post is a message of its own.
-        await self.board.finish(take.group, take_texts.done_text(take, made))
-        try:
-            posted = await self.poster.post_takes(made, missing, interaction)
-        except DISCORD_REQUEST_ERRORS as error:
-            logger.error("jobs %s: could not post the takes: %s", take.span, describe_fault(error))
-            for job, result in made:
-                await self.store.mark_failed(
-                    job.id, f"could not post the result: {error}", output_path=result.output_path
-                )
-            await self.board.finish(take.group, undeliverable_text(made[0][0].id, error))
-            return
-        for job, result in made:
-            await self.store.mark_done(
-                job.id,
-                output_path=result.output_path,
-                seed=result.seed,
-                posted_format=posted.posted_formats[job.id],
-                result_message_id=posted.message_id,
-            )
 
     def _refresh_positions(self) -> None:
         self.board.show_positions(self.scheduler.queued_in_order())
