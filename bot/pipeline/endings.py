@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import discord
 
@@ -40,24 +41,16 @@ def undeliverable_text(job_id: int, error: Exception) -> str:
     return f"❌ Job #{job_id} is made, but Discord refused the upload ({error.text or error.status}). `/replay {job_id}` tries again."
 
 
+@dataclass
 class JobEndings:
     """Tells how each job ended, records it, then hands the job to `forget` (the dispatcher's)."""
 
-    def __init__(
-        self,
-        *,
-        store: PatientJobStore,
-        board: StatusBoard,
-        poster: ResultPoster,
-        takes: TakeGroups,
-        forget: Callable[[int], None],
-    ) -> None:
-        self.store = store
-        self.board = board
-        self.poster = poster
-        # The takes of each request, held until all of them have ended.
-        self.takes = takes
-        self._forget = forget
+    store: PatientJobStore
+    board: StatusBoard
+    poster: ResultPoster
+    # The takes of each request, held until all of them have ended.
+    takes: TakeGroups
+    forget: Callable[[int], None]
 
     async def deliver(self, job: Job, result: GenerationResult) -> None:
         """Post a finished job's music (a take waits for its request's other takes) and record it."""
@@ -77,7 +70,7 @@ class JobEndings:
                 job.id, f"could not post the result: {error}", output_path=result.output_path
             )
             await self.board.finish(job.id, undeliverable_text(job.id, error))
-            self._forget(job.id)
+            self.forget(job.id)
             return
         await self.store.mark_done(
             job.id,
@@ -86,7 +79,7 @@ class JobEndings:
             posted_format=posted.posted_format,
             result_message_id=posted.message_id,
         )
-        self._forget(job.id)
+        self.forget(job.id)
 
     async def fail(self, job: Job, message: str, *, ephemeral: bool = False) -> None:
         """Record the failure and tell the requester; the queue goes on.
@@ -99,7 +92,7 @@ class JobEndings:
             await self.take_ended(job.id, job.take)
             return
         await self.board.report_failure(job, message, ephemeral=ephemeral)
-        self._forget(job.id)
+        self.forget(job.id)
 
     async def cancelled(self, job_id: int, take: Take | None) -> None:
         """Tell that a job whose row is marked cancelled was cancelled (a take: with its request's others)."""
@@ -107,7 +100,7 @@ class JobEndings:
             await self.take_ended(job_id, take)
             return
         await self.board.finish(job_id, cancelled_text(job_id))
-        self._forget(job_id)
+        self.forget(job_id)
 
     # -- takes ----------------------------------------------------------------------------------
     async def take_ended(self, job_id: int, take: Take) -> None:
@@ -131,7 +124,7 @@ class JobEndings:
                 await self.board.report_failure(rows[0], text, ephemeral=ephemeral)
         finally:
             for job_id in sorted(followed):
-                self._forget(job_id)
+                self.forget(job_id)
 
     async def _deliver_takes(
         self, take: Take, made: list[tuple[Job, GenerationResult]], missing: list[str]
