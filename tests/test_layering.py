@@ -6,6 +6,7 @@
   bot's packages.
 - No import cycle among the project's modules, counting the imports made only for type checking
   (`if TYPE_CHECKING:`) and those made inside functions.
+- No class over 400 lines: one that grows past it is split along its jobs.
 
 Modules are found on disk, so a new module is covered the day it is added.
 """
@@ -36,7 +37,6 @@ TORCH_MODULES = (
 RAY_MODULES = ("inference.backends.ray",)
 
 
-# Cycles outside inference/ that this test reports without failing, until they are taken apart.
 @cache
 def project_modules() -> dict[str, Path]:
     """Every module of the project's packages by dotted name (a package by its `__init__.py`)."""
@@ -193,3 +193,17 @@ def import_cycles() -> list[set[str]]:
 def test_no_import_cycle() -> None:
     cycles = [sorted(cycle) for cycle in import_cycles()]
     assert cycles == [], f"modules that import each other: {cycles}"
+
+
+MOST_CLASS_LINES = 400
+
+
+def test_no_class_is_over_400_lines() -> None:
+    too_long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, path in project_modules().items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.end_lineno is not None
+        if node.end_lineno - node.lineno + 1 > MOST_CLASS_LINES
+    ]
+    assert too_long == [], f"split these classes along their jobs: {too_long}"

@@ -199,13 +199,13 @@ def test_a_melody_is_followed_across_windows_as_audiocraft_slices_it(
     )
     ours = MusicGenEngine(settings)
     our_windows: list[torch.Tensor] = []
-    chroma_of = ours._melody_chroma
+    chroma_of = ours.inputs.melody_chroma
 
     def our_window(loaded: Any, clip: torch.Tensor, separator: Any) -> torch.Tensor:
         our_windows.append(clip.clone())
         return chroma_of(loaded, clip, separator)
 
-    monkeypatch.setattr(ours, "_melody_chroma", our_window)
+    monkeypatch.setattr(ours.inputs, "melody_chroma", our_window)
     request = GenerationRequest(
         model_version="finetuned",
         prompt=PROMPT,

@@ -176,13 +176,13 @@ def test_a_melody_is_followed_from_each_windows_time_on_repeating_a_short_clip(
     path = tmp_path / "melody.wav"
     soundfile.write(path, melody.numpy(), rate, subtype="FLOAT")
     followed: list[torch.Tensor] = []
-    chroma_of = engine._melody_chroma
+    chroma_of = engine.inputs.melody_chroma
 
     def following(loaded: Any, clip: torch.Tensor, separator: Any) -> torch.Tensor:
         followed.append(clip)
         return chroma_of(loaded, clip, separator)
 
-    monkeypatch.setattr(engine, "_melody_chroma", following)
+    monkeypatch.setattr(engine.inputs, "melody_chroma", following)
 
     request = GenerationRequest(model_version="melody", prompt="a", input_audio=str(path), duration=5, seed=3)
     assert engine.generate(request).wav.shape == (1, 5 * rate)
