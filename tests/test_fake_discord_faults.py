@@ -93,6 +93,29 @@ async def test_a_429_without_via_would_be_a_ban_so_the_fake_always_sends_it(conn
             assert body["retry_after"] == 0.05 and body["global"] is False
 
 
+async def test_a_bucket_is_whole_again_at_its_reset_as_its_headers_announce(connected: Connected) -> None:
+    """Discord's windows are fixed: a burst released at the announced reset gets every slot (a
+    sliding window would free only the slot of the window's first request then)."""
+    fake = connected.fake
+    # Deleting messages: 5 a second in a channel. Unknown messages are answered 404, after the bucket.
+    url = f"{fake.api_base}/channels/{connected.channel.id}/messages/{{}}"
+    headers = {"Authorization": f"Bot {fake.bot_token}"}
+    async with aiohttp.ClientSession() as session:
+
+        async def delete(message_id: int) -> aiohttp.ClientResponse:
+            async with session.delete(url.format(message_id), headers=headers) as response:
+                return response
+
+        await delete(1)
+        await asyncio.sleep(0.5)  # the rest of the bucket later in its window
+        last = [await delete(message_id) for message_id in range(2, 6)][-1]
+        assert last.status == 404 and last.headers["X-RateLimit-Remaining"] == "0"
+        await asyncio.sleep(float(last.headers["X-RateLimit-Reset-After"]) + 0.05)
+        burst = [await delete(message_id) for message_id in range(6, 11)]
+    assert [response.status for response in burst] == [404] * 5
+    assert burst[-1].headers["X-RateLimit-Remaining"] == "0"
+
+
 async def test_a_server_error_is_retried_by_discord_py(connected: Connected) -> None:
     fake = connected.fake
     fake.inject_server_error("POST", "/channels/*/messages", status=502)

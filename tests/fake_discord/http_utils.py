@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import re
@@ -166,11 +165,25 @@ def rate_limit_response(
     return json_response(body, 429, headers)
 
 
+@dataclass
+class _Window:
+    """One bucket's current window: when it opened and the requests it has taken."""
+
+    opened: float
+    taken: int = 0
+
+
 class RateLimitBuckets:
-    """Per-route sliding-window buckets that emit Discord's ``X-RateLimit-*`` headers and enforce them."""
+    """Per-route buckets that emit Discord's ``X-RateLimit-*`` headers and enforce them.
+
+    As Discord counts them (and discord.py expects): a bucket's first request opens a window of
+    `period` seconds, each request takes one of its `limit` slots, and at the reset the header
+    announces the whole bucket is free again. (A sliding window would free one slot at that time and
+    answer the rest of a burst released then with 429s that Discord does not send.)
+    """
 
     def __init__(self) -> None:
-        self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._windows: dict[str, _Window] = {}
 
     @staticmethod
     def bucket_hash(route_key: str) -> str:
@@ -181,20 +194,19 @@ class RateLimitBuckets:
     ) -> tuple[bool, dict[str, str], float]:
         """Record a request; returns (allowed, headers, retry_after)."""
         now = time.monotonic()
-        hits = self._hits[f"{route_key}:{major}"]
-        while hits and hits[0] <= now - period:
-            hits.popleft()
-        bucket = self.bucket_hash(route_key)
-        if len(hits) >= limit:
-            retry_after = hits[0] + period - now
-            return False, {}, max(retry_after, 0.001)
-        hits.append(now)
-        reset_after = hits[0] + period - now
+        key = f"{route_key}:{major}"
+        window = self._windows.get(key)
+        if window is None or now >= window.opened + period:
+            window = self._windows[key] = _Window(opened=now)
+        reset_after = window.opened + period - now
+        if window.taken >= limit:
+            return False, {}, max(reset_after, 0.001)
+        window.taken += 1
         headers = {
             "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(limit - len(hits)),
+            "X-RateLimit-Remaining": str(limit - window.taken),
             "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
             "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-            "X-RateLimit-Bucket": bucket,
+            "X-RateLimit-Bucket": self.bucket_hash(route_key),
         }
         return True, headers, 0.0
