@@ -6,7 +6,7 @@ import asyncio
 import io
 import subprocess
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +27,6 @@ from tests.fake_discord import (
     FakeMessage,
     running_bot,
 )
-
-
-async def until(condition: Callable[[], object], what: str = "the condition", timeout: float = 120) -> None:
-    """Wait until `condition()` is true (polled every 10 ms); fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 def make_sine(path: Path, *, seconds: float, frequency: int = 440) -> bytes:

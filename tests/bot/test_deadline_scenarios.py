@@ -26,11 +26,11 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
-    until,
     wait_for_status,
     wav_seconds,
 )
 from tests.fake_discord import FakeDiscord, FakeInteraction
+from tests.waiting import until
 
 # Jobs past their deadline get their worker killed.
 

@@ -22,10 +22,10 @@ from tests.bot.scenario_harness import (
     add_server,
     status_reads,
     stuck_jobs,
-    until,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
+from tests.waiting import until
 
 FOLLOWUPS = "/webhooks/*/*"  # POST: a followup (the result, while the token lives)
 TOKEN_EDITS = "/webhooks/*/*/messages/*"  # PATCH: status edits through the token

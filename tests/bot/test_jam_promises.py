@@ -16,12 +16,12 @@ from tests.bot.scenario_harness import (
     private_reply,
     queued_job_id,
     run_command,
-    until,
     wait_for_status,
     wav_seconds,
 )
 from tests.bot.test_jam_scenarios import audio_named, rows, start_jam, take_turn, turn_result
 from tests.fake_discord import FakeDiscord
+from tests.waiting import until
 
 THREAD_POSTS = "/channels/*/messages"  # POST: the bot's own posts (a jam's turns are posted in its thread)
 

@@ -22,11 +22,11 @@ from tests.bot.scenario_harness import (
     add_server,
     job_row,
     run_command,
-    until,
     wav_seconds,
 )
 from tests.bot.test_jam_scenarios import take_turn
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeMessage
+from tests.waiting import until
 
 # A sweep that keeps nothing it may delete: every file is past its age and over the size budget.
 KEEP_NOTHING = RetentionPolicy(keep_days=0, max_bytes=0)

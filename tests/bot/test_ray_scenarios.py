@@ -24,11 +24,11 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
-    until,
     wait_for_status,
     wav_seconds,
 )
 from tests.fake_discord import FakeDiscord, running_bot
+from tests.waiting import until
 
 # Starting the replica (a Ray worker that imports torch) is part of the bot's start-up here.
 BOT_READY_TIMEOUT_S = 240.0

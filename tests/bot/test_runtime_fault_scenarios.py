@@ -32,10 +32,10 @@ from tests.bot.scenario_harness import (
     run_command,
     scenario_config,
     stuck_jobs,
-    until,
     wait_for_status,
 )
 from tests.fake_discord import FakeDiscord
+from tests.waiting import until
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -15,11 +15,11 @@ from tests.bot.scenario_harness import (
     musicgen_bot,
     posted_result,
     run_command,
-    until,
     wait_for_status,
 )
 from tests.bot.test_takes import queued_takes
 from tests.fake_discord import FakeDiscord
+from tests.waiting import until
 
 
 @pytest_asyncio.fixture(scope="module")

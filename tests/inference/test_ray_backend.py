@@ -30,6 +30,7 @@ from inference.errors import GenerationCancelled, WorkerCrashed, WorkerStartErro
 from inference.protocol import BatchJob
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineSettings
+from tests.waiting import until
 
 # Hang guards only (tests never assert timings).
 JOB_TIMEOUT_S = 180.0
@@ -66,11 +67,7 @@ async def replica_freed(client: RayInferenceClient) -> None:
     """The one replica is idle again: outcomes are answered as jobs end, and the replica's batch is
     cleared just after the last one (once its `run_batch` call has returned, its scratch folder
     removed), so this waits rather than racing it."""
-    for _ in range(3000):  # a hang guard of 30 s
-        if client.idle_workers == 1 and client.busy_workers == 0:
-            return
-        await asyncio.sleep(0.01)
-    assert client.idle_workers == 1 and client.busy_workers == 0
+    await until(lambda: client.idle_workers == 1 and client.busy_workers == 0, "the replica is free", 30)
 
 
 async def test_a_batch_runs_on_a_replica_and_its_files_are_written_on_the_bot_s_side(
