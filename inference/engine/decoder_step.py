@@ -418,6 +418,13 @@ class KeyValueCache:
         return torch.tensor([self.length - start for start in self.starts], device=self.keys.device)
 
 
+def cover_positions(table: Any, count: int) -> None:
+    """Grow transformers' sinusoidal position table (MusicGen's `embed_positions`) to at least
+    `count` positions, as its own forward pass does when a sequence passes its end."""
+    if count > table.weights.shape[0]:
+        table.make_weights(count, table.embedding_dim)
+
+
 def join_caches(rows: Sequence[tuple[KeyValueCache, int]], spare_positions: int) -> KeyValueCache:
     """One cache holding the given rows (each a cache and a row of it), in that order, with room for
     `spare_positions` more steps.
@@ -645,8 +652,7 @@ class DecoderStep:
         column 0, else [rows, 1, hidden] (rows that joined later count from their own start)."""
         table = self.positions
         start = cache.length
-        if start + length > table.weights.shape[0]:
-            table.make_weights(start + length, table.embedding_dim)
+        cover_positions(table, start + length)
         per_row = cache.next_positions()
         if per_row is None:
             return table.weights[start : start + length].to(self.dtype)

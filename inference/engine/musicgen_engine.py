@@ -54,6 +54,7 @@ from inference.checkpoints.loading import LoadedCompression, LoadedMusicGen, Mod
 from inference.engine import kernel_choice
 from inference.engine.audio import INPUT_WINDOW_S
 from inference.engine.codec import decode_clip, decode_codes, encode_clip, encode_prompt
+from inference.engine.decoder_step import cover_positions
 from inference.engine.decoding import Conditioning, DecodedRow, DecodingRow, MusicGenDecoder, Sampling
 from inference.engine.generated_audio import GeneratedAudio
 from inference.engine.inputs import JobInputs
@@ -607,8 +608,7 @@ def _static_cache_factory(model: Any) -> Callable[[int, int], Any]:
 
     def make(rows: int, positions_needed: int) -> Any:
         size = math.ceil(positions_needed / STATIC_CACHE_GRANULE) * STATIC_CACHE_GRANULE
-        if positions.weights.shape[0] < size:
-            positions.make_weights(size, positions.embedding_dim)
+        cover_positions(positions, size)
         return EncoderDecoderCache(
             StaticCache(config=config, max_cache_len=size), DynamicCache(config=config)
         )
@@ -633,7 +633,7 @@ def _read_positions_from_table(
     # MusicGen passes codebook ids [batch, codebooks, length]; the melody model embeddings
     # [batch, length, hidden].
     seq_len = inputs.shape[1] if inputs.is_floating_point() else inputs.shape[-1]
-    if isinstance(cache_length, int) and seq_len + cache_length > table.weights.shape[0]:
-        table.make_weights(seq_len + cache_length, table.embedding_dim)
+    if isinstance(cache_length, int):
+        cover_positions(table, seq_len + cache_length)
     position_ids = torch.arange(seq_len, device=inputs.device) + cache_length
     return table.weights.index_select(0, position_ids.view(-1)).detach()
