@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import math
 import os
 import subprocess
@@ -37,6 +36,7 @@ from inference.cpu_features import cpu_flags, has_amx_bfloat16
 from inference.engine.musicgen_engine import MusicGenEngine
 from inference.request import GenerationRequest, RequestError
 from inference.settings import EngineOptions, EngineSettings
+from tests.inference.references import tensors_digest
 
 torch.set_num_threads(1)
 
@@ -192,13 +192,6 @@ def test_tiny_small_model_saves_and_loads_with_its_tokenizer_and_parts(tiny_mode
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def tiny_model_digest(seed: int) -> str:
-    digest = hashlib.sha256()
-    for key, tensor in sorted(build_random_musicgen("small", tiny=True, seed=seed).state_dict().items()):
-        digest.update(key.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.skipif(
     "avx512f" not in cpu_flags(), reason="on a CPU without AVX-512 both builds use the AVX2 kernels"
 )
@@ -207,8 +200,9 @@ def test_a_test_model_is_the_same_bit_for_bit_whichever_kernels_the_cpu_gets():
     depend on the machine that builds it (AVX2 or AVX-512 convolutions round differently)."""
     script = (
         "import torch; torch.set_num_threads(1)\n"
-        "from tests.inference.test_checkpoints import tiny_model_digest\n"
-        "print(tiny_model_digest(7))"
+        "from inference.checkpoints.random_models import build_random_musicgen\n"
+        "from tests.inference.references import tensors_digest\n"
+        "print(tensors_digest(build_random_musicgen('small', tiny=True, seed=7).state_dict()))"
     )
     with_avx2_kernels = subprocess.run(
         [sys.executable, "-c", script],
@@ -217,7 +211,7 @@ def test_a_test_model_is_the_same_bit_for_bit_whichever_kernels_the_cpu_gets():
         text=True,
         check=True,
     ).stdout.split()[-1]
-    assert with_avx2_kernels == tiny_model_digest(7)
+    assert with_avx2_kernels == tensors_digest(build_random_musicgen("small", tiny=True, seed=7).state_dict())
 
 
 def test_tiny_models_generate_audio_that_depends_on_the_codes(engine_settings):

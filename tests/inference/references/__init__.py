@@ -70,6 +70,13 @@ def checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of a state dict, tensor by tensor (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    _digest_tensors(digest, "", tensors)
+    return digest.hexdigest()
+
+
 def _digest_tensors(digest: Any, where: str, tensors: dict[str, torch.Tensor]) -> None:
     for key in sorted(tensors):
         tensor = tensors[key].detach().contiguous().cpu()
