@@ -86,14 +86,14 @@ MODULES_RUN_FIRST = (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run MODULES_RUN_FIRST first, in their order (each module keeps its tests' order), and check
-    that a module that starts a Ray runtime is one of RAY_TEST_MODULES."""
+    that a module that starts a Ray runtime is one of RAY_TEST_MODULES and that every test runs on
+    the session's event loop."""
     for item in items:
         module = _module_of(item)
         if "ray_cluster" in getattr(item, "fixturenames", ()) and module not in RAY_TEST_MODULES:
             raise pytest.UsageError(
                 f"{module} starts a Ray runtime: add it to RAY_TEST_MODULES in tests/conftest.py"
             )
-    for item in items:
         _check_runs_on_the_session_loop(item)
     rank = {module: place for place, module in enumerate(MODULES_RUN_FIRST)}
     items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))

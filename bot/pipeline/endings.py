@@ -54,11 +54,11 @@ class JobEndings:
 
     async def deliver(self, job: Job, result: GenerationResult) -> None:
         """Post a finished job's music (a take waits for its request's other takes) and record it."""
-        interaction = self.board.interaction(job.id)
         if job.take is not None:
             self.takes.hold(job, result)
             await self.take_ended(job.id, job.take)
             return
+        interaction = self.board.interaction(job.id)
         # The status message is finished first: until the deferred response has been edited once,
         # a followup would replace it instead of arriving as a new message.
         await self.board.finish(job.id, f"✅ Job #{job.id} is done (seed `{result.seed}`).")
